@@ -1,0 +1,217 @@
+"""`deepmolm`: the command line of the pipeline.
+
+Conventions every command follows: `--params FILE` and `-S key=value` choose the configuration;
+`--quiet` silences progress bars; `--json` prints one JSON object as the last line of stdout (the
+interface for scripts). Exit codes: 0 done (bad rows are rejections, not failures), 1 unusable input,
+2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from deepmolm import __version__
+from deepmolm.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+
+app = typer.Typer(
+    name="deepmolm",
+    help="Public molecule databases -> featurized shards -> trained, evaluated molecule-text models.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Fetch, read and featurize molecules into versioned tables.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Stage 1 / stage 2 training on Ray Train, local or on a cluster. (No commands yet: see the roadmap in docs/ARCHITECTURE.md.)",
+    no_args_is_help=True,
+)
+eval_app = typer.Typer(
+    help="Caption metrics, property QA and the retrieval baseline. (No commands yet: see the roadmap in docs/ARCHITECTURE.md.)",
+    no_args_is_help=True,
+)
+report_app = typer.Typer(
+    help="Data-quality and run reports as HTML pages. (No commands yet: see the roadmap in docs/ARCHITECTURE.md.)",
+    no_args_is_help=True,
+)
+config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+app.add_typer(report_app, name="report")
+app.add_typer(config_app, name="config")
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (YAML).", show_default=True)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("-S", "--set", metavar="KEY=VALUE", help="override one param, e.g. -S ingest.rows_per_part=1000; repeatable."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON summary object as the last stdout line.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars.")]
+
+
+class _Exit(Exception):
+    def __init__(self, code: int, message: str):
+        self.code, self.message = code, message
+
+
+@contextmanager
+def _command(as_json: bool) -> Iterator[None]:
+    """Turn the library's errors into a clear message and an exit code (and a JSON error object)."""
+    from deepmolm.sources.errors import SourceError
+
+    try:
+        try:
+            yield
+        except ConfigError as exc:
+            raise _Exit(2, str(exc)) from None
+        except (SourceError, FileNotFoundError) as exc:
+            raise _Exit(1, str(exc)) from None
+    except _Exit as exc:
+        stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if as_json:
+            print(json.dumps({"success": False, "error": exc.message}))
+        raise typer.Exit(exc.code) from None
+
+
+def _params(path: Path, overrides: list[str] | None) -> Params:
+    return load_params(path, overrides or ())
+
+
+def _emit(summary: dict, as_json: bool, render: Callable[[dict], None]) -> None:
+    if as_json:
+        print(json.dumps(summary, sort_keys=False, default=str))
+    else:
+        render(summary)
+
+
+def _render_ingest(summary: dict) -> None:
+    table = Table(title=f"{summary['source']} snapshot {summary['snapshot']}", show_header=False)
+    table.add_row("written to", summary["out"])
+    table.add_row(
+        "rows",
+        f"{summary['input_rows']} input = {summary['accepted']} accepted + {summary['rejected']} rejected",
+    )
+    for reason, count in summary["rejected_by_reason"].items():
+        table.add_row(f"  rejected: {reason}", str(count))
+    table.add_row("seconds", f"{summary['seconds']:.2f}")
+    stdout.print(table)
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: Annotated[bool, typer.Option("--version", help="print the version and exit.")] = False) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit()
+
+
+@data_app.command("ingest")
+def data_ingest(
+    source: Annotated[str, typer.Option(help="chebi20, tsv or pubchem.")],
+    split: Annotated[
+        list[str] | None,
+        typer.Option(help="chebi20: splits to read (repeatable; default from params). tsv: the split label of the file."),
+    ] = None,
+    path: Annotated[Path | None, typer.Option(help="tsv: a local file in the ChEBI-20 layout (CID<TAB>SMILES<TAB>description).")] = None,
+    cids: Annotated[str | None, typer.Option(help="pubchem: CIDs separated by commas or spaces.")] = None,
+    cid_file: Annotated[Path | None, typer.Option(help="pubchem: a file with one CID per line.")] = None,
+    out: Annotated[Path | None, typer.Option(help="root of raw tables [default: paths.raw_dir].")] = None,
+    prefect: Annotated[
+        bool,
+        typer.Option(help="run as a Prefect flow (shown in the UI of PREFECT_API_URL; a temporary local API otherwise)."),
+    ] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Read a source into a raw-table snapshot: <out>/<source>/<snapshot>/ with Parquet parts,
+    rejects.parquet and manifest.json. Every input row is accepted or rejected with a reason."""
+    from deepmolm.ingest import IngestRequest, cid_tokens, read_cid_file, run_ingest
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        out_root = str(out) if out else None
+        if source == "chebi20":
+            _forbid(source, path=path, cids=cids, cid_file=cid_file)
+            request = IngestRequest("chebi20", splits=tuple(split or ()), out_root=out_root)
+        elif source == "tsv":
+            _forbid(source, cids=cids, cid_file=cid_file)
+            if path is None:
+                raise _Exit(2, "--source tsv needs --path FILE")
+            if split and len(split) > 1:
+                raise _Exit(2, "--source tsv takes at most one --split (the label of the file's rows)")
+            request = IngestRequest("tsv", splits=tuple(split or ()), path=str(path.resolve()), out_root=out_root)
+        elif source == "pubchem":
+            _forbid(source, path=path, split=split)
+            if (cids is None) == (cid_file is None):
+                raise _Exit(2, "--source pubchem needs exactly one of --cids or --cid-file")
+            tokens = read_cid_file(cid_file) if cid_file else [(t, None) for t in cid_tokens(cids)]
+            if not tokens:
+                raise _Exit(2, "no CIDs given")
+            request = IngestRequest("pubchem", cid_tokens=tuple(tokens), out_root=out_root)
+        else:
+            raise _Exit(2, f"unknown source {source!r}: expected chebi20, tsv or pubchem")
+        if prefect:
+            from flows.ingest import run_request
+
+            summary = run_request(request, params, set_ or [], progress=not quiet)
+        else:
+            summary = run_ingest(cfg, request, progress=not quiet).as_dict()
+    _emit(summary, as_json, _render_ingest)
+
+
+def _forbid(source: str, **given) -> None:
+    extra = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
+    if extra:
+        raise _Exit(2, f"--source {source} does not take {', '.join(extra)}")
+
+
+@data_app.command("summary")
+def data_summary(
+    snapshot: Annotated[Path, typer.Argument(help="a snapshot directory, or a source directory (its newest snapshot).")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Counts and reject reasons of a raw-table snapshot, from its manifest."""
+    from deepmolm.sources.raw_table import read_manifest, resolve_snapshot
+
+    with _command(as_json):
+        where = resolve_snapshot(snapshot)
+        manifest = read_manifest(where)
+    summary = {
+        "source": manifest["source"],
+        "snapshot": manifest["snapshot"],
+        "out": str(where),
+        **manifest["counts"],
+        "rejected_by_reason": manifest["rejected_by_reason"],
+        "seconds": 0.0,
+    }
+    _emit(summary, as_json, _render_ingest)
+
+
+@config_app.command("show")
+def config_show(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the resolved params (file plus overrides, paths made absolute), or the error that stops them."""
+    with _command(as_json):
+        cfg = _params(params, set_)
+    dumped = cfg.model_dump(mode="json")
+    if as_json:
+        print(json.dumps(dumped))
+    else:
+        sys.stdout.write(yaml.safe_dump(dumped, sort_keys=False))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,212 @@
+"""params.yaml -> typed, frozen config.
+
+params.yaml is the one home of every knob. Unknown keys and invalid values are errors that name the
+key, the file (or the ``-S`` override) and what was expected, so a typo never silently falls back to a
+default. Relative paths are resolved against the directory of the params file, so a command behaves
+the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+DEFAULT_PARAMS = Path("params.yaml")
+Split = Literal["train", "validation", "test"]
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot be used; the message names the key."""
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+ProjectPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsParams(_Section):
+    raw_dir: ProjectPath = Field(description="root of raw tables: <raw_dir>/<source>/<snapshot>/")
+    cache_dir: ProjectPath = Field(description="downloads and other re-creatable files")
+
+
+class Chebi20Params(_Section):
+    mirror: ProjectPath | None = Field(
+        description="directory holding <split>.txt in the published layout; null downloads from url"
+    )
+    url: str = Field(description="download URL template with a {split} placeholder")
+    splits: list[Split] = Field(min_length=1, description="splits ingested when --split is not given")
+    sha256: dict[Split, str | None] = Field(
+        description="known SHA-256 of each published split file; null means unknown"
+    )
+    trust_on_first_use: bool = Field(
+        description="download a split whose sum is unknown and pin the sum seen first in the cache"
+    )
+    timeout_s: float = Field(gt=0)
+    max_attempts: int = Field(ge=1, le=20)
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_split(cls, url: str) -> str:
+        if "{split}" not in url:
+            raise ValueError("must contain the placeholder {split}")
+        return url
+
+    @field_validator("sha256")
+    @classmethod
+    def _sums_are_hex(cls, sums: dict) -> dict:
+        for split, digest in sums.items():
+            if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(f"sha256.{split} must be 64 lowercase hex digits or null")
+        return sums
+
+
+class PubChemParams(_Section):
+    base_url: str = Field(description="PUG-REST root, ending before /pug")
+    batch_size: int = Field(ge=1, le=100, description="CIDs per request (PubChem allows 100)")
+    requests_per_second: float = Field(gt=0, le=5, description="global limit over all threads")
+    concurrency: int = Field(ge=1, le=16, description="batches in flight at once")
+    timeout_s: float = Field(gt=0, description="connect and read timeout of one request")
+    max_attempts: int = Field(ge=1, le=20, description="tries per request, the first included")
+    backoff_initial_s: float = Field(ge=0)
+    backoff_max_s: float = Field(gt=0)
+    retry_after_max_s: float = Field(gt=0, description="longest Retry-After honoured")
+    fetch_descriptions: bool
+    fetch_conformers: bool
+    description_source: str | None = Field(
+        description="preferred DescriptionSourceName (e.g. ChEBI); null takes the first description"
+    )
+    on_batch_failure: Literal["fail", "reject"] = Field(
+        description="fail: write nothing and exit non-zero; reject: the batch's CIDs become rejects"
+    )
+
+
+class SourcesParams(_Section):
+    chebi20: Chebi20Params
+    pubchem: PubChemParams
+
+
+class IngestParams(_Section):
+    rows_per_part: int = Field(ge=1, description="rows per Parquet part of a raw table")
+    max_smiles_chars: int = Field(ge=1)
+    max_description_chars: int = Field(ge=1)
+    reject_text_chars: int = Field(ge=16, description="raw text kept per reject row, the rest cut")
+
+
+class Params(_Section):
+    paths: PathsParams
+    sources: SourcesParams
+    ingest: IngestParams
+
+    def section_hash(self, *names: str) -> str:
+        """Stable hash of the named sections, for cache keys and manifests."""
+        data = self.model_dump(mode="json")
+        chosen = {name: _dig(data, name.split(".")) for name in names} if names else data
+        blob = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _dig(data: Any, keys: list[str]) -> Any:
+    for key in keys:
+        data = data[key]
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value parsed as a YAML scalar or flow collection)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted KEY, e.g. ingest.rows_per_part=1000")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc.problem})") from None
+    return key.split("."), value
+
+
+def _apply_override(data: dict, keys: list[str], value: Any, origin: str) -> None:
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {'.'.join(keys[: depth + 1])} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe_error(err: dict, origin_of: dict[str, str], default_origin: str) -> str:
+    loc = ".".join(str(part) for part in err["loc"])
+    origin = origin_of.get(loc, default_origin)
+    if err["type"] == "extra_forbidden":
+        return f"{origin}: unknown key {loc!r}"
+    if err["type"] == "missing":
+        return f"{origin}: missing key {loc!r}"
+    got = err.get("input")
+    got_text = json.dumps(got, default=str) if not isinstance(got, dict) else "a section"
+    return f"{origin}: {loc}: {err['msg']} (got {got_text})"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The keys a section accepts, to put beside an 'unknown key' error."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    origin_of: dict[str, str] = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        origin = f"override -S {text}"
+        _apply_override(data, keys, value, origin)
+        origin_of[".".join(keys)] = origin
+    try:
+        return Params.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            line = _describe_error(err, origin_of, str(path))
+            if err["type"] == "extra_forbidden":
+                allowed = _allowed_keys(Params, err["loc"])
+                if allowed:
+                    line += f" (expected one of: {', '.join(allowed)})"
+            lines.append(line)
+        raise ConfigError("invalid params:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Prefect flows: thin schedules over deepmolm library calls (no chemistry in here)."""

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from deepmolm.config import ConfigError, load_params, parse_override
+from tests.conftest import PARAMS, REPO
+
+
+def test_repo_params_load_and_resolve_paths_against_the_file():
+    params = load_params(PARAMS)
+    assert params.paths.raw_dir == (REPO / "data" / "raw").resolve()
+    assert params.sources.chebi20.mirror == (REPO / "../shared/data/chebi20").resolve()
+    assert params.sources.pubchem.batch_size <= 100
+
+
+def test_override_sets_a_typed_value():
+    params = load_params(PARAMS, ["sources.pubchem.batch_size=25", "sources.chebi20.splits=[test]"])
+    assert params.sources.pubchem.batch_size == 25
+    assert params.sources.chebi20.splits == ["test"]
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("sources.pubchem.batch_sise=5", ["unknown key 'sources.pubchem.batch_sise'", "batch_size", "-S"]),
+        ("sources.pubchem.batch_size=500", ["sources.pubchem.batch_size", "less than or equal to 100", "500"]),
+        ("ingest.rows_per_part=many", ["ingest.rows_per_part", "valid integer"]),
+        ("sources.chebi20.url=http://example.org/x.txt", ["sources.chebi20.url", "{split}"]),
+        ("sources.chebi20.sha256.test=abc", ["sources.chebi20.sha256", "64 lowercase hex"]),
+        ("sources.pubchem.on_batch_failure=ignore", ["sources.pubchem.on_batch_failure", "'fail' or 'reject'"]),
+        ("bogus=1", ["unknown key 'bogus'", "expected one of: ingest, paths, sources"]),
+    ],
+)
+def test_invalid_overrides_name_the_key_and_what_was_expected(override, fragments):
+    with pytest.raises(ConfigError) as err:
+        load_params(PARAMS, [override])
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_errors_in_the_file_name_the_file(tmp_path: Path):
+    text = PARAMS.read_text().replace("rows_per_part: 50000", "rows_per_part: 50000\n  rows_per_prat: 3")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(bad)
+    assert f"{bad}: unknown key 'ingest.rows_per_prat'" in str(err.value)
+
+
+def test_missing_key_and_missing_file_are_reported(tmp_path: Path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text(PARAMS.read_text().replace("  max_smiles_chars: 5000", ""))
+    with pytest.raises(ConfigError, match="missing key 'ingest.max_smiles_chars'"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text", ["novalue", "=3", "a..b=1"])
+def test_malformed_override_syntax(text):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override(text)
+
+
+def test_section_hash_changes_only_with_its_section():
+    base = load_params(PARAMS)
+    other = load_params(PARAMS, ["sources.pubchem.concurrency=1"])
+    assert base.section_hash("sources.chebi20") == other.section_hash("sources.chebi20")
+    assert base.section_hash("sources.pubchem") != other.section_hash("sources.pubchem")

@@ -1,0 +1,50 @@
+"""The README's demo path on a copy of the repository: `dvc repro` runs the ingest stage through a
+Prefect flow (temporary local API), and a second `dvc repro` has nothing to do."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SHARED, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _git_files() -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    return [line for line in listed.stdout.splitlines() if (REPO / line).is_file()]
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "main"
+    for name in _git_files():
+        target = copy / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    (tmp_path / "shared").symlink_to(SHARED)
+    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
+    return copy
+
+
+def test_dvc_repro_runs_ingest_through_prefect_and_is_then_up_to_date(repo_copy: Path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    first = subprocess.run([*dvc, "repro"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Flow run" in first.stdout + first.stderr, "the stage ran as a Prefect flow"
+    summary = json.loads([ln for ln in first.stdout.splitlines() if ln.startswith("{")][-1])
+    assert (summary["input_rows"], summary["accepted"] + summary["rejected"]) == (6601, 6601)
+    assert Path(summary["out"]).parent == repo_copy / "data" / "raw" / "chebi20"
+
+    second = subprocess.run([*dvc, "repro"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0
+    assert "didn't change, skipping" in second.stdout
+
+    shown = run_cli("data", "summary", str(repo_copy / "data" / "raw" / "chebi20"), "--json", check=True)
+    assert json.loads(shown.stdout.splitlines()[-1])["snapshot"] == summary["snapshot"]
