@@ -66,6 +66,8 @@ class Chebi20Params(_Section):
     )
     timeout_s: float = Field(gt=0)
     max_attempts: int = Field(ge=1, le=20)
+    backoff_initial_s: float = Field(ge=0)
+    backoff_max_s: float = Field(gt=0)
 
     @field_validator("url")
     @classmethod

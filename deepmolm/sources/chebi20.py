@@ -66,7 +66,10 @@ def _download(params: Chebi20Params, split: str, url: str, cache: Path) -> Split
     try:
         with http_client(params.timeout_s) as client:
             for attempt in retrying(
-                max_attempts=params.max_attempts, backoff_initial_s=1, backoff_max_s=30, retry_after_max_s=120
+                max_attempts=params.max_attempts,
+                backoff_initial_s=params.backoff_initial_s,
+                backoff_max_s=params.backoff_max_s,
+                retry_after_max_s=params.backoff_max_s,
             ):
                 with attempt, client.stream("GET", url) as response:
                     check_response(response)

@@ -14,7 +14,7 @@ import httpx
 from pyrate_limiter import Duration, Limiter, Rate
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-USER_AGENT = "deepmolm-pipeline/0.1 (+https://github.com/deepmolm)"
+USER_AGENT = "deepmolm-pipeline/0.1 (python-httpx)"
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 

@@ -107,8 +107,8 @@ class PubChemClient:
         self.params = params
         self.base = params.base_url.rstrip("/") + "/pug"
         self.http = http or http_client(params.timeout_s)
-        self.limiter = shared_limiter(urlsplit(params.base_url).netloc, params.requests_per_second)
         self.host = urlsplit(params.base_url).netloc
+        self.limiter = shared_limiter(self.host, params.requests_per_second)
 
     def close(self) -> None:
         self.http.close()

@@ -6,7 +6,7 @@ from deepmolm.ingest import ingest_chebi20
 from deepmolm.sources.chebi20 import locate_split
 from deepmolm.sources.errors import ChecksumError, LayoutError
 from deepmolm.sources.raw_table import read_manifest, read_raw_table
-from tests.loopback import LoopbackServer, static_files
+from tests.loopback import LoopbackServer, send, static_files
 
 
 def test_mirror_splits_are_read_whole_with_splits_kept(make_params):
@@ -95,3 +95,23 @@ def test_missing_remote_file_is_a_clear_error(make_params, tmp_path):
         params = make_params("sources.chebi20.mirror=null", f"sources.chebi20.url={server.url}/{{split}}.txt")
         with pytest.raises(Exception, match="HTTP 404"):
             ingest_chebi20(params, ["test"], progress=False)
+
+
+@pytest.mark.network
+def test_download_retries_a_busy_server(make_params, shared):
+    serve = static_files(shared / "chebi20")
+    answers = iter(["busy"])
+
+    def flaky(handler):
+        if next(answers, None) == "busy":
+            return send(handler, 503, b"busy", "text/plain", {"Retry-After": "0"})
+        return serve(handler)
+
+    with LoopbackServer(flaky) as server:
+        params = make_params(
+            "sources.chebi20.mirror=null", f"sources.chebi20.url={server.url}/{{split}}.txt",
+            "sources.chebi20.backoff_initial_s=0.01",
+        )
+        located = locate_split(params.sources.chebi20, "test", params.paths.cache_dir)
+        assert located.sha256 == params.sources.chebi20.sha256["test"]
+        assert len(server.requests) == 2
