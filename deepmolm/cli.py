@@ -105,7 +105,8 @@ def _render_ingest(summary: dict) -> None:
     )
     for reason, count in summary["rejected_by_reason"].items():
         table.add_row(f"  rejected: {reason}", str(count))
-    table.add_row("seconds", f"{summary['seconds']:.2f}")
+    if "seconds" in summary:
+        table.add_row("seconds", f"{summary['seconds']:.2f}")
     stdout.print(table)
 
 
@@ -196,7 +197,6 @@ def data_summary(
         "out": str(where),
         **manifest["counts"],
         "rejected_by_reason": manifest["rejected_by_reason"],
-        "seconds": 0.0,
     }
     _emit(summary, as_json, _render_ingest)
 

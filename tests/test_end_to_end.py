@@ -1,5 +1,5 @@
-"""The README's demo path on a copy of the repository: `dvc repro` runs the ingest stage through a
-Prefect flow (temporary local API), and a second `dvc repro` has nothing to do."""
+"""The README's first command on a copy of the repository: `./dev demo` runs `dvc repro`, whose
+ingest stage runs through a Prefect flow (temporary local API); a second run has nothing to do."""
 
 import json
 import os
@@ -32,17 +32,21 @@ def repo_copy(tmp_path: Path) -> Path:
     return copy
 
 
-def test_dvc_repro_runs_ingest_through_prefect_and_is_then_up_to_date(repo_copy: Path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    dvc = [str(Path(sys.executable).with_name("dvc"))]
-    first = subprocess.run([*dvc, "repro"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
+def test_dev_demo_runs_dvc_repro_through_prefect_and_is_then_up_to_date(repo_copy: Path):
+    # The test's own environment is the one ./dev installed; the PATH is a newcomer's, without it.
+    venv = Path(sys.prefix)
+    assert (venv / ".deepmolm-installed").is_file(), "run the tests through ./dev test"
+    path = ":".join(p for p in os.environ["PATH"].split(":") if not p.startswith(str(venv)))
+    env = {**os.environ, "DEEPMOLM_VENV": str(venv), "PATH": path}
+    first = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Flow run" in first.stdout + first.stderr, "the stage ran as a Prefect flow"
     summary = json.loads([ln for ln in first.stdout.splitlines() if ln.startswith("{")][-1])
     assert (summary["input_rows"], summary["accepted"] + summary["rejected"]) == (6601, 6601)
     assert Path(summary["out"]).parent == repo_copy / "data" / "raw" / "chebi20"
+    assert "6601 input = 6601 accepted + 0 rejected" in first.stdout
 
-    second = subprocess.run([*dvc, "repro"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
+    second = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0
     assert "didn't change, skipping" in second.stdout
 
