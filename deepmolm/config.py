@@ -117,10 +117,40 @@ class IngestParams(_Section):
     reject_text_chars: int = Field(ge=16, description="raw text kept per reject row, the rest cut")
 
 
+class RenderParams(_Section):
+    size: int = Field(ge=64, le=4096, description="width and height of the PNG in pixels")
+    bond_line_width: float = Field(gt=0)
+    padding: float = Field(ge=0, lt=0.5, description="fraction of the canvas left blank at each side")
+
+
+class ConformerParams(_Section):
+    method: Literal["etkdg", "none"] = Field(description="etkdg: ETKDGv3 embedding; none: no 3D")
+    mmff: bool = Field(description="optimise the embedded conformer with MMFF94")
+    seed: int = Field(ge=0)
+    timeout_s: int = Field(ge=1, description="embedding time limit per attempt (RDKit's own)")
+    mmff_max_iters: int = Field(ge=1)
+    random_coords_fallback: bool = Field(description="retry from random coordinates when ETKDG fails")
+    max_heavy_atoms: int = Field(ge=1, description="larger molecules get conformer_source=none")
+
+
+class E3fpParams(_Section):
+    bits: int = Field(ge=2, le=2**31, description="identifiers are folded to [0, bits)")
+    level: int = Field(ge=0, le=5, description="last shell level; the array has level+1 columns")
+    radius_multiplier: float = Field(gt=0)
+    stereo: bool
+
+
+class FeaturizeParams(_Section):
+    render: RenderParams
+    conformer: ConformerParams
+    e3fp: E3fpParams
+
+
 class Params(_Section):
     paths: PathsParams
     sources: SourcesParams
     ingest: IngestParams
+    featurize: FeaturizeParams
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of the named sections, for cache keys and manifests."""

@@ -1,0 +1,1 @@
+"""Per-molecule featurizers: pure functions from a molecule and params to values or a rejection."""

@@ -1,0 +1,67 @@
+"""One 3D conformer per molecule: PubChem's when the raw row has it, else ETKDGv3 (+ MMFF94)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rdkit import Chem, rdBase
+from rdkit.Chem import AllChem, rdDistGeom
+from rdkit.Geometry import Point3D
+
+from deepmolm.config import ConformerParams
+
+
+@dataclass(frozen=True)
+class Conformer:
+    source: str  # pubchem, etkdg, etkdg_random_coords or none
+    mol: Chem.Mol | None  # with hydrogens and one conformer; heavy atoms first, in canonical order
+    detail: str = ""
+
+    def heavy_coords(self) -> np.ndarray | None:
+        if self.mol is None:
+            return None
+        heavy = [a.GetIdx() for a in self.mol.GetAtoms() if a.GetAtomicNum() > 1]
+        return self.mol.GetConformer().GetPositions()[heavy].astype(np.float32)
+
+
+def make_conformer(mol: Chem.Mol, params: ConformerParams, pubchem_coords: np.ndarray | None = None) -> Conformer:
+    """`pubchem_coords` are heavy-atom positions in the atom order of `mol`, when known."""
+    if pubchem_coords is not None:
+        return _from_coordinates(mol, np.asarray(pubchem_coords, dtype=float))
+    if params.method == "none":
+        return Conformer("none", None, "conformer generation switched off")
+    if mol.GetNumHeavyAtoms() > params.max_heavy_atoms:
+        return Conformer("none", None, f"{mol.GetNumHeavyAtoms()} heavy atoms > max_heavy_atoms")
+    with_h = Chem.AddHs(mol)
+    for source, random_coords in (("etkdg", False), ("etkdg_random_coords", True)):
+        if random_coords and not params.random_coords_fallback:
+            break
+        embed = rdDistGeom.ETKDGv3()
+        embed.randomSeed = params.seed
+        embed.timeout = params.timeout_s
+        embed.useRandomCoords = random_coords
+        with rdBase.BlockLogs():
+            conf_id = rdDistGeom.EmbedMolecule(with_h, embed)
+        if conf_id == 0:
+            _optimise(with_h, params)
+            return Conformer(source, with_h)
+    return Conformer("none", None, "ETKDG embedding failed")
+
+
+def _optimise(mol: Chem.Mol, params: ConformerParams) -> None:
+    if params.mmff and AllChem.MMFFHasAllMoleculeParams(mol):
+        with rdBase.BlockLogs():
+            AllChem.MMFFOptimizeMolecule(mol, mmffVariant="MMFF94", maxIters=params.mmff_max_iters)
+
+
+def _from_coordinates(mol: Chem.Mol, coords: np.ndarray) -> Conformer:
+    if coords.shape != (mol.GetNumAtoms(), 3) or not np.isfinite(coords).all():
+        return Conformer("none", None, f"PubChem coordinates of shape {coords.shape} do not fit the molecule")
+    heavy = Chem.Mol(mol)
+    conformer = Chem.Conformer(heavy.GetNumAtoms())
+    for i, (x, y, z) in enumerate(coords):
+        conformer.SetAtomPosition(i, Point3D(float(x), float(y), float(z)))
+    conformer.Set3D(True)
+    heavy.AddConformer(conformer, assignId=True)
+    return Conformer("pubchem", Chem.AddHs(heavy, addCoords=True))

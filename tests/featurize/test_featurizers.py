@@ -1,0 +1,166 @@
+import io
+
+import numpy as np
+import pytest
+import selfies as sf
+from PIL import Image
+from rdkit import Chem
+
+from deepmolm.config import load_params
+from deepmolm.featurize.conformer import make_conformer
+from deepmolm.featurize.e3fp_tokens import e3fp_atom_identifiers, fingerprinter
+from deepmolm.featurize.molecule import parse_molecule
+from deepmolm.featurize.outcome import FeaturizeError
+from deepmolm.featurize.properties import compute_properties
+from deepmolm.featurize.record import FeaturizeRejection, featurize_row
+from deepmolm.featurize.render import render_png
+from deepmolm.featurize.selfies_tokens import selfies_with_atom_index
+from deepmolm.sources.sdf import heavy_atom_coords
+from tests.conftest import PARAMS
+
+FEAT = load_params(PARAMS).featurize
+STEROID = "C[C@]12CCC(=O)C=C1CC[C@@H]3[C@@H]2C(=O)C[C@]\\4([C@H]3CC/C4=C/C(=O)OC)C"
+
+
+def cip_labels(mol):
+    from rdkit.Chem import rdCIPLabeler
+
+    rdCIPLabeler.AssignCIPLabels(mol)
+    atoms = {a.GetIdx(): a.GetProp("_CIPCode") for a in mol.GetAtoms() if a.HasProp("_CIPCode")}
+    bonds = sorted(b.GetProp("_CIPCode") for b in mol.GetBonds() if b.HasProp("_CIPCode"))
+    return atoms, bonds
+
+
+@pytest.mark.parametrize("smiles", [STEROID, "C/C=C\\C", "C/C=C/C", "N[C@@H](C)C(=O)O", "F[C@](Cl)(Br)I"])
+def test_stereo_survives_canonicalisation(smiles):
+    molecule = parse_molecule(smiles)
+    source_atoms, source_bonds = cip_labels(Chem.MolFromSmiles(smiles))
+    atoms, bonds = cip_labels(Chem.Mol(molecule.mol))
+    assert source_atoms or source_bonds, "the input has stereo"
+    assert {molecule.input_atom_of[i]: label for i, label in atoms.items()} == source_atoms, "R/S per atom"
+    assert bonds == source_bonds, "E/Z of every stereo bond"
+    assert Chem.MolToInchiKey(Chem.MolFromSmiles(smiles)) == molecule.inchikey
+
+
+def test_input_atom_order_maps_canonical_atoms_back():
+    molecule = parse_molecule("OCC")  # canonical CCO reverses the order
+    source = Chem.MolFromSmiles("OCC")
+    for i, atom in enumerate(molecule.mol.GetAtoms()):
+        assert atom.GetSymbol() == source.GetAtomWithIdx(molecule.input_atom_of[i]).GetSymbol()
+
+
+@pytest.mark.parametrize("smiles", [STEROID, "c1ccc2ccccc2c1", "OC(=O)C1CC1C(=O)O", "[2H]C([2H])=O", "[Na+].[O-]C(=O)C"])
+def test_selfies_tokens_point_at_the_atoms_they_place(smiles):
+    molecule = parse_molecule(smiles)
+    selfies, index = selfies_with_atom_index(molecule.smiles, molecule.mol)
+    tokens = list(sf.split_selfies(selfies))
+    assert len(tokens) == len(index)
+    placed = [i for i in index if i >= 0]
+    heavy = [a.GetIdx() for a in molecule.mol.GetAtoms() if a.GetAtomicNum() > 1]
+    assert sorted(placed) == heavy, "every heavy atom is placed by exactly one token"
+    for token, atom in zip(tokens, index):
+        if atom >= 0:
+            assert molecule.mol.GetAtomWithIdx(atom).GetSymbol().lower() in token.lower()
+    assert Chem.MolToInchiKey(Chem.MolFromSmiles(sf.decoder(selfies))) == molecule.inchikey
+
+
+def test_selfies_coverage_on_chebi20_test(shared):
+    lines = (shared / "chebi20" / "test.txt").read_text().splitlines()[1:]
+    ok = total = 0
+    for line in lines:
+        molecule = parse_molecule(line.split("\t")[1].replace("\\\\", "\\"))
+        total += 1
+        try:
+            selfies_with_atom_index(molecule.smiles, molecule.mol)
+            ok += 1
+        except FeaturizeError:
+            pass
+    assert ok / total >= 0.995
+
+
+def test_png_is_1024_rgb_and_deterministic():
+    mol = parse_molecule(STEROID).mol
+    first, second = render_png(mol, FEAT.render), render_png(Chem.Mol(mol), FEAT.render)
+    assert first == second
+    image = Image.open(io.BytesIO(first))
+    assert (image.format, image.size, image.mode) == ("PNG", (1024, 1024), "RGB")
+    assert render_png(parse_molecule("CCO").mol, FEAT.render) != first
+
+
+@pytest.mark.parametrize("smiles", [STEROID, "CC(=O)OC(CC(=O)[O-])C[N+](C)(C)C", "C1CC1C#N", "CC(=O)[O-].[Na+]"])
+def test_e3fp_identifiers_equal_the_e3fp_fingerprint(smiles):
+    conformer = make_conformer(parse_molecule(smiles).mol, FEAT.conformer)
+    array = e3fp_atom_identifiers(conformer.mol, FEAT.e3fp)
+    assert array.shape == (conformer.mol.GetNumHeavyAtoms(), FEAT.e3fp.level + 1)
+    assert array.dtype == np.int32 and ((array == -1) | ((array >= 0) & (array < FEAT.e3fp.bits))).all()
+    printer = fingerprinter(FEAT.e3fp)
+    printer.run(conf=conformer.mol.GetConformer(), mol=conformer.mol)
+    reference = printer.get_fingerprint_at_level(FEAT.e3fp.level, bits=FEAT.e3fp.bits)
+    assert {int(v) for v in array.ravel() if v >= 0} == {int(i) for i in reference.indices}
+    assert (array[:, 0] >= 0).sum() == sum(1 for a in conformer.mol.GetAtoms() if a.GetAtomicNum() > 1 and
+                                           any(n.GetAtomicNum() > 1 for n in a.GetNeighbors())), "level 0 for every bonded heavy atom"
+
+
+def test_conformer_is_seeded_and_optimised():
+    mol = parse_molecule(STEROID).mol
+    a, b = make_conformer(mol, FEAT.conformer), make_conformer(mol, FEAT.conformer)
+    assert a.source == "etkdg"
+    np.testing.assert_array_equal(a.heavy_coords(), b.heavy_coords())
+    assert make_conformer(mol, FEAT.conformer.model_copy(update={"method": "none"})).source == "none"
+
+
+def test_pubchem_coordinates_are_used_in_canonical_atom_order(shared):
+    sdf = (shared / "pubchem" / "Conformer3D_COMPOUND_CID_1.sdf").read_text()
+    raw_smiles = "CC(=O)OC(CC(=O)[O-])C[N+](C)(C)C"
+    coords, status = heavy_atom_coords(sdf, raw_smiles)
+    assert status == "pubchem_3d"
+    record = featurize_row({"cid": 1, "source": "pubchem", "smiles": raw_smiles, "coords": coords}, FEAT)
+    assert record["conformer_source"] == "pubchem"
+    mol = Chem.MolFromSmiles(record["smiles"])
+    xyz = np.array(record["coords"])
+    lengths = [np.linalg.norm(xyz[b.GetBeginAtomIdx()] - xyz[b.GetEndAtomIdx()]) for b in mol.GetBonds()]
+    assert 1.1 < min(lengths) and max(lengths) < 1.9, "coordinates follow the canonical atom order"
+    assert sorted(map(tuple, np.round(xyz, 3))) == sorted(map(tuple, np.round(np.array(coords), 3)))
+
+
+def test_properties_of_aspirin():
+    props = compute_properties(parse_molecule("CC(=O)Oc1ccccc1C(=O)O").mol)
+    assert props["mw"] == pytest.approx(180.159, abs=1e-3)
+    assert props["exact_mass"] == pytest.approx(180.0423, abs=1e-4)
+    assert props["tpsa"] == pytest.approx(63.6, abs=0.05)
+    assert (props["heavy_atoms"], props["rings"], props["hbd"]) == (13, 1, 1)
+    assert props["complexity"] > 0
+
+
+PATHOLOGICAL = {
+    "long chain, 300 heavy atoms": ("C" * 300, "none"),
+    "ferrocene": ("[CH-]1C=CC=C1.[CH-]1C=CC=C1.[Fe+2]", None),
+    "cisplatin": ("N.N.Cl[Pt]Cl", None),
+    "fullerene C60": ("c12c3c4c5c1c1c6c7c2c2c8c3c3c9c4c4c%10c5c5c1c1c6c6c%11c7c2c2c7c8c3c3c8c9c4c4c9c%10c5c5c1c1c6c6c%11c2c2c7c3c3c8c4c4c9c5c1c1c6c2c3c41", None),
+    "methyl radical": ("[CH3]", None),
+    "salt": ("[Na+].[Cl-]", None),
+    "isotopes": ("[13CH4]", None),
+    "heavy water": ("[2H]O[2H]", None),
+    "lone ion": ("[Cl-]", None),
+    "wildcard": ("*CC(=O)O", "wildcard_atom"),
+    "un-kekulizable ring": ("c1cccc1", "kekulization_failed"),
+    "pentavalent carbon": ("C(C)(C)(C)(C)C", "sanitization_failed"),
+    "garbage": ("xyz(", "unparseable_smiles"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PATHOLOGICAL))
+def test_pathological_molecules_are_accepted_or_rejected_never_raise(name):
+    smiles, expected = PATHOLOGICAL[name]
+    out = featurize_row({"cid": 1, "source": "test", "smiles": smiles}, FEAT)
+    if isinstance(out, FeaturizeRejection):
+        assert out.reason == expected, out.detail
+        assert out.detail
+    else:
+        assert expected in (None, out["conformer_source"]), name
+        n = out["properties"]["heavy_atoms"]
+        if out["e3fp"] is not None:
+            assert np.array(out["e3fp"]).shape == (n, FEAT.e3fp.level + 1)
+            assert np.array(out["coords"]).shape == (n, 3)
+        Image.open(io.BytesIO(out["image_png"])).verify()
