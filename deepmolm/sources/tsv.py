@@ -8,6 +8,7 @@ separator costs one row (rejected with a reason), never the file.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from deepmolm.sources.errors import LayoutError
@@ -55,6 +56,18 @@ def count_rows(path: Path) -> int:
     return max(lines - 1, 0)
 
 
+@dataclass(frozen=True)
+class _FileContext:
+    """What every row of one file shares: provenance and limits."""
+
+    source: str
+    split: str | None
+    uri: str
+    sha256: str
+    max_smiles_chars: int
+    max_description_chars: int
+
+
 def read_layout(
     path: Path,
     *,
@@ -67,36 +80,16 @@ def read_layout(
 ) -> Iterator[RawRecord | Rejection]:
     """Yield one record or rejection per data line of `path`."""
     check_layout(path)
+    context = _FileContext(source, split, uri, sha256, max_smiles_chars, max_description_chars)
     with open(path, "rb") as handle:
         handle.readline()
-        line_no = 1
-        for raw in handle:
-            line_no += 1
-            yield _parse_line(
-                raw.rstrip(b"\n"),
-                line_no,
-                source=source,
-                split=split,
-                uri=uri,
-                sha256=sha256,
-                max_smiles_chars=max_smiles_chars,
-                max_description_chars=max_description_chars,
-            )
+        for line_no, raw in enumerate(handle, start=2):
+            yield _parse_line(raw.rstrip(b"\n"), line_no, context)
 
 
-def _parse_line(
-    raw: bytes,
-    line_no: int,
-    *,
-    source: str,
-    split: str | None,
-    uri: str,
-    sha256: str,
-    max_smiles_chars: int,
-    max_description_chars: int,
-) -> RawRecord | Rejection:
+def _parse_line(raw: bytes, line_no: int, ctx: _FileContext) -> RawRecord | Rejection:
     def reject(reason: Reason, detail: str, raw_id: str = "", smiles: str | None = None) -> Rejection:
-        return Rejection(source, split, raw_id or f"line {line_no}", smiles, line_no, reason, detail)
+        return Rejection(ctx.source, ctx.split, raw_id or f"line {line_no}", smiles, line_no, reason, detail)
 
     raw = raw.rstrip(b"\r")
     try:
@@ -117,21 +110,21 @@ def _parse_line(
     smiles = unescape_published_smiles(smiles_text.strip())
     if problem := cid_problem(cid_text):
         return reject(*problem, raw_id, smiles)
-    if problem := smiles_problem(smiles, max_smiles_chars):
+    if problem := smiles_problem(smiles, ctx.max_smiles_chars):
         return reject(*problem, raw_id, smiles)
     description = description.strip()
     if not description:
         return reject(Reason.EMPTY_DESCRIPTION, "empty description", raw_id, smiles)
-    if len(description) > max_description_chars:
-        detail = f"description of {len(description)} characters (limit {max_description_chars})"
+    if len(description) > ctx.max_description_chars:
+        detail = f"description of {len(description)} characters (limit {ctx.max_description_chars})"
         return reject(Reason.FIELD_TOO_LONG, detail, raw_id, smiles)
     return RawRecord(
         cid=int(cid_text),
         smiles=smiles,
-        source=source,
-        source_uri=uri,
+        source=ctx.source,
+        source_uri=ctx.uri,
         description=description,
-        split=split,
-        source_sha256=sha256,
+        split=ctx.split,
+        source_sha256=ctx.sha256,
         source_line=line_no,
     )
