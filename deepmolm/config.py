@@ -152,18 +152,21 @@ class Params(_Section):
     ingest: IngestParams
     featurize: FeaturizeParams
 
+    def sections(self, *names: str) -> dict[str, Any]:
+        """The named (dotted) sections as plain JSON data, e.g. for a manifest; all when none named."""
+        data = self.model_dump(mode="json")
+        chosen = {}
+        for name in names:
+            node = data
+            for key in name.split("."):
+                node = node[key]
+            chosen[name] = node
+        return chosen if names else data
+
     def section_hash(self, *names: str) -> str:
         """Stable hash of the named sections, for cache keys and manifests."""
-        data = self.model_dump(mode="json")
-        chosen = {name: _dig(data, name.split(".")) for name in names} if names else data
-        blob = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(self.sections(*names), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _dig(data: Any, keys: list[str]) -> Any:
-    for key in keys:
-        data = data[key]
-    return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

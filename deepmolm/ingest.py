@@ -80,9 +80,7 @@ def _publish(
         raise AssertionError(
             f"row accounting broke: {writer.accepted} accepted + {writer.rejected} rejected != {input_rows} input rows"
         )
-    dumped = params.model_dump(mode="json")
-    chosen = {name: _dig(dumped, name) for name in sections}
-    out = writer.publish(inputs=inputs, params=chosen, params_hash=params.section_hash(*sections))
+    out = writer.publish(inputs=inputs, params=params.sections(*sections), params_hash=params.section_hash(*sections))
     return IngestSummary(
         source=writer.source,
         snapshot=out.name,
@@ -93,12 +91,6 @@ def _publish(
         rejected_by_reason=writer.rejected_by_reason(),
         seconds=round(time.perf_counter() - started, 3),
     )
-
-
-def _dig(data: dict, dotted: str):
-    for key in dotted.split("."):
-        data = data[key]
-    return data
 
 
 def _write_layout_files(

@@ -161,9 +161,8 @@ class PubChemClient:
         result = BatchResult(cids=list(cids))
         try:
             props, ref = self.properties(cids)
-        except PermanentHTTPError as exc:
-            reason = Reason.NOT_FOUND if exc.status == 404 else Reason.BAD_REQUEST
-            result.rejects = [_reject(cid, None, reason, str(exc)) for cid in cids]
+        except PermanentHTTPError as exc:  # 404 is not an error here: it comes back as "no records"
+            result.rejects = [_reject(cid, None, Reason.BAD_REQUEST, str(exc)) for cid in cids]
             return result
         except RETRYABLE as exc:
             raise BatchFetchError(cids, exc) from exc
