@@ -96,8 +96,12 @@ def _emit(summary: dict, as_json: bool, render: Callable[[dict], None]) -> None:
         render(summary)
 
 
-def _render_ingest(summary: dict) -> None:
-    table = Table(title=f"{summary['source']} snapshot {summary['snapshot']}", show_header=False)
+def _render_counts(summary: dict) -> None:
+    if "version" in summary:
+        title = f"{summary['dataset']} shard version {summary['version']}"
+    else:
+        title = f"{summary['source']} snapshot {summary['snapshot']}"
+    table = Table(title=title, show_header=False)
     table.add_row("written to", summary["out"])
     table.add_row(
         "rows",
@@ -105,6 +109,9 @@ def _render_ingest(summary: dict) -> None:
     )
     for reason, count in summary["rejected_by_reason"].items():
         table.add_row(f"  rejected: {reason}", str(count))
+    for key in ("parts", "reused", "resumed_parts"):
+        if key in summary:
+            table.add_row(key.replace("_", " "), str(summary[key]))
     if "seconds" in summary:
         table.add_row("seconds", f"{summary['seconds']:.2f}")
     stdout.print(table)
@@ -170,7 +177,35 @@ def data_ingest(
             summary = run_request(request, params, set_ or [], progress=not quiet)
         else:
             summary = run_ingest(cfg, request, progress=not quiet).as_dict()
-    _emit(summary, as_json, _render_ingest)
+    _emit(summary, as_json, _render_counts)
+
+
+@data_app.command("featurize")
+def data_featurize(
+    input_: Annotated[
+        Path, typer.Option("--input", help="a raw-table snapshot, or a source directory (its newest snapshot).")
+    ],
+    out: Annotated[Path | None, typer.Option(help="root of shard versions [default: paths.shards_dir].")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="local Dask worker processes [default: featurize.dask.workers].")] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="address of a running Dask scheduler to use instead of a local cluster (or $DEEPMOLM_DASK_SCHEDULER)."),
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Featurize a raw table into a shard version <out>/<dataset>/<version>/ as a Prefect flow on Dask.
+
+    The version id follows from the input and the params: an interrupted run started again finishes
+    the missing parts only, and molecules an earlier version already holds are reused."""
+    with _command(as_json):
+        _params(params, set_)  # fail on bad params before any cluster starts
+        from flows.featurize import run_featurize
+
+        summary = run_featurize(input_, out, params, set_ or [], workers=workers, scheduler=scheduler, progress=not quiet)
+    _emit(summary, as_json, _render_counts)
 
 
 def _forbid(source: str, **given) -> None:
@@ -181,24 +216,27 @@ def _forbid(source: str, **given) -> None:
 
 @data_app.command("summary")
 def data_summary(
-    snapshot: Annotated[Path, typer.Argument(help="a snapshot directory, or a source directory (its newest snapshot).")],
+    snapshot: Annotated[Path, typer.Argument(help="a raw snapshot or shard version directory, or the directory above it (its newest).")],
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Counts and reject reasons of a raw-table snapshot, from its manifest."""
-    from deepmolm.sources.raw_table import read_manifest, resolve_snapshot
+    """Counts and reject reasons of a raw-table snapshot or a shard version, from its manifest."""
+    from deepmolm import shards
+    from deepmolm.sources import raw_table
 
     with _command(as_json):
-        where = resolve_snapshot(snapshot)
-        manifest = read_manifest(where)
-    summary = {
-        "source": manifest["source"],
-        "snapshot": manifest["snapshot"],
-        "out": str(where),
-        **manifest["counts"],
-        "rejected_by_reason": manifest["rejected_by_reason"],
-    }
-    _emit(summary, as_json, _render_ingest)
+        try:
+            where = raw_table.resolve_snapshot(snapshot)
+            manifest = raw_table.read_manifest(where)
+        except FileNotFoundError:
+            where = shards.resolve_version(snapshot)
+            manifest = shards.read_manifest(where)
+    if manifest["table"] == "molecules":
+        names = {"dataset": manifest["dataset"], "version": manifest["version"], "parts": len(manifest["parts"])}
+    else:
+        names = {"source": manifest["source"], "snapshot": manifest["snapshot"]}
+    summary = {**names, "out": str(where), **manifest["counts"], "rejected_by_reason": manifest["rejected_by_reason"]}
+    _emit(summary, as_json, _render_counts)
 
 
 @config_app.command("show")

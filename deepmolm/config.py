@@ -50,6 +50,7 @@ class _Section(BaseModel):
 class PathsParams(_Section):
     raw_dir: ProjectPath = Field(description="root of raw tables: <raw_dir>/<source>/<snapshot>/")
     cache_dir: ProjectPath = Field(description="downloads and other re-creatable files")
+    shards_dir: ProjectPath = Field(description="root of shard versions: <shards_dir>/<dataset>/<version>/")
 
 
 class Chebi20Params(_Section):
@@ -127,9 +128,15 @@ class ConformerParams(_Section):
     method: Literal["etkdg", "none"] = Field(description="etkdg: ETKDGv3 embedding; none: no 3D")
     mmff: bool = Field(description="optimise the embedded conformer with MMFF94")
     seed: int = Field(ge=0)
-    timeout_s: int = Field(ge=1, description="embedding time limit per attempt (RDKit's own)")
+    timeout_s: int = Field(ge=1, description="embedding time limit per attempt (RDKit's own, not strict)")
+    time_limit_s: float = Field(
+        gt=0, description="hard wall-clock limit of the whole conformer step; past it conformer_source=none"
+    )
     mmff_max_iters: int = Field(ge=1)
-    random_coords_fallback: bool = Field(description="retry from random coordinates when ETKDG fails")
+    random_coords_fallback: bool = Field(description="retry from the other starting point when ETKDG fails")
+    random_coords_above_heavy_atoms: int = Field(
+        ge=0, description="larger molecules start from random coordinates, smaller from the distance matrix"
+    )
     max_heavy_atoms: int = Field(ge=1, description="larger molecules get conformer_source=none")
 
 
@@ -140,7 +147,21 @@ class E3fpParams(_Section):
     stereo: bool
 
 
+class DaskParams(_Section):
+    workers: int = Field(ge=1, description="worker processes of the local cluster")
+    threads_per_worker: int = Field(ge=1, description="1: RDKit work is CPU-bound and holds the GIL")
+    memory_limit: str = Field(description="per worker, as Dask reads it (e.g. 4GiB, or auto)")
+    scheduler_address: str | None = Field(
+        description="an existing Dask scheduler (tcp://host:8786) instead of a local cluster; "
+        "the DEEPMOLM_DASK_SCHEDULER environment variable overrides it"
+    )
+
+
 class FeaturizeParams(_Section):
+    rows_per_part: int = Field(ge=1, description="molecules per Dask task and per Parquet part")
+    task_retries: int = Field(ge=0, description="Prefect retries of a part whose task failed")
+    task_retry_delay_s: float = Field(ge=0)
+    dask: DaskParams
     render: RenderParams
     conformer: ConformerParams
     e3fp: E3fpParams

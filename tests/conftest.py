@@ -24,7 +24,7 @@ def shared() -> Path:
 
 
 def tmp_overrides(tmp_path: Path) -> list[str]:
-    return [f"paths.raw_dir={tmp_path / 'raw'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    return [f"paths.{name}_dir={tmp_path / name}" for name in ("raw", "cache", "shards")]
 
 
 @pytest.fixture

@@ -34,9 +34,7 @@ def make_conformer(mol: Chem.Mol, params: ConformerParams, pubchem_coords: np.nd
     if mol.GetNumHeavyAtoms() > params.max_heavy_atoms:
         return Conformer("none", None, f"{mol.GetNumHeavyAtoms()} heavy atoms > max_heavy_atoms")
     with_h = Chem.AddHs(mol)
-    for source, random_coords in (("etkdg", False), ("etkdg_random_coords", True)):
-        if random_coords and not params.random_coords_fallback:
-            break
+    for source, random_coords in _attempts(mol, params):
         embed = rdDistGeom.ETKDGv3()
         embed.randomSeed = params.seed
         embed.timeout = params.timeout_s
@@ -47,6 +45,17 @@ def make_conformer(mol: Chem.Mol, params: ConformerParams, pubchem_coords: np.nd
             _optimise(with_h, params)
             return Conformer(source, with_h)
     return Conformer("none", None, "ETKDG embedding failed")
+
+
+def _attempts(mol: Chem.Mol, params: ConformerParams) -> list[tuple[str, bool]]:
+    """Embedding attempts in order. Large molecules start from random coordinates: measured on
+    ChEBI-20 (docs/benchmarks.md) that is faster there and ends at equal or lower MMFF energy."""
+    attempts = [("etkdg", False), ("etkdg_random_coords", True)]
+    if mol.GetNumHeavyAtoms() > params.random_coords_above_heavy_atoms:
+        attempts.reverse()
+    if not params.random_coords_fallback:
+        attempts = attempts[:1]
+    return attempts
 
 
 def _optimise(mol: Chem.Mol, params: ConformerParams) -> None:

@@ -11,11 +11,29 @@ a heavy-atom neighbour (lone ions, methane) are left out by e3fp and keep -1 in 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
-from e3fp.fingerprint.fprinter import Fingerprinter, signed_to_unsigned_int
 from rdkit import Chem
 
 from deepmolm.config import E3fpParams
+
+
+def _import_e3fp():
+    """e3fp calls logging.basicConfig(level=INFO) when imported, which turns on every library's INFO
+    lines (httpx's request log in each Dask worker, for one); undo that on the root logger."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    from e3fp.fingerprint import fprinter
+
+    root.setLevel(level)
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    return fprinter.Fingerprinter, fprinter.signed_to_unsigned_int
+
+
+Fingerprinter, signed_to_unsigned_int = _import_e3fp()
 
 
 def e3fp_atom_identifiers(mol_with_conformer: Chem.Mol, params: E3fpParams) -> np.ndarray:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rdkit import Chem
 
-from deepmolm.config import FeaturizeParams
-from deepmolm.featurize.conformer import make_conformer
+from deepmolm.config import ConformerParams, FeaturizeParams
+from deepmolm.featurize.conformer import Conformer, make_conformer
 from deepmolm.featurize.e3fp_tokens import e3fp_atom_identifiers
 from deepmolm.featurize.molecule import parse_molecule
 from deepmolm.featurize.outcome import FeaturizeError
@@ -33,6 +38,7 @@ class FeaturizeRejection:
     raw_smiles: str | None
     reason: str
     detail: str
+    input_hash: str
     stage: str = "featurize"
 
 
@@ -42,24 +48,56 @@ def input_hash(row: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def featurize_row(row: dict[str, Any], params: FeaturizeParams) -> dict[str, Any] | FeaturizeRejection:
+ConformerFn = Callable[[Chem.Mol, ConformerParams, "np.ndarray | None"], Conformer]
+
+
+class StepTimer:
+    """Seconds spent per featurization step, summed over the molecules it has seen."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+
+def featurize_row(
+    row: dict[str, Any],
+    params: FeaturizeParams,
+    *,
+    conformer_fn: ConformerFn = make_conformer,
+    timer: StepTimer | None = None,
+) -> dict[str, Any] | FeaturizeRejection:
+    """`conformer_fn` lets the pipeline run the conformer step under a hard time limit (sandbox.py)."""
+    timer = timer or StepTimer()
+    key = input_hash(row)
     try:
-        return _featurize(row, params)
+        return _featurize(row, params, conformer_fn, timer, key)
     except FeaturizeError as exc:
-        return FeaturizeRejection(row.get("cid"), row.get("source"), row.get("smiles"), exc.reason, exc.detail)
+        reason, detail = exc.reason, exc.detail
     except Exception as exc:  # noqa: BLE001 - a library failing on one molecule must not stop the rest
-        detail = f"{type(exc).__name__}: {exc}"[:300]
-        return FeaturizeRejection(row.get("cid"), row.get("source"), row.get("smiles"), "featurizer_error", detail)
+        reason, detail = "featurizer_error", f"{type(exc).__name__}: {exc}"[:300]
+    return FeaturizeRejection(row.get("cid"), row.get("source"), row.get("smiles"), reason, detail, key)
 
 
-def _featurize(row: dict[str, Any], params: FeaturizeParams) -> dict[str, Any]:
-    molecule = parse_molecule(row["smiles"])
-    flags = list(molecule.flags)
-    try:
-        selfies, selfies_index = selfies_with_atom_index(molecule.smiles, molecule.mol)
-    except FeaturizeError as exc:
-        selfies, selfies_index = None, []
-        flags.append(f"no_selfies: {exc.detail}"[:120])
+def _featurize(
+    row: dict[str, Any], params: FeaturizeParams, conformer_fn: ConformerFn, timer: StepTimer, key: str
+) -> dict[str, Any]:
+    with timer.step("molecule"):
+        molecule = parse_molecule(row["smiles"])
+    flags, notes = list(molecule.flags), []
+    with timer.step("selfies"):
+        try:
+            selfies, selfies_index = selfies_with_atom_index(molecule.smiles, molecule.mol)
+        except FeaturizeError as exc:
+            selfies, selfies_index = None, []
+            flags.append("no_selfies")
+            notes.append(f"selfies: {exc.detail}")
     pubchem_coords = None
     if row.get("coords") is not None:
         raw = np.asarray(row["coords"], dtype=float)
@@ -67,16 +105,23 @@ def _featurize(row: dict[str, Any], params: FeaturizeParams) -> dict[str, Any]:
             pubchem_coords = raw[list(molecule.input_atom_of)]
         else:
             flags.append("pubchem_coords_unusable")
-    conformer = make_conformer(molecule.mol, params.conformer, pubchem_coords)
+            notes.append(f"pubchem coords of shape {raw.shape} for {len(molecule.input_atom_of)} atoms")
+    with timer.step("conformer"):
+        conformer = conformer_fn(molecule.mol, params.conformer, pubchem_coords)
     if conformer.mol is not None:
         coords = conformer.heavy_coords().tolist()
-        e3fp = e3fp_atom_identifiers(conformer.mol, params.e3fp).tolist()
+        with timer.step("e3fp"):
+            e3fp = e3fp_atom_identifiers(conformer.mol, params.e3fp).tolist()
     else:
         coords, e3fp = None, None
-        flags.append(f"no_conformer: {conformer.detail}"[:120])
-    properties = compute_properties(molecule.mol)
+        flags.append("no_conformer")
+        notes.append(f"conformer: {conformer.detail}")
+    with timer.step("properties"):
+        properties = compute_properties(molecule.mol)
     pubchem = row.get("pubchem") or {}
     properties.update({f"pubchem_{key}": value for key, value in pubchem.items()})
+    with timer.step("render"):
+        image = render_png(molecule.mol, params.render)
     return {
         "cid": row["cid"],
         "source": row["source"],
@@ -86,11 +131,12 @@ def _featurize(row: dict[str, Any], params: FeaturizeParams) -> dict[str, Any]:
         "selfies": selfies,
         "selfies_atom_index": selfies_index,
         "description": row.get("description"),
-        "image_png": render_png(molecule.mol, params.render),
+        "image_png": image,
         "conformer_source": conformer.source,
         "coords": coords,
         "e3fp": e3fp,
         "properties": properties,
         "flags": flags,
-        "input_hash": input_hash(row),
+        "notes": "; ".join(notes)[:500] or None,
+        "input_hash": key,
     }

@@ -84,7 +84,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
+def write_parquet(table: pa.Table, path: Path) -> None:
     # Fixed writer options so that the same rows give the same bytes.
     pq.write_table(table, path, compression="zstd", write_statistics=True, use_dictionary=True)
 
@@ -138,7 +138,7 @@ class RawTableWriter:
             return
         name = f"part-{len(self._parts):05d}.parquet"
         path = self.staging / name
-        _write_parquet(pa.Table.from_pylist(self._rows, schema=RAW_SCHEMA), path)
+        write_parquet(pa.Table.from_pylist(self._rows, schema=RAW_SCHEMA), path)
         self._parts.append({"path": name, "rows": len(self._rows), "sha256": sha256_file(path)})
         self._rows = []
 
@@ -146,7 +146,7 @@ class RawTableWriter:
         """Write what is left, the rejects and the manifest, then move the snapshot into place."""
         self._flush()
         rejects_path = self.staging / REJECTS
-        _write_parquet(pa.Table.from_pylist(self._rejects, schema=REJECTS_SCHEMA), rejects_path)
+        write_parquet(pa.Table.from_pylist(self._rejects, schema=REJECTS_SCHEMA), rejects_path)
         rejects_sha = sha256_file(rejects_path)
         content = json.dumps([p["sha256"] for p in self._parts] + [rejects_sha]).encode()
         snapshot = hashlib.sha256(content).hexdigest()[:16]
@@ -205,3 +205,17 @@ def read_raw_table(snapshot_dir: Path) -> pa.Table:
 
 def read_rejects(snapshot_dir: Path) -> pa.Table:
     return pq.read_table(Path(snapshot_dir) / REJECTS, schema=REJECTS_SCHEMA)
+
+
+def read_raw_rows(snapshot_dir: Path, start: int, stop: int) -> list[dict]:
+    """Rows [start, stop) of a snapshot, reading only the parts that hold them."""
+    manifest = read_manifest(snapshot_dir)
+    rows: list[dict] = []
+    offset = 0
+    for part in manifest["parts"]:
+        lo, hi = max(start, offset), min(stop, offset + part["rows"])
+        if lo < hi:
+            table = pq.read_table(Path(snapshot_dir) / part["path"], schema=RAW_SCHEMA)
+            rows.extend(table.slice(lo - offset, hi - lo).to_pylist())
+        offset += part["rows"]
+    return rows

@@ -1,0 +1,213 @@
+"""Building one shard version from one raw-table snapshot, as steps a scheduler can spread out.
+
+plan_version decides the version id, which parts are still missing (resume) and which molecules an
+earlier version with the same featurization params already holds (incremental refresh: the cache
+key is input hash + params hash, and the earlier versions are the cache). build_part featurizes one
+chunk into one part; it is what a Dask worker runs. finish_version publishes. No orchestration here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from deepmolm.config import FeaturizeParams, Params
+from deepmolm.featurize.record import FeaturizeRejection, StepTimer, featurize_row, input_hash
+from deepmolm.featurize.sandbox import shared_sandbox
+from deepmolm.shards import (
+    MANIFEST,
+    REJECTS,
+    SHARD_REJECTS_SCHEMA,
+    SHARD_SCHEMA,
+    PartResult,
+    finished_parts,
+    list_versions,
+    publish_version,
+    read_manifest,
+    version_id,
+    write_part,
+)
+from deepmolm.sources.raw_table import read_manifest as read_raw_manifest
+from deepmolm.sources.raw_table import read_raw_rows, resolve_snapshot
+
+# The params a record depends on. rows_per_part changes only how records are cut into parts, so it
+# is in the version id but not in the cache key.
+FEATURE_SECTIONS = ("featurize.render", "featurize.conformer", "featurize.e3fp")
+VERSION_SECTIONS = (*FEATURE_SECTIONS, "featurize.rows_per_part")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One Dask task: raw rows [start, stop) -> part `index`; `reuse` maps input hashes to the
+    file of an earlier version that already holds their record or rejection."""
+
+    index: int
+    start: int
+    stop: int
+    reuse: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VersionPlan:
+    dataset: str
+    version: str
+    raw_snapshot_dir: str
+    building: str
+    final: str
+    params: FeaturizeParams
+    features_hash: str
+    version_hash: str
+    params_sections: dict
+    input_rows: int
+    chunks: tuple[Chunk, ...]  # all parts of the version
+    done: tuple[int, ...] = ()  # parts finished by an earlier, interrupted run
+    published: bool = False  # the version exists already: nothing to do
+
+    def missing(self) -> list[Chunk]:
+        return [c for c in self.chunks if c.index not in self.done]
+
+
+@dataclass(frozen=True)
+class FeaturizeSummary:
+    dataset: str
+    version: str
+    out: str
+    input_rows: int
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    reused: int
+    parts: int
+    resumed_parts: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
+    snapshot_dir = resolve_snapshot(Path(raw))
+    raw_manifest = read_raw_manifest(snapshot_dir)
+    dataset = raw_manifest["source"]
+    version_hash = params.section_hash(*VERSION_SECTIONS)
+    features_hash = params.section_hash(*FEATURE_SECTIONS)
+    version = version_id(raw_manifest["snapshot"], version_hash)
+    dataset_dir = Path(shards_root) / dataset
+    final, building = dataset_dir / version, dataset_dir / f".building-{version}"
+    common = dict(
+        dataset=dataset,
+        version=version,
+        raw_snapshot_dir=str(snapshot_dir),
+        building=str(building),
+        final=str(final),
+        params=params.featurize,
+        features_hash=features_hash,
+        version_hash=version_hash,
+        params_sections=params.sections(*VERSION_SECTIONS),
+        input_rows=raw_manifest["counts"]["accepted"],
+    )
+    if (final / MANIFEST).is_file():
+        return VersionPlan(**common, chunks=(), published=True)
+    building.mkdir(parents=True, exist_ok=True)
+    size = params.featurize.rows_per_part
+    n = common["input_rows"]
+    hashes = [input_hash(row) for row in read_raw_rows(snapshot_dir, 0, n)] if n else []
+    cached = _cache_index(dataset_dir, features_hash, exclude=final)
+    chunks = tuple(
+        Chunk(i, start, min(start + size, n), {h: cached[h] for h in hashes[start : start + size] if h in cached})
+        for i, start in enumerate(range(0, n, size))
+    )
+    return VersionPlan(**common, chunks=chunks, done=tuple(sorted(finished_parts(building))))
+
+
+def _cache_index(dataset_dir: Path, features_hash: str, exclude: Path) -> dict[str, str]:
+    """input hash -> file holding its result, over earlier versions built with the same params."""
+    index: dict[str, str] = {}
+    if not dataset_dir.is_dir():
+        return index
+    for version_dir in list_versions(dataset_dir):
+        manifest = read_manifest(version_dir)
+        if version_dir == exclude or manifest.get("features_hash") != features_hash:
+            continue
+        files = [version_dir / p["path"] for p in manifest["parts"]] + [version_dir / REJECTS]
+        for path in files:
+            for h in pq.read_table(path, columns=["input_hash"]).column("input_hash").to_pylist():
+                index[h] = str(path)
+    return index
+
+
+def _cached_rows(reuse: dict[str, str]) -> dict[str, dict]:
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for h, path in reuse.items():
+        by_file[path].append(h)
+    found = {}
+    for path, hashes in by_file.items():
+        schema = SHARD_REJECTS_SCHEMA if Path(path).name == REJECTS else SHARD_SCHEMA
+        table = pq.read_table(path, schema=schema, filters=[("input_hash", "in", hashes)])
+        found.update({row["input_hash"]: row for row in table.to_pylist()})
+    return found
+
+
+def build_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
+    """Featurize rows [start, stop) (or take them from the cache) and write part `index` atomically."""
+    rows = read_raw_rows(Path(plan.raw_snapshot_dir), chunk.start, chunk.stop)
+    cached = _cached_rows(chunk.reuse)
+    timer, conformer_fn = StepTimer(), shared_sandbox()
+    records, rejects, reused = [], [], 0
+    for row in rows:
+        key = input_hash(row)
+        if key in cached:
+            hit = cached[key]
+            (rejects if "reason" in hit else records).append(hit)
+            reused += 1
+            continue
+        outcome = featurize_row(row, plan.params, conformer_fn=conformer_fn, timer=timer)
+        if isinstance(outcome, FeaturizeRejection):
+            rejects.append(asdict(outcome))
+        else:
+            records.append(outcome)
+    return write_part(Path(plan.building), chunk.index, records, rejects, reused=reused, seconds_by_step=dict(timer.seconds))
+
+
+def finish_version(plan: VersionPlan, results: list[PartResult], started: float) -> FeaturizeSummary:
+    if plan.published:
+        manifest = read_manifest(Path(plan.final))
+    else:
+        by_index = {**finished_parts(Path(plan.building)), **{r.index: r for r in results}}
+        missing = [c.index for c in plan.chunks if c.index not in by_index]
+        if missing:
+            raise RuntimeError(f"parts {missing} of version {plan.version} were not built")
+        manifest = publish_version(
+            Path(plan.building),
+            Path(plan.final),
+            list(by_index.values()),
+            {
+                "dataset": plan.dataset,
+                "version": plan.version,
+                "params_hash": plan.version_hash,
+                "features_hash": plan.features_hash,
+                "params": plan.params_sections,
+                "input": {"raw_snapshot_dir": plan.raw_snapshot_dir,
+                          "raw_snapshot": Path(plan.raw_snapshot_dir).name},
+            },
+        )
+    counts = manifest["counts"]
+    if counts["input_rows"] != plan.input_rows:
+        raise AssertionError(f"row accounting broke: {counts['input_rows']} rows in the version, {plan.input_rows} in the input")
+    return FeaturizeSummary(
+        dataset=plan.dataset,
+        version=plan.version,
+        out=plan.final,
+        input_rows=counts["input_rows"],
+        accepted=counts["accepted"],
+        rejected=counts["rejected"],
+        rejected_by_reason=manifest["rejected_by_reason"],
+        reused=counts["reused"],
+        parts=len(manifest["parts"]),
+        resumed_parts=len(plan.done),
+        seconds=round(time.perf_counter() - started, 3),
+    )

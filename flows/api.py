@@ -1,0 +1,41 @@
+"""The Prefect API a flow and its Dask workers report to.
+
+With PREFECT_API_URL set (a `prefect server start` or Prefect Cloud) that one is used. Otherwise a
+temporary local server is started here and its address exported, so the worker processes of a
+local Dask cluster record their task runs in the same place instead of each starting their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect.logging.handlers import APILogWorker
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            APILogWorker.drain_all(timeout=10)  # send the run's logs while the server is still up
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def quiet_dask_logs() -> None:
+    """The nannies' INFO lines (worker start and stop, ...) drown the progress bar; keep warnings.
+    The nannies of a local cluster run in this process; LocalCluster already quiets the workers."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)

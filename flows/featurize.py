@@ -1,0 +1,86 @@
+"""Featurize as a Prefect flow: one task per part, spread over Dask worker processes.
+
+The work is deepmolm.shard_build's; this module only chooses the Dask cluster (a local one of
+`featurize.dask.workers` processes, or an existing scheduler), submits one task per missing part,
+shows progress over molecules and publishes. A task whose worker dies is re-run by Dask on another
+worker, and a task that fails is retried by Prefect (`featurize.task_retries`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect_dask import DaskTaskRunner
+
+from deepmolm.config import DaskParams, load_params
+from flows.api import prefect_api, quiet_dask_logs
+from deepmolm.progress import progress_bar
+from deepmolm.shard_build import Chunk, VersionPlan, build_part, finish_version, plan_version
+from deepmolm.shards import PartResult
+
+SCHEDULER_ENV = "DEEPMOLM_DASK_SCHEDULER"
+
+
+@task(name="featurize-part", cache_policy=NO_CACHE)
+def featurize_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
+    return build_part(plan, chunk)
+
+
+@flow(name="featurize", log_prints=True)
+def featurize_flow(raw: str, out_root: str | None = None, params_file: str = "params.yaml",
+                   overrides: list[str] | None = None, progress: bool = False) -> dict:
+    started = time.perf_counter()
+    params = load_params(Path(params_file), overrides or [])
+    plan = plan_version(Path(raw), Path(out_root) if out_root else params.paths.shards_dir, params)
+    missing = plan.missing()
+    slim = dataclasses.replace(plan, chunks=())  # each task carries its own chunk only
+    part_task = featurize_part.with_options(retries=params.featurize.task_retries,
+                                            retry_delay_seconds=params.featurize.task_retry_delay_s)
+    futures = [part_task.submit(slim, chunk) for chunk in missing]
+    results = []
+    total = sum(c.stop - c.start for c in missing)
+    with progress_bar(f"featurize {plan.dataset}", total, enabled=progress) as advance:
+        for future in as_completed(futures):
+            result = future.result()
+            results.append(result)
+            advance(result.rows + result.rejected)
+    summary = finish_version(plan, results, started)
+    print(
+        f"{summary.dataset} version {summary.version}: {summary.input_rows} input rows = {summary.accepted} accepted "
+        f"+ {summary.rejected} rejected ({summary.reused} reused, {summary.resumed_parts} parts resumed)"
+    )
+    return summary.as_dict()
+
+
+def task_runner(dask: DaskParams, workers: int | None = None, scheduler: str | None = None) -> DaskTaskRunner:
+    """The CLI's --scheduler, else $DEEPMOLM_DASK_SCHEDULER, else params; no address: a local cluster."""
+    address = scheduler or os.environ.get(SCHEDULER_ENV) or dask.scheduler_address
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": workers or dask.workers,
+            "threads_per_worker": dask.threads_per_worker,
+            "processes": True,
+            "memory_limit": dask.memory_limit,
+            "dashboard_address": None,
+        },
+    )
+
+
+def run_featurize(raw: Path, out_root: Path | None, params_file: Path, overrides: list[str], *,
+                  workers: int | None = None, scheduler: str | None = None, progress: bool = True) -> dict:
+    params = load_params(params_file, overrides)
+    runner = task_runner(params.featurize.dask, workers, scheduler)
+    quiet_dask_logs()
+    with prefect_api():
+        return featurize_flow.with_options(task_runner=runner)(
+            str(raw), str(out_root) if out_root else None, str(params_file), list(overrides), progress
+        )
