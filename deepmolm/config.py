@@ -59,6 +59,9 @@ class Chebi20Params(_Section):
     )
     url: str = Field(description="download URL template with a {split} placeholder")
     splits: list[Split] = Field(min_length=1, description="splits ingested when --split is not given")
+    max_rows_per_split: int | None = Field(
+        ge=1, description="read only the first rows of each split (a quick run); null reads them all"
+    )
     sha256: dict[Split, str | None] = Field(
         description="known SHA-256 of each published split file; null means unknown"
     )

@@ -6,6 +6,7 @@ The sources yield records and rejections; this module adds what only the whole i
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -101,14 +102,17 @@ def _write_layout_files(
     progress: bool,
     sections: tuple[str, ...],
     extra: dict[str, dict] | None = None,
+    max_rows_per_file: int | None = None,
 ) -> IngestSummary:
-    """Files in the ChEBI-20 layout -> one snapshot. `files` holds (path, split, uri, sha256)."""
+    """Files in the ChEBI-20 layout -> one snapshot. `files` holds (path, split, uri, sha256).
+
+    With `max_rows_per_file`, only the first rows of each file are read (and accounted for)."""
     started = time.perf_counter()
     dedupe = _FirstCidWins()
     inputs: list[InputRef] = []
     for path, *_ in files:
         tsv.check_layout(path)  # refuse unusable files before any work starts
-    total = sum(tsv.count_rows(path) for path, *_ in files)
+    total = sum(min(tsv.count_rows(path), max_rows_per_file or sys.maxsize) for path, *_ in files)
     input_rows = 0
     with _writer(params, source, out_root) as writer, progress_bar(f"ingest {source}", total, enabled=progress) as advance:
         for path, split, uri, digest in files:
@@ -122,6 +126,8 @@ def _write_layout_files(
                 max_smiles_chars=params.ingest.max_smiles_chars,
                 max_description_chars=params.ingest.max_description_chars,
             ):
+                if max_rows_per_file is not None and rows >= max_rows_per_file:
+                    break
                 item = dedupe(item)
                 writer.reject(item) if isinstance(item, Rejection) else writer.add(item)
                 rows += 1
@@ -141,7 +147,9 @@ def ingest_chebi20(
     located = [chebi20.locate_split(cfg, split, params.paths.cache_dir) for split in chosen]
     files = [(f.path, f.split, f.uri, f.sha256) for f in located]
     extra = {f.uri: {"read_from": str(f.path), "origin": f.origin} for f in located}
-    return _write_layout_files(params, "chebi20", files, out_root, progress, ("sources.chebi20", "ingest"), extra)
+    return _write_layout_files(
+        params, "chebi20", files, out_root, progress, ("sources.chebi20", "ingest"), extra, cfg.max_rows_per_split
+    )
 
 
 def ingest_tsv(

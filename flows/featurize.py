@@ -82,5 +82,9 @@ def run_featurize(raw: Path, out_root: Path | None, params_file: Path, overrides
     quiet_dask_logs()
     with prefect_api():
         return featurize_flow.with_options(task_runner=runner)(
-            str(raw), str(out_root) if out_root else None, str(params_file), list(overrides), progress
+            str(Path(raw).resolve()),
+            str(Path(out_root).resolve()) if out_root else None,
+            str(Path(params_file).resolve()),
+            list(overrides),
+            progress,
         )

@@ -1,5 +1,6 @@
-"""The README's first command on a copy of the repository: `./dev demo` runs `dvc repro`, whose
-ingest stage runs through a Prefect flow (temporary local API); a second run has nothing to do."""
+"""The README's first command on a copy of the repository: `./dev demo` runs `dvc repro` (ingest, then
+featurize on a local Dask cluster, each a Prefect flow on a temporary local API) on the first rows of
+each ChEBI-20 split; a second run has nothing to do."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 from tests.conftest import REPO, SHARED, run_cli
 
 pytestmark = pytest.mark.slow
+ROWS_PER_SPLIT = 12
 
 
 def _git_files() -> list[str]:
@@ -28,6 +30,10 @@ def repo_copy(tmp_path: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, target)
     (tmp_path / "shared").symlink_to(SHARED)
+    params = copy / "params.yaml"
+    text = params.read_text()
+    assert "max_rows_per_split: null" in text
+    params.write_text(text.replace("max_rows_per_split: null", f"max_rows_per_split: {ROWS_PER_SPLIT}"))
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     return copy
 
@@ -41,14 +47,19 @@ def test_dev_demo_runs_dvc_repro_through_prefect_and_is_then_up_to_date(repo_cop
     first = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Flow run" in first.stdout + first.stderr, "the stage ran as a Prefect flow"
-    summary = json.loads([ln for ln in first.stdout.splitlines() if ln.startswith("{")][-1])
-    assert (summary["input_rows"], summary["accepted"] + summary["rejected"]) == (6601, 6601)
-    assert Path(summary["out"]).parent == repo_copy / "data" / "raw" / "chebi20"
-    assert "6601 input = 6601 accepted + 0 rejected" in first.stdout
+    raw, shards = [json.loads(ln) for ln in first.stdout.splitlines() if ln.startswith("{")][-2:]
+    rows = 2 * ROWS_PER_SPLIT
+    assert (raw["input_rows"], raw["accepted"], raw["rejected"]) == (rows, rows, 0)
+    assert Path(raw["out"]).parent == repo_copy / "data" / "raw" / "chebi20"
+    assert shards["input_rows"] == rows and shards["accepted"] + shards["rejected"] == rows
+    assert Path(shards["out"]).parent == repo_copy / "data" / "shards" / "chebi20"
+    assert f"{rows} input = {rows} accepted + 0 rejected" in first.stdout
 
     second = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0
     assert "didn't change, skipping" in second.stdout
 
     shown = run_cli("data", "summary", str(repo_copy / "data" / "raw" / "chebi20"), "--json", check=True)
-    assert json.loads(shown.stdout.splitlines()[-1])["snapshot"] == summary["snapshot"]
+    assert json.loads(shown.stdout.splitlines()[-1])["snapshot"] == raw["snapshot"]
+    shown = run_cli("data", "summary", str(repo_copy / "data" / "shards" / "chebi20"), "--json", check=True)
+    assert json.loads(shown.stdout.splitlines()[-1])["version"] == shards["version"]

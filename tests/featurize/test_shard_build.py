@@ -1,0 +1,103 @@
+"""Shard versions built with the library steps (no scheduler): accounting, schema, cache reuse."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from rdkit import Chem
+
+from deepmolm.featurize.sandbox import ConformerSandbox
+from deepmolm.featurize.conformer import make_conformer
+from deepmolm.ingest import ingest_tsv
+from deepmolm.shard_build import build_part, finish_version, plan_version
+from deepmolm.shards import SHARD_SCHEMA, read_manifest, read_shard_rejects, read_shards
+from tests.featurize_inputs import BAD_ROWS, small_chebi20_rows, write_table
+
+
+def build(params, raw_out, shards_root):
+    started = time.perf_counter()
+    plan = plan_version(raw_out, shards_root, params)
+    return finish_version(plan, [build_part(plan, chunk) for chunk in plan.missing()], started)
+
+
+@pytest.fixture
+def params(make_params):
+    return make_params("featurize.rows_per_part=5")
+
+
+def test_version_accounts_for_every_row_with_reasons(params, shared, tmp_path):
+    raw = ingest_tsv(params, write_table(tmp_path / "in.txt", small_chebi20_rows(shared, 12)), progress=False)
+    summary = build(params, raw.out, tmp_path / "shards")
+    assert (summary.input_rows, summary.accepted, summary.rejected) == (15, 12, 3)
+    assert summary.rejected_by_reason == {reason: 1 for _, reason in BAD_ROWS.values()}
+    assert summary.parts == 3
+    manifest = read_manifest(summary.out)
+    assert [p["rows"] + p["rejected"] for p in manifest["parts"]] == [5, 5, 5]
+    assert manifest["params_hash"] and manifest["features_hash"] and manifest["schema_version"] == 1
+    table = read_shards(summary.out)
+    assert table.schema.equals(SHARD_SCHEMA, check_metadata=False) and table.num_rows == 12
+    row = table.slice(0, 1).to_pylist()[0]
+    image = Image.open(io.BytesIO(row["image_png"]))
+    assert image.size == (1024, 1024) and image.mode == "RGB"
+    heavy = Chem.MolFromSmiles(row["smiles"]).GetNumHeavyAtoms()
+    assert np.array(row["coords"]).shape == (heavy, 3) and np.array(row["e3fp"]).shape == (heavy, 4)
+    rejects = read_shard_rejects(summary.out).to_pylist()
+    assert sorted(r["cid"] for r in rejects) == sorted(BAD_ROWS)
+    assert all(r["stage"] == "featurize" and r["detail"] for r in rejects)
+
+
+def test_refresh_reuses_unchanged_molecules_and_matches_a_clean_build(params, shared, tmp_path):
+    first = small_chebi20_rows(shared, 10)
+    raw1 = ingest_tsv(params, write_table(tmp_path / "v1.txt", first), progress=False)
+    v1 = build(params, raw1.out, tmp_path / "shards")
+    # The refresh: one description edited, four molecules added.
+    cid, smiles, text = first[3].split("\t")
+    grown = first[:3] + [f"{cid}\t{smiles}\t{text} (edited)"] + first[4:] + small_chebi20_rows(shared, 4, skip=10)
+    raw2 = ingest_tsv(params, write_table(tmp_path / "v2.txt", grown), progress=False)
+    v2 = build(params, raw2.out, tmp_path / "shards")
+    assert v2.version != v1.version
+    assert v2.reused == 9 + len(BAD_ROWS), "unchanged molecules and rejects come from the earlier version"
+    assert read_manifest(v2.out)["counts"]["reused"] == v2.reused
+    clean = build(params, raw2.out, tmp_path / "clean")
+    assert clean.reused == 0 and clean.version == v2.version
+    assert [p["sha256"] for p in read_manifest(clean.out)["parts"]] == [p["sha256"] for p in read_manifest(v2.out)["parts"]]
+    # Other featurization params: nothing can be reused.
+    other = build(params.model_copy(update={"featurize": params.featurize.model_copy(
+        update={"e3fp": params.featurize.e3fp.model_copy(update={"bits": 1024})})}), raw2.out, tmp_path / "shards")
+    assert other.reused == 0 and other.version != v2.version
+
+
+def test_published_version_is_not_built_again(params, shared, tmp_path):
+    raw = ingest_tsv(params, write_table(tmp_path / "in.txt", small_chebi20_rows(shared, 3), bad=False), progress=False)
+    first = build(params, raw.out, tmp_path / "shards")
+    plan = plan_version(raw.out, tmp_path / "shards", params)
+    assert plan.published and plan.missing() == []
+    again = finish_version(plan, [], time.perf_counter())
+    assert (again.version, again.accepted) == (first.version, 3)
+
+
+def test_sandbox_gives_up_at_the_time_limit_and_keeps_working(make_params):
+    conformer = make_params("featurize.conformer.time_limit_s=0.3").featurize.conformer
+    slow = Chem.MolFromSmiles("CC(=O)N[C@@H]1[C@@H](O)[C@H](O[C@@H]2O[C@H](CO)[C@@H](O)[C@H](O)[C@H]2O)"
+                              "[C@@H](CO[C@@H]2O[C@H](CO)[C@@H](O)[C@H](O)[C@H]2NC(C)=O)O[C@H]1O" * 1)
+    big = Chem.MolFromSmiles(".".join([Chem.MolToSmiles(slow)] * 4))
+    sandbox = ConformerSandbox()
+    try:
+        started = time.perf_counter()
+        result = sandbox(big, conformer)
+        assert time.perf_counter() - started < 2.0
+        assert result.source == "none" and result.detail.startswith("time_limit")
+        small = Chem.MolFromSmiles("OC[C@H]1OC(O)[C@H](O)[C@@H](O)[C@@H]1O")
+        again = sandbox(small, conformer.model_copy(update={"time_limit_s": 30}))
+        direct = make_conformer(small, conformer)
+        assert again.source == direct.source == "etkdg"
+        np.testing.assert_array_equal(again.heavy_coords(), direct.heavy_coords())
+        assert sandbox.restarts == 2
+    finally:
+        sandbox.stop()
