@@ -109,6 +109,20 @@ def test_conformer_is_seeded_and_optimised():
     assert make_conformer(mol, FEAT.conformer.model_copy(update={"method": "none"})).source == "none"
 
 
+@pytest.mark.parametrize("smiles", ["CC(=O)[O-].CC(=O)[O-].[Co+2]", "[OH-].[OH-].[Mg+2]", "CC[NH3+].C(=O)(C(F)(F)F)[O-]"])
+def test_fragments_of_a_salt_do_not_overlap(smiles):
+    conformer = make_conformer(parse_molecule(smiles).mol, FEAT.conformer)
+    xyz = conformer.heavy_coords()
+    distances = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)[np.triu_indices(len(xyz), 1)]
+    assert distances.min() > 1.0, "ETKDG alone stacks the fragments on top of each other"
+
+
+def test_large_molecules_start_from_random_coordinates():
+    chain = parse_molecule("C" * 45).mol
+    assert make_conformer(chain, FEAT.conformer).source == "etkdg_random_coords"
+    assert make_conformer(parse_molecule("C" * 12).mol, FEAT.conformer).source == "etkdg"
+
+
 def test_pubchem_coordinates_are_used_in_canonical_atom_order(shared):
     sdf = (shared / "pubchem" / "Conformer3D_COMPOUND_CID_1.sdf").read_text()
     raw_smiles = "CC(=O)OC(CC(=O)[O-])C[N+](C)(C)C"

@@ -23,6 +23,14 @@ def test_mirror_splits_are_read_whole_with_splits_kept(make_params):
     assert manifest["inputs"][0]["uri"].endswith("/ChEBI-20_data/test.txt")
 
 
+def test_row_limit_reads_the_first_rows_of_each_split(make_params):
+    summary = ingest_chebi20(make_params("sources.chebi20.max_rows_per_split=4"), progress=False)
+    assert (summary.input_rows, summary.accepted) == (8, 8)
+    table = read_raw_table(summary.out)
+    assert table.column("source_line").to_pylist() == [2, 3, 4, 5] * 2, "the first rows after the header"
+    assert {i["split"]: i["rows"] for i in read_manifest(summary.out)["inputs"]} == {"test": 4, "validation": 4}
+
+
 def test_stereo_smiles_loses_its_doubled_backslashes(make_params):
     summary = ingest_chebi20(make_params(), ["test"], progress=False)
     table = read_raw_table(summary.out)

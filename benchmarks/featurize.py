@@ -1,0 +1,84 @@
+"""Featurization: orchestration overhead (flow on 1 worker vs a bare loop) and scaling over workers.
+
+All runs featurize the same ChEBI-20 test molecules with the same params, in this one invocation:
+  - bare: one process calls featurize_row on each raw row (conformers in-process, no time limit);
+  - flow: `deepmolm data featurize`'s flow (Prefect + a local Dask cluster of N worker processes,
+    parts written and hashed, conformers in the time-limit sandbox), each into a fresh output root
+    so nothing is reused.
+One Prefect API server is started first and shared (as with `prefect server start`), so its start-up
+is not counted; the flow's Dask cluster start-up is. Overhead = flow(1 worker) / bare; efficiency at
+N workers = time(1) / (N x time(N)).
+
+    python -m benchmarks.featurize [--molecules 240] [--workers 1 2] [--rows-per-part 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from deepmolm.config import load_params
+from deepmolm.featurize.record import StepTimer, featurize_row
+from deepmolm.ingest import ingest_tsv
+from deepmolm.sources.raw_table import read_raw_table
+from flows.api import prefect_api, quiet_dask_logs
+from flows.featurize import run_featurize
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--molecules", type=int, default=240)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rows-per-part", type=int, default=10)
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-featurize-"))
+    overrides = [f"paths.raw_dir={tmp / 'raw'}", f"featurize.rows_per_part={args.rows_per_part}"]
+    params = load_params("params.yaml", overrides)
+    lines = (args.shared / "chebi20" / "test.txt").read_text(encoding="utf-8").splitlines()
+    table = tmp / "sample.txt"
+    table.write_text("\n".join(lines[: args.molecules + 1]) + "\n", encoding="utf-8")
+    raw = ingest_tsv(params, table, progress=False)
+    rows = read_raw_table(raw.out).to_pylist()
+
+    timer = StepTimer()
+    started = time.perf_counter()
+    for row in rows:
+        featurize_row(row, params.featurize, timer=timer)
+    bare = time.perf_counter() - started
+    print(f"bare loop: {len(rows)} molecules in {bare:.1f} s ({bare / len(rows) * 1000:.0f} ms/molecule)")
+    print("  per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(timer.seconds.items(), key=lambda kv: -kv[1])))
+
+    quiet_dask_logs()
+    flow_seconds: dict[int, float] = {}
+    with prefect_api():
+        for workers in args.workers:
+            started = time.perf_counter()
+            summary = run_featurize(Path(raw.out), tmp / f"shards-{workers}", Path("params.yaml"), overrides,
+                                    workers=workers, progress=False)
+            flow_seconds[workers] = time.perf_counter() - started
+            assert summary["input_rows"] == len(rows) and summary["reused"] == 0
+            print(f"flow, {workers} worker(s): {flow_seconds[workers]:.1f} s "
+                  f"(in-flow {summary['seconds']:.1f} s), {summary['accepted']} accepted + {summary['rejected']} rejected")
+
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "molecules": len(rows), "bare_s": round(bare, 2)}
+    if 1 in flow_seconds:
+        result["overhead_ratio"] = round(flow_seconds[1] / bare, 3)
+        print(f"overhead ratio (flow on 1 worker / bare loop): {result['overhead_ratio']:.3f}  (target <= 1.10)")
+        for workers, seconds in flow_seconds.items():
+            efficiency = flow_seconds[1] / (workers * seconds)
+            result[f"efficiency_{workers}"] = round(efficiency, 3)
+            print(f"parallel efficiency at {workers} workers: {efficiency:.3f}  "
+                  f"({len(rows) / seconds:.2f} molecules/s)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
