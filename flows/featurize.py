@@ -23,6 +23,7 @@ from flows.api import prefect_api, quiet_dask_logs
 from deepmolm.progress import progress_bar
 from deepmolm.shard_build import Chunk, VersionPlan, build_part, finish_version, plan_version
 from deepmolm.shards import PartResult
+from deepmolm.sources.raw_table import resolve_snapshot
 
 SCHEDULER_ENV = "DEEPMOLM_DASK_SCHEDULER"
 
@@ -78,6 +79,7 @@ def task_runner(dask: DaskParams, workers: int | None = None, scheduler: str | N
 def run_featurize(raw: Path, out_root: Path | None, params_file: Path, overrides: list[str], *,
                   workers: int | None = None, scheduler: str | None = None, progress: bool = True) -> dict:
     params = load_params(params_file, overrides)
+    resolve_snapshot(Path(raw))  # a missing input fails here, before a server and a cluster start
     runner = task_runner(params.featurize.dask, workers, scheduler)
     quiet_dask_logs()
     with prefect_api():

@@ -59,6 +59,8 @@ def test_human_output_states_the_row_balance(tmp_path):
         (["data", "ingest", "--source", "chebi20", "-S", "ingest.rows_per_part=0"], 2, "ingest.rows_per_part"),
         (["data", "ingest", "--source", "chebi20", "-S", "sources.chebi20.mirror=/nowhere"], 1, "has no test.txt"),
         (["config", "show", "-S", "sources.pubchem.batchsize=3"], 2, "unknown key 'sources.pubchem.batchsize'"),
+        (["data", "featurize", "--input", "/nowhere"], 1, "no raw-table snapshot in /nowhere"),
+        (["data", "featurize", "--input", "/nowhere", "-S", "featurize.dask.workers=0"], 2, "featurize.dask.workers"),
     ],
 )
 def test_unusable_input_exits_non_zero_with_a_message(tmp_path, args, code, message):
@@ -95,7 +97,7 @@ def test_summary_reads_the_newest_snapshot(tmp_path):
     assert last_json(result.stdout)["input_rows"] == 3300
 
 
-@pytest.mark.parametrize("group", [[], ["data"], ["data", "ingest"], ["train"], ["eval"], ["report"], ["config"]])
+@pytest.mark.parametrize("group", [[], ["data"], ["data", "ingest"], ["data", "featurize"], ["train"], ["eval"], ["report"], ["config"]])
 def test_help_is_there_for_every_group(group):
     result = run_cli(*group, "--help", check=True)
     assert "Usage" in result.stdout
