@@ -132,9 +132,6 @@ class ConformerParams(_Section):
     mmff: bool = Field(description="optimise the embedded conformer with MMFF94")
     seed: int = Field(ge=0)
     timeout_s: int = Field(ge=1, description="embedding time limit per attempt (RDKit's own, not strict)")
-    time_limit_s: float = Field(
-        gt=0, description="hard wall-clock limit of the whole conformer step; past it conformer_source=none"
-    )
     mmff_max_iters: int = Field(ge=1)
     random_coords_fallback: bool = Field(description="retry from the other starting point when ETKDG fails")
     random_coords_above_heavy_atoms: int = Field(
@@ -162,6 +159,9 @@ class DaskParams(_Section):
 
 class FeaturizeParams(_Section):
     rows_per_part: int = Field(ge=1, description="molecules per Dask task and per Parquet part")
+    time_limit_s: float = Field(
+        gt=0, description="hard wall-clock limit per molecule; past it the molecule gets no conformer"
+    )
     task_retries: int = Field(ge=0, description="Prefect retries of a part whose task failed")
     task_retry_delay_s: float = Field(ge=0)
     dask: DaskParams

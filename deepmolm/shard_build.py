@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from deepmolm.config import FeaturizeParams, Params
-from deepmolm.featurize.record import FeaturizeRejection, StepTimer, featurize_row, input_hash
+from deepmolm.featurize.record import FeaturizeRejection, StepTimer, input_hash
 from deepmolm.featurize.sandbox import shared_sandbox
 from deepmolm.shards import (
     MANIFEST,
@@ -36,7 +36,7 @@ from deepmolm.sources.raw_table import read_raw_rows, resolve_snapshot
 
 # The params a record depends on. rows_per_part changes only how records are cut into parts, so it
 # is in the version id but not in the cache key.
-FEATURE_SECTIONS = ("featurize.render", "featurize.conformer", "featurize.e3fp")
+FEATURE_SECTIONS = ("featurize.render", "featurize.conformer", "featurize.e3fp", "featurize.time_limit_s")
 VERSION_SECTIONS = (*FEATURE_SECTIONS, "featurize.rows_per_part")
 
 
@@ -49,6 +49,7 @@ class Chunk:
     start: int
     stop: int
     reuse: dict[str, str] = field(default_factory=dict)
+    cost: float = 0.0  # expected work, to start the longest parts first
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,10 @@ class VersionPlan:
     published: bool = False  # the version exists already: nothing to do
 
     def missing(self) -> list[Chunk]:
-        return [c for c in self.chunks if c.index not in self.done]
+        """Parts still to build, most expensive first: the last parts to finish are then short ones,
+        so workers run out of work at nearly the same time."""
+        todo = [c for c in self.chunks if c.index not in self.done]
+        return sorted(todo, key=lambda c: (-c.cost, c.index))
 
 
 @dataclass(frozen=True)
@@ -115,13 +119,23 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
     building.mkdir(parents=True, exist_ok=True)
     size = params.featurize.rows_per_part
     n = common["input_rows"]
-    hashes = [input_hash(row) for row in read_raw_rows(snapshot_dir, 0, n)] if n else []
+    rows = read_raw_rows(snapshot_dir, 0, n) if n else []
+    hashes = [input_hash(row) for row in rows]
     cached = _cache_index(dataset_dir, features_hash, exclude=final)
-    chunks = tuple(
-        Chunk(i, start, min(start + size, n), {h: cached[h] for h in hashes[start : start + size] if h in cached})
-        for i, start in enumerate(range(0, n, size))
-    )
+    chunks = []
+    for i, start in enumerate(range(0, n, size)):
+        reuse = {h: cached[h] for h in hashes[start : start + size] if h in cached}
+        cost = sum(_expected_cost(row) for row, h in zip(rows[start : start + size], hashes[start : start + size])
+                   if h not in reuse)
+        chunks.append(Chunk(i, start, min(start + size, n), reuse, cost))
+    chunks = tuple(chunks)
     return VersionPlan(**common, chunks=chunks, done=tuple(sorted(finished_parts(building))))
+
+
+def _expected_cost(row: dict) -> float:
+    """Conformer time grows roughly with the square of the molecule's size (docs/benchmarks.md);
+    the SMILES length stands in for the size without parsing anything."""
+    return float(len(row["smiles"]) ** 2)
 
 
 def _cache_index(dataset_dir: Path, features_hash: str, exclude: Path) -> dict[str, str]:
@@ -156,7 +170,7 @@ def build_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
     """Featurize rows [start, stop) (or take them from the cache) and write part `index` atomically."""
     rows = read_raw_rows(Path(plan.raw_snapshot_dir), chunk.start, chunk.stop)
     cached = _cached_rows(chunk.reuse)
-    timer, conformer_fn = StepTimer(), shared_sandbox()
+    timer, featurize = StepTimer(), shared_sandbox()
     records, rejects, reused = [], [], 0
     for row in rows:
         key = input_hash(row)
@@ -165,7 +179,7 @@ def build_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
             (rejects if "reason" in hit else records).append(hit)
             reused += 1
             continue
-        outcome = featurize_row(row, plan.params, conformer_fn=conformer_fn, timer=timer)
+        outcome = featurize(row, plan.params, timer)
         if isinstance(outcome, FeaturizeRejection):
             rejects.append(asdict(outcome))
         else:

@@ -1,9 +1,12 @@
-"""A hard time limit for conformer generation: the work runs in a helper process that can be killed.
+"""A hard per-molecule time limit: featurization runs in a helper process that can be killed.
 
 RDKit's own embedding timeout is checked only between steps (a 236-atom glycan ran 9.5 s under a
 5 s timeout), and MMFF has none, so a limit that must hold is enforced from outside. The helper is a
 plain subprocess (Dask worker processes are daemonic and may not fork multiprocessing children),
-started once per process and reused; on a timeout it is killed and the next molecule starts a new one.
+started once per process and reused. It runs the whole `featurize_row`, which also keeps the
+pure-Python steps (E3FP, SELFIES) away from the GIL of a Dask worker, whose own threads slowed them
+by a third. When the limit passes, the helper is killed, the molecule is featurized here without a
+conformer (`conformer_source = none`, note `time_limit`), and the next molecule starts a new helper.
 """
 
 from __future__ import annotations
@@ -15,18 +18,17 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
-import numpy as np
-from rdkit import Chem
-
-from deepmolm.config import ConformerParams
-from deepmolm.featurize.conformer import Conformer, make_conformer
+from deepmolm.config import FeaturizeParams
+from deepmolm.featurize.conformer import Conformer
+from deepmolm.featurize.record import FeaturizeRejection, StepTimer, featurize_row
 
 TIMED_OUT = "time_limit"
 
 
-class ConformerSandbox:
-    """Calls make_conformer in a helper process, giving up after `time_limit_s` seconds."""
+class FeaturizeSandbox:
+    """Calls featurize_row in a helper process, giving up its conformer after `time_limit_s`."""
 
     def __init__(self) -> None:
         self._process: subprocess.Popen | None = None
@@ -36,24 +38,31 @@ class ConformerSandbox:
         self.restarts = 0
 
     def __call__(
-        self, mol: Chem.Mol, params: ConformerParams, pubchem_coords: np.ndarray | None = None
-    ) -> Conformer:
-        if pubchem_coords is not None or params.method == "none":
-            return make_conformer(mol, params, pubchem_coords)  # no embedding: nothing to time out
+        self, row: dict[str, Any], params: FeaturizeParams, timer: StepTimer | None = None
+    ) -> dict[str, Any] | FeaturizeRejection:
+        timer = timer if timer is not None else StepTimer()
         with self._lock:
-            self._ensure_started()
-            started = time.perf_counter()
-            try:
-                self._to_child.send((mol, params))
-                if self._from_child.poll(params.time_limit_s):
-                    source, result, detail = self._from_child.recv()
-                    return Conformer(source, result, detail)
-            except (EOFError, OSError) as exc:
-                self.stop()
-                return Conformer("none", None, f"conformer helper died ({type(exc).__name__})")
+            reply, problem = self._ask(row, params)
+        if reply is not None:
+            outcome, seconds = reply
+            timer.seconds.update(seconds)
+            return outcome
+        gave_up = Conformer("none", None, problem)
+        return featurize_row(row, params, conformer_fn=lambda *_: gave_up, timer=timer)
+
+    def _ask(self, row: dict[str, Any], params: FeaturizeParams) -> tuple[tuple | None, str]:
+        self._ensure_started()
+        started = time.perf_counter()
+        try:
+            self._to_child.send((row, params))
+            if self._from_child.poll(params.time_limit_s):
+                return self._from_child.recv(), ""
+        except (EOFError, OSError) as exc:
             self.stop()
-            waited = time.perf_counter() - started
-            return Conformer("none", None, f"{TIMED_OUT}: no conformer within {params.time_limit_s:g} s ({waited:.1f} s)")
+            return None, f"featurization helper died ({type(exc).__name__})"
+        self.stop()
+        waited = time.perf_counter() - started
+        return None, f"{TIMED_OUT}: not done within {params.time_limit_s:g} s ({waited:.1f} s)"
 
     def _ensure_started(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -81,14 +90,14 @@ class ConformerSandbox:
         self._process = None
 
 
-_SHARED: dict[int, ConformerSandbox] = {}
+_SHARED: dict[int, FeaturizeSandbox] = {}
 
 
-def shared_sandbox() -> ConformerSandbox:
+def shared_sandbox() -> FeaturizeSandbox:
     """One sandbox per process (a forked child gets its own, never its parent's pipes)."""
     pid = os.getpid()
     if pid not in _SHARED:
-        _SHARED[pid] = sandbox = ConformerSandbox()
+        _SHARED[pid] = sandbox = FeaturizeSandbox()
         atexit.register(sandbox.stop)
     return _SHARED[pid]
 
@@ -97,11 +106,12 @@ def _serve(read_fd: int, write_fd: int) -> None:
     requests, replies = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     while True:
         try:
-            mol, params = requests.recv()
+            row, params = requests.recv()
         except EOFError:  # the parent is gone or closed the pipe
             return
-        conformer = make_conformer(mol, params)
-        replies.send((conformer.source, conformer.mol, conformer.detail))
+        timer = StepTimer()
+        outcome = featurize_row(row, params, timer=timer)
+        replies.send((outcome, dict(timer.seconds)))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from rdkit import Chem
 
-from deepmolm.featurize.sandbox import ConformerSandbox
-from deepmolm.featurize.conformer import make_conformer
+from deepmolm.featurize.record import StepTimer, featurize_row
+from deepmolm.featurize.sandbox import FeaturizeSandbox
 from deepmolm.ingest import ingest_tsv
 from deepmolm.shard_build import build_part, finish_version, plan_version
 from deepmolm.shards import SHARD_SCHEMA, read_manifest, read_shard_rejects, read_shards
@@ -82,22 +82,34 @@ def test_published_version_is_not_built_again(params, shared, tmp_path):
     assert (again.version, again.accepted) == (first.version, 3)
 
 
-def test_sandbox_gives_up_at_the_time_limit_and_keeps_working(make_params):
-    conformer = make_params("featurize.conformer.time_limit_s=0.3").featurize.conformer
-    slow = Chem.MolFromSmiles("CC(=O)N[C@@H]1[C@@H](O)[C@H](O[C@@H]2O[C@H](CO)[C@@H](O)[C@H](O)[C@H]2O)"
-                              "[C@@H](CO[C@@H]2O[C@H](CO)[C@@H](O)[C@H](O)[C@H]2NC(C)=O)O[C@H]1O" * 1)
-    big = Chem.MolFromSmiles(".".join([Chem.MolToSmiles(slow)] * 4))
-    sandbox = ConformerSandbox()
+def test_sandbox_gives_up_the_conformer_at_the_time_limit_and_keeps_working(make_params):
+    glycan = ("CC(=O)N[C@@H]1[C@@H](O)[C@H](O[C@@H]2O[C@H](CO)[C@@H](O)[C@H](O)[C@H]2O)"
+              "[C@@H](CO[C@@H]2O[C@H](CO)[C@@H](O)[C@H](O)[C@H]2NC(C)=O)O[C@H]1O")
+    slow = {"cid": 1, "source": "tsv", "split": None, "smiles": ".".join([glycan] * 4), "description": "slow"}
+    quick = {"cid": 2, "source": "tsv", "split": None, "smiles": "OC[C@H]1OC(O)[C@H](O)[C@@H](O)[C@@H]1O",
+             "description": "glucose"}
+    params = make_params("featurize.time_limit_s=0.5").featurize
+    sandbox = FeaturizeSandbox()
     try:
         started = time.perf_counter()
-        result = sandbox(big, conformer)
-        assert time.perf_counter() - started < 2.0
-        assert result.source == "none" and result.detail.startswith("time_limit")
-        small = Chem.MolFromSmiles("OC[C@H]1OC(O)[C@H](O)[C@@H](O)[C@@H]1O")
-        again = sandbox(small, conformer.model_copy(update={"time_limit_s": 30}))
-        direct = make_conformer(small, conformer)
-        assert again.source == direct.source == "etkdg"
-        np.testing.assert_array_equal(again.heavy_coords(), direct.heavy_coords())
+        record = sandbox(slow, params)
+        assert time.perf_counter() - started < 5.0
+        assert record["conformer_source"] == "none" and record["coords"] is None
+        assert "no_conformer" in record["flags"] and "time_limit" in record["notes"]
+        assert record["image_png"] and record["inchikey"], "the rest of the record is still there"
+        timer = StepTimer()
+        again = sandbox(quick, params.model_copy(update={"time_limit_s": 30}), timer)
+        assert again == featurize_row(quick, params), "the helper gives what an in-process call gives"
+        assert again["conformer_source"] == "etkdg" and timer.seconds["conformer"] > 0
         assert sandbox.restarts == 2
     finally:
         sandbox.stop()
+
+
+def test_parts_are_planned_longest_first_and_all_covered(params, shared, tmp_path):
+    lines = small_chebi20_rows(shared, 12, max_smiles=200)
+    raw = ingest_tsv(params, write_table(tmp_path / "in.txt", lines), progress=False)
+    plan = plan_version(raw.out, tmp_path / "shards", params)
+    costs = [c.cost for c in plan.missing()]
+    assert costs == sorted(costs, reverse=True) and len(set(costs)) > 1
+    assert sorted((c.start, c.stop) for c in plan.missing()) == [(0, 5), (5, 10), (10, 15)]
