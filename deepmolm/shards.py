@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
-from deepmolm.sources.raw_table import sha256_file, write_parquet
+from deepmolm.sources.raw_table import PUBCHEM_PROPERTIES_TYPE, sha256_file, write_parquet
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,13 +40,8 @@ PROPERTIES_TYPE = pa.struct(
         ("rings", pa.int32()),
         ("heavy_atoms", pa.int32()),
         ("complexity", pa.float64()),
-        ("pubchem_mw", pa.float64()),
-        ("pubchem_exact_mass", pa.float64()),
-        ("pubchem_xlogp", pa.float64()),
-        ("pubchem_tpsa", pa.float64()),
-        ("pubchem_complexity", pa.float64()),
-        ("pubchem_hbd", pa.int32()),
-        ("pubchem_hba", pa.int32()),
+        # PubChem's own values, when the raw row has them, beside RDKit's.
+        *((f"pubchem_{field.name}", field.type) for field in PUBCHEM_PROPERTIES_TYPE),
     ]
 )
 
