@@ -73,7 +73,8 @@ def featurize_row(
     conformer_fn: ConformerFn = make_conformer,
     timer: StepTimer | None = None,
 ) -> dict[str, Any] | FeaturizeRejection:
-    """`conformer_fn` lets the pipeline run the conformer step under a hard time limit (sandbox.py)."""
+    """`conformer_fn` replaces the conformer step: sandbox.py passes one that gives up when the
+    molecule ran past its time limit, so the rest of the record is still made."""
     timer = timer or StepTimer()
     key = input_hash(row)
     try:
