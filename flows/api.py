@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect.logging.handlers import APILogWorker
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 
@@ -23,6 +22,10 @@ def prefect_api() -> Iterator[str]:
     if configured:
         yield configured
         return
+    # imported here: the server package costs 1.5 s, and every Dask worker that unpickles a task of
+    # flows/ would pay it for nothing
+    from prefect.server.api.server import SubprocessASGIServer
+
     server = SubprocessASGIServer()
     server.start()
     os.environ["PREFECT_API_URL"] = server.api_url

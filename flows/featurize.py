@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import dask
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
@@ -26,6 +27,15 @@ from deepmolm.shards import PartResult
 from deepmolm.sources.raw_table import resolve_snapshot
 
 SCHEDULER_ENV = "DEEPMOLM_DASK_SCHEDULER"
+
+# Dask's housekeeping for the local cluster, turned down: every worker samples its own stack 100
+# times a second for the dashboard's profile, and its nanny polls memory 10 times a second. With
+# one worker per core that CPU is taken from the molecules (about 1 s per worker per minute here).
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
 
 
 @task(name="featurize-part", cache_policy=NO_CACHE)
@@ -72,6 +82,7 @@ def task_runner(dask: DaskParams, workers: int | None = None, scheduler: str | N
             "processes": True,
             "memory_limit": dask.memory_limit,
             "dashboard_address": None,
+            "preload": ["flows.dask_worker_setup"],
         },
     )
 
@@ -82,7 +93,7 @@ def run_featurize(raw: Path, out_root: Path | None, params_file: Path, overrides
     resolve_snapshot(Path(raw))  # a missing input fails here, before a server and a cluster start
     runner = task_runner(params.featurize.dask, workers, scheduler)
     quiet_dask_logs()
-    with prefect_api():
+    with prefect_api(), dask.config.set(LOCAL_CLUSTER_CONFIG):
         return featurize_flow.with_options(task_runner=runner)(
             str(Path(raw).resolve()),
             str(Path(out_root).resolve()) if out_root else None,

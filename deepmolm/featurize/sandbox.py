@@ -51,7 +51,7 @@ class FeaturizeSandbox:
         return featurize_row(row, params, conformer_fn=lambda *_: gave_up, timer=timer)
 
     def _ask(self, row: dict[str, Any], params: FeaturizeParams) -> tuple[tuple | None, str]:
-        self._ensure_started()
+        self.start()
         started = time.perf_counter()
         try:
             self._to_child.send((row, params))
@@ -64,7 +64,8 @@ class FeaturizeSandbox:
         waited = time.perf_counter() - started
         return None, f"{TIMED_OUT}: not done within {params.time_limit_s:g} s ({waited:.1f} s)"
 
-    def _ensure_started(self) -> None:
+    def start(self) -> None:
+        """Start the helper if it is not running; returns at once, the helper imports in the background."""
         if self._process is not None and self._process.poll() is None:
             return
         to_child_r, to_child_w = os.pipe()
