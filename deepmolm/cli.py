@@ -2,8 +2,8 @@
 
 Conventions every command follows: `--params FILE` and `-S key=value` choose the configuration;
 `--quiet` silences progress bars; `--json` prints one JSON object as the last line of stdout (the
-interface for scripts). Exit codes: 0 done (bad rows are rejections, not failures), 1 unusable input,
-2 bad usage or configuration.
+interface for scripts). Exit codes: 0 done (bad rows are rejections, not failures), 1 unusable input
+or data that fails its contract, 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -206,6 +206,59 @@ def data_featurize(
 
         summary = run_featurize(input_, out, params, set_ or [], workers=workers, scheduler=scheduler, progress=not quiet)
     _emit(summary, as_json, _render_counts)
+
+
+@data_app.command("validate")
+def data_validate(
+    shards: Annotated[Path, typer.Option(help="a shard version directory, or a dataset directory (its newest version).")],
+    report: Annotated[bool, typer.Option(help="also write the data-quality page <reports_dir>/data/index.html.")] = True,
+    prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `validate` (PREFECT_API_URL, or a temporary local API).")] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,  # noqa: ARG001 - every data command takes it
+) -> None:
+    """Run the data contracts (Great Expectations suites in data_contracts/) on a shard version.
+
+    Exit 1 when a critical expectation fails, so `dvc repro` stops before training; failed warnings
+    are listed and do not change the exit code. Data Docs are updated for every run."""
+    from deepmolm.contracts import ContractError, validate_shard_version
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        try:
+            if prefect:
+                from flows.validate import run_validate
+
+                summary = run_validate(shards, params, set_ or [], report=report)
+            else:
+                result = validate_shard_version(shards, cfg)
+                summary = result.as_dict()
+                if report:
+                    from deepmolm.data_report import write_data_report
+
+                    summary["report"] = str(write_data_report(Path(result.target), cfg, result))
+        except ContractError as exc:
+            raise _Exit(2, str(exc)) from None
+    _emit(summary, as_json, _render_validation)
+    if not summary["success"]:
+        raise typer.Exit(1)
+
+
+def _render_validation(summary: dict) -> None:
+    verdict = "[bold green]passed[/]" if summary["success"] else "[bold red]failed[/]"
+    table = Table(title=f"data contract {verdict}: {summary['target']}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # paths stay whole
+    table.add_row("expectations evaluated", str(summary["evaluated"]))
+    for name in summary["failed"]:
+        table.add_row("[red]failed (critical)[/]", name)
+    for name in summary["warnings"]:
+        table.add_row("[yellow]failed (warning)[/]", name)
+    table.add_row("Data Docs", str(summary["data_docs"]))
+    if "report" in summary:
+        table.add_row("report", summary["report"])
+    stdout.print(table)
 
 
 def _forbid(source: str, **given) -> None:

@@ -51,6 +51,7 @@ class PathsParams(_Section):
     raw_dir: ProjectPath = Field(description="root of raw tables: <raw_dir>/<source>/<snapshot>/")
     cache_dir: ProjectPath = Field(description="downloads and other re-creatable files")
     shards_dir: ProjectPath = Field(description="root of shard versions: <shards_dir>/<dataset>/<version>/")
+    reports_dir: ProjectPath = Field(description="HTML and JSON reports; the data-quality ones in <reports_dir>/data/")
 
 
 class Chebi20Params(_Section):
@@ -170,11 +171,50 @@ class FeaturizeParams(_Section):
     e3fp: E3fpParams
 
 
+RATE_KEY_ANY, RATE_KEY_ALL = "*", "*all*"
+
+
+class ContractsParams(_Section):
+    suites_dir: ProjectPath = Field(description="the expectation suites, one <table>.json each")
+    selfies_sample: int = Field(ge=0, description="molecules whose SELFIES is decoded back and compared")
+    sample_seed: int = Field(ge=0)
+    caption_splits: list[Split] = Field(description="splits whose rows must carry a description")
+    max_reject_rate: dict[str, float] = Field(
+        description="highest reject rate (fraction of input rows) per reason; '*' any other reason, '*all*' all together"
+    )
+
+    @field_validator("max_reject_rate")
+    @classmethod
+    def _known_reasons(cls, rates: dict[str, float]) -> dict[str, float]:
+        from deepmolm.featurize.outcome import REJECT_REASONS
+
+        for key, rate in rates.items():
+            if key not in (*REJECT_REASONS, RATE_KEY_ANY, RATE_KEY_ALL):
+                raise ValueError(f"unknown reject reason {key!r} (known: {', '.join(REJECT_REASONS)}, '*', '*all*')")
+            if not 0 <= rate <= 1:
+                raise ValueError(f"max_reject_rate.{key} must be a fraction in [0, 1], got {rate}")
+        return rates
+
+    @property
+    def known_reject_reasons(self) -> tuple[str, ...]:
+        from deepmolm.featurize.outcome import REJECT_REASONS
+
+        return REJECT_REASONS
+
+
+class ReportParams(_Section):
+    gallery_size: int = Field(ge=0, description="molecules shown in the report's gallery")
+    gallery_seed: int = Field(ge=0)
+    thumbnail_px: int = Field(ge=64, le=1024, description="gallery images are scaled down to this width")
+
+
 class Params(_Section):
     paths: PathsParams
     sources: SourcesParams
     ingest: IngestParams
     featurize: FeaturizeParams
+    contracts: ContractsParams
+    report: ReportParams
 
     def sections(self, *names: str) -> dict[str, Any]:
         """The named (dotted) sections as plain JSON data, e.g. for a manifest; all when none named."""

@@ -8,6 +8,7 @@ chunk into one part; it is what a Dask worker runs. finish_version publishes. No
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from deepmolm.config import FeaturizeParams, Params
-from deepmolm.featurize.record import FeaturizeRejection, StepTimer, input_hash
+from deepmolm.featurize.record import FEATURIZER_VERSION, FeaturizeRejection, StepTimer, input_hash
 from deepmolm.featurize.sandbox import shared_sandbox
 from deepmolm.shards import (
     MANIFEST,
@@ -97,8 +98,8 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
     snapshot_dir = resolve_snapshot(Path(raw))
     raw_manifest = read_raw_manifest(snapshot_dir)
     dataset = raw_manifest["source"]
-    version_hash = params.section_hash(*VERSION_SECTIONS)
-    features_hash = params.section_hash(*FEATURE_SECTIONS)
+    version_hash = _with_featurizer_version(params.section_hash(*VERSION_SECTIONS))
+    features_hash = _with_featurizer_version(params.section_hash(*FEATURE_SECTIONS))
     version = version_id(raw_manifest["snapshot"], version_hash)
     dataset_dir = Path(shards_root) / dataset
     final, building = dataset_dir / version, dataset_dir / f".building-{version}"
@@ -130,6 +131,12 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
         chunks.append(Chunk(i, start, min(start + size, n), reuse, cost))
     chunks = tuple(chunks)
     return VersionPlan(**common, chunks=chunks, done=tuple(sorted(finished_parts(building))))
+
+
+def _with_featurizer_version(params_hash: str) -> str:
+    """Same params but a featurizer that now writes other values: neither the cache nor the version
+    id may match the old output."""
+    return hashlib.sha256(f"{params_hash}:{FEATURIZER_VERSION}".encode()).hexdigest()[:16]
 
 
 def _expected_cost(row: dict) -> float:
@@ -204,6 +211,7 @@ def finish_version(plan: VersionPlan, results: list[PartResult], started: float)
                 "version": plan.version,
                 "params_hash": plan.version_hash,
                 "features_hash": plan.features_hash,
+                "featurizer_version": FEATURIZER_VERSION,
                 "params": plan.params_sections,
                 "input": {"raw_snapshot_dir": plan.raw_snapshot_dir,
                           "raw_snapshot": Path(plan.raw_snapshot_dir).name},

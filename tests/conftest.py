@@ -24,7 +24,7 @@ def shared() -> Path:
 
 
 def tmp_overrides(tmp_path: Path) -> list[str]:
-    return [f"paths.{name}_dir={tmp_path / name}" for name in ("raw", "cache", "shards")]
+    return [f"paths.{name}_dir={tmp_path / name}" for name in ("raw", "cache", "shards", "reports")]
 
 
 @pytest.fixture
@@ -44,3 +44,25 @@ def run_cli(*args: str, cwd: Path = REPO, check: bool = False) -> subprocess.Com
     if check and result.returncode != 0:
         raise AssertionError(f"deepmolm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+@pytest.fixture(scope="session")
+def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
+    """Two shard versions built once per session with the library steps: 10 ChEBI-20 molecules in 2
+    parts, and the same plus 3 rows featurization rejects. Copy one before changing it."""
+    import time
+
+    from deepmolm.ingest import ingest_tsv
+    from deepmolm.shard_build import build_part, finish_version, plan_version
+    from tests.featurize_inputs import small_chebi20_rows, write_table
+
+    root = tmp_path_factory.mktemp("versions")
+    overrides = [*tmp_overrides(root), "featurize.rows_per_part=5"]
+    params = load_params(PARAMS, overrides)
+    lines = small_chebi20_rows(shared, 10)
+    built = []
+    for name, bad in (("valid", False), ("with-rejects", True)):
+        raw = ingest_tsv(params, write_table(root / f"{name}.txt", lines, bad=bad), progress=False)
+        plan = plan_version(raw.out, root / f"shards-{name}", params)
+        built.append(finish_version(plan, [build_part(plan, c) for c in plan.missing()], time.perf_counter()).out)
+    return built[0], built[1], overrides

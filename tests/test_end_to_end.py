@@ -1,6 +1,6 @@
 """The README's first command on a copy of the repository: `./dev demo` runs `dvc repro` (ingest, then
-featurize on a local Dask cluster, each a Prefect flow on a temporary local API) on the first rows of
-each ChEBI-20 split; a second run has nothing to do."""
+featurize on a local Dask cluster, validate with the data contracts, each a Prefect flow on a temporary
+local API) on the first rows of each ChEBI-20 split; a second run has nothing to do."""
 
 import json
 import os
@@ -47,13 +47,17 @@ def test_dev_demo_runs_dvc_repro_through_prefect_and_is_then_up_to_date(repo_cop
     first = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Flow run" in first.stdout + first.stderr, "the stage ran as a Prefect flow"
-    raw, shards = [json.loads(ln) for ln in first.stdout.splitlines() if ln.startswith("{")][-2:]
+    raw, shards, contract = [json.loads(ln) for ln in first.stdout.splitlines() if ln.startswith("{")][-3:]
     rows = 2 * ROWS_PER_SPLIT
     assert (raw["input_rows"], raw["accepted"], raw["rejected"]) == (rows, rows, 0)
     assert Path(raw["out"]).parent == repo_copy / "data" / "raw" / "chebi20"
     assert shards["input_rows"] == rows and shards["accepted"] + shards["rejected"] == rows
     assert Path(shards["out"]).parent == repo_copy / "data" / "shards" / "chebi20"
     assert f"{rows} input = {rows} accepted + 0 rejected" in first.stdout
+    assert contract["success"] is True and contract["failed"] == [] and contract["target"] == shards["out"]
+    assert (repo_copy / "reports" / "data" / "index.html").is_file()
+    metrics = json.loads((repo_copy / "reports" / "data" / "summary.json").read_text())
+    assert metrics["counts"]["accepted"] == shards["accepted"] and metrics["contract"]["success"] is True
 
     second = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0

@@ -7,3 +7,15 @@ class FeaturizeError(Exception):
     def __init__(self, reason: str, detail: str):
         self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}")
+
+
+# Every reason code a featurizer rejects with (the contracts warn on any other).
+REJECT_REASONS = (
+    "empty_molecule",
+    "featurizer_error",
+    "inchi_failed",
+    "kekulization_failed",
+    "sanitization_failed",
+    "unparseable_smiles",
+    "wildcard_atom",
+)

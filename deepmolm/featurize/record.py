@@ -28,6 +28,11 @@ from deepmolm.featurize.properties import compute_properties
 from deepmolm.featurize.render import render_png
 from deepmolm.featurize.selfies_tokens import selfies_with_atom_index
 
+# Bump when featurize_row writes other values for the same input and params (a fix, a new column):
+# it keys the featurization cache and the shard version id, so old output is never reused.
+# 2: selfies_atom_index counts heavy atoms only (was RDKit's atom index, off after [2H] or [H+]).
+FEATURIZER_VERSION = 2
+
 HASHED_INPUT_FIELDS = ("cid", "smiles", "description", "split", "source", "coords", "pubchem")
 
 

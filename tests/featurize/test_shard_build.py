@@ -113,3 +113,15 @@ def test_parts_are_planned_longest_first_and_all_covered(params, shared, tmp_pat
     costs = [c.cost for c in plan.missing()]
     assert costs == sorted(costs, reverse=True) and len(set(costs)) > 1
     assert sorted((c.start, c.stop) for c in plan.missing()) == [(0, 5), (5, 10), (10, 15)]
+
+
+def test_a_new_featurizer_version_neither_reuses_nor_overwrites_old_output(params, shared, tmp_path, monkeypatch):
+    import deepmolm.shard_build as shard_build
+
+    raw = ingest_tsv(params, write_table(tmp_path / "in.txt", small_chebi20_rows(shared, 3), bad=False), progress=False)
+    old = build(params, raw.out, tmp_path / "shards")
+    monkeypatch.setattr(shard_build, "FEATURIZER_VERSION", shard_build.FEATURIZER_VERSION + 1)
+    new = build(params, raw.out, tmp_path / "shards")
+    assert new.version != old.version and new.reused == 0
+    assert read_manifest(new.out)["featurizer_version"] == shard_build.FEATURIZER_VERSION
+    assert (tmp_path / "shards" / "tsv" / old.version).is_dir(), "the old version is kept"
