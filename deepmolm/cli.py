@@ -34,10 +34,7 @@ train_app = typer.Typer(
     help="Stage 1 / stage 2 training on Ray Train, local or on a cluster. (No commands yet: see the roadmap in docs/ARCHITECTURE.md.)",
     no_args_is_help=True,
 )
-eval_app = typer.Typer(
-    help="Caption metrics, property QA and the retrieval baseline. (No commands yet: see the roadmap in docs/ARCHITECTURE.md.)",
-    no_args_is_help=True,
-)
+eval_app = typer.Typer(help="Caption metrics (MolT5 protocol), property QA and the retrieval baseline.", no_args_is_help=True)
 report_app = typer.Typer(
     help="Data-quality and run reports as HTML pages. (No commands yet: see the roadmap in docs/ARCHITECTURE.md.)",
     no_args_is_help=True,
@@ -290,6 +287,104 @@ def data_summary(
         names = {"source": manifest["source"], "snapshot": manifest["snapshot"]}
     summary = {**names, "out": str(where), **manifest["counts"], "rejected_by_reason": manifest["rejected_by_reason"]}
     _emit(summary, as_json, _render_counts)
+
+
+@eval_app.command("captions")
+def eval_captions(
+    predictions: Annotated[Path, typer.Option(help="prediction file: MolT5's TSV or JSON lines (reference, prediction).")],
+    format_: Annotated[str, typer.Option("--format", help="auto (by suffix), molt5 or jsonl.")] = "auto",
+    tokenizer: Annotated[Path | None, typer.Option(help="local Hugging Face tokenizer directory [default: eval.tokenizer].")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the scores as JSON to this file.")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """BLEU-2/4, ROUGE-1/2/L and METEOR of generated captions, as ChEBI-20 papers report them (0-1 scale)."""
+    from deepmolm.eval.captions import METRICS, load_tokenizer, score_captions
+    from deepmolm.eval.predictions import PredictionFileError, read_predictions
+    from deepmolm.eval.wordnet import WordNetMissing
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        try:
+            pairs = read_predictions(predictions, format_)
+            scores = score_captions(pairs, load_tokenizer(tokenizer or cfg.eval.tokenizer),
+                                    max_tokens=cfg.eval.max_tokens, nltk_data=cfg.eval.nltk_data).as_dict()
+        except (PredictionFileError, WordNetMissing, ValueError) as exc:
+            raise _Exit(1, str(exc)) from None
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(scores, indent=2) + "\n")
+
+    def render(summary: dict) -> None:
+        table = Table(title=f"caption metrics: {predictions} ({summary['n']} captions)")
+        for name in METRICS:
+            table.add_column(name, justify="right")
+        table.add_row(*(f"{summary[name]:.3f}" for name in METRICS))
+        stdout.print(table)
+
+    _emit(scores, as_json, render)
+
+
+@eval_app.command("properties")
+def eval_properties(
+    predictions: Annotated[Path, typer.Option(help="JSON lines with reference, prediction and property.")],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Valid-answer ratio and MAE over valid answers, per property (ranges: eval.property_ranges)."""
+    from deepmolm.eval.predictions import PredictionFileError, read_predictions
+    from deepmolm.eval.properties import score_properties
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        try:
+            scores = score_properties(read_predictions(predictions, "jsonl"), cfg.eval.property_ranges)
+        except (PredictionFileError, ValueError) as exc:
+            raise _Exit(1, str(exc)) from None
+    summary = {name: score.as_dict() for name, score in scores.items()}
+
+    def render(summary: dict) -> None:
+        table = Table(title=f"property QA: {predictions}")
+        for column in ("property", "n", "valid ratio", "MAE", "unparseable", "out of range"):
+            table.add_column(column, justify="right")
+        for name, s in summary.items():
+            mae = "-" if s["mae"] is None else f"{s['mae']:.4g}"
+            table.add_row(name, str(s["n"]), f"{s['valid_ratio']:.3f}", mae, str(s["unparseable"]), str(s["out_of_range"]))
+        stdout.print(table)
+
+    _emit(summary, as_json, render)
+
+
+@eval_app.command("baseline")
+def eval_baseline(
+    train: Annotated[Path, typer.Option(help="shard version (or dataset directory) holding the retrieval pool.")],
+    test: Annotated[Path, typer.Option(help="shard version (or dataset directory) holding the queries.")],
+    out: Annotated[Path, typer.Option(help="prediction file to write (JSON lines).")],
+    train_split: Annotated[str | None, typer.Option(help="only pool rows of this split (e.g. validation).")] = None,
+    test_split: Annotated[str | None, typer.Option(help="only query rows of this split (e.g. test).")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The retrieval baseline: each query gets the description of its most similar pool molecule."""
+    from deepmolm.eval.baseline import retrieve
+    from deepmolm.eval.predictions import write_jsonl
+    from deepmolm.eval.shard_molecules import read_molecules
+
+    with _command(as_json):
+        cfg = _params(params, set_).eval.baseline
+        queries = read_molecules(test, test_split)
+        pool = read_molecules(train, train_split)
+        if not queries or not pool:
+            raise _Exit(1, f"no molecules with a description to {'query' if not queries else 'retrieve from'}")
+        results = retrieve(queries, pool, kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)
+        write_jsonl([p for p, _ in results], out)
+    similarities = [s for _, s in results]
+    summary = {"out": str(out), "queries": len(queries), "pool": len(pool), "fingerprint": cfg.fingerprint,
+               "mean_similarity": round(sum(similarities) / len(similarities), 4)}
+    _emit(summary, as_json, lambda s: stdout.print(s))
 
 
 @config_app.command("show")

@@ -208,6 +208,33 @@ class ReportParams(_Section):
     thumbnail_px: int = Field(ge=64, le=1024, description="gallery images are scaled down to this width")
 
 
+PropertyName = Literal["mw", "logp", "tpsa", "complexity", "homo", "lumo", "gap", "scf_energy"]
+
+
+class BaselineParams(_Section):
+    fingerprint: Literal["morgan", "e3fp"] = Field(description="similarity for the retrieval baseline")
+    morgan_radius: int = Field(ge=0, le=6)
+    morgan_bits: int = Field(ge=64, le=1 << 16)
+
+
+class EvalParams(_Section):
+    tokenizer: ProjectPath = Field(description="local Hugging Face tokenizer directory for the caption metrics")
+    max_tokens: int = Field(ge=1, description="tokens per caption kept for the metrics (MolT5: 512)")
+    nltk_data: ProjectPath = Field(description="where the offline WordNet corpus for METEOR is prepared")
+    property_ranges: dict[PropertyName, tuple[float, float]] = Field(
+        description="plausible [low, high] per property; an answer outside is not valid"
+    )
+    baseline: BaselineParams
+
+    @field_validator("property_ranges")
+    @classmethod
+    def _ordered(cls, ranges: dict) -> dict:
+        for name, (low, high) in ranges.items():
+            if not low < high:
+                raise ValueError(f"property_ranges.{name}: low {low} must be below high {high}")
+        return ranges
+
+
 class Params(_Section):
     paths: PathsParams
     sources: SourcesParams
@@ -215,6 +242,7 @@ class Params(_Section):
     featurize: FeaturizeParams
     contracts: ContractsParams
     report: ReportParams
+    eval: EvalParams
 
     def sections(self, *names: str) -> dict[str, Any]:
         """The named (dotted) sections as plain JSON data, e.g. for a manifest; all when none named."""

@@ -1,0 +1,1 @@
+"""Evaluation: caption metrics (MolT5 protocol), property QA, the retrieval baseline."""

@@ -1,0 +1,16 @@
+"""Molecules with their descriptions, read from a shard version for the retrieval baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deepmolm.eval.baseline import Molecule
+from deepmolm.shards import read_shards, resolve_version
+
+
+def read_molecules(path: Path, split: str | None = None) -> list[Molecule]:
+    """Rows of `split` (all when None) that have a description."""
+    table = read_shards(resolve_version(Path(path)), columns=["cid", "split", "smiles", "description", "e3fp"])
+    return [Molecule(cid=r["cid"], smiles=r["smiles"], description=r["description"], e3fp=r["e3fp"])
+            for r in table.to_pylist()
+            if (split is None or r["split"] == split) and (r["description"] or "").strip()]

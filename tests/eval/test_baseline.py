@@ -1,0 +1,44 @@
+"""Retrieval baseline on real shard versions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from deepmolm.eval.baseline import Molecule, retrieve
+from deepmolm.eval.predictions import read_predictions
+from deepmolm.eval.shard_molecules import read_molecules
+from tests.conftest import PARAMS, run_cli
+
+
+def test_nearest_neighbour_description_never_itself(small_versions):
+    molecules = read_molecules(small_versions[0])
+    assert len(molecules) == 10 and all(m.description for m in molecules)
+    twin = dataclasses.replace(molecules[0], cid=10**9, description="the twin's description")
+    results = retrieve(molecules[:3], [*molecules, twin])
+    first, similarity = results[0]
+    assert first.id == str(molecules[0].cid) and first.reference == molecules[0].description
+    assert first.prediction == "the twin's description" and similarity == 1.0, "same structure, other CID"
+    for prediction, similarity in results[1:]:
+        assert prediction.prediction != prediction.reference and similarity < 1.0, "a query never retrieves itself"
+
+
+def test_e3fp_similarity_also_ranks_an_identical_geometry_first(small_versions):
+    molecules = read_molecules(small_versions[0])
+    query = molecules[4]
+    twin = Molecule(cid=10**9, smiles=query.smiles, description="twin", e3fp=query.e3fp)
+    [(prediction, similarity)] = retrieve([query], [*molecules, twin], kind="e3fp")
+    assert prediction.prediction == "twin" and similarity == 1.0
+
+
+def test_cli_baseline_writes_a_prediction_file_the_metrics_read(small_versions, tmp_path):
+    out = tmp_path / "baseline.jsonl"
+    result = run_cli("eval", "baseline", "--train", str(small_versions[0]), "--test", str(small_versions[1]),
+                     "--out", str(out), "--params", str(PARAMS), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["queries"] == 10 and summary["pool"] == 10 and summary["fingerprint"] == "morgan"
+    predictions = read_predictions(out)
+    assert len(predictions) == 10
+    # the two versions hold the same 10 molecules, so no query may be answered from its own row
+    assert all(p.prediction != p.reference for p in predictions)
