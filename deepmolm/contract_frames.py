@@ -13,7 +13,6 @@ import math
 import random
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -182,8 +181,3 @@ def raw_frame(table: pa.Table, params: ContractsParams) -> pd.DataFrame:
         for split, text in zip(frame["split"], frame["description"])
     ]
     return frame
-
-
-def coerce_nan(frame: pd.DataFrame) -> pd.DataFrame:
-    """NaN in object columns reads as a value to some expectations; make it a proper missing value."""
-    return frame.replace({np.nan: None})
