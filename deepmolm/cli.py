@@ -242,6 +242,32 @@ def data_validate(
         raise typer.Exit(1)
 
 
+@data_app.command("instructions")
+def data_instructions(
+    shards: Annotated[Path, typer.Option(help="a shard version directory, or a dataset directory (its newest version).")],
+    out: Annotated[Path | None, typer.Option(help="root of instruction sets [default: paths.instructions_dir].")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build captioning and property-question examples from a shard version, then check them
+    against the instruction_examples contract (exit 1 when a critical expectation fails)."""
+    from deepmolm.contracts import ContractError, validate_instructions
+    from deepmolm.instructions import build_instructions
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        summary = build_instructions(shards, out or cfg.paths.instructions_dir, cfg.instructions)
+        try:
+            contract = validate_instructions(Path(summary["out"]), cfg)
+        except ContractError as exc:
+            raise _Exit(2, str(exc)) from None
+        summary["contract"] = {k: contract.as_dict()[k] for k in ("success", "evaluated", "failed", "warnings")}
+    _emit(summary, as_json, lambda s: stdout.print(s))
+    if not summary["contract"]["success"]:
+        raise typer.Exit(1)
+
+
 def _render_validation(summary: dict) -> None:
     verdict = "[bold green]passed[/]" if summary["success"] else "[bold red]failed[/]"
     table = Table(title=f"data contract {verdict}: {summary['target']}", show_header=False)

@@ -52,6 +52,7 @@ class PathsParams(_Section):
     cache_dir: ProjectPath = Field(description="downloads and other re-creatable files")
     shards_dir: ProjectPath = Field(description="root of shard versions: <shards_dir>/<dataset>/<version>/")
     reports_dir: ProjectPath = Field(description="HTML and JSON reports; the data-quality ones in <reports_dir>/data/")
+    instructions_dir: ProjectPath = Field(description="instruction sets: <instructions_dir>/<dataset>/<id>/")
 
 
 class Chebi20Params(_Section):
@@ -235,6 +236,14 @@ class EvalParams(_Section):
         return ranges
 
 
+class InstructionsParams(_Section):
+    seed: int = Field(ge=0, description="phrasings are drawn per (seed, cid, task)")
+    tasks: list[Literal["caption", "property_qa"]] = Field(min_length=1)
+    properties: list[Literal["mw", "logp", "tpsa", "complexity"]] = Field(
+        description="computed properties asked about in property_qa examples"
+    )
+
+
 class Params(_Section):
     paths: PathsParams
     sources: SourcesParams
@@ -242,6 +251,7 @@ class Params(_Section):
     featurize: FeaturizeParams
     contracts: ContractsParams
     report: ReportParams
+    instructions: InstructionsParams
     eval: EvalParams
 
     def sections(self, *names: str) -> dict[str, Any]:

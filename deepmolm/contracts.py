@@ -193,3 +193,16 @@ def validate_shard_version(path: Path, params: Params, *, gx_root: Path | None =
     frames, parameters = shard_frames(version_dir, params)
     runner = ContractRunner(gx_root or params.paths.reports_dir / "data" / "gx", params.contracts.suites_dir)
     return runner.run(frames, parameters, target=str(version_dir))
+
+
+INSTRUCTION_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt", "response", "answer_value"]
+
+
+def validate_instructions(directory: Path, params: Params, *, gx_root: Path | None = None) -> ContractResult:
+    """The instruction_examples suite on an instruction set written by deepmolm/instructions.py."""
+    from deepmolm.instructions import read_instructions
+
+    frame = read_instructions(directory).select(INSTRUCTION_COLUMNS).to_pandas()
+    # a GE project of its own: the shard contract's project is another DVC stage's output
+    runner = ContractRunner(gx_root or params.paths.reports_dir / "instructions" / "gx", params.contracts.suites_dir)
+    return runner.run({"instruction_examples": frame}, {}, target=str(directory))

@@ -24,7 +24,7 @@ def shared() -> Path:
 
 
 def tmp_overrides(tmp_path: Path) -> list[str]:
-    return [f"paths.{name}_dir={tmp_path / name}" for name in ("raw", "cache", "shards", "reports")]
+    return [f"paths.{name}_dir={tmp_path / name}" for name in ("raw", "cache", "shards", "reports", "instructions")]
 
 
 @pytest.fixture
@@ -64,5 +64,5 @@ def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
     for name, bad in (("valid", False), ("with-rejects", True)):
         raw = ingest_tsv(params, write_table(root / f"{name}.txt", lines, bad=bad), progress=False)
         plan = plan_version(raw.out, root / f"shards-{name}", params)
-        built.append(finish_version(plan, [build_part(plan, c) for c in plan.missing()], time.perf_counter()).out)
+        built.append(Path(finish_version(plan, [build_part(plan, c) for c in plan.missing()], time.perf_counter()).out))
     return built[0], built[1], overrides

@@ -1,6 +1,7 @@
 """The README's first command on a copy of the repository: `./dev demo` runs `dvc repro` (ingest, then
 featurize on a local Dask cluster, validate with the data contracts, each a Prefect flow on a temporary
-local API) on the first rows of each ChEBI-20 split; a second run has nothing to do."""
+local API, then the instruction examples) on the first rows of each ChEBI-20 split; a second run has
+nothing to do."""
 
 import json
 import os
@@ -47,7 +48,7 @@ def test_dev_demo_runs_dvc_repro_through_prefect_and_is_then_up_to_date(repo_cop
     first = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Flow run" in first.stdout + first.stderr, "the stage ran as a Prefect flow"
-    raw, shards, contract = [json.loads(ln) for ln in first.stdout.splitlines() if ln.startswith("{")][-3:]
+    raw, shards, contract, instructions = [json.loads(ln) for ln in first.stdout.splitlines() if ln.startswith("{")][-4:]
     rows = 2 * ROWS_PER_SPLIT
     assert (raw["input_rows"], raw["accepted"], raw["rejected"]) == (rows, rows, 0)
     assert Path(raw["out"]).parent == repo_copy / "data" / "raw" / "chebi20"
@@ -58,6 +59,8 @@ def test_dev_demo_runs_dvc_repro_through_prefect_and_is_then_up_to_date(repo_cop
     assert (repo_copy / "reports" / "data" / "index.html").is_file()
     metrics = json.loads((repo_copy / "reports" / "data" / "summary.json").read_text())
     assert metrics["counts"]["accepted"] == shards["accepted"] and metrics["contract"]["success"] is True
+    assert instructions["shard_version"] == shards["version"] and instructions["contract"]["success"] is True
+    assert instructions["examples_by_task"]["caption"] == shards["accepted"]
 
     second = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0
