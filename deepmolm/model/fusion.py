@@ -1,0 +1,95 @@
+"""The Fusion Projector: visual tokens ask, E3FP geometry tokens answer.
+
+Visual tokens (the DeepEncoder's 256 x 2048) are the queries of a multi-head cross-attention whose
+keys and values are E3FP tokens: one per heavy atom and shell level, embedded from a table of
+`bits + 1` entries (the last is padding) plus a level embedding. A feed-forward block follows;
+both have pre-norms and residuals, and the output is at the LLM's hidden size.
+
+Keys always include one learned "null" token that is never masked, so a molecule whose E3FP tokens
+are all padding (no conformer, or the zeroed ablation) attends to it and stays finite; padding keys
+get exactly zero weight, so padding a molecule never changes its output.
+
+Variants for the paper's ablations: `fusion` (default), `fusion_zero_e3fp` (the same module with
+every E3FP token replaced by padding), `concat` (the masked mean of the E3FP tokens concatenated to
+each visual token), `linear` (image only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+VARIANTS = ("fusion", "fusion_zero_e3fp", "concat", "linear")
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    visual_dim: int  # DeepEncoder token width (2048)
+    hidden_size: int  # the LLM's
+    e3fp_bits: int  # identifiers are in [0, bits); bits itself is the padding index
+    e3fp_levels: int = 4
+    num_heads: int = 8
+    ffn_mult: int = 4
+    dropout: float = 0.0
+    variant: str = "fusion"
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown fusion variant {self.variant!r}: expected one of {', '.join(VARIANTS)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+
+
+class FusionProjector(nn.Module):
+    def __init__(self, spec: FusionSpec):
+        super().__init__()
+        self.spec = spec
+        h = spec.hidden_size
+        self.visual_in = nn.Linear(spec.visual_dim, h)
+        if spec.variant == "linear":
+            return
+        self.pad_id = spec.e3fp_bits
+        self.e3fp_embed = nn.Embedding(spec.e3fp_bits + 1, h, padding_idx=self.pad_id)
+        self.level_embed = nn.Embedding(spec.e3fp_levels, h)
+        if spec.variant == "concat":
+            self.merge = nn.Linear(2 * h, h)
+            return
+        self.null_kv = nn.Parameter(torch.randn(1, 1, h) * 0.02)
+        self.norm_q, self.norm_kv, self.norm_ffn = nn.LayerNorm(h), nn.LayerNorm(h), nn.LayerNorm(h)
+        self.attn = nn.MultiheadAttention(h, spec.num_heads, dropout=spec.dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(h, spec.ffn_mult * h), nn.GELU(), nn.Dropout(spec.dropout),
+                                 nn.Linear(spec.ffn_mult * h, h))
+
+    def e3fp_tokens(self, e3fp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, atoms, levels] identifiers (-1: none or padding) -> ([B, atoms*levels, H], padding mask)."""
+        batch, atoms, levels = e3fp.shape
+        if levels != self.spec.e3fp_levels:
+            raise ValueError(f"E3FP has {levels} levels per atom, the projector expects {self.spec.e3fp_levels}")
+        ids = e3fp.reshape(batch, atoms * levels).long()
+        padding = ids < 0
+        if self.spec.variant == "fusion_zero_e3fp":
+            padding = torch.ones_like(padding)
+        ids = ids.masked_fill(padding, self.pad_id)
+        level = torch.arange(levels, device=e3fp.device).repeat(atoms)
+        tokens = self.e3fp_embed(ids) + self.level_embed(level)[None]
+        return tokens.masked_fill(padding[..., None], 0.0), padding
+
+    def forward(self, visual: torch.Tensor, e3fp: torch.Tensor | None = None) -> torch.Tensor:
+        """visual [B, N, visual_dim], e3fp [B, atoms, levels] -> [B, N, hidden_size]."""
+        queries = self.visual_in(visual)
+        if self.spec.variant == "linear":
+            return queries
+        if e3fp is None:
+            e3fp = torch.full((visual.shape[0], 1, self.spec.e3fp_levels), -1, device=visual.device)
+        tokens, padding = self.e3fp_tokens(e3fp)
+        if self.spec.variant == "concat":
+            count = (~padding).sum(dim=1, keepdim=True).clamp(min=1)
+            pooled = tokens.sum(dim=1, keepdim=True) / count[..., None]
+            return self.merge(torch.cat([queries, pooled.expand_as(queries)], dim=-1))
+        keys = self.norm_kv(torch.cat([self.null_kv.expand(len(tokens), -1, -1), tokens], dim=1))
+        mask = torch.cat([torch.zeros_like(padding[:, :1]), padding], dim=1)
+        attended, _ = self.attn(self.norm_q(queries), keys, keys, key_padding_mask=mask, need_weights=False)
+        hidden = queries + attended
+        return hidden + self.ffn(self.norm_ffn(hidden))

@@ -1,0 +1,77 @@
+"""The Fusion Projector: shapes, masks, variants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepmolm.model.fusion import VARIANTS, FusionProjector, FusionSpec
+
+
+def projector(variant: str = "fusion", seed: int = 0) -> FusionProjector:
+    torch.manual_seed(seed)
+    return FusionProjector(FusionSpec(visual_dim=24, hidden_size=32, e3fp_bits=64, num_heads=4, variant=variant)).eval()
+
+
+def molecule(atoms: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 64, (atoms, 4), generator=generator)
+    ids[-1, 3] = -1  # an atom without a level-3 shell
+    return ids
+
+
+def batch(molecules: list[torch.Tensor]) -> torch.Tensor:
+    longest = max(len(m) for m in molecules)
+    out = torch.full((len(molecules), longest, 4), -1)
+    for i, m in enumerate(molecules):
+        out[i, : len(m)] = m
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_maps_visual_tokens_to_the_llm_width(variant):
+    visual = torch.randn(2, 16, 24)
+    out = projector(variant)(visual, batch([molecule(5, 1), molecule(9, 2)]))
+    assert out.shape == (2, 16, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_molecule_without_geometry_gives_finite_outputs(variant):
+    visual = torch.randn(2, 16, 24)
+    e3fp = batch([molecule(5, 1), torch.full((3, 4), -1)])  # second: every token is padding
+    out = projector(variant)(visual, e3fp)
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(projector(variant)(visual, None)).all()
+
+
+@pytest.mark.parametrize("variant", ["fusion", "concat"])
+def test_padding_does_not_change_a_molecules_output(variant):
+    model = projector(variant)
+    visual = torch.randn(1, 16, 24)
+    small = molecule(4, 3)
+    alone = model(visual, batch([small]))
+    padded = model(torch.cat([visual, torch.randn(1, 16, 24)]), batch([small, molecule(30, 4)]))[:1]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_geometry_changes_the_fused_output_and_gets_gradients():
+    model = projector("fusion").train()
+    visual = torch.randn(1, 16, 24)
+    a, b = model(visual, batch([molecule(6, 5)])), model(visual, batch([molecule(6, 6)]))
+    assert not torch.allclose(a, b), "other E3FP identifiers, other output"
+    a.sum().backward()
+    grad = model.e3fp_embed.weight.grad
+    assert grad is not None and grad[:64].abs().sum() > 0 and grad[64].abs().sum() == 0, "padding row stays untouched"
+
+
+def test_zeroed_e3fp_ablation_ignores_the_geometry():
+    model = projector("fusion_zero_e3fp")
+    visual = torch.randn(1, 16, 24)
+    torch.testing.assert_close(model(visual, batch([molecule(6, 5)])), model(visual, batch([molecule(11, 6)])))
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="unknown fusion variant 'attention'"):
+        FusionSpec(visual_dim=8, hidden_size=8, e3fp_bits=4, variant="attention")
+    with pytest.raises(ValueError, match="levels per atom"):
+        projector()(torch.randn(1, 4, 24), torch.zeros(1, 3, 5, dtype=torch.long))
