@@ -40,11 +40,13 @@ report_app = typer.Typer(
     no_args_is_help=True,
 )
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
+model_app = typer.Typer(help="The DeepMoLM model: sizes of the presets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(report_app, name="report")
 app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -411,6 +413,34 @@ def eval_baseline(
     summary = {"out": str(out), "queries": len(queries), "pool": len(pool), "fingerprint": cfg.fingerprint,
                "mean_similarity": round(sum(similarities) / len(similarities), 4)}
     _emit(summary, as_json, lambda s: stdout.print(s))
+
+
+@model_app.command("summary")
+def model_summary_command(
+    preset: Annotated[str | None, typer.Option(help="tiny, small, paper, ... [default: model.preset].")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Parameter counts per block of a preset, computed on the meta device (no weights allocated)."""
+    from deepmolm.model.presets import model_config, model_summary
+
+    with _command(as_json):
+        summary = {"preset": preset or _params(params, set_).model.preset,
+                   **model_summary(model_config(_params(params, set_), preset))}
+
+    def render(s: dict) -> None:
+        table = Table(title=f"DeepMoLM preset {s['preset']}: {s['total'] / 1e6:,.1f}M parameters")
+        table.add_column("block")
+        table.add_column("parameters", justify="right")
+        for name, count in s["blocks"].items():
+            table.add_row(name, f"{count:,}")
+        table.add_row("DeepEncoder", f"{s['encoder']:,}")
+        stdout.print(table)
+        stdout.print(f"{s['visual_tokens']} visual tokens of {s['visual_dim']} dims from {s['image_size']} px -> "
+                     f"LM hidden size {s['hidden_size']} ({s['fusion_variant']})")
+
+    _emit(summary, as_json, render)
 
 
 @config_app.command("show")

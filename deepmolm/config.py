@@ -244,6 +244,60 @@ class InstructionsParams(_Section):
     )
 
 
+class EncoderParams(_Section):
+    image_size: int = Field(ge=16, description="drawings are resized to this square size for the encoder")
+    patch_size: int = Field(ge=2)
+    sam_hidden: int = Field(ge=8)
+    sam_layers: int = Field(ge=1)
+    sam_heads: int = Field(ge=1)
+    sam_window: int = Field(ge=1, description="windowed attention size (patches)")
+    sam_global_layers: list[int] = Field(description="layers with global attention")
+    sam_neck: int = Field(ge=4)
+    compressor: list[int] = Field(min_length=2, max_length=2, description="channels of the two stride-2 convolutions")
+    clip_layers: int = Field(ge=1)
+    clip_heads: int = Field(ge=1)
+    clip_mlp: int = Field(ge=4)
+
+
+class FusionParams(_Section):
+    num_heads: int = Field(ge=1)
+    ffn_mult: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class LanguageParams(_Section):
+    vocab_size: int = Field(ge=16, description="replaced by the tokenizer's size when a model is built for training")
+    hidden_size: int = Field(ge=8)
+    intermediate_size: int = Field(ge=8)
+    num_hidden_layers: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    num_key_value_heads: int = Field(ge=1)
+    max_position_embeddings: int = Field(ge=16)
+    rope_theta: float = Field(gt=0)
+    tie_word_embeddings: bool
+
+
+class PresetParams(_Section):
+    encoder: EncoderParams
+    fusion: FusionParams
+    language: LanguageParams
+
+
+class ModelParams(_Section):
+    preset: str = Field(description="one of the presets below")
+    fusion_variant: Literal["fusion", "fusion_zero_e3fp", "concat", "linear"] = Field(
+        description="fusion (default); the paper's ablations: fusion_zero_e3fp, concat, linear"
+    )
+    presets: dict[str, PresetParams]
+
+    @field_validator("presets")
+    @classmethod
+    def _some(cls, presets: dict) -> dict:
+        if not presets:
+            raise ValueError("at least one preset is needed")
+        return presets
+
+
 class Params(_Section):
     paths: PathsParams
     sources: SourcesParams
@@ -252,6 +306,7 @@ class Params(_Section):
     contracts: ContractsParams
     report: ReportParams
     instructions: InstructionsParams
+    model: ModelParams
     eval: EvalParams
 
     def sections(self, *names: str) -> dict[str, Any]:

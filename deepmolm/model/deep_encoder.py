@@ -97,12 +97,14 @@ class ClipOnTokens(nn.Module):
         self.position_embedding = nn.Embedding(tokens + 1, config.hidden_size)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = CLIPEncoder(config)
-        self.register_buffer("position_ids", torch.arange(tokens + 1)[None], persistent=False)
 
     def forward(self, patch_embeds: torch.Tensor) -> torch.Tensor:
         """[B, T, D] -> [B, T + 1, D] (class token first)."""
         cls = self.class_embedding.expand(len(patch_embeds), 1, -1)
-        hidden = torch.cat([cls, patch_embeds], dim=1) + self.position_embedding(self.position_ids)
+        # positions made here, not kept as a buffer: a buffer made on the meta device (as
+        # from_pretrained builds models) would never get values
+        positions = torch.arange(patch_embeds.shape[1] + 1, device=patch_embeds.device)
+        hidden = torch.cat([cls, patch_embeds], dim=1) + self.position_embedding(positions)[None]
         return self.encoder(inputs_embeds=self.pre_layrnorm(hidden)).last_hidden_state
 
 

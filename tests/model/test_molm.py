@@ -1,0 +1,110 @@
+"""The whole DeepMoLM model at the tiny preset: shapes, variants, learning, checkpoints, sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deepmolm.config import load_params
+from deepmolm.model.molm import DeepMoLMForCausalLM
+from deepmolm.model.presets import model_config
+from tests.conftest import PARAMS, run_cli
+
+IMAGE_TOKEN = 3
+
+
+def tiny(variant: str = "fusion", seed: int = 0) -> DeepMoLMForCausalLM:
+    params = load_params(PARAMS, [f"model.fusion_variant={variant}"])
+    torch.manual_seed(seed)
+    return DeepMoLMForCausalLM(model_config(params, "tiny", image_token_id=IMAGE_TOKEN))
+
+
+def examples(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """n prompts of BOS, 4 image placeholders, 3 prompt tokens, then 5 response tokens to learn."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.cat([torch.ones(n, 1, dtype=torch.long), torch.full((n, 4), IMAGE_TOKEN),
+                        torch.randint(10, 500, (n, 3), generator=g)], dim=1)
+    response = torch.randint(10, 500, (n, 5), generator=g)
+    input_ids = torch.cat([prompt, response], dim=1)
+    labels = input_ids.clone()
+    labels[:, : prompt.shape[1]] = -100  # no loss on the prompt or the image positions
+    e3fp = torch.randint(0, 4096, (n, 7, 4), generator=g)
+    e3fp[0, 5:] = -1  # a smaller molecule, padded
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
+            "pixel_values": torch.randn(n, 3, 64, 64, generator=g), "e3fp": e3fp}
+
+
+def test_shapes_through_every_block():
+    model = tiny().eval()
+    batch = examples(2)
+    visual = model.encoder(batch["pixel_values"])
+    assert visual.shape == (2, 4, 64)
+    projected = model.projector(visual, batch["e3fp"])
+    assert projected.shape == (2, 4, model.config.qwen2().hidden_size)
+    out = model(**batch)
+    assert out.logits.shape == (2, 13, 512) and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("variant", ["fusion", "fusion_zero_e3fp", "concat", "linear"])
+def test_each_projector_variant_runs_in_the_model(variant):
+    out = tiny(variant).eval()(**examples(2))
+    assert torch.isfinite(out.logits).all()
+
+
+def test_a_prompt_without_the_right_number_of_image_tokens_is_refused():
+    batch = examples(2)
+    batch["input_ids"][0, 2] = 42
+    with pytest.raises(ValueError, match="needs 4 <image> tokens"):
+        tiny()(**batch)
+
+
+def test_tiny_model_overfits_eight_examples():
+    model = tiny().train()
+    batch = examples(8)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(120):
+        loss = model(**batch).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_save_and_load_give_identical_logits_from_safetensors(tmp_path):
+    model = tiny().eval()
+    batch = examples(2)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+    assert not list(tmp_path.glob("*.bin")), "no pickled weights"
+    loaded = DeepMoLMForCausalLM.from_pretrained(tmp_path, local_files_only=True).eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+    assert json.loads((tmp_path / "config.json").read_text())["fusion"]["variant"] == "fusion"
+
+
+def test_greedy_and_beam_generation_take_image_and_geometry():
+    model = tiny().eval()
+    batch = examples(2)
+    prompt = {k: batch[k][:, :8] for k in ("input_ids", "attention_mask")}
+    greedy = model.generate_text(**prompt, pixel_values=batch["pixel_values"], e3fp=batch["e3fp"],
+                                 max_new_tokens=5, do_sample=False)
+    beam = model.generate_text(**prompt, pixel_values=batch["pixel_values"], e3fp=batch["e3fp"],
+                               max_new_tokens=5, num_beams=3, do_sample=False)
+    assert greedy.shape == beam.shape == (2, 5)
+
+
+def test_model_summary_counts_the_paper_preset_without_weights():
+    result = run_cli("model", "summary", "--preset", "paper", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    blocks = summary["blocks"]
+    assert 80e6 <= blocks["encoder.sam"] <= 95e6 and 295e6 <= blocks["encoder.clip"] <= 310e6
+    assert 370e6 <= summary["encoder"] <= 410e6, "the DeepEncoder is about 380M"
+    assert 7.0e9 <= blocks["language_model.embeddings"] + blocks["language_model.layers"] + blocks["language_model.other"] <= 8.0e9
+    assert (summary["visual_tokens"], summary["visual_dim"], summary["hidden_size"]) == (256, 2048, 3584)
+    unknown = run_cli("model", "summary", "--preset", "huge", "--json")
+    assert unknown.returncode == 2 and "unknown model preset 'huge'" in unknown.stderr
