@@ -1,0 +1,47 @@
+"""The tokenizer: a local Hugging Face tokenizer for a real LLM, or a byte-level BPE trained here.
+
+With `model.tokenizer_dir` set, that directory is loaded (never downloaded) and the prompt
+template's special tokens are added when missing. Without it, a byte-level BPE is trained with the
+tokenizers library on the instruction texts (prompts and responses), with the special tokens of
+deepmolm/model/prompt.py, and saved as an artifact with save_pretrained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from deepmolm.model.prompt import END, IMAGE, PAD, SPECIAL_TOKENS
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE on `texts`; every byte is in the alphabet, so nothing is ever unknown."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=END,
+                                   additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (PAD, END)])
+
+
+def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """A saved tokenizer (ours or a real LLM's), with the template's special tokens present."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no tokenizer directory at {directory}")
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = PAD
+    return tokenizer
+
+
+def image_token_id(tokenizer) -> int:
+    return tokenizer.convert_tokens_to_ids(IMAGE)
