@@ -443,6 +443,53 @@ def model_summary_command(
     _emit(summary, as_json, render)
 
 
+@model_app.command("tokenizer")
+def model_tokenizer(
+    instructions: Annotated[Path, typer.Option(help="an instruction set directory (examples.parquet) to train on.")],
+    out: Annotated[Path, typer.Option(help="where to save the tokenizer (save_pretrained).")],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The tokenizer artifact: model.tokenizer_dir as is, or a byte-level BPE trained on the instructions."""
+    from deepmolm.model.tokenizer import build_tokenizer
+
+    with _command(as_json):
+        cfg = _params(params, set_).model
+        summary = build_tokenizer(instructions, out, cfg.tokenizer_dir, cfg.bpe_vocab_size)
+    _emit(summary, as_json, lambda s: stdout.print(s))
+
+
+@app.command("predict")
+def predict(
+    checkpoint: Annotated[Path, typer.Option(help="a DeepMoLM checkpoint directory (model and tokenizer).")],
+    smiles: Annotated[str | None, typer.Option(help="the molecule; drawn and given a conformer as the shards are.")] = None,
+    image: Annotated[Path | None, typer.Option(help="the molecule's drawing (PNG); needs --sdf.")] = None,
+    sdf: Annotated[Path | None, typer.Option(help="a 3D structure (SDF) of the same molecule; needs --image.")] = None,
+    prompt: Annotated[str, typer.Option(help="the instruction.")] = "Describe the input molecule.",
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask a trained DeepMoLM about one molecule: --smiles SMILES, or --image PNG --sdf SDF."""
+    from deepmolm.featurize.outcome import FeaturizeError
+    from deepmolm.model.predict import answer, molecule_from_files, molecule_from_smiles
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        if (smiles is None) == (image is None and sdf is None):
+            raise _Exit(2, "give either --smiles or both --image and --sdf")
+        if smiles is None and (image is None or sdf is None):
+            raise _Exit(2, "--image and --sdf go together")
+        try:
+            png, e3fp = molecule_from_smiles(smiles, cfg) if smiles else molecule_from_files(image, sdf, cfg)
+        except FeaturizeError as exc:
+            raise _Exit(1, f"cannot read the molecule: {exc}") from None
+        text = answer(checkpoint, png, e3fp, prompt, cfg)
+    _emit({"prompt": prompt, "answer": text, "geometry": e3fp is not None}, as_json,
+          lambda s: stdout.print(s["answer"], highlight=False, markup=False))
+
+
 @config_app.command("show")
 def config_show(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
     """Print the resolved params (file plus overrides, paths made absolute), or the error that stops them."""

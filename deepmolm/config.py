@@ -283,8 +283,19 @@ class PresetParams(_Section):
     language: LanguageParams
 
 
+class GenerationParams(_Section):
+    max_new_tokens: int = Field(ge=1)
+    num_beams: int = Field(ge=1, description="1: greedy decoding")
+
+
 class ModelParams(_Section):
     preset: str = Field(description="one of the presets below")
+    tokenizer_dir: ProjectPath | None = Field(
+        description="a local Hugging Face tokenizer directory (a real LLM's); null: a byte-level BPE trained on the instructions"
+    )
+    bpe_vocab_size: int = Field(ge=300, description="vocabulary of the trained byte-level BPE")
+    max_length: int = Field(ge=16, description="tokens per training example, image placeholders included")
+    generation: GenerationParams
     fusion_variant: Literal["fusion", "fusion_zero_e3fp", "concat", "linear"] = Field(
         description="fusion (default); the paper's ablations: fusion_zero_e3fp, concat, linear"
     )

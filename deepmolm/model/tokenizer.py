@@ -45,3 +45,20 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
 
 def image_token_id(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE)
+
+
+def build_tokenizer(instructions: Path, out: Path, tokenizer_dir: Path | None, vocab_size: int) -> dict:
+    """The tokenizer artifact: `tokenizer_dir` as is (plus the template's tokens), or a BPE trained
+    on the instruction set's prompts and responses; saved to `out` with save_pretrained."""
+    from deepmolm.instructions import read_instructions
+    from deepmolm.model.prompt import format_prompt, format_response
+
+    if tokenizer_dir is not None:
+        tokenizer, source = load_tokenizer(tokenizer_dir), str(tokenizer_dir)
+    else:
+        rows = read_instructions(instructions).select(["prompt", "response"]).to_pylist()
+        tokenizer = train_bpe((format_prompt(r["prompt"]) + format_response(r["response"]) for r in rows), vocab_size)
+        source = f"byte-level BPE trained on {len(rows)} examples of {instructions}"
+    Path(out).mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out))
+    return {"out": str(out), "vocab_size": len(tokenizer), "source": source, "image_token_id": image_token_id(tokenizer)}

@@ -46,12 +46,17 @@ def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float().mul_(scale).sub_(shift)
 
 
-def encode_example(prompt: str, response: str, tokenizer, image_tokens: int, max_length: int) -> dict[str, list[int]]:
-    """Token ids and labels of one example; the response is cut (never the prompt) to fit max_length."""
+def prompt_token_ids(prompt: str, tokenizer, image_tokens: int) -> list[int]:
+    """The templated prompt with its <image> expanded to one placeholder per visual token."""
     before, after = format_prompt(prompt).split(IMAGE)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE)
-    prompt_ids = (tokenizer(before, add_special_tokens=False)["input_ids"] + [image_id] * image_tokens
-                  + tokenizer(after, add_special_tokens=False)["input_ids"])
+    return (tokenizer(before, add_special_tokens=False)["input_ids"] + [image_id] * image_tokens
+            + tokenizer(after, add_special_tokens=False)["input_ids"])
+
+
+def encode_example(prompt: str, response: str, tokenizer, image_tokens: int, max_length: int) -> dict[str, list[int]]:
+    """Token ids and labels of one example; the response is cut (never the prompt) to fit max_length."""
+    prompt_ids = prompt_token_ids(prompt, tokenizer, image_tokens)
     response_ids = tokenizer(format_response(response), add_special_tokens=False)["input_ids"]
     room = max_length - len(prompt_ids)
     if room < 1:
