@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from deepmolm.instructions import EXAMPLES, MANIFEST, read_instructions
+from deepmolm.instructions import MANIFEST, read_instructions
 from deepmolm.model.prompt import IMAGE, format_prompt, format_response
 
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's, which the DeepEncoder's towers were trained with
@@ -107,12 +107,12 @@ class InstructionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
         return {**encode_example(row["prompt"], row["response"], self.tokenizer, self.image_tokens, self.max_length),
-                "pixels": _image(str(self.shards / row["image_part"]), row["image_row"], self.image_size),
+                "pixels": cached_pixels(str(self.shards / row["image_part"]), row["image_row"], self.image_size),
                 "e3fp": row["e3fp"]}
 
 
 @lru_cache(maxsize=64)
-def _image(part: str, row: int, size: int) -> torch.Tensor:
+def cached_pixels(part: str, row: int, size: int) -> torch.Tensor:
     """A molecule's decoded drawing: its examples (a caption and each property question) are
     neighbours in the table, so one decode serves them all when rows are read in order."""
     return image_pixels(_part_images(part)[row], size)
@@ -122,32 +122,3 @@ def _image(part: str, row: int, size: int) -> torch.Tensor:
 def _part_images(path: str) -> list[bytes]:
     """The PNGs of one shard part (a few MB), kept while consecutive rows use them."""
     return pq.read_table(path, columns=["image_png"]).column("image_png").to_pylist()
-
-
-def examples_path(directory: Path) -> Path:
-    """The Parquet file Ray Data reads (ray.data.read_parquet) before map_batches(RayBatchEncoder)."""
-    return Path(directory) / EXAMPLES
-
-
-class RayBatchEncoder:
-    """A callable class for `Dataset.map_batches` (one per Ray worker, tokenizer loaded once):
-    a batch of instruction rows (numpy columns) -> padded model tensors as numpy arrays."""
-
-    def __init__(self, shards: str, tokenizer_dir: str, image_size: int, image_tokens: int, max_length: int,
-                 e3fp_levels: int):
-        from deepmolm.model.tokenizer import load_tokenizer
-
-        self.shards, self.tokenizer = Path(shards), load_tokenizer(Path(tokenizer_dir))
-        self.image_size, self.image_tokens, self.max_length, self.levels = image_size, image_tokens, max_length, e3fp_levels
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        examples = []
-        for i in range(len(batch["prompt"])):
-            e3fp = batch["e3fp"][i]
-            examples.append({**encode_example(str(batch["prompt"][i]), str(batch["response"][i]), self.tokenizer,
-                                              self.image_tokens, self.max_length),
-                             "pixels": _image(str(self.shards / batch["image_part"][i]),
-                                                    int(batch["image_row"][i]), self.image_size),
-                             "e3fp": None if e3fp is None else [list(atom) for atom in e3fp]})
-        tensors = collate(examples, self.tokenizer.pad_token_id, self.levels)
-        return {key: value.numpy() for key, value in tensors.items()}

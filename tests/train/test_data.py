@@ -17,8 +17,7 @@ from deepmolm.model.molm import DeepMoLMForCausalLM
 from deepmolm.model.presets import model_config
 from deepmolm.model.prompt import END, IMAGE, SPECIAL_TOKENS, format_prompt, format_response
 from deepmolm.model.tokenizer import image_token_id, load_tokenizer, train_bpe
-from deepmolm.train.data import (IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDataset, RayBatchEncoder, collate,
-                                 encode_example, model_inputs)
+from deepmolm.train.data import IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDataset, collate, encode_example, model_inputs
 from tests.conftest import PARAMS, tmp_overrides
 
 
@@ -93,12 +92,25 @@ def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model
     assert torch.isfinite(model(**batch).loss)
 
 
-def test_ray_batch_encoder_turns_numpy_columns_into_model_arrays(instruction_set, tokenizer, small_versions, tmp_path):
+@pytest.mark.slow
+def test_ray_data_pipeline_yields_padded_batches(instruction_set, tokenizer, small_versions, tmp_path):
+    import ray
+
+    from deepmolm.train.ray_data import RayBatchEncoder, RayCollate, examples_path
+
     tokenizer.save_pretrained(tmp_path / "tok")
-    table = read_instructions(instruction_set).slice(0, 6)
-    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    encoder = RayBatchEncoder(str(small_versions[0]), str(tmp_path / "tok"), image_size=64, image_tokens=4,
-                              max_length=128, e3fp_levels=4)
-    out = encoder(batch)
-    assert out["pixels"].shape == (6, 3, 64, 64) and out["pixels"].dtype == np.uint8
-    assert out["input_ids"].shape == out["labels"].shape and out["e3fp"].shape[0] == 6
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        dataset = ray.data.read_parquet(str(examples_path(instruction_set))).map_batches(
+            RayBatchEncoder, batch_size=8, concurrency=1,
+            fn_constructor_kwargs={"shards": str(small_versions[0]), "tokenizer_dir": str(tmp_path / "tok"),
+                                   "image_size": 64, "image_tokens": 4, "max_length": 128})
+        batches = list(dataset.iter_torch_batches(batch_size=16, collate_fn=RayCollate(tokenizer.pad_token_id, 4)))
+    finally:
+        ray.shutdown()
+    assert sum(len(b["input_ids"]) for b in batches) == 50, "every example, once"
+    for batch in batches:
+        assert batch["pixels"].dtype == torch.uint8 and batch["pixels"].shape[1:] == (3, 64, 64)
+        assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+        assert batch["e3fp"].shape[0] == len(batch["input_ids"]) and batch["e3fp"].shape[2] == 4
+        assert ((batch["input_ids"] == image_token_id(tokenizer)).sum(dim=1) == 4).all()
