@@ -328,7 +328,7 @@ def eval_captions(
     as_json: JsonOpt = False,
 ) -> None:
     """BLEU-2/4, ROUGE-1/2/L and METEOR of generated captions, as ChEBI-20 papers report them (0-1 scale)."""
-    from deepmolm.eval.captions import METRICS, load_tokenizer, score_captions
+    from deepmolm.eval.captions import METRICS, load_metric_tokenizer, score_captions
     from deepmolm.eval.predictions import PredictionFileError, read_predictions
     from deepmolm.eval.wordnet import WordNetMissing
 
@@ -336,7 +336,7 @@ def eval_captions(
         cfg = _params(params, set_)
         try:
             pairs = read_predictions(predictions, format_)
-            scores = score_captions(pairs, load_tokenizer(tokenizer or cfg.eval.tokenizer),
+            scores = score_captions(pairs, load_metric_tokenizer(tokenizer or cfg.eval.tokenizer),
                                     max_tokens=cfg.eval.max_tokens, nltk_data=cfg.eval.nltk_data).as_dict()
         except (PredictionFileError, WordNetMissing, ValueError) as exc:
             raise _Exit(1, str(exc)) from None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from deepmolm.config import Params
@@ -155,17 +156,30 @@ def _gallery(version_dir: Path, table: pa.Table, params: Params, out: Path) -> l
     rng = random.Random(params.report.gallery_seed)
     chosen = rng.sample(flagged, min(len(flagged), size // 3))
     chosen += rng.sample(plain, min(len(plain), size - len(chosen)))
-    images = read_shards(version_dir, columns=["image_png"]).column("image_png")
+    images = _images_at(version_dir, chosen)
     items = []
     for i in sorted(chosen):
         row = table.slice(i, 1).to_pylist()[0]
         name = f"gallery/{row['cid']}.png"
-        with Image.open(io.BytesIO(images[i].as_py())) as image:
+        with Image.open(io.BytesIO(images[i])) as image:
             image.thumbnail((params.report.thumbnail_px, params.report.thumbnail_px))
             image.save(out / name, optimize=True)
         items.append({"cid": row["cid"], "image": name, "smiles": row["smiles"], "description": row["description"] or "",
                       "flags": row["flags"], "conformer_source": row["conformer_source"]})
     return items
+
+
+def _images_at(version_dir: Path, indices: list[int]) -> dict[int, bytes]:
+    """PNGs of the given rows (indices over the whole version), reading only the parts that hold them."""
+    wanted, out, start = sorted(indices), {}, 0
+    for part in read_manifest(version_dir)["parts"]:
+        stop = start + part["rows"]
+        rows = [i - start for i in wanted if start <= i < stop]
+        if rows:
+            column = pq.read_table(Path(version_dir) / part["path"], columns=["image_png"]).column("image_png")
+            out.update({start + r: column[r].as_py() for r in rows})
+        start = stop
+    return out
 
 
 def write_data_report(version_dir: Path, params: Params, contract: ContractResult | None = None,

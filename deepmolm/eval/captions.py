@@ -35,7 +35,7 @@ class CaptionScores:
         return asdict(self)
 
 
-def load_tokenizer(directory: Path):
+def load_metric_tokenizer(directory: Path):
     """A local Hugging Face tokenizer directory; one holding only a WordPiece `vocab.txt` (as the
     SciBERT release does) is read as an uncased BERT tokenizer. Never downloads."""
     from transformers import AutoTokenizer, BertTokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deepmolm.eval.captions import METRICS, load_tokenizer, score_captions, wordpieces
+from deepmolm.eval.captions import METRICS, load_metric_tokenizer, score_captions, wordpieces
 from deepmolm.eval.predictions import Prediction, PredictionFileError, read_predictions
 from deepmolm.eval.wordnet import DEBIAN_DATABASE, DEBIAN_MANUAL, WordNetMissing, lexnames_from_manual, prepare_wordnet, use_wordnet
 from tests.conftest import PARAMS, run_cli
@@ -16,7 +16,7 @@ from tests.conftest import PARAMS, run_cli
 
 @pytest.fixture(scope="module")
 def scibert(shared):
-    return load_tokenizer(shared / "tokenizers" / "scibert_scivocab_uncased")
+    return load_metric_tokenizer(shared / "tokenizers" / "scibert_scivocab_uncased")
 
 
 def test_molt5_large_scores_match_the_published_row_within_0_007(shared, scibert, tmp_path_factory):
