@@ -40,11 +40,18 @@ def e3fp_usage(rows: list[dict], levels: int) -> list[Counter]:
     return per_level
 
 
-def data_summary(table: pa.Table, rejects: pa.Table, manifest: dict, contract: ContractResult | None,
-                 usage: list[Counter]) -> dict:
+def distribution_series(rows: list[dict]) -> dict[str, list]:
+    """The values behind each distribution, computed once for the summary and the plots."""
+    return {
+        "smiles_length": [len(r["smiles"]) for r in rows],
+        "description_words": [len((r["description"] or "").split()) for r in rows],
+        **{name: [r["properties"][name] for r in rows if r["properties"][name] is not None] for name in PROPERTY_COLUMNS},
+    }
+
+
+def data_summary(rows: list[dict], rejects: pa.Table, manifest: dict, contract: ContractResult | None,
+                 usage: list[Counter], series: dict[str, list]) -> dict:
     """The figures the page shows, as plain JSON data."""
-    rows = table.to_pylist()
-    props = {name: [r["properties"][name] for r in rows if r["properties"][name] is not None] for name in PROPERTY_COLUMNS}
     levels = len(usage)
     input_rows = manifest["counts"]["input_rows"]
     summary = {
@@ -56,12 +63,7 @@ def data_summary(table: pa.Table, rejects: pa.Table, manifest: dict, contract: C
         "conformer_sources": manifest["conformer_sources"],
         "flags": manifest["flags"],
         "splits": dict(sorted(Counter(r["split"] or "none" for r in rows).items())),
-        "distributions": {
-            "heavy_atoms": _stats(props["heavy_atoms"]),
-            "smiles_length": _stats([len(r["smiles"]) for r in rows]),
-            "description_words": _stats([len((r["description"] or "").split()) for r in rows]),
-            **{name: _stats(values) for name, values in props.items() if name != "heavy_atoms"},
-        },
+        "distributions": {name: _stats(values) for name, values in series.items()},
         "e3fp": {
             "bits": manifest["params"]["featurize.e3fp"]["bits"],
             "distinct_identifiers_per_level": [len(c) for c in usage],
@@ -85,14 +87,13 @@ def _stats(values: list) -> dict:
             "p95": float(q[2]), "max": float(array.max()), "mean": round(float(array.mean()), 4)}
 
 
-def _plots(table: pa.Table, summary: dict, manifest: dict, usage: list[Counter], out: Path) -> list[tuple[str, str]]:
+def _plots(series: dict[str, list], summary: dict, manifest: dict, usage: list[Counter], out: Path) -> list[tuple[str, str]]:
     """PNG files under out/plots/; returns (file, caption) pairs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = table.to_pylist()
     made = []
 
     def save(fig, name: str, caption: str) -> None:
@@ -102,21 +103,16 @@ def _plots(table: pa.Table, summary: dict, manifest: dict, usage: list[Counter],
         made.append((f"plots/{name}", caption))
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    series = [
-        ([r["properties"]["heavy_atoms"] for r in rows], "heavy atoms"),
-        ([len(r["smiles"]) for r in rows], "SMILES length (characters)"),
-        ([len((r["description"] or "").split()) for r in rows], "description length (words)"),
-    ]
-    for ax, (values, label) in zip(axes, series):
-        ax.hist(values, bins=50, color="#3b6ea5")
+    for ax, (name, label) in zip(axes, [("heavy_atoms", "heavy atoms"), ("smiles_length", "SMILES length (characters)"),
+                                        ("description_words", "description length (words)")]):
+        ax.hist(series[name], bins=50, color="#3b6ea5")
         ax.set_xlabel(label)
         ax.set_ylabel("molecules")
     save(fig, "sizes.png", "Molecule size, SMILES length and description length")
 
     fig, axes = plt.subplots(2, 5, figsize=(15, 5.5))
     for ax, name in zip(axes.flat, PROPERTY_COLUMNS):
-        values = [r["properties"][name] for r in rows if r["properties"][name] is not None]
-        ax.hist(values, bins=40, color="#5a9367")
+        ax.hist(series[name], bins=40, color="#5a9367")
         ax.set_title(name, fontsize=10)
     save(fig, "properties.png", "Computed properties (RDKit)")
 
@@ -193,9 +189,11 @@ def write_data_report(version_dir: Path, params: Params, contract: ContractResul
     for sub in ("plots", "gallery"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
-    usage = e3fp_usage(table.select(["e3fp"]).to_pylist(), manifest["params"]["featurize.e3fp"]["level"] + 1)
-    summary = data_summary(table, rejects, manifest, contract, usage)
-    plots = _plots(table, summary, manifest, usage, out)
+    rows = table.to_pylist()
+    usage = e3fp_usage(rows, manifest["params"]["featurize.e3fp"]["level"] + 1)
+    series = distribution_series(rows)
+    summary = data_summary(rows, rejects, manifest, contract, usage, series)
+    plots = _plots(series, summary, manifest, usage, out)
     gallery = _gallery(version_dir, table, params, out)
     summary["plots"] = [path for path, _ in plots]
     summary["gallery"] = [item["cid"] for item in gallery]
