@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Fetch, read and featurize molecules into versioned tables.", no_args_is_help=True)
 train_app = typer.Typer(
-    help="Stage 1 / stage 2 training on Ray Train, local or on a cluster. (No commands yet: see the roadmap in docs/ARCHITECTURE.md.)",
+    help="Stage 1 (alignment) and stage 2 (instruction tuning) on Ray Train, locally or on a Ray cluster.",
     no_args_is_help=True,
 )
 eval_app = typer.Typer(help="Caption metrics (MolT5 protocol), property QA and the retrieval baseline.", no_args_is_help=True)
@@ -488,6 +488,68 @@ def predict(
         text = answer(checkpoint, png, e3fp, prompt, cfg)
     _emit({"prompt": prompt, "answer": text, "geometry": e3fp is not None}, as_json,
           lambda s: stdout.print(s["answer"], highlight=False, markup=False))
+
+
+StageOpt = Annotated[int, typer.Option("--stage", min=1, max=2, help="1: align the projector; 2: instruction tuning.")]
+
+
+@train_app.command("run")
+def train_run(
+    stage: StageOpt,
+    instructions: Annotated[Path | None, typer.Option(help="an instruction set, or a directory above sets (its newest) [default: paths.instructions_dir].")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer directory [default: <models_dir>/tokenizer; stage 2: the stage 1 model's].")] = None,
+    init: Annotated[Path | None, typer.Option(help="stage 2 only: the model to start from [default: <models_dir>/stage1].")] = None,
+    out: Annotated[Path | None, typer.Option(help="where the exported model goes [default: <models_dir>/stage<N>].")] = None,
+    prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `train` (PREFECT_API_URL, or a temporary local API).")] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train one stage on Ray Train (train.ray_address, or a local Ray). Re-running the same command
+    resumes from the run's last checkpoint; a finished run is not trained again."""
+    from deepmolm.train.launch import run_stage
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        paths = {"instructions": instructions, "tokenizer": tokenizer, "init": init, "out": out}
+        if prefect:
+            from flows.train import run_train
+
+            summary = run_train([stage], params, set_ or [], paths)[0]
+        else:
+            summary = run_stage(cfg, stage, **paths)
+
+    def render(s: dict) -> None:
+        state = "up to date" if s["up_to_date"] else f"trained in {s['seconds']} s"
+        stdout.print(f"stage {s['stage']} ({s['run']}): {s['steps']} steps, loss {s['first_loss']:.4f} -> "
+                     f"{s['last_loss']:.4f}, {state}; model in {s['model']}")
+
+    _emit(summary, as_json, render)
+
+
+@train_app.command("submit")
+def train_submit(
+    address: Annotated[str, typer.Option(help="the Ray cluster's dashboard (Jobs API), e.g. http://HEAD:8265.")],
+    stage: StageOpt,
+    wait: Annotated[bool, typer.Option(help="stream the job's logs until it ends; exit 1 unless it succeeded.")] = True,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit `deepmolm train run --stage N` to a Ray cluster through the Jobs API, with this project
+    as the job's working_dir. Paths in params are the cluster's (shared storage)."""
+    from deepmolm.train.submit import submit_training
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        project = params.resolve().parent
+        log = (lambda line: stderr.print(line, highlight=False, markup=False)) if as_json else \
+            (lambda line: stdout.print(line, highlight=False, markup=False))
+        summary = submit_training(address, stage, project, params.name, list(set_ or []), cfg.train.cluster,
+                                  wait=wait, log=log)
+    _emit(summary, as_json, lambda s: stdout.print(f"job {s['job_id']}: {s['status']}"))
+    if wait and not summary["succeeded"]:
+        raise typer.Exit(1)
 
 
 @config_app.command("show")

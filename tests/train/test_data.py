@@ -21,22 +21,6 @@ from deepmolm.train.data import IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDatase
 from tests.conftest import PARAMS, tmp_overrides
 
 
-@pytest.fixture(scope="module")
-def instruction_set(small_versions, tmp_path_factory):
-    root = tmp_path_factory.mktemp("instructions")
-    params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(root)])
-    return build_instructions(small_versions[0], root / "out", params.instructions)["out"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(instruction_set, tmp_path_factory):
-    rows = read_instructions(instruction_set).to_pylist()
-    trained = train_bpe([format_prompt(r["prompt"]) + format_response(r["response"]) for r in rows], 400)
-    directory = tmp_path_factory.mktemp("tokenizer")
-    trained.save_pretrained(directory)
-    return load_tokenizer(directory)
-
-
 def test_bpe_tokenizer_keeps_the_template_tokens_whole_and_round_trips(tokenizer):
     for token in SPECIAL_TOKENS:
         assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
@@ -96,14 +80,15 @@ def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model
 def test_ray_data_pipeline_yields_padded_batches(instruction_set, tokenizer, small_versions, tmp_path):
     import ray
 
-    from deepmolm.train.ray_data import RayBatchEncoder, RayCollate, examples_path
+    from deepmolm.instructions import EXAMPLES
+    from deepmolm.train.ray_data import RayCollate, encode_rows
 
     tokenizer.save_pretrained(tmp_path / "tok")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        dataset = ray.data.read_parquet(str(examples_path(instruction_set))).map_batches(
-            RayBatchEncoder, batch_size=8, concurrency=1,
-            fn_constructor_kwargs={"shards": str(small_versions[0]), "tokenizer_dir": str(tmp_path / "tok"),
+        dataset = ray.data.read_parquet(str(instruction_set / EXAMPLES)).map_batches(
+            encode_rows, batch_size=8,
+            fn_kwargs={"shards": str(small_versions[0]), "tokenizer_dir": str(tmp_path / "tok"),
                                    "image_size": 64, "image_tokens": 4, "max_length": 128})
         batches = list(dataset.iter_torch_batches(batch_size=16, collate_fn=RayCollate(tokenizer.pad_token_id, 4)))
     finally:

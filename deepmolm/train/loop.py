@@ -1,0 +1,178 @@
+"""The training loop every Ray Train worker runs (`TorchTrainer(train_loop_per_worker=train_worker)`).
+
+Each worker reads its shard of the instruction rows (Ray Data, encoded by encode_rows, padded by
+RayCollate), takes `grad_accum_steps` micro-batches per optimizer step, and all-reduces the step's
+loss, samples and tokens so rank 0 records the global figures. Every `checkpoint_every_steps` steps
+and at the end, the workers report a checkpoint through `ray.train.report`: training state plus the
+metric history, so a restarted worker group (FailureConfig) or a re-run of the same run name picks
+up exactly where the last checkpoint left off, history included. The last report also carries the
+exported model (`model/`: safetensors, config, tokenizer, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepmolm.train.data import model_inputs
+from deepmolm.train.ray_data import RayCollate
+from deepmolm.train.stages import PROVENANCE, add_lora, initial_model, lora_enabled, merge_lora, set_trainable
+
+STATE = "state.json"
+HISTORY = "history.jsonl"
+EXPORT = "model"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from deepmolm.model.tokenizer import load_tokenizer
+    from deepmolm.train.strategy import DDPStrategy, DeepSpeedStrategy
+
+    params, stage_number, plan = config["params"], config["stage"], config["plan"]
+    train, stage = params.train, params.train.stage(stage_number)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    bf16 = plan["bf16"]
+    _note_worker(plan, rank)
+
+    tokenizer = load_tokenizer(Path(config["tokenizer"]))
+    model = initial_model(params, stage_number, tokenizer, Path(config["init"]) if config["init"] else None)
+    if lora_enabled(stage):
+        add_lora(model, stage.lora)
+    counts = set_trainable(model, stage)
+    seed_everything(train.seed + rank)
+    total = plan["total_steps"]
+    if train.strategy == "deepspeed":
+        strategy = DeepSpeedStrategy(model, train, stage, total, device, bf16, plan["deepspeed_config"])
+    else:
+        strategy = DDPStrategy(model, train, stage, total, device, bf16)
+
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "resumed_from": []}
+    history: list[dict] = []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            saved = json.loads((Path(directory) / STATE).read_text())
+            strategy.load(Path(directory))
+            history = [json.loads(line) for line in (Path(directory) / HISTORY).read_text().splitlines() if line]
+        state = {**saved, "resumed_from": [*saved["resumed_from"], saved["step"]]}
+        if rank == 0:
+            print(f"[train] stage {stage_number}: resuming at step {state['step']} of {total}", flush=True)
+    if state.get("final"):
+        _report(strategy, tokenizer, config, state, history, rank, final=True)  # a finished run: export again
+        return
+
+    accum = train.grad_accum_steps
+    batches_per_epoch = plan["steps_per_epoch"] * accum
+    collate = RayCollate(tokenizer.pad_token_id, params.featurize.e3fp.level + 1)
+    shard = ray.train.get_dataset_shard("train")
+    log_every = max(1, total // 40)
+    if rank == 0:
+        print(f"[train] stage {stage_number}: {total} steps on {world} worker(s), "
+              f"{counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters ({train.strategy})",
+              flush=True)
+    while state["step"] < total:
+        batches = shard.iter_torch_batches(
+            batch_size=train.micro_batch_size, collate_fn=collate, drop_last=True,
+            prefetch_batches=train.loader_batches_ahead,
+            local_shuffle_buffer_size=4 * train.micro_batch_size,
+            local_shuffle_seed=train.seed + 1000 * state["epoch"] + rank)
+        skip, pending, before, started = state["batches_in_epoch"], [], state["step"], time.perf_counter()
+        for index, batch in enumerate(batches):
+            if index < skip:
+                continue  # trained on before the checkpoint this run resumed from
+            if index >= batches_per_epoch:
+                break  # every worker takes the same number of steps per epoch
+            pending.append(model_inputs(batch, device))
+            if len(pending) < accum:
+                continue
+            row = _step(strategy, pending, world, started, state["epoch"])
+            state["step"], state["batches_in_epoch"] = state["step"] + 1, index + 1
+            history.append({"step": state["step"], **row})
+            pending, started = [], time.perf_counter()
+            if rank == 0 and (state["step"] % log_every == 0 or state["step"] == total):
+                print(f"[train] stage {stage_number} step {state['step']}/{total} loss {row['loss']:.4f} "
+                      f"lr {row['lr']:.2e} grad_norm {row['grad_norm']:.3f} {row['samples_per_s']:.1f} samples/s",
+                      flush=True)
+            if state["step"] >= total:
+                break
+            if state["step"] % train.checkpoint_every_steps == 0:
+                _report(strategy, tokenizer, config, state, history, rank, final=False)
+        if state["step"] < total:  # the epoch is used up
+            if state["step"] == before and skip == 0:
+                raise RuntimeError(f"worker {rank} got no full batch of {train.micro_batch_size} examples")
+            state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
+    state["final"] = True
+    _report(strategy, tokenizer, config, state, history, rank, final=True)
+
+
+def _step(strategy, pending: list[dict], world: int, started: float, epoch: int) -> dict:
+    """One optimizer step; loss, samples and tokens summed over the workers."""
+    loss, norm = strategy.step(pending)
+    totals = torch.tensor([loss, sum(len(b["input_ids"]) for b in pending),
+                           sum(int(b["attention_mask"].sum()) for b in pending)], dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(totals)
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch, "loss": float(totals[0]) / world, "lr": strategy.lr(), "grad_norm": norm,
+            "samples_per_s": float(totals[1]) / seconds, "tokens_per_s": float(totals[2]) / seconds,
+            "seconds": seconds}
+
+
+def _report(strategy, tokenizer, config: dict, state: dict, history: list[dict], rank: int, final: bool) -> None:
+    """A checkpoint through ray.train.report: every rank when the strategy shards its state (the
+    files land in one directory), otherwise rank 0 alone."""
+    import ray.train
+
+    module = strategy.full_module() if final else None  # collective under ZeRO-3
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        strategy.save(directory, rank)
+        if rank == 0:
+            (directory / STATE).write_text(json.dumps(state))
+            (directory / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in history))
+            if final:
+                _export(module, tokenizer, config, state, directory / EXPORT)
+        metrics = {**(history[-1] if history else {}), "step": state["step"], "final": final}
+        keep = rank == 0 or strategy.saves_on_every_rank
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if keep else None,
+                         checkpoint_dir_name=f"checkpoint_{state['step']:07d}" + ("_final" if final else ""))
+
+
+def _export(module, tokenizer, config: dict, state: dict, out: Path) -> None:
+    """The trained model as a plain DeepMoLM checkpoint: LoRA merged, in the training precision."""
+    model = merge_lora(module).cpu()  # the run is over: the training copy can be changed
+    if config["plan"]["bf16"]:
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    (out / PROVENANCE).write_text(json.dumps({
+        "run": config["plan"]["run"], "stage": config["stage"], "steps": state["step"],
+        "instructions": config["plan"]["instructions"], "init": config["init"],
+        "resumed_from": state["resumed_from"]}, indent=2))
+
+
+def _note_worker(plan: dict, rank: int) -> None:
+    """Which process is which rank, in the run's local directory (for an operator, or a test that
+    kills a worker on purpose)."""
+    local = plan.get("local_run_dir")
+    if local:
+        workers = Path(local) / "workers"
+        workers.mkdir(parents=True, exist_ok=True)
+        (workers / f"rank{rank}.pid").write_text(str(os.getpid()))

@@ -1,0 +1,141 @@
+"""What a training run is decided from, without starting Ray: stages, names, DeepSpeed config, LoRA,
+the Jobs API request and the cluster manifests in infra/."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from deepmolm.config import ConfigError, load_params
+from deepmolm.model.molm import DeepMoLMForCausalLM
+from deepmolm.model.presets import model_config
+from deepmolm.train.launch import plan_stage, stage_paths
+from deepmolm.train.stages import add_lora, merge_lora, run_name, set_trainable
+from deepmolm.train.strategy import deepspeed_config
+from deepmolm.train.submit import job_entrypoint, runtime_env
+from tests.conftest import PARAMS
+
+ROOT = PARAMS.parent
+
+
+def test_deepspeed_config_follows_params():
+    params = load_params(PARAMS, ["train.deepspeed.zero_stage=3", "train.deepspeed.offload_optimizer=true",
+                                  "train.grad_accum_steps=4", "train.micro_batch_size=2", "train.scaling.workers=8"])
+    config = deepspeed_config(params.train, bf16=True)
+    assert config["train_batch_size"] == 2 * 4 * 8 and config["gradient_accumulation_steps"] == 4
+    assert config["gradient_clipping"] == params.train.max_grad_norm and config["bf16"] == {"enabled": True}
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"]
+    assert zero["offload_optimizer"]["device"] == "cpu"
+    plain = deepspeed_config(load_params(PARAMS).train, bf16=False)["zero_optimization"]
+    assert plain["stage"] == 2 and "offload_optimizer" not in plain and "stage3_gather_16bit_weights_on_model_save" not in plain
+
+
+def test_run_name_changes_with_what_is_learned_only(instruction_set, tokenizer_dir, tmp_path):
+    def name(stage: int, *overrides: str) -> str:
+        return run_name(stage, load_params(PARAMS, list(overrides)), "set-1", tokenizer_dir, None)
+
+    assert name(1) == name(1) and name(1).startswith("stage1-")
+    assert name(1, "train.stage1.learning_rate=0.5") != name(1)
+    assert name(1, "train.scaling.workers=4") != name(1), "the effective batch changes"
+    assert name(1, "train.stage2.learning_rate=0.5") == name(1), "stage 2's params do not touch stage 1"
+    assert name(1, "train.runs_dir=/elsewhere", "train.max_failures=9", "train.cluster.install_packages=true") == name(1)
+    assert run_name(1, load_params(PARAMS), "set-2", tokenizer_dir, None) != name(1)
+    init = tmp_path / "stage1"
+    init.mkdir()
+    (init / "provenance.json").write_text('{"run": "stage1-aaa"}')
+    first = run_name(2, load_params(PARAMS), "set-1", tokenizer_dir, init)
+    (init / "provenance.json").write_text('{"run": "stage1-bbb"}')
+    assert run_name(2, load_params(PARAMS), "set-1", tokenizer_dir, init) != first, "a new stage 1 model, a new run"
+
+
+def _tiny(params) -> DeepMoLMForCausalLM:
+    torch.manual_seed(0)
+    return DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=64, image_token_id=3))
+
+
+def test_stage_1_trains_the_projector_and_stage_2_with_lora_only_adapters_and_projector():
+    params = load_params(PARAMS)
+    model = _tiny(params)
+    counts = set_trainable(model, params.train.stage1)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"projector"} and counts["trainable"] == sum(p.numel() for p in model.projector.parameters())
+
+    lora = load_params(PARAMS, ["train.stage2.lora.enabled=true", "train.stage2.lora.r=2",
+                                "train.stage2.lora.target_modules=[q_proj, v_proj]"])
+    model = _tiny(lora)
+    add_lora(model, lora.train.stage2.lora)
+    set_trainable(model, lora.train.stage2)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith("projector.") or "lora_" in n for n in names)
+    assert any("lora_" in n for n in names) and any(n.startswith("projector.") for n in names)
+    for name, parameter in model.named_parameters():  # move the adapters away from zero, then merge
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    ids = torch.randint(4, 64, (1, 12))
+    model.eval()  # no LoRA dropout
+    with torch.no_grad():
+        before = model.language_model(input_ids=ids).logits
+        merged = merge_lora(model)
+        after = merged.language_model(input_ids=ids).logits
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    assert torch.allclose(before, after, atol=1e-4), "the merged LLM computes what LLM + adapters did"
+
+
+def test_lora_needs_stage_2_and_unknown_train_keys_are_named():
+    with pytest.raises(ConfigError, match="LoRA is for stage 2"):
+        load_params(PARAMS, ["train.stage1.lora={enabled: true, r: 2, alpha: 2, dropout: 0, target_modules: [q_proj]}"])
+    with pytest.raises(ConfigError, match="train.scaling.gpus"):
+        load_params(PARAMS, ["train.scaling.gpus=2"])
+    with pytest.raises(ConfigError, match="train.strategy"):
+        load_params(PARAMS, ["train.strategy=fsdp"])
+
+
+def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_set, tokenizer_dir, tmp_path):
+    params = load_params(PARAMS, ["train.splits=null", "train.micro_batch_size=2", "train.stage2.epochs=3",
+                                  f"train.models_dir={tmp_path}"])
+    paths = stage_paths(params, 2, instruction_set, tokenizer_dir, tmp_path / "stage1", None)
+    plan = plan_stage(params, 2, paths)
+    assert plan["rows"] == 50 and plan["steps_per_epoch"] == 50 // 2 // 2 and plan["total_steps"] == 36
+    assert plan["deepspeed_config"] is None and plan["bf16"] is False
+    small = load_params(PARAMS, ["train.splits=null", "train.micro_batch_size=8", "train.scaling.workers=2"])
+    with pytest.raises(ConfigError, match="10 examples .* are not one step"):
+        plan_stage(small, 1, stage_paths(small, 1, instruction_set, tokenizer_dir, None, None))
+    with pytest.raises(ConfigError, match="not from --init"):
+        stage_paths(small, 1, instruction_set, tokenizer_dir, tmp_path, None)
+
+
+def test_jobs_api_request_carries_the_command_the_project_and_optionally_the_lock():
+    params = load_params(PARAMS)
+    entry = job_entrypoint(2, "params.yaml", ["train.strategy=deepspeed", "model.preset=paper"])
+    assert shlex.split(entry) == ["python", "-m", "deepmolm", "train", "run", "--stage", "2", "--params", "params.yaml",
+                                  "-S", "train.strategy=deepspeed", "-S", "model.preset=paper"]
+    env = runtime_env(ROOT, params.train.cluster)
+    assert env["working_dir"] == str(ROOT) and {".venv", "data", "runs", "models"} <= set(env["excludes"])
+    assert "pip" not in env
+    with_packages = runtime_env(ROOT, load_params(PARAMS, ["train.cluster.install_packages=true"]).train.cluster)
+    assert "torch==2.13.0" in with_packages["pip"]["packages"]
+
+
+def test_infra_manifests_run_the_train_command():
+    import typer
+
+    from deepmolm.cli import app
+
+    job = yaml.safe_load((ROOT / "infra" / "kuberay" / "rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:5] == ["python", "-m", "deepmolm", "train", "run"]
+    run = typer.main.get_command(app).commands["train"].commands["run"]
+    parsed = run.make_context("run", argv[5:])  # parses the options as the CLI would, runs nothing
+    assert parsed.params["stage"] == 1
+    overridden = load_params(PARAMS, parsed.params["set_"])  # every -S names a real key with a valid value
+    assert overridden.train.scaling.use_gpu and overridden.train.strategy == "deepspeed"
+    gpu = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    cluster = yaml.safe_load((ROOT / "infra" / "ray" / "cluster.yaml").read_text())
+    assert cluster["head_node_type"] in cluster["available_node_types"]

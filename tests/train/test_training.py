@@ -1,0 +1,232 @@
+"""Training on Ray Train: stage 1 then stage 2 on 2 CPU workers (DDP, then DeepSpeed ZeRO-2), a
+killed worker and a killed run that both continue from their checkpoints, and the Jobs API.
+
+Every run is the real CLI in a subprocess with its own local Ray (or the Ray head a test starts),
+so a test can kill processes without touching the test runner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from deepmolm.config import load_params
+from deepmolm.model.predict import answer, molecule_from_smiles
+from tests.conftest import PARAMS
+
+BIN = Path(sys.executable).parent
+
+
+def _train_overrides(root: Path, *extra: str) -> list[str]:
+    """Tiny runs on the 10-molecule set (a TSV source: rows without a split), outputs under root."""
+    return [
+        f"paths.reports_dir={root / 'reports'}", f"train.runs_dir={root / 'runs'}", f"train.models_dir={root / 'models'}",
+        "train.splits=null", "train.micro_batch_size=2", "model.max_length=160", *extra,
+    ]
+
+
+class RayProcesses:
+    """A private Ray temp dir for the subprocesses; everything Ray started under it is killed after."""
+
+    def __init__(self):
+        self.tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths have a length limit
+
+    def env(self) -> dict:
+        return {**os.environ, "RAY_TMPDIR": self.tmp, "PATH": f"{BIN}:{os.environ['PATH']}",
+                "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+
+    def cleanup(self) -> None:
+        """By environment, not command line: Ray renames its processes (ray::RayTrainWorker, ...)."""
+        import psutil
+
+        environments = {}
+        for process in psutil.process_iter():
+            try:
+                environments[process] = process.environ()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        ours = {p.pid for p, env in environments.items() if env.get("RAY_TMPDIR") == self.tmp}
+        # the raylet's agents get a clean environment that names their raylet instead
+        ours |= {p.pid for p, env in environments.items() if env.get("RAY_RAYLET_PID", "").isdigit()
+                 and int(env["RAY_RAYLET_PID"]) in ours}
+        for process in environments:
+            if process.pid in ours:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_processes():
+    processes = RayProcesses()
+    yield processes
+    processes.cleanup()
+
+
+def _deepmolm(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "deepmolm"), *args], env=env, capture_output=True, text=True,
+                          cwd=PARAMS.parent, timeout=480, **kwargs)
+
+
+def _train(stage: int, overrides: list[str], env: dict, *extra: str) -> dict:
+    args = ["train", "run", "--stage", str(stage), *extra, "--json"]
+    for override in overrides:
+        args += ["-S", override]
+    done = _deepmolm(args, env)
+    assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _steps(reports: Path, stage: int) -> list[dict]:
+    with open(reports / "train" / f"stage{stage}" / "steps.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _falls(rows: list[dict]) -> tuple[float, float]:
+    losses = [float(r["loss"]) for r in rows]
+    third = max(1, len(losses) // 3)
+    return sum(losses[:third]) / third, sum(losses[-third:]) / third
+
+
+@pytest.mark.slow
+def test_stage1_ddp_then_stage2_deepspeed_on_two_cpu_workers(instruction_set, tokenizer_dir, tmp_path, ray_processes):
+    overrides = _train_overrides(tmp_path, "train.stage1.epochs=20", "train.stage1.learning_rate=0.01",
+                                 "train.stage2.epochs=3", "train.stage2.learning_rate=0.003")
+    paths = ["--instructions", str(instruction_set)]
+    first = _train(1, overrides, ray_processes.env(), *paths, "--tokenizer", str(tokenizer_dir))
+    assert first["workers"] == 2 and first["strategy"] == "ddp" and first["rows"] == 10
+    assert first["steps"] == first["total_steps"] == 20 * (10 // 2 // 2)
+    start, end = _falls(_steps(tmp_path / "reports", 1))
+    assert end < start, f"stage 1 loss did not fall: {start:.3f} -> {end:.3f}"
+    stage1 = tmp_path / "models" / "stage1"
+    assert (stage1 / "model.safetensors").is_file() and (stage1 / "tokenizer.json").is_file()
+    assert json.loads((stage1 / "provenance.json").read_text())["run"] == first["run"]
+
+    second = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env(), *paths, "--prefect")
+    assert second["strategy"] == "deepspeed" and second["rows"] == 50  # captions and property questions
+    rows = _steps(tmp_path / "reports", 2)
+    assert len(rows) == second["steps"] == 3 * (50 // 2 // 2)
+    start, end = _falls(rows)
+    assert end < start, f"stage 2 loss did not fall: {start:.3f} -> {end:.3f}"
+    run_dir = tmp_path / "runs" / second["run"]
+    written = json.loads((run_dir / "deepspeed_config.json").read_text())
+    assert written["zero_optimization"]["stage"] == 2 and written["train_batch_size"] == 4
+    final = Path(second["checkpoint"])
+    shards = sorted(p.name for p in (final / "state").glob("*optim_states.pt"))
+    assert len(shards) == 2, f"one ZeRO optimizer shard per worker, got {shards}"
+    assert json.loads((tmp_path / "models" / "stage2" / "provenance.json").read_text())["init"] == str(stage1)
+
+    started = time.perf_counter()
+    again = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env(), *paths)
+    assert again["up_to_date"] and again["run"] == second["run"] and time.perf_counter() - started < 60
+
+    params = load_params(PARAMS, ["model.generation.max_new_tokens=8"])
+    png, e3fp = molecule_from_smiles("CC(=O)O", params)
+    text = answer(tmp_path / "models" / "stage2", png, e3fp, "Describe the input molecule.", params)
+    assert isinstance(text, str), "the exported model loads and answers as `deepmolm predict` does"
+
+
+def _snapshot_steps(run_dir: Path) -> list[int]:
+    """Steps of the checkpoints Ray Train has committed for the run (its snapshot file)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        text = snapshot.read_text()
+    except OSError:
+        return []
+    return sorted({int(step) for step in re.findall(r"checkpoint_(\d{7})", text)})
+
+
+def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (rc {process.returncode}) before {what}:\n"
+                                 + process.stdout.read()[-4000:])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_ray_head(ray_processes: RayProcesses) -> str:
+    """A real Ray head on loopback with its dashboard (the Jobs API); every port picked free."""
+    dashboard, gcs, agent, client = (_free_port() for _ in range(4))
+    head = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+                           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+                           f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+                           "--num-cpus=2", f"--temp-dir={ray_processes.tmp}", "--disable-usage-stats"],
+                          env=ray_processes.env(), capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0, head.stderr[-3000:]
+    return f"http://127.0.0.1:{dashboard}"
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_killed_worker_and_killed_run_continue_from_checkpoints_and_the_rerun_goes_through_the_jobs_api(
+        instruction_set, tokenizer_dir, tmp_path, ray_processes):
+    """One run: a worker is SIGKILLed (Ray Train restarts the group from the last checkpoint), then
+    the whole run is SIGKILLed; the same command, submitted to a local Ray head through the Jobs API,
+    resumes it and finishes. A job that cannot run reports FAILED and exit status 1."""
+    shutil.copytree(tokenizer_dir, tmp_path / "models" / "tokenizer")
+    overrides = _train_overrides(tmp_path, "train.stage1.max_steps=40", "train.checkpoint_every_steps=4",
+                                 "train.keep_checkpoints=3", "train.max_failures=2",
+                                 f"paths.instructions_dir={instruction_set}")
+    sets = [arg for override in overrides for arg in ("-S", override)]
+    run = subprocess.Popen([str(BIN / "deepmolm"), "train", "run", "--stage", "1", *sets], env=ray_processes.env(),
+                           cwd=PARAMS.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        runs = tmp_path / "runs"
+        _wait_for(lambda: any(_snapshot_steps(d) for d in runs.glob("stage1-*")), 240, "first checkpoint", run)
+        run_dir = next(runs.glob("stage1-*"))
+        first = max(_snapshot_steps(run_dir))
+        os.kill(int((run_dir / "workers" / "rank1.pid").read_text()), signal.SIGKILL)
+        _wait_for(lambda: max(_snapshot_steps(run_dir)) >= first + 8, 240, "checkpoints after the restart", run)
+        later = max(_snapshot_steps(run_dir))
+        os.killpg(run.pid, signal.SIGKILL)  # the whole run dies: driver, controller and workers
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    ray_processes.cleanup()
+    assert not (tmp_path / "models" / "stage1").exists() and later < 40
+
+    address = _start_ray_head(ray_processes)
+    submitted = _deepmolm(["train", "submit", "--address", address, "--stage", "1", *sets, "--json"], ray_processes.env())
+    assert submitted.returncode == 0, submitted.stderr[-4000:] + submitted.stdout[-2000:]
+    job = json.loads(submitted.stdout.strip().splitlines()[-1])
+    assert job["status"] == "SUCCEEDED" and job["job_id"].startswith("deepmolm-stage1-")
+    assert "[train] stage 1 step 40/40" in submitted.stderr, "the job's logs are streamed back"
+    assert "resuming at step" in submitted.stderr
+
+    summary = json.loads((tmp_path / "reports" / "train" / "stage1" / "summary.json").read_text())
+    assert summary["run"] == run_dir.name and summary["steps"] == 40
+    resumed = summary["resumed_from"]
+    assert len(resumed) == 2 and first <= resumed[0] <= later and resumed[1] >= later, resumed
+    steps = [int(r["step"]) for r in _steps(tmp_path / "reports", 1)]
+    assert steps == list(range(1, 41)), "one history row per step, none lost or repeated"
+    assert (tmp_path / "models" / "stage1" / "model.safetensors").is_file()
+    assert (Path(summary["checkpoint"]) / "trainable.safetensors").is_file()
+
+    failing = _deepmolm(["train", "submit", "--address", address, "--stage", "1", *sets, "-S", "train.splits=[train]",
+                         "--json"], ray_processes.env())  # no rows of a train split here: the job fails
+    assert failing.returncode == 1
+    assert json.loads(failing.stdout.strip().splitlines()[-1])["status"] == "FAILED"
