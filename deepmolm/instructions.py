@@ -163,5 +163,16 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
     return summary
 
 
+def instruction_shards(directory: Path) -> Path:
+    """The shard version an instruction set's images are read from, as an absolute path. The manifest
+    keeps the path it was built with; a relative one is relative to the directory the pipeline runs
+    in (the project root), which is not the working directory of a Ray task."""
+    recorded = Path(json.loads((Path(directory) / MANIFEST).read_text())["shards"])
+    shards = recorded if recorded.is_absolute() else recorded.resolve()
+    if not shards.is_dir():
+        raise FileNotFoundError(f"the shard version of instruction set {directory} is not at {shards}")
+    return shards
+
+
 def read_instructions(directory: Path) -> pa.Table:
     return pq.read_table(Path(directory) / EXAMPLES, schema=INSTRUCTION_SCHEMA)

@@ -12,7 +12,6 @@ projector's padding value.
 from __future__ import annotations
 
 import io
-import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from deepmolm.instructions import MANIFEST, read_instructions
+from deepmolm.instructions import instruction_shards, read_instructions
 from deepmolm.model.prompt import IMAGE, format_prompt, format_response
 
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's, which the DeepEncoder's towers were trained with
@@ -95,8 +94,7 @@ class InstructionDataset(torch.utils.data.Dataset):
 
     def __init__(self, directory: Path, tokenizer, *, image_size: int, image_tokens: int, max_length: int):
         self.directory = Path(directory)
-        manifest = json.loads((self.directory / MANIFEST).read_text())
-        self.shards = Path(manifest["shards"])
+        self.shards = instruction_shards(self.directory)
         self.rows = read_instructions(self.directory).select(
             ["prompt", "response", "image_part", "image_row", "e3fp"]).to_pylist()
         self.tokenizer, self.image_size, self.image_tokens, self.max_length = tokenizer, image_size, image_tokens, max_length

@@ -23,7 +23,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from deepmolm.config import ConfigError, Params
-from deepmolm.instructions import EXAMPLES, MANIFEST
+from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards
 from deepmolm.train.stages import PROVENANCE, run_name
 
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "seconds")
@@ -65,6 +65,7 @@ def plan_stage(params: Params, stage: int, paths: dict) -> dict:
     train, stage_params = params.train, params.train.stage(stage)
     if not Path(paths["tokenizer"]).is_dir():
         raise FileNotFoundError(f"no tokenizer at {paths['tokenizer']} (make one with `deepmolm model tokenizer`)")
+    instruction_shards(paths["instructions"])  # the drawings must be there before any worker starts
     rows = pq.read_table(paths["instructions"] / EXAMPLES, columns=["split"], filters=_row_filter(params, stage)).num_rows
     per_worker = rows // train.scaling.workers
     steps_per_epoch = per_worker // train.micro_batch_size // train.grad_accum_steps
@@ -169,15 +170,14 @@ def _fit(params: Params, stage: int, paths: dict, plan: dict):
         ray.init(address=train.ray_address, log_to_driver=True, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the loop logs its own progress
     spec = model_config(params).encoder_spec()
-    manifest = json.loads((paths["instructions"] / MANIFEST).read_text())
     # The filtered rows are read on the driver (instruction tables are text and small identifiers) and
-    # handed to Ray Data, which encodes them in an actor and splits them evenly over the workers.
+    # handed to Ray Data, which encodes them in tasks and splits them evenly over the workers.
     # Reading through ray.data.read_parquet needs a free CPU for its file listing, which a machine
     # whose cores all went to training workers never has.
     table = pq.read_table(paths["instructions"] / EXAMPLES, columns=ENCODED_COLUMNS, filters=_row_filter(params, stage))
     dataset = ray.data.from_arrow(table).map_batches(
         encode_rows, batch_size=32, num_cpus=train.loader_cpus, fn_kwargs={
-            "shards": manifest["shards"], "tokenizer_dir": str(paths["tokenizer"]), "image_size": spec.image_size,
+            "shards": str(instruction_shards(paths["instructions"])), "tokenizer_dir": str(paths["tokenizer"]), "image_size": spec.image_size,
             "image_tokens": spec.tokens, "max_length": params.model.max_length})
     scaling = train.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}

@@ -109,6 +109,24 @@ def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_se
         stage_paths(small, 1, instruction_set, tokenizer_dir, tmp_path, None)
 
 
+def test_the_shard_version_of_an_instruction_set_resolves_from_a_relative_path(instruction_set, tmp_path):
+    import json
+    import os
+    import shutil
+
+    from deepmolm.instructions import MANIFEST, instruction_shards
+
+    actual = instruction_shards(instruction_set)
+    copy = tmp_path / "set"
+    shutil.copytree(instruction_set, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "shards": os.path.relpath(actual, Path.cwd())}))
+    assert instruction_shards(copy) == actual and actual.is_absolute(), "a Ray task runs elsewhere"
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "shards": "nowhere/v1"}))
+    with pytest.raises(FileNotFoundError, match="nowhere/v1"):
+        instruction_shards(copy)
+
+
 def test_jobs_api_request_carries_the_command_the_project_and_optionally_the_lock():
     params = load_params(PARAMS)
     entry = job_entrypoint(2, "params.yaml", ["train.strategy=deepspeed", "model.preset=paper"])
