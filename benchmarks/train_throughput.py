@@ -69,7 +69,7 @@ def batch(model, size: int, text_tokens: int, device: torch.device) -> dict:
             "e3fp": torch.randint(0, 4096, (size, 40, levels), generator=generator).to(device)}
 
 
-def loader_rate(image_size: int, tokenizer_texts: int = 64) -> float:
+def loader_rate(image_size: int, image_tokens: int, tokenizer_texts: int = 64) -> float:
     """Samples/s of the loader's per-sample work on one core (PNG decode + resize + tokenize)."""
     from rdkit import Chem
 
@@ -85,7 +85,7 @@ def loader_rate(image_size: int, tokenizer_texts: int = 64) -> float:
     started, count = time.perf_counter(), 0
     while time.perf_counter() - started < 5:
         image_pixels(pngs[count % len(pngs)], image_size)
-        encode_example("Describe the input molecule.\n<image>", caption, tokenizer, 256, 2048)
+        encode_example("Describe the input molecule.", caption, tokenizer, image_tokens, 4096)
         count += 1
     return count / (time.perf_counter() - started)
 
@@ -139,7 +139,7 @@ def main() -> None:
     seconds = (time.perf_counter() - started) / args.steps
     tokens = inputs["input_ids"].numel()
     samples_per_s = args.batch / seconds
-    loader = loader_rate(model.config.encoder_spec().image_size)
+    loader = loader_rate(model.config.encoder_spec().image_size, model.config.encoder_spec().tokens)
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "preset": args.preset, "language": args.language or args.preset, "stage": args.stage, "batch": args.batch,

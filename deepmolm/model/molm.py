@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel, Qwen2Config,
+                          Qwen2ForCausalLM)
 from transformers.generation import GenerationMixin
 
 from deepmolm.model.deep_encoder import DeepEncoder, DeepEncoderSpec
@@ -90,3 +91,10 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         """New token ids only (greedy by default; `num_beams` > 1 for beam search)."""
         embeds = self.input_embeddings(input_ids, pixel_values, e3fp)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+# transformers' Auto classes know the model type, so a checkpoint directory (config.json with
+# model_type "deepmolm") loads with AutoConfig / AutoModelForCausalLM, and AutoTokenizer reading
+# the same directory does not warn about an unknown model type.
+AutoConfig.register(DeepMoLMConfig.model_type, DeepMoLMConfig, exist_ok=True)
+AutoModelForCausalLM.register(DeepMoLMConfig, DeepMoLMForCausalLM, exist_ok=True)

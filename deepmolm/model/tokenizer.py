@@ -31,6 +31,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
 
 def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     """A saved tokenizer (ours or a real LLM's), with the template's special tokens present."""
+    import deepmolm.model.molm  # noqa: F401  (registers model_type "deepmolm": a checkpoint directory holds a tokenizer too)
+
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no tokenizer directory at {directory}")
