@@ -512,12 +512,17 @@ def train_run(
     with _command(as_json):
         cfg = _params(params, set_)
         paths = {"instructions": instructions, "tokenizer": tokenizer, "init": init, "out": out}
-        if prefect:
-            from flows.train import run_train
+        from ray.train import TrainingFailedError
 
-            summary = run_train([stage], params, set_ or [], paths)[0]
-        else:
-            summary = run_stage(cfg, stage, **paths)
+        try:
+            if prefect:
+                from flows.train import run_train
+
+                summary = run_train([stage], params, set_ or [], paths)[0]
+            else:
+                summary = run_stage(cfg, stage, **paths)
+        except TrainingFailedError as exc:  # the workers failed more than train.max_failures times
+            raise _Exit(1, f"{str(exc).strip().splitlines()[0].rstrip(':')} (the workers' tracebacks are above)") from None
 
     def render(s: dict) -> None:
         state = "up to date" if s["up_to_date"] else f"trained in {s['seconds']} s"
