@@ -74,11 +74,11 @@ class DDPStrategy:
         losses = []
         for i, inputs in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
+            # gradients are all-reduced once, on the last micro-batch (a fresh no_sync context each time)
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-            with sync, autocast:
-                loss = self.model(**inputs).loss
             with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    loss = self.model(**inputs).loss
                 (loss / len(micro_batches)).backward()
             losses.append(loss.detach().float())
         norm = torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],

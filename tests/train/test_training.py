@@ -104,11 +104,12 @@ def _falls(rows: list[dict]) -> tuple[float, float]:
 @pytest.mark.slow
 def test_stage1_ddp_then_stage2_deepspeed_on_two_cpu_workers(instruction_set, tokenizer_dir, tmp_path, ray_processes):
     overrides = _train_overrides(tmp_path, "train.stage1.epochs=20", "train.stage1.learning_rate=0.01",
-                                 "train.stage2.epochs=3", "train.stage2.learning_rate=0.003")
+                                 "train.stage2.epochs=3", "train.stage2.learning_rate=0.003",
+                                 "train.micro_batch_size=1", "train.grad_accum_steps=2")  # 2 workers x 2 micro-batches
     paths = ["--instructions", str(instruction_set)]
     first = _train(1, overrides, ray_processes.env(), *paths, "--tokenizer", str(tokenizer_dir))
     assert first["workers"] == 2 and first["strategy"] == "ddp" and first["rows"] == 10
-    assert first["steps"] == first["total_steps"] == 20 * (10 // 2 // 2)
+    assert first["steps"] == first["total_steps"] == 20 * (10 // 2 // 1 // 2)
     start, end = _falls(_steps(tmp_path / "reports", 1))
     assert end < start, f"stage 1 loss did not fall: {start:.3f} -> {end:.3f}"
     stage1 = tmp_path / "models" / "stage1"
@@ -118,12 +119,13 @@ def test_stage1_ddp_then_stage2_deepspeed_on_two_cpu_workers(instruction_set, to
     second = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env(), *paths, "--prefect")
     assert second["strategy"] == "deepspeed" and second["rows"] == 50  # captions and property questions
     rows = _steps(tmp_path / "reports", 2)
-    assert len(rows) == second["steps"] == 3 * (50 // 2 // 2)
+    assert len(rows) == second["steps"] == 3 * (50 // 2 // 1 // 2)
     start, end = _falls(rows)
     assert end < start, f"stage 2 loss did not fall: {start:.3f} -> {end:.3f}"
     run_dir = tmp_path / "runs" / second["run"]
     written = json.loads((run_dir / "deepspeed_config.json").read_text())
     assert written["zero_optimization"]["stage"] == 2 and written["train_batch_size"] == 4
+    assert written["gradient_accumulation_steps"] == 2
     final = Path(second["checkpoint"])
     shards = sorted(p.name for p in (final / "state").glob("*optim_states.pt"))
     assert len(shards) == 2, f"one ZeRO optimizer shard per worker, got {shards}"
