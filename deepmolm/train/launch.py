@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from deepmolm.config import ConfigError, Params
 from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards
+from deepmolm.train.loop import EXPORT, HISTORY, STATE
 from deepmolm.train.stages import PROVENANCE, run_name
 
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "seconds")
@@ -121,13 +122,13 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     result = _fit(params, stage, paths, plan)
     with result.checkpoint.as_directory() as directory:
         directory = Path(directory)
-        history = [json.loads(line) for line in (directory / "history.jsonl").read_text().splitlines() if line]
-        state = json.loads((directory / "state.json").read_text())
-        if not (directory / "model").is_dir():
+        history = [json.loads(line) for line in (directory / HISTORY).read_text().splitlines() if line]
+        state = json.loads((directory / STATE).read_text())
+        if not (directory / EXPORT).is_dir():
             raise RuntimeError(f"the run's last checkpoint {result.checkpoint.path} holds no exported model")
         staging = paths["out"].with_name(paths["out"].name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(directory / "model", staging)
+        shutil.copytree(directory / EXPORT, staging)
     shutil.rmtree(paths["out"], ignore_errors=True)
     staging.rename(paths["out"])
     summary = {

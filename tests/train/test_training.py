@@ -101,46 +101,6 @@ def _falls(rows: list[dict]) -> tuple[float, float]:
     return sum(losses[:third]) / third, sum(losses[-third:]) / third
 
 
-@pytest.mark.slow
-def test_stage1_ddp_then_stage2_deepspeed_on_two_cpu_workers(instruction_set, tokenizer_dir, tmp_path, ray_processes):
-    overrides = _train_overrides(tmp_path, "train.stage1.epochs=20", "train.stage1.learning_rate=0.01",
-                                 "train.stage2.epochs=3", "train.stage2.learning_rate=0.003",
-                                 "train.micro_batch_size=1", "train.grad_accum_steps=2")  # 2 workers x 2 micro-batches
-    paths = ["--instructions", str(instruction_set)]
-    first = _train(1, overrides, ray_processes.env(), *paths, "--tokenizer", str(tokenizer_dir))
-    assert first["workers"] == 2 and first["strategy"] == "ddp" and first["rows"] == 10
-    assert first["steps"] == first["total_steps"] == 20 * (10 // 2 // 1 // 2)
-    start, end = _falls(_steps(tmp_path / "reports", 1))
-    assert end < start, f"stage 1 loss did not fall: {start:.3f} -> {end:.3f}"
-    stage1 = tmp_path / "models" / "stage1"
-    assert (stage1 / "model.safetensors").is_file() and (stage1 / "tokenizer.json").is_file()
-    assert json.loads((stage1 / "provenance.json").read_text())["run"] == first["run"]
-
-    second = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env(), *paths, "--prefect")
-    assert second["strategy"] == "deepspeed" and second["rows"] == 50  # captions and property questions
-    rows = _steps(tmp_path / "reports", 2)
-    assert len(rows) == second["steps"] == 3 * (50 // 2 // 1 // 2)
-    start, end = _falls(rows)
-    assert end < start, f"stage 2 loss did not fall: {start:.3f} -> {end:.3f}"
-    run_dir = tmp_path / "runs" / second["run"]
-    written = json.loads((run_dir / "deepspeed_config.json").read_text())
-    assert written["zero_optimization"]["stage"] == 2 and written["train_batch_size"] == 4
-    assert written["gradient_accumulation_steps"] == 2
-    final = Path(second["checkpoint"])
-    shards = sorted(p.name for p in (final / "state").glob("*optim_states.pt"))
-    assert len(shards) == 2, f"one ZeRO optimizer shard per worker, got {shards}"
-    assert json.loads((tmp_path / "models" / "stage2" / "provenance.json").read_text())["init"] == str(stage1)
-
-    started = time.perf_counter()
-    again = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env(), *paths)
-    assert again["up_to_date"] and again["run"] == second["run"] and time.perf_counter() - started < 60
-
-    params = load_params(PARAMS, ["model.generation.max_new_tokens=8"])
-    png, e3fp = molecule_from_smiles("CC(=O)O", params)
-    text = answer(tmp_path / "models" / "stage2", png, e3fp, "Describe the input molecule.", params)
-    assert isinstance(text, str), "the exported model loads and answers as `deepmolm predict` does"
-
-
 def _snapshot_steps(run_dir: Path) -> list[int]:
     """Steps of the checkpoints Ray Train has committed for the run (its snapshot file)."""
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
@@ -182,14 +142,18 @@ def _start_ray_head(ray_processes: RayProcesses) -> str:
 
 @pytest.mark.slow
 @pytest.mark.network
-def test_killed_worker_and_killed_run_continue_from_checkpoints_and_the_rerun_goes_through_the_jobs_api(
+def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_run(
         instruction_set, tokenizer_dir, tmp_path, ray_processes):
-    """One run: a worker is SIGKILLed (Ray Train restarts the group from the last checkpoint), then
-    the whole run is SIGKILLed; the same command, submitted to a local Ray head through the Jobs API,
-    resumes it and finishes. A job that cannot run reports FAILED and exit status 1."""
+    """Stage 1 (DDP): a worker is SIGKILLed (Ray Train restarts the group from the last checkpoint),
+    then the whole run is SIGKILLed; the same command, submitted to a local Ray head through the Jobs
+    API, resumes it and finishes. Stage 2 (DeepSpeed ZeRO-2, through the Prefect flow) starts from
+    stage 1's export; both accumulate 2 micro-batches and their loss falls; the exported model
+    answers. A job that cannot run ends FAILED, exit 1. One sequence: every Ray start costs ~35 s here."""
     shutil.copytree(tokenizer_dir, tmp_path / "models" / "tokenizer")
-    overrides = _train_overrides(tmp_path, "train.stage1.max_steps=40", "train.checkpoint_every_steps=4",
-                                 "train.keep_checkpoints=3", "train.max_failures=2",
+    overrides = _train_overrides(tmp_path, "train.stage1.max_steps=40", "train.stage1.learning_rate=0.01",
+                                 "train.stage2.epochs=1", "train.stage2.learning_rate=0.003",
+                                 "train.micro_batch_size=1", "train.grad_accum_steps=2",  # 2 workers x 2 micro-batches
+                                 "train.checkpoint_every_steps=4", "train.keep_checkpoints=3", "train.max_failures=2",
                                  f"paths.instructions_dir={instruction_set}")
     sets = [arg for override in overrides for arg in ("-S", override)]
     run = subprocess.Popen([str(BIN / "deepmolm"), "train", "run", "--stage", "1", *sets], env=ray_processes.env(),
@@ -220,15 +184,43 @@ def test_killed_worker_and_killed_run_continue_from_checkpoints_and_the_rerun_go
     assert "resuming at step" in submitted.stderr
 
     summary = json.loads((tmp_path / "reports" / "train" / "stage1" / "summary.json").read_text())
-    assert summary["run"] == run_dir.name and summary["steps"] == 40
+    assert summary["run"] == run_dir.name and summary["steps"] == 40 and summary["workers"] == 2
+    assert summary["strategy"] == "ddp" and summary["rows"] == 10
     resumed = summary["resumed_from"]
     assert len(resumed) == 2 and first <= resumed[0] <= later and resumed[1] >= later, resumed
-    steps = [int(r["step"]) for r in _steps(tmp_path / "reports", 1)]
-    assert steps == list(range(1, 41)), "one history row per step, none lost or repeated"
-    assert (tmp_path / "models" / "stage1" / "model.safetensors").is_file()
+    rows = _steps(tmp_path / "reports", 1)
+    assert [int(r["step"]) for r in rows] == list(range(1, 41)), "one history row per step, none lost or repeated"
+    start, end = _falls(rows)
+    assert end < start, f"stage 1 loss did not fall: {start:.3f} -> {end:.3f}"
+    stage1 = tmp_path / "models" / "stage1"
+    assert (stage1 / "model.safetensors").is_file() and (stage1 / "tokenizer.json").is_file()
+    assert json.loads((stage1 / "provenance.json").read_text())["run"] == summary["run"]
     assert (Path(summary["checkpoint"]) / "trainable.safetensors").is_file()
 
     failing = _deepmolm(["train", "submit", "--address", address, "--stage", "1", *sets, "-S", "train.splits=[train]",
                          "--json"], ray_processes.env())  # no rows of a train split here: the job fails
     assert failing.returncode == 1
     assert json.loads(failing.stdout.strip().splitlines()[-1])["status"] == "FAILED"
+    ray_processes.cleanup()
+
+    second = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env(), "--prefect")
+    assert second["strategy"] == "deepspeed" and second["rows"] == 50  # captions and property questions
+    rows = _steps(tmp_path / "reports", 2)
+    assert len(rows) == second["steps"] == 50 // 2 // 1 // 2
+    start, end = _falls(rows)
+    assert end < start, f"stage 2 loss did not fall: {start:.3f} -> {end:.3f}"
+    written = json.loads((tmp_path / "runs" / second["run"] / "deepspeed_config.json").read_text())
+    assert written["zero_optimization"]["stage"] == 2 and written["train_batch_size"] == 4
+    assert written["gradient_accumulation_steps"] == 2
+    shards = sorted(p.name for p in (Path(second["checkpoint"]) / "state").glob("*optim_states.pt"))
+    assert len(shards) == 2, f"one ZeRO optimizer shard per worker, got {shards}"
+    assert json.loads((tmp_path / "models" / "stage2" / "provenance.json").read_text())["init"] == str(stage1)
+
+    started = time.perf_counter()
+    again = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env())
+    assert again["up_to_date"] and again["run"] == second["run"] and time.perf_counter() - started < 60
+
+    params = load_params(PARAMS, ["model.generation.max_new_tokens=8"])
+    png, e3fp = molecule_from_smiles("CC(=O)O", params)
+    text = answer(tmp_path / "models" / "stage2", png, e3fp, "Describe the input molecule.", params)
+    assert isinstance(text, str), "the exported model loads and answers as `deepmolm predict` does"
