@@ -70,6 +70,8 @@ def plan_stage(params: Params, stage: int, paths: dict) -> dict:
     if not Path(paths["tokenizer"]).is_dir():
         raise FileNotFoundError(f"no tokenizer at {paths['tokenizer']} (make one with `deepmolm model tokenizer`)")
     instruction_shards(paths["instructions"])  # the drawings must be there before any worker starts
+    if stage == 2 and not (paths["init"] / "config.json").is_file():
+        raise FileNotFoundError(f"stage 2 starts from stage 1's exported model; none at {paths['init']}")
     rows = pq.read_table(paths["instructions"] / EXAMPLES, columns=["split"], filters=_row_filter(params, stage)).num_rows
     per_worker = rows // train.scaling.workers
     steps_per_epoch = per_worker // train.micro_batch_size // train.grad_accum_steps

@@ -22,7 +22,6 @@ from deepmolm.model.tokenizer import image_token_id
 from deepmolm.model.weights import load_pretrained_part
 
 PROVENANCE = "provenance.json"  # in an exported model: which run made it, from what
-PARTS = ("encoder", "projector", "language_model")
 
 
 def initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) -> DeepMoLMForCausalLM:

@@ -99,6 +99,10 @@ def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_se
     params = load_params(PARAMS, ["train.splits=null", "train.micro_batch_size=2", "train.stage2.epochs=3",
                                   f"train.models_dir={tmp_path}"])
     paths = stage_paths(params, 2, instruction_set, tokenizer_dir, tmp_path / "stage1", None)
+    with pytest.raises(FileNotFoundError, match="stage 2 starts from stage 1's exported model"):
+        plan_stage(params, 2, paths)  # refused on the driver, before any worker starts
+    (tmp_path / "stage1").mkdir()
+    (tmp_path / "stage1" / "config.json").write_text("{}")
     plan = plan_stage(params, 2, paths)
     assert plan["rows"] == 50 and plan["steps_per_epoch"] == 50 // 2 // 2 and plan["total_steps"] == 36
     assert plan["deepspeed_config"] is None and plan["bf16"] is False
