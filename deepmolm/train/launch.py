@@ -26,6 +26,7 @@ from deepmolm.config import ConfigError, Params
 from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards
 from deepmolm.train.loop import EXPORT, HISTORY, STATE
 from deepmolm.train.stages import PROVENANCE, run_name
+from deepmolm.train.strategy import deepspeed_config
 
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "seconds")
 ENCODED_COLUMNS = ["prompt", "response", "image_part", "image_row", "e3fp"]
@@ -87,7 +88,7 @@ def plan_stage(params: Params, stage: int, paths: dict) -> dict:
         "run": name, "rows": rows, "steps_per_epoch": steps_per_epoch,
         "total_steps": stage_params.max_steps or stage_params.epochs * steps_per_epoch,
         "bf16": bf16, "instructions": str(paths["instructions"]), "local_run_dir": local,
-        "deepspeed_config": _deepspeed_config(params, bf16) if train.strategy == "deepspeed" else None,
+        "deepspeed_config": deepspeed_config(params.train, bf16) if train.strategy == "deepspeed" else None,
     }
 
 
@@ -96,12 +97,6 @@ def _row_filter(params: Params, stage: int) -> list[tuple]:
     if params.train.splits is not None:
         rows.append(("split", "in", list(params.train.splits)))
     return rows
-
-
-def _deepspeed_config(params: Params, bf16: bool) -> dict:
-    from deepmolm.train.strategy import deepspeed_config
-
-    return deepspeed_config(params.train, bf16)
 
 
 def up_to_date(out: Path, run: str) -> bool:

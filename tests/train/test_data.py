@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 from deepmolm.config import load_params
-from deepmolm.instructions import build_instructions, read_instructions
+from deepmolm.instructions import read_instructions
 from deepmolm.model.molm import DeepMoLMForCausalLM
 from deepmolm.model.presets import model_config
-from deepmolm.model.prompt import END, IMAGE, SPECIAL_TOKENS, format_prompt, format_response
-from deepmolm.model.tokenizer import image_token_id, load_tokenizer, train_bpe
+from deepmolm.model.prompt import END, IMAGE, SPECIAL_TOKENS, format_response
+from deepmolm.model.tokenizer import image_token_id
 from deepmolm.train.data import IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDataset, collate, encode_example, model_inputs
-from tests.conftest import PARAMS, tmp_overrides
+from tests.conftest import PARAMS
 
 
 def test_bpe_tokenizer_keeps_the_template_tokens_whole_and_round_trips(tokenizer):
