@@ -36,7 +36,7 @@ train_app = typer.Typer(
 )
 eval_app = typer.Typer(help="Caption metrics (MolT5 protocol), property QA and the retrieval baseline.", no_args_is_help=True)
 report_app = typer.Typer(
-    help="Data-quality and run reports as HTML pages. (No commands yet: see the roadmap in docs/ARCHITECTURE.md.)",
+    help="The pipeline's report page (the data-quality page comes with `data validate`).",
     no_args_is_help=True,
 )
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
@@ -58,6 +58,10 @@ SetOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON summary object as the last stdout line.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars.")]
+InstructionsOpt = Annotated[
+    Path | None,
+    typer.Option(help="an instruction set, or a directory above sets (its newest) [default: paths.instructions_dir]."),
+]
 
 
 class _Exit(Exception):
@@ -248,6 +252,7 @@ def data_validate(
 def data_instructions(
     shards: Annotated[Path, typer.Option(help="a shard version directory, or a dataset directory (its newest version).")],
     out: Annotated[Path | None, typer.Option(help="root of instruction sets [default: paths.instructions_dir].")] = None,
+    prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `instructions` (PREFECT_API_URL, or a temporary local API).")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -259,12 +264,17 @@ def data_instructions(
 
     with _command(as_json):
         cfg = _params(params, set_)
-        summary = build_instructions(shards, out or cfg.paths.instructions_dir, cfg.instructions)
         try:
-            contract = validate_instructions(Path(summary["out"]), cfg)
+            if prefect:
+                from flows.instructions import run_instructions
+
+                summary = run_instructions(shards, out, params, set_ or [])
+            else:
+                summary = build_instructions(shards, out or cfg.paths.instructions_dir, cfg.instructions)
+                contract = validate_instructions(Path(summary["out"]), cfg).as_dict()
+                summary["contract"] = {k: contract[k] for k in ("success", "evaluated", "failed", "warnings")}
         except ContractError as exc:
             raise _Exit(2, str(exc)) from None
-        summary["contract"] = {k: contract.as_dict()[k] for k in ("success", "evaluated", "failed", "warnings")}
     _emit(summary, as_json, lambda s: stdout.print(s))
     if not summary["contract"]["success"]:
         raise typer.Exit(1)
@@ -292,6 +302,29 @@ def _forbid(source: str, **given) -> None:
         raise _Exit(2, f"--source {source} does not take {', '.join(extra)}")
 
 
+@data_app.command("refresh")
+def data_refresh(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The scheduled refresh, run now: for each of refresh.sources ingest, featurize, validate (with the
+    data-quality page), then `dvc commit` of their stages. A Prefect flow (deployment `refresh-dataset`)."""
+    from deepmolm.contracts import ContractError
+    from flows.refresh import run_refresh
+    from flows.validate import ContractFailed
+
+    with _command(as_json):
+        _params(params, set_)
+        try:
+            summary = run_refresh(params.resolve().parent, params.resolve().name, set_ or [])
+        except ContractError as exc:
+            raise _Exit(2, str(exc)) from None
+        except ContractFailed as exc:
+            raise _Exit(1, f"the data contract failed ({exc}); the data-quality page shows why") from None
+    _emit(summary, as_json, lambda s: stdout.print(s))
+
+
 @data_app.command("summary")
 def data_summary(
     snapshot: Annotated[Path, typer.Argument(help="a raw snapshot or shard version directory, or the directory above it (its newest).")],
@@ -315,6 +348,49 @@ def data_summary(
         names = {"source": manifest["source"], "snapshot": manifest["snapshot"]}
     summary = {**names, "out": str(where), **manifest["counts"], "rejected_by_reason": manifest["rejected_by_reason"]}
     _emit(summary, as_json, _render_counts)
+
+
+@eval_app.command("run")
+def eval_run(
+    model: Annotated[Path | None, typer.Option(help="the trained model [default: <models_dir>/stage2].")] = None,
+    instructions: InstructionsOpt = None,
+    prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `evaluate` (PREFECT_API_URL, or a temporary local API).")] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The evaluate stage: the model answers the held-out examples (eval.splits), the retrieval baseline
+    answers the same molecules from train.splits; both are scored. Writes <reports_dir>/eval/."""
+    from deepmolm.eval.evaluate import evaluate
+    from deepmolm.instructions import resolve_instruction_set
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        model = model or cfg.train.models_dir / "stage2"
+        instructions = instructions or cfg.paths.instructions_dir
+        if prefect:
+            from flows.evaluate import run_evaluate
+
+            metrics = run_evaluate(model, instructions, params, set_ or [], progress=not quiet)
+        else:
+            metrics = evaluate(cfg, model, resolve_instruction_set(instructions), progress=not quiet)
+
+    def render(m: dict) -> None:
+        from deepmolm.eval.captions import METRICS
+
+        table = Table(title=f"captions of {m['dataset']['eval_molecules']} held-out molecules ({', '.join(m['dataset']['eval_splits'])})")
+        table.add_column("")
+        for name in METRICS:
+            table.add_column(name, justify="right")
+        for label, scores in (("DeepMoLM", m["model"]["captions"]), ("retrieval baseline", m["baseline"]["captions"])):
+            table.add_row(label, *(f"{scores[name]:.3f}" if scores else "-" for name in METRICS))
+        stdout.print(table)
+        for name, p in m["model"]["properties"].items():
+            mae = "-" if p["mae"] is None else f"{p['mae']:.4g}"
+            stdout.print(f"property {name}: {p['valid_ratio']:.1%} valid answers of {p['n']}, MAE {mae}")
+
+    _emit(metrics, as_json, render)
 
 
 @eval_app.command("captions")
@@ -445,18 +521,28 @@ def model_summary_command(
 
 @model_app.command("tokenizer")
 def model_tokenizer(
-    instructions: Annotated[Path, typer.Option(help="an instruction set directory (examples.parquet) to train on.")],
     out: Annotated[Path, typer.Option(help="where to save the tokenizer (save_pretrained).")],
+    instructions: InstructionsOpt = None,
+    prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `tokenizer` (PREFECT_API_URL, or a temporary local API).")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The tokenizer artifact: model.tokenizer_dir as is, or a byte-level BPE trained on the instructions."""
+    """The tokenizer artifact: model.tokenizer_dir as is, or a byte-level BPE trained on the
+    instruction examples of train.splits."""
+    from deepmolm.instructions import resolve_instruction_set
     from deepmolm.model.tokenizer import build_tokenizer
 
     with _command(as_json):
-        cfg = _params(params, set_).model
-        summary = build_tokenizer(instructions, out, cfg.tokenizer_dir, cfg.bpe_vocab_size)
+        cfg = _params(params, set_)
+        instructions = instructions or cfg.paths.instructions_dir
+        if prefect:
+            from flows.tokenizer import run_tokenizer
+
+            summary = run_tokenizer(instructions, out, params, set_ or [])
+        else:
+            summary = build_tokenizer(resolve_instruction_set(instructions), out, cfg.model.tokenizer_dir,
+                                      cfg.model.bpe_vocab_size, cfg.train.splits)
     _emit(summary, as_json, lambda s: stdout.print(s))
 
 
@@ -490,13 +576,38 @@ def predict(
           lambda s: stdout.print(s["answer"], highlight=False, markup=False))
 
 
+@report_app.command("pipeline")
+def report_pipeline(
+    instructions: InstructionsOpt = None,
+    prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `report` (PREFECT_API_URL, or a temporary local API).")] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The pipeline's front page <reports_dir>/index.html: data-quality link, training curves, the
+    model beside the retrieval baseline, and held-out molecules with their captions."""
+    from deepmolm.instructions import resolve_instruction_set
+    from deepmolm.pipeline_report import write_pipeline_report
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        instructions = instructions or cfg.paths.instructions_dir
+        if prefect:
+            from flows.report import run_report
+
+            page = run_report(instructions, params, set_ or [])
+        else:
+            page = str(write_pipeline_report(cfg, resolve_instruction_set(instructions)))
+    _emit({"report": page}, as_json, lambda s: stdout.print(f"report: {s['report']}"))
+
+
 StageOpt = Annotated[int, typer.Option("--stage", min=1, max=2, help="1: align the projector; 2: instruction tuning.")]
 
 
 @train_app.command("run")
 def train_run(
     stage: StageOpt,
-    instructions: Annotated[Path | None, typer.Option(help="an instruction set, or a directory above sets (its newest) [default: paths.instructions_dir].")] = None,
+    instructions: InstructionsOpt = None,
     tokenizer: Annotated[Path | None, typer.Option(help="tokenizer directory [default: <models_dir>/tokenizer; stage 2: the stage 1 model's].")] = None,
     init: Annotated[Path | None, typer.Option(help="stage 2 only: the model to start from [default: <models_dir>/stage1].")] = None,
     out: Annotated[Path | None, typer.Option(help="where the exported model goes [default: <models_dir>/stage<N>].")] = None,

@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -234,6 +235,10 @@ class EvalParams(_Section):
         description="plausible [low, high] per property; an answer outside is not valid"
     )
     baseline: BaselineParams
+    splits: list[Split] = Field(min_length=1, description="held-out splits the model and the baseline answer")
+    max_examples_per_task: int | None = Field(ge=1, description="cap per task (a quick look); null: every example")
+    batch_size: int = Field(ge=1, description="prompts generated together")
+    property_max_new_tokens: int = Field(ge=1, description="answer length budget of a property question")
 
     @field_validator("property_ranges")
     @classmethod
@@ -400,6 +405,12 @@ class TrainParams(_Section):
         return self.stage1 if number == 1 else self.stage2
 
 
+class RefreshParams(_Section):
+    sources: list[Literal["chebi20", "pubchem"]] = Field(min_length=1, description="what the scheduled refresh reads")
+    pubchem_cid_file: ProjectPath | None = Field(description="the CIDs a pubchem refresh fetches, one per line")
+    dvc_commit: bool = Field(description="record the refreshed outputs in dvc.lock")
+
+
 class Params(_Section):
     paths: PathsParams
     sources: SourcesParams
@@ -411,6 +422,14 @@ class Params(_Section):
     model: ModelParams
     train: TrainParams
     eval: EvalParams
+    refresh: RefreshParams
+
+    @model_validator(mode="after")
+    def _held_out(self) -> Params:
+        # train.splits null (every row: files without splits, as in tests) is allowed and said in the metrics
+        if seen := sorted(set(self.train.splits or []) & set(self.eval.splits)):
+            raise ValueError(f"eval.splits {seen} are also in train.splits: the model would be scored on what it learned from")
+        return self
 
     def sections(self, *names: str) -> dict[str, Any]:
         """The named (dotted) sections as plain JSON data, e.g. for a manifest; all when none named."""

@@ -214,7 +214,7 @@ def _relative_docs(contract: ContractResult | None, out: Path) -> str | None:
         return contract.data_docs
 
 
-_STYLE = """
+PAGE_STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1400px}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
 table.counts td{padding:.2rem .8rem}.ok{color:#1a7f37}.bad{color:#b42318}.warn{color:#9a6700}
@@ -224,7 +224,7 @@ figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}
 .card img{width:100%;height:auto}.smiles{font-family:monospace;color:#555}.flag{background:#fff3cd;padding:0 .3rem;margin-right:.2rem}
 """
 
-_LOADED_SCRIPT = """
+IMAGES_LOADED_SCRIPT = """
 window.addEventListener('load', function () {
   var images = Array.prototype.slice.call(document.images);
   var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
@@ -237,7 +237,7 @@ def _page(summary: dict, plots: list[tuple[str, str]], gallery: list[dict], reje
     e = html.escape
     counts = summary["counts"]
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>Data quality: {e(summary['dataset'])} {e(summary['version'])}</title><style>{_STYLE}</style></head><body>",
+             f"<title>Data quality: {e(summary['dataset'])} {e(summary['version'])}</title><style>{PAGE_STYLE}</style></head><body>",
              f"<h1>Data quality: {e(summary['dataset'])} shard version <code>{e(summary['version'])}</code></h1>"]
     contract = summary.get("contract")
     if contract:
@@ -274,5 +274,5 @@ def _page(summary: dict, plots: list[tuple[str, str]], gallery: list[dict], reje
             parts.append(f"<tr><td>{r['cid']}</td><td>{e(r['reason'])}</td><td>{e(r['detail'][:200])}</td>"
                          f"<td class='smiles'>{e((r['raw_smiles'] or '')[:120])}</td></tr>")
         parts.append("</table>")
-    parts.append(f"<script>{_LOADED_SCRIPT}</script></body></html>")
+    parts.append(f"<script>{IMAGES_LOADED_SCRIPT}</script></body></html>")
     return "\n".join(parts)

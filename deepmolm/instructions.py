@@ -163,6 +163,17 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
     return summary
 
 
+def resolve_instruction_set(path: Path) -> Path:
+    """An instruction set directory, or a directory above sets (the newest one under it)."""
+    path = Path(path)
+    if (path / EXAMPLES).is_file():
+        return path
+    found = [p.parent for p in path.rglob(MANIFEST) if (p.parent / EXAMPLES).is_file()]
+    if not found:
+        raise FileNotFoundError(f"no instruction set (examples.parquet + manifest.json) in {path}")
+    return max(found, key=lambda d: (json.loads((d / MANIFEST).read_text()).get("created_at", ""), d.name))
+
+
 def instruction_shards(directory: Path) -> Path:
     """The shard version an instruction set's images are read from, as an absolute path. The manifest
     keeps the path it was built with; a relative one is relative to the directory the pipeline runs

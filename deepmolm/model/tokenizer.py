@@ -49,16 +49,21 @@ def image_token_id(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE)
 
 
-def build_tokenizer(instructions: Path, out: Path, tokenizer_dir: Path | None, vocab_size: int) -> dict:
+def build_tokenizer(instructions: Path, out: Path, tokenizer_dir: Path | None, vocab_size: int,
+                    splits: list[str] | None = None) -> dict:
     """The tokenizer artifact: `tokenizer_dir` as is (plus the template's tokens), or a BPE trained
-    on the instruction set's prompts and responses; saved to `out` with save_pretrained."""
+    on the prompts and responses of the instruction set's `splits` (all rows when None: the held-out
+    captions stay out of the vocabulary otherwise); saved to `out` with save_pretrained."""
     from deepmolm.instructions import read_instructions
     from deepmolm.model.prompt import format_prompt, format_response
 
     if tokenizer_dir is not None:
         tokenizer, source = load_tokenizer(tokenizer_dir), str(tokenizer_dir)
     else:
-        rows = read_instructions(instructions).select(["prompt", "response"]).to_pylist()
+        rows = [r for r in read_instructions(instructions).select(["split", "prompt", "response"]).to_pylist()
+                if splits is None or r["split"] in splits]
+        if not rows:
+            raise ValueError(f"instruction set {instructions} has no examples of splits {splits} to train a tokenizer on")
         tokenizer = train_bpe((format_prompt(r["prompt"]) + format_response(r["response"]) for r in rows), vocab_size)
         source = f"byte-level BPE trained on {len(rows)} examples of {instructions}"
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from deepmolm.config import ConfigError, Params
-from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards
+from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards, resolve_instruction_set
 from deepmolm.train.loop import EXPORT, HISTORY, STATE
 from deepmolm.train.stages import PROVENANCE, run_name
 from deepmolm.train.strategy import deepspeed_config
@@ -33,17 +33,6 @@ ENCODED_COLUMNS = ["prompt", "response", "image_part", "image_row", "e3fp"]
 # Rows per Ray Data block, so per encoding task: small enough that the first batch of an epoch waits
 # for one block, not the whole table (one block of 3,301 rows held the first step for 66 s).
 ROWS_PER_BLOCK = 64
-
-
-def resolve_instruction_set(path: Path) -> Path:
-    """An instruction set directory, or a directory above sets (the newest one under it)."""
-    path = Path(path)
-    if (path / EXAMPLES).is_file():
-        return path
-    found = [p.parent for p in path.rglob(MANIFEST) if (p.parent / EXAMPLES).is_file()]
-    if not found:
-        raise FileNotFoundError(f"no instruction set (examples.parquet + manifest.json) in {path}")
-    return max(found, key=lambda d: (json.loads((d / MANIFEST).read_text()).get("created_at", ""), d.name))
 
 
 def stage_paths(params: Params, stage: int, instructions: Path | None, tokenizer: Path | None,

@@ -1,0 +1,103 @@
+"""The evaluate stage: the trained model and the retrieval baseline on the same held-out molecules.
+
+Both answer the molecules of `eval.splits` (ChEBI-20's test split by default); the baseline's pool is
+the training split(s) of `train.splits`, so neither has seen the answers. Writes, under
+`<reports_dir>/eval/`: the two prediction files (JSON lines, readable by `deepmolm eval captions`)
+and metrics.json with the scores and the sizes they rest on, which DVC shows as metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from deepmolm.config import Params
+from deepmolm.eval.baseline import retrieve
+from deepmolm.eval.captions import load_metric_tokenizer, score_captions
+from deepmolm.eval.model_answers import answer_examples, held_out_examples
+from deepmolm.eval.predictions import write_jsonl
+from deepmolm.eval.properties import score_properties
+from deepmolm.eval.shard_molecules import read_molecules
+from deepmolm.model.molm import DeepMoLMConfig
+from deepmolm.model.presets import model_summary
+from deepmolm.instructions import MANIFEST, instruction_shards
+from deepmolm.progress import progress_bar
+from deepmolm.shards import read_manifest
+from deepmolm.train.stages import PROVENANCE
+
+MODEL_PREDICTIONS = "model_predictions.jsonl"
+BASELINE_PREDICTIONS = "baseline_predictions.jsonl"
+METRICS = "metrics.json"
+
+
+def evaluation_dir(params: Params) -> Path:
+    return params.paths.reports_dir / "eval"
+
+
+def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | None = None, progress: bool = False) -> dict:
+    """Answer, score and write; returns the metrics."""
+    started = time.perf_counter()
+    out = Path(out) if out else evaluation_dir(params)
+    cfg = params.eval
+    rows = held_out_examples(instructions, cfg.splits, params.instructions.tasks, cfg.max_examples_per_task)
+    if not rows:
+        raise ValueError(f"instruction set {instructions} has no examples of splits {cfg.splits}: nothing to evaluate on")
+    generation = params.model.generation
+    with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
+        answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size, num_beams=generation.num_beams,
+                                  max_new_tokens={"caption": generation.max_new_tokens,
+                                                  "property_qa": cfg.property_max_new_tokens},
+                                  advance=advance)
+    tasks = {r["example_id"]: r["task"] for r in rows}
+    captions = [p for p in answers if tasks[p.id] == "caption"]
+    properties = [p for p in answers if tasks[p.id] == "property_qa"]
+    write_jsonl(answers, out / MODEL_PREDICTIONS)
+
+    metric_tokenizer = load_metric_tokenizer(cfg.tokenizer)
+    score = lambda pairs: score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens,  # noqa: E731
+                                         nltk_data=cfg.nltk_data).as_dict() if pairs else None
+    shards = instruction_shards(instructions)
+    baseline = _baseline(params, shards, {int(p.id.split("-")[0]) for p in captions})
+    write_jsonl(baseline["predictions"], out / BASELINE_PREDICTIONS)
+
+    manifest = json.loads((Path(instructions) / MANIFEST).read_text())
+    metrics = {
+        "dataset": {
+            "name": read_manifest(shards)["dataset"], "shard_version": shards.name, "instruction_set": Path(instructions).name,
+            "eval_splits": list(cfg.splits), "eval_molecules": len({r["cid"] for r in rows}),
+            "eval_examples": dict(Counter(r["task"] for r in rows)),
+            "train_splits": list(params.train.splits) if params.train.splits else "every row, the held-out ones too",
+            "instruction_examples": manifest.get("summary", {}).get("examples_by_task"),
+        },
+        "model": {"run": _trained_by(model_dir), "preset": params.model.preset,
+                  "parameters": model_summary(DeepMoLMConfig.from_pretrained(model_dir))["total"], "captions": score(captions),
+                  "properties": {k: v.as_dict() for k, v in score_properties(properties, cfg.property_ranges).items()}},
+        "baseline": {"fingerprint": params.eval.baseline.fingerprint, "pool_molecules": baseline["pool"],
+                     "mean_similarity": baseline["mean_similarity"], "captions": score(baseline["predictions"])},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _trained_by(model_dir: Path) -> str | None:
+    """The training run that exported the model (its name is a digest of what it learned from)."""
+    provenance = Path(model_dir) / PROVENANCE
+    return json.loads(provenance.read_text()).get("run") if provenance.is_file() else None
+
+
+def _baseline(params: Params, shards: Path, query_cids: set[int]) -> dict:
+    """Retrieval from the training split(s) for the molecules the model captioned."""
+    queries = [m for split in params.eval.splits for m in read_molecules(shards, split) if m.cid in query_cids]
+    pool_splits = params.train.splits or [None]
+    pool = [m for split in pool_splits for m in read_molecules(shards, split) if m.cid not in query_cids]
+    if not queries:
+        return {"predictions": [], "pool": len(pool), "mean_similarity": None}
+    if not pool:
+        raise ValueError(f"no molecules with a description in splits {params.train.splits} of {shards} to retrieve from")
+    cfg = params.eval.baseline
+    results = retrieve(queries, pool, kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)
+    return {"predictions": [p for p, _ in results], "pool": len(pool),
+            "mean_similarity": round(sum(s for _, s in results) / len(results), 4)}

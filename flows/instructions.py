@@ -1,0 +1,42 @@
+"""Instruction examples as a Prefect flow: build the set from a shard version, then its contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+
+from deepmolm.config import load_params
+from flows.api import prefect_api
+
+
+@task(name="build-instruction-examples")
+def build_task(shards: str, out_root: str | None, params_file: str, overrides: list[str]) -> dict:
+    from deepmolm.instructions import build_instructions
+
+    params = load_params(Path(params_file), overrides)
+    return build_instructions(Path(shards), Path(out_root) if out_root else params.paths.instructions_dir, params.instructions)
+
+
+@task(name="run-instruction-contract")
+def contract_task(instructions: str, params_file: str, overrides: list[str]) -> dict:
+    from deepmolm.contracts import validate_instructions
+
+    result = validate_instructions(Path(instructions), load_params(Path(params_file), overrides)).as_dict()
+    return {k: result[k] for k in ("success", "evaluated", "failed", "warnings")}
+
+
+@flow(name="instructions", log_prints=True)
+def instructions_flow(shards: str, out_root: str | None = None, params_file: str = "params.yaml",
+                      overrides: list[str] | None = None) -> dict:
+    summary = build_task(shards, out_root, params_file, overrides or [])
+    summary["contract"] = contract_task(summary["out"], params_file, overrides or [])
+    print(f"instruction set {summary['out']}: {summary['examples_by_task']}, contract "
+          f"{'passed' if summary['contract']['success'] else 'FAILED: ' + ', '.join(summary['contract']['failed'])}")
+    return summary
+
+
+def run_instructions(shards: Path, out_root: Path | None, params_file: Path, overrides: list[str]) -> dict:
+    with prefect_api():
+        return instructions_flow(str(Path(shards).resolve()), str(Path(out_root).resolve()) if out_root else None,
+                                 str(Path(params_file).resolve()), list(overrides))

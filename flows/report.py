@@ -1,0 +1,31 @@
+"""The pipeline's front page (reports/index.html) as a Prefect flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+
+from deepmolm.config import load_params
+from flows.api import prefect_api
+
+
+@task(name="write-pipeline-report")
+def report_task(instructions: str, params_file: str, overrides: list[str]) -> str:
+    from deepmolm.instructions import resolve_instruction_set
+    from deepmolm.pipeline_report import write_pipeline_report
+
+    params = load_params(Path(params_file), overrides)
+    return str(write_pipeline_report(params, resolve_instruction_set(Path(instructions))))
+
+
+@flow(name="report", log_prints=True)
+def report_flow(instructions: str, params_file: str = "params.yaml", overrides: list[str] | None = None) -> str:
+    page = report_task(instructions, params_file, overrides or [])
+    print(f"report: {page}")
+    return page
+
+
+def run_report(instructions: Path, params_file: Path, overrides: list[str]) -> str:
+    with prefect_api():
+        return report_flow(str(Path(instructions).resolve()), str(Path(params_file).resolve()), list(overrides))
