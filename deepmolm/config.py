@@ -362,6 +362,7 @@ class InitWeightsParams(_Section):
 
 
 class ClusterParams(_Section):
+    address: str | None = Field(description="a Ray cluster's Jobs API (http://HEAD:8265): the `train` deployment submits there")
     install_packages: bool = Field(description="the job's runtime_env installs requirements/lock.txt with pip")
     excludes: list[str] = Field(description="left out of the uploaded working_dir (gitignore-style patterns)")
     env_vars: dict[str, str] = Field(description="set in the job's environment")

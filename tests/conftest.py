@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,64 @@ def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
         plan = plan_version(raw.out, root / f"shards-{name}", params)
         built.append(Path(finish_version(plan, [build_part(plan, c) for c in plan.missing()], time.perf_counter()).out))
     return built[0], built[1], overrides
+
+
+@pytest.fixture(scope="session")
+def instruction_set(small_versions, tmp_path_factory):
+    """Instruction examples of the first small version (its rows have no split)."""
+    from deepmolm.instructions import build_instructions
+
+    root = tmp_path_factory.mktemp("instructions")
+    params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(root)])
+    return Path(build_instructions(small_versions[0], root / "out", params.instructions)["out"])
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(instruction_set, tmp_path_factory):
+    """A byte-level BPE of 400 tokens trained on the instruction set."""
+    from deepmolm.instructions import read_instructions
+    from deepmolm.model.prompt import format_prompt, format_response
+    from deepmolm.model.tokenizer import train_bpe
+
+    rows = read_instructions(instruction_set).to_pylist()
+    trained = train_bpe([format_prompt(r["prompt"]) + format_response(r["response"]) for r in rows], 400)
+    directory = tmp_path_factory.mktemp("tokenizer")
+    trained.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from deepmolm.model.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+def copy_repository(dest: Path, *, rows_per_split: int) -> Path:
+    """The repository's files as a fresh clone has them (tracked and untracked-but-not-ignored), in
+    dest/main with dest/shared beside it, ChEBI-20 cut to `rows_per_split`, and a git repository."""
+    import shutil
+
+    copy = dest / "main"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    for name in listed.stdout.splitlines():
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    (dest / "shared").symlink_to(SHARED)
+    params = copy / "params.yaml"
+    text, count = re.subn(r"max_rows_per_split: \d+", f"max_rows_per_split: {rows_per_split}", params.read_text())
+    assert count == 1, "params.yaml sets sources.chebi20.max_rows_per_split"
+    params.write_text(text)
+    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
+    return copy
+
+
+def newcomer_env(**extra: str) -> dict[str, str]:
+    """`./dev` on the test's own environment as it is (an install from a copy would re-point the
+    editable package there), with a newcomer's PATH that does not have the environment on it."""
+    venv = Path(sys.prefix)
+    path = ":".join(p for p in os.environ["PATH"].split(":") if not p.startswith(str(venv)))
+    env = {**os.environ, "DEEPMOLM_VENV": str(venv), "DEEPMOLM_NO_INSTALL": "1", "PATH": path, **extra}
+    env.pop("PREFECT_API_URL", None)
+    return env

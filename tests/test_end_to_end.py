@@ -1,72 +1,113 @@
-"""The README's first command on a copy of the repository: `./dev demo` runs `dvc repro` (ingest, then
-featurize on a local Dask cluster, validate with the data contracts, each a Prefect flow on a temporary
-local API, then the instruction examples) on the first rows of each ChEBI-20 split; a second run has
-nothing to do."""
+"""The README's first command on a copy of the repository: `./dev demo` runs `dvc repro` through every
+stage (ingest, featurize on Dask, validate, instructions, tokenizer, both training stages on Ray Train,
+evaluation, the report), each a Prefect flow on one local server; the report opens in headless
+Chromium; `dvc push` / `dvc pull` move the artifacts through the default remote; a second
+`dvc repro` has nothing to do; a stage-2 param reruns stage 2 and what follows it, nothing before."""
+
+from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SHARED, run_cli
+from tests.conftest import copy_repository, newcomer_env
+from tests.test_data_report import headless
 
 pytestmark = pytest.mark.slow
 ROWS_PER_SPLIT = 12
+STAGES = ["ingest_chebi20", "featurize_chebi20", "validate_chebi20", "instructions_chebi20", "tokenizer",
+          "train_stage1", "train_stage2", "evaluate", "report"]
 
 
-def _git_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
-    return [line for line in listed.stdout.splitlines() if (REPO / line).is_file()]
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("dvc")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture
-def repo_copy(tmp_path: Path) -> Path:
-    copy = tmp_path / "main"
-    for name in _git_files():
-        target = copy / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
-    (tmp_path / "shared").symlink_to(SHARED)
-    params = copy / "params.yaml"
-    text = params.read_text()
-    assert "max_rows_per_split: null" in text
-    params.write_text(text.replace("max_rows_per_split: null", f"max_rows_per_split: {ROWS_PER_SPLIT}"))
-    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
-    return copy
+def ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
 
 
-def test_dev_demo_runs_dvc_repro_through_prefect_and_is_then_up_to_date(repo_copy: Path):
-    # ./dev uses the test's own environment as it is (an install from the copy would re-point its
-    # editable package there); the PATH is a newcomer's, without the environment on it.
-    venv = Path(sys.prefix)
-    path = ":".join(p for p in os.environ["PATH"].split(":") if not p.startswith(str(venv)))
-    env = {**os.environ, "DEEPMOLM_VENV": str(venv), "DEEPMOLM_NO_INSTALL": "1", "PATH": path}
-    first = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "Flow run" in first.stdout + first.stderr, "the stage ran as a Prefect flow"
-    raw, shards, contract, instructions = [json.loads(ln) for ln in first.stdout.splitlines() if ln.startswith("{")][-4:]
+def summaries(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_param_touches(tmp_path: Path):
+    project = copy_repository(tmp_path, rows_per_split=ROWS_PER_SPLIT)
+    env = newcomer_env()
+    first = subprocess.run(["./dev", "demo"], cwd=project, capture_output=True, text=True, env=env, timeout=900)
+    output = first.stdout + first.stderr
+    assert first.returncode == 0, output[-6000:]
+    assert ran(output) == STAGES
+    assert "Prefect server for this run: http://127.0.0.1:" in output and "Flow run" in output
+
+    by_kind = {}
+    for s in summaries(first.stdout):
+        kind = ("raw" if "snapshot" in s and "source" in s else "shards" if "reused" in s else
+                "contract" if "evaluated" in s and "target" in s else "instructions" if "examples_by_task" in s else
+                "tokenizer" if "vocab_size" in s else f"stage{s['stage']}" if "stage" in s else
+                "metrics" if "baseline" in s else "report" if "report" in s else None)
+        by_kind.setdefault(kind, s)
     rows = 2 * ROWS_PER_SPLIT
-    assert (raw["input_rows"], raw["accepted"], raw["rejected"]) == (rows, rows, 0)
-    assert Path(raw["out"]).parent == repo_copy / "data" / "raw" / "chebi20"
-    assert shards["input_rows"] == rows and shards["accepted"] + shards["rejected"] == rows
-    assert Path(shards["out"]).parent == repo_copy / "data" / "shards" / "chebi20"
+    assert (by_kind["raw"]["input_rows"], by_kind["raw"]["accepted"]) == (rows, rows)
+    assert by_kind["shards"]["accepted"] + by_kind["shards"]["rejected"] == rows
+    assert by_kind["contract"]["success"] is True
     assert f"{rows} input = {rows} accepted + 0 rejected" in first.stdout
-    assert contract["success"] is True and contract["failed"] == [] and contract["target"] == shards["out"]
-    assert (repo_copy / "reports" / "data" / "index.html").is_file()
-    metrics = json.loads((repo_copy / "reports" / "data" / "summary.json").read_text())
-    assert metrics["counts"]["accepted"] == shards["accepted"] and metrics["contract"]["success"] is True
-    assert instructions["shard_version"] == shards["version"] and instructions["contract"]["success"] is True
-    assert instructions["examples_by_task"]["caption"] == shards["accepted"]
 
-    second = subprocess.run(["./dev", "demo"], cwd=repo_copy, capture_output=True, text=True, env=env, timeout=600)
-    assert second.returncode == 0
-    assert "didn't change, skipping" in second.stdout
+    stage1, stage2 = by_kind["stage1"], by_kind["stage2"]
+    assert stage1["rows"] == ROWS_PER_SPLIT, "stage 1: the captions of the validation split only"
+    assert stage2["rows"] == ROWS_PER_SPLIT * 5, "stage 2: a caption and four property questions per molecule"
+    assert stage2["last_loss"] < stage2["first_loss"]
+    metrics = json.loads((project / "reports" / "eval" / "metrics.json").read_text())
+    assert metrics["dataset"]["eval_splits"] == ["test"] and metrics["dataset"]["eval_molecules"] == ROWS_PER_SPLIT
+    assert metrics["model"]["captions"]["n"] == metrics["baseline"]["captions"]["n"] == ROWS_PER_SPLIT
+    assert metrics["baseline"]["pool_molecules"] == ROWS_PER_SPLIT, "the baseline retrieves from validation only"
+    assert set(metrics["model"]["properties"]) == {"mw", "logp", "tpsa", "complexity"}
+    assert metrics["model"]["run"] == stage2["run"]
 
-    shown = run_cli("data", "summary", str(repo_copy / "data" / "raw" / "chebi20"), "--json", check=True)
-    assert json.loads(shown.stdout.splitlines()[-1])["snapshot"] == raw["snapshot"]
-    shown = run_cli("data", "summary", str(repo_copy / "data" / "shards" / "chebi20"), "--json", check=True)
-    assert json.loads(shown.stdout.splitlines()[-1])["version"] == shards["version"]
+    page = project / "reports" / "index.html"
+    assert f"report: {page}" in output
+    text = page.read_text()
+    assert "href='data/index.html'" in text and (project / "reports" / "data" / "index.html").is_file()
+    assert "id='caption-metrics'" in text and "retrieval baseline" in text
+    gallery = min(ROWS_PER_SPLIT, 24)
+    dom = headless("--dump-dom", page.as_uri())
+    assert f'data-images-loaded="{gallery + 1}/{gallery + 1}"' in dom.stdout, "training curves and every molecule loaded"
+    assert dom.stdout.count("class=\"card\"") == gallery
+
+    # every artifact is DVC's: pushed to the default remote, pulled back into an empty cache
+    pushed = dvc("push", cwd=project)
+    assert pushed.returncode == 0, pushed.stderr
+    assert any((tmp_path / "deepmolm-dvc-storage").rglob("*")), "the default remote is beside the repository"
+    model = project / "models" / "stage2" / "model.safetensors"
+    before = model.read_bytes()
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(project / "models" / "stage2")
+    pulled = dvc("pull", "train_stage2", cwd=project)
+    assert pulled.returncode == 0, pulled.stderr
+    assert model.read_bytes() == before
+
+    started = time.perf_counter()
+    second = dvc("repro", cwd=project)
+    noop_s = time.perf_counter() - started
+    assert second.returncode == 0, second.stderr
+    assert ran(second.stdout) == [] and "didn't change, skipping" in second.stdout
+    print(f"no-op dvc repro: {noop_s:.1f} s")
+
+    params = project / "params.yaml"
+    text, count = re.subn(r"(stage2:.*?learning_rate: )2\.0e-4", r"\g<1>1.0e-4", params.read_text(), flags=re.S)
+    assert count == 1
+    params.write_text(text)
+    status = dvc("status", "--json", cwd=project)
+    assert set(json.loads(status.stdout)) == {"train_stage2"}, status.stdout
+    third = dvc("repro", cwd=project)
+    assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-4000:]
+    assert ran(third.stdout) == ["train_stage2", "evaluate", "report"]
+    retrained = json.loads((project / "reports" / "train" / "stage2" / "summary.json").read_text())
+    assert retrained["run"] != stage2["run"] and retrained["up_to_date"] is False

@@ -10,6 +10,8 @@ scale, as in ../shared/data/molt5/published.json.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,8 +69,11 @@ def score_captions(pairs: list[Prediction], tokenizer, *, max_tokens: int, nltk_
     use_wordnet(nltk_data)
     references = wordpieces(tokenizer, [p.reference for p in pairs], max_tokens)
     hypotheses = wordpieces(tokenizer, [p.prediction for p in pairs], max_tokens)
-    bleu2 = corpus_bleu([[r] for r in references], hypotheses, weights=(0.5, 0.5))
-    bleu4 = corpus_bleu([[r] for r in references], hypotheses, weights=(0.25, 0.25, 0.25, 0.25))
+    with warnings.catch_warnings():
+        # NLTK warns when no n-gram matches at some order; the protocol's score is then 0 (no smoothing)
+        warnings.filterwarnings("ignore", message="\nThe hypothesis contains 0 counts", category=UserWarning)
+        bleu2 = corpus_bleu([[r] for r in references], hypotheses, weights=(0.5, 0.5))
+        bleu4 = corpus_bleu([[r] for r in references], hypotheses, weights=(0.25, 0.25, 0.25, 0.25))
     meteor = float(np.mean([meteor_score([r], h) for r, h in zip(references, hypotheses)]))
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
     rouge = [scorer.score(p.prediction, p.reference) for p in pairs]

@@ -59,7 +59,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     score = lambda pairs: score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens,  # noqa: E731
                                          nltk_data=cfg.nltk_data).as_dict() if pairs else None
     shards = instruction_shards(instructions)
-    baseline = _baseline(params, shards, {int(p.id.split("-")[0]) for p in captions})
+    baseline = _baseline(params, instructions, shards, {int(p.id.split("-")[0]) for p in captions})
     write_jsonl(baseline["predictions"], out / BASELINE_PREDICTIONS)
 
     manifest = json.loads((Path(instructions) / MANIFEST).read_text())
@@ -88,15 +88,18 @@ def _trained_by(model_dir: Path) -> str | None:
     return json.loads(provenance.read_text()).get("run") if provenance.is_file() else None
 
 
-def _baseline(params: Params, shards: Path, query_cids: set[int]) -> dict:
-    """Retrieval from the training split(s) for the molecules the model captioned."""
-    queries = [m for split in params.eval.splits for m in read_molecules(shards, split) if m.cid in query_cids]
-    pool_splits = params.train.splits or [None]
-    pool = [m for split in pool_splits for m in read_molecules(shards, split) if m.cid not in query_cids]
+def _baseline(params: Params, instructions: Path, shards: Path, query_cids: set[int]) -> dict:
+    """Retrieval for the molecules the model captioned, from the captioned molecules of train.splits
+    (splits as the instruction set records them, the same rows the model trained on)."""
+    pool_cids = {r["cid"] for r in held_out_examples(instructions, params.train.splits or ["train", "validation", "test"],
+                                                      ["caption"], None)} - query_cids
+    molecules = {m.cid: m for m in read_molecules(shards) if m.cid in query_cids | pool_cids}
+    queries = [molecules[c] for c in sorted(query_cids) if c in molecules]
+    pool = [molecules[c] for c in sorted(pool_cids) if c in molecules]
     if not queries:
         return {"predictions": [], "pool": len(pool), "mean_similarity": None}
     if not pool:
-        raise ValueError(f"no molecules with a description in splits {params.train.splits} of {shards} to retrieve from")
+        raise ValueError(f"no captioned molecules of splits {params.train.splits} in {instructions} to retrieve from")
     cfg = params.eval.baseline
     results = retrieve(queries, pool, kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)
     return {"predictions": [p for p, _ in results], "pool": len(pool),

@@ -1,0 +1,118 @@
+"""The evaluate stage and the pipeline report on a small instruction set whose molecules are split in
+two (validation to learn from, test held out), with a randomly initialised tiny model."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from deepmolm.config import ConfigError, load_params
+from deepmolm.eval.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
+from deepmolm.eval.model_answers import answer_examples, held_out_examples, left_padded
+from deepmolm.instructions import EXAMPLES, read_instructions
+from deepmolm.model.tokenizer import build_tokenizer
+from deepmolm.pipeline_report import write_pipeline_report
+from deepmolm.train.launch import write_metrics
+from deepmolm.train.stages import initial_model
+from tests.conftest import PARAMS, tmp_overrides
+
+
+@pytest.fixture(scope="module")
+def split_set(instruction_set, tmp_path_factory) -> tuple[Path, set[int]]:
+    """The shared instruction set with the upper half of its molecules (by CID) held out as test."""
+    copy = tmp_path_factory.mktemp("split_set") / instruction_set.name
+    shutil.copytree(instruction_set, copy)
+    table = read_instructions(copy)
+    cids = sorted(set(table.column("cid").to_pylist()))
+    held = set(cids[len(cids) // 2:])
+    splits = pa.array(["test" if c in held else "validation" for c in table.column("cid").to_pylist()], pa.string())
+    pq.write_table(table.set_column(table.schema.get_field_index("split"), "split", splits), copy / EXAMPLES)
+    return copy, held
+
+
+@pytest.fixture(scope="module")
+def setting(split_set, small_versions, tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(root), "train.splits=[validation]",
+                                  "eval.splits=[test]", "model.generation.max_new_tokens=12",
+                                  "eval.property_max_new_tokens=6", "report.gallery_size=3"])
+    model = initial_model(params, 1, tokenizer, None)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return params, root / "model"
+
+
+def test_held_out_examples_are_the_eval_splits_capped_per_task(split_set):
+    directory, held = split_set
+    rows = held_out_examples(directory, ["test"], ["caption", "property_qa"], None)
+    assert {r["cid"] for r in rows} == held and {r["split"] for r in rows} == {"test"}
+    capped = held_out_examples(directory, ["test"], ["caption", "property_qa"], 2)
+    assert [r["task"] for r in capped].count("caption") == 2 and [r["task"] for r in capped].count("property_qa") == 2
+    assert held_out_examples(directory, ["train"], ["caption"], None) == []
+
+
+def test_left_padding_puts_every_prompt_against_the_answer():
+    ids, mask = left_padded([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_answers_in_a_batch_equal_answers_one_at_a_time(split_set, setting):
+    directory, _ = split_set
+    params, model = setting
+    rows = held_out_examples(directory, ["test"], ["caption", "property_qa"], 3)
+    kwargs = {"max_new_tokens": {"caption": 10, "property_qa": 6}, "num_beams": 1}
+    batched = answer_examples(model, directory, rows, batch_size=6, **kwargs)
+    alone = answer_examples(model, directory, rows, batch_size=1, **kwargs)
+    assert [p.id for p in batched] == [r["example_id"] for r in rows], "in the rows' order"
+    assert [p.prediction for p in batched] == [p.prediction for p in alone], "padding changes no answer"
+
+
+def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split_set, setting):
+    directory, held = split_set
+    params, model = setting
+    metrics = evaluate(params, model, directory)
+    out = params.paths.reports_dir / "eval"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    data = metrics["dataset"]
+    assert data["eval_molecules"] == len(held) and data["eval_splits"] == ["test"] and data["train_splits"] == ["validation"]
+    model_lines = [json.loads(line) for line in (out / MODEL_PREDICTIONS).read_text().splitlines()]
+    baseline_lines = [json.loads(line) for line in (out / BASELINE_PREDICTIONS).read_text().splitlines()]
+    assert len(model_lines) == sum(data["eval_examples"].values())
+    assert {int(line["id"]) for line in baseline_lines} == held, "the baseline answers the molecules the model captioned"
+    assert metrics["baseline"]["pool_molecules"] == 10 - len(held), "it retrieves from the validation half only"
+    assert metrics["model"]["captions"]["n"] == metrics["baseline"]["captions"]["n"] == len(held)
+    assert 0 <= metrics["model"]["captions"]["bleu4"] <= 1 and metrics["baseline"]["captions"]["meteor"] > 0
+    assert sum(p["n"] for p in metrics["model"]["properties"].values()) == data["eval_examples"]["property_qa"]
+    assert metrics["model"]["parameters"] > 0 and metrics["model"]["preset"] == "tiny"
+
+    reports = params.paths.reports_dir
+    write_metrics(reports / "train" / "stage2", [{"step": s, "epoch": 0, "loss": 5.0 - s / 10, "lr": 1e-4} for s in range(1, 11)],
+                  {"stage": 2, "steps": 10, "rows": 25})
+    page = write_pipeline_report(params, directory)
+    text = page.read_text()
+    sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", text)
+    assert sources and all((page.parent / s).is_file() for s in sources), "only files beside the page"
+    assert len(re.findall(r"class='card'", text)) == min(3, len(held))
+    assert f"<b>{len(held)}</b> molecules of split(s) <b>test</b>" in text
+    assert "stage 2: 10 steps on 25 examples" in text and "not comparable with published" in text
+    assert "training_loss.png" in text
+
+
+def test_eval_splits_must_be_held_out():
+    with pytest.raises(ConfigError, match="eval.splits"):
+        load_params(PARAMS, ["train.splits=[validation, test]"])
+
+
+def test_the_tokenizer_learns_from_the_training_splits_only(split_set, tmp_path):
+    directory, held = split_set
+    summary = build_tokenizer(directory, tmp_path / "tok", None, 400, ["validation"])
+    train_rows = sum(1 for r in read_instructions(directory).column("split").to_pylist() if r == "validation")
+    assert f"trained on {train_rows} examples" in summary["source"]
+    with pytest.raises(ValueError, match="no examples of splits"):
+        build_tokenizer(directory, tmp_path / "none", None, 400, ["train"])
