@@ -127,6 +127,5 @@ def newcomer_env(**extra: str) -> dict[str, str]:
     editable package there), with a newcomer's PATH that does not have the environment on it."""
     venv = Path(sys.prefix)
     path = ":".join(p for p in os.environ["PATH"].split(":") if not p.startswith(str(venv)))
-    env = {**os.environ, "DEEPMOLM_VENV": str(venv), "DEEPMOLM_NO_INSTALL": "1", "PATH": path, **extra}
-    env.pop("PREFECT_API_URL", None)
-    return env
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    return {**env, "DEEPMOLM_VENV": str(venv), "DEEPMOLM_NO_INSTALL": "1", "PATH": path, **extra}
