@@ -17,6 +17,20 @@ SHARED = Path(os.environ.get("DEEPMOLM_SHARED", REPO.parent / "shared")).resolve
 PARAMS = REPO / "params.yaml"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--extended", action="store_true",
+                     help="also run the tests marked extended (long fault-tolerance scenarios; CI leaves them out)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--extended"):
+        return
+    skip = pytest.mark.skip(reason="extended scenario: run with `./dev test --extended`")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     data = SHARED / "data"
