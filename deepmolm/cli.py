@@ -369,12 +369,15 @@ def eval_run(
         cfg = _params(params, set_)
         model = model or cfg.train.models_dir / "stage2"
         instructions = instructions or cfg.paths.instructions_dir
-        if prefect:
-            from flows.evaluate import run_evaluate
+        try:
+            if prefect:
+                from flows.evaluate import run_evaluate
 
-            metrics = run_evaluate(model, instructions, params, set_ or [], progress=not quiet)
-        else:
-            metrics = evaluate(cfg, model, resolve_instruction_set(instructions), progress=not quiet)
+                metrics = run_evaluate(model, instructions, params, set_ or [], progress=not quiet)
+            else:
+                metrics = evaluate(cfg, model, resolve_instruction_set(instructions), progress=not quiet)
+        except ValueError as exc:  # nothing held out, nothing to retrieve from
+            raise _Exit(1, str(exc)) from None
 
     def render(m: dict) -> None:
         from deepmolm.eval.captions import METRICS
@@ -536,13 +539,16 @@ def model_tokenizer(
     with _command(as_json):
         cfg = _params(params, set_)
         instructions = instructions or cfg.paths.instructions_dir
-        if prefect:
-            from flows.tokenizer import run_tokenizer
+        try:
+            if prefect:
+                from flows.tokenizer import run_tokenizer
 
-            summary = run_tokenizer(instructions, out, params, set_ or [])
-        else:
-            summary = build_tokenizer(resolve_instruction_set(instructions), out, cfg.model.tokenizer_dir,
-                                      cfg.model.bpe_vocab_size, cfg.train.splits)
+                summary = run_tokenizer(instructions, out, params, set_ or [])
+            else:
+                summary = build_tokenizer(resolve_instruction_set(instructions), out, cfg.model.tokenizer_dir,
+                                          cfg.model.bpe_vocab_size, cfg.train.splits)
+        except ValueError as exc:  # no examples of train.splits
+            raise _Exit(1, str(exc)) from None
     _emit(summary, as_json, lambda s: stdout.print(s))
 
 

@@ -52,8 +52,8 @@ def image_token_id(tokenizer) -> int:
 def build_tokenizer(instructions: Path, out: Path, tokenizer_dir: Path | None, vocab_size: int,
                     splits: list[str] | None = None) -> dict:
     """The tokenizer artifact: `tokenizer_dir` as is (plus the template's tokens), or a BPE trained
-    on the prompts and responses of the instruction set's `splits` (all rows when None: the held-out
-    captions stay out of the vocabulary otherwise); saved to `out` with save_pretrained."""
+    on the prompts and responses of the instruction set's `splits` only (every row when None), so
+    held-out captions stay out of the vocabulary; saved to `out` with save_pretrained."""
     from deepmolm.instructions import read_instructions
     from deepmolm.model.prompt import format_prompt, format_response
 

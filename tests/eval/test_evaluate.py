@@ -20,7 +20,7 @@ from deepmolm.model.tokenizer import build_tokenizer
 from deepmolm.pipeline_report import write_pipeline_report
 from deepmolm.train.launch import write_metrics
 from deepmolm.train.stages import initial_model
-from tests.conftest import PARAMS, tmp_overrides
+from tests.conftest import PARAMS, run_cli, tmp_overrides
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,11 @@ def test_the_tokenizer_learns_from_the_training_splits_only(split_set, tmp_path)
     assert f"trained on {train_rows} examples" in summary["source"]
     with pytest.raises(ValueError, match="no examples of splits"):
         build_tokenizer(directory, tmp_path / "none", None, 400, ["train"])
+
+
+def test_cli_eval_run_names_a_missing_model(split_set, tmp_path):
+    directory, _ = split_set
+    result = run_cli("eval", "run", "--model", str(tmp_path / "nothing"), "--instructions", str(directory),
+                     "-S", f"paths.reports_dir={tmp_path}", "--quiet", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout.splitlines()[-1])["error"].endswith("is not a DeepMoLM checkpoint (no config.json)")

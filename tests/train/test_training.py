@@ -142,6 +142,7 @@ def _start_ray_head(ray_processes: RayProcesses) -> str:
 
 @pytest.mark.slow
 @pytest.mark.network
+@pytest.mark.extended  # about 5 minutes: outside CI's run, whose training goes through tests/test_end_to_end.py
 def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_run(
         instruction_set, tokenizer_dir, tmp_path, ray_processes):
     """Stage 1 (DDP): a worker is SIGKILLed (Ray Train restarts the group from the last checkpoint),
