@@ -24,7 +24,7 @@ from deepmolm.config import Params
 from deepmolm.data_report import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 from deepmolm.eval.captions import METRICS
 from deepmolm.eval.evaluate import BASELINE_PREDICTIONS, METRICS as METRICS_FILE, MODEL_PREDICTIONS, evaluation_dir
-from deepmolm.eval.model_answers import held_out_examples
+from deepmolm.eval.model_answers import examples_of_splits
 from deepmolm.instructions import instruction_shards
 from deepmolm.shards import read_shards
 
@@ -78,7 +78,7 @@ def training_curves(reports: Path, out: Path) -> tuple[str, dict[int, dict]] | N
 
 def _gallery(params: Params, instructions: Path, model: dict[str, dict], baseline: dict[str, dict], out: Path) -> list[dict]:
     """A seeded sample of the held-out molecules the model captioned, with both answers."""
-    rows = [r for r in held_out_examples(instructions, params.eval.splits, ["caption"], None)
+    rows = [r for r in examples_of_splits(instructions, params.eval.splits, ["caption"], None)
             if f"{r['cid']}-caption" in model]
     chosen = sorted(random.Random(params.report.gallery_seed).sample(rows, min(len(rows), params.report.gallery_size)),
                     key=lambda r: r["cid"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from deepmolm.config import Params
 from deepmolm.eval.baseline import retrieve
 from deepmolm.eval.captions import load_metric_tokenizer, score_captions
-from deepmolm.eval.model_answers import answer_examples, held_out_examples
+from deepmolm.eval.model_answers import answer_examples, examples_of_splits
 from deepmolm.eval.predictions import write_jsonl
 from deepmolm.eval.properties import score_properties
 from deepmolm.eval.shard_molecules import read_molecules
@@ -41,7 +41,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     started = time.perf_counter()
     out = Path(out) if out else evaluation_dir(params)
     cfg = params.eval
-    rows = held_out_examples(instructions, cfg.splits, params.instructions.tasks, cfg.max_examples_per_task)
+    rows = examples_of_splits(instructions, cfg.splits, params.instructions.tasks, cfg.max_examples_per_task)
     if not rows:
         raise ValueError(f"instruction set {instructions} has no examples of splits {cfg.splits}: nothing to evaluate on")
     generation = params.model.generation
@@ -56,10 +56,13 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     write_jsonl(answers, out / MODEL_PREDICTIONS)
 
     metric_tokenizer = load_metric_tokenizer(cfg.tokenizer)
-    score = lambda pairs: score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens,  # noqa: E731
-                                         nltk_data=cfg.nltk_data).as_dict() if pairs else None
+
+    def score(pairs: list) -> dict | None:
+        return score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens, nltk_data=cfg.nltk_data).as_dict() \
+            if pairs else None
+
     shards = instruction_shards(instructions)
-    baseline = _baseline(params, instructions, shards, {int(p.id.split("-")[0]) for p in captions})
+    baseline = _baseline(params, instructions, shards, {r["cid"] for r in rows if r["task"] == "caption"})
     write_jsonl(baseline["predictions"], out / BASELINE_PREDICTIONS)
 
     manifest = json.loads((Path(instructions) / MANIFEST).read_text())
@@ -91,7 +94,7 @@ def _trained_by(model_dir: Path) -> str | None:
 def _baseline(params: Params, instructions: Path, shards: Path, query_cids: set[int]) -> dict:
     """Retrieval for the molecules the model captioned, from the captioned molecules of train.splits
     (splits as the instruction set records them, the same rows the model trained on)."""
-    pool_cids = {r["cid"] for r in held_out_examples(instructions, params.train.splits or ["train", "validation", "test"],
+    pool_cids = {r["cid"] for r in examples_of_splits(instructions, params.train.splits or ["train", "validation", "test"],
                                                       ["caption"], None)} - query_cids
     molecules = {m.cid: m for m in read_molecules(shards) if m.cid in query_cids | pool_cids}
     queries = [molecules[c] for c in sorted(query_cids) if c in molecules]

@@ -23,9 +23,10 @@ from deepmolm.train.data import cached_pixels, normalise_pixels, prompt_token_id
 EXAMPLE_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt", "response", "image_part", "image_row", "e3fp"]
 
 
-def held_out_examples(instructions: Path, splits: list[str], tasks: list[str], max_per_task: int | None) -> list[dict]:
-    """Rows of `splits` and `tasks`, in table order (a molecule's examples stay together), the first
-    `max_per_task` of each task when capped."""
+def examples_of_splits(instructions: Path, splits: list[str], tasks: list[str], max_per_task: int | None) -> list[dict]:
+    """Rows of `splits` and `tasks` (the held-out ones, or the training ones for the baseline's pool),
+    in table order (a molecule's examples stay together), the first `max_per_task` of each task when
+    capped."""
     table = read_instructions(instructions).select(EXAMPLE_COLUMNS)
     table = table.filter(pc.and_(pc.is_in(table.column("split"), value_set=pa.array(splits, type=pa.string())),
                                  pc.is_in(table.column("task"), value_set=pa.array(tasks, type=pa.string()))))

@@ -14,7 +14,7 @@ import pytest
 
 from deepmolm.config import ConfigError, load_params
 from deepmolm.eval.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
-from deepmolm.eval.model_answers import answer_examples, held_out_examples, left_padded
+from deepmolm.eval.model_answers import answer_examples, examples_of_splits, left_padded
 from deepmolm.instructions import EXAMPLES, read_instructions
 from deepmolm.model.tokenizer import build_tokenizer
 from deepmolm.pipeline_report import write_pipeline_report
@@ -48,13 +48,13 @@ def setting(split_set, small_versions, tokenizer, tmp_path_factory):
     return params, root / "model"
 
 
-def test_held_out_examples_are_the_eval_splits_capped_per_task(split_set):
+def test_examples_of_splits_are_the_eval_splits_capped_per_task(split_set):
     directory, held = split_set
-    rows = held_out_examples(directory, ["test"], ["caption", "property_qa"], None)
+    rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], None)
     assert {r["cid"] for r in rows} == held and {r["split"] for r in rows} == {"test"}
-    capped = held_out_examples(directory, ["test"], ["caption", "property_qa"], 2)
+    capped = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 2)
     assert [r["task"] for r in capped].count("caption") == 2 and [r["task"] for r in capped].count("property_qa") == 2
-    assert held_out_examples(directory, ["train"], ["caption"], None) == []
+    assert examples_of_splits(directory, ["train"], ["caption"], None) == []
 
 
 def test_left_padding_puts_every_prompt_against_the_answer():
@@ -65,7 +65,7 @@ def test_left_padding_puts_every_prompt_against_the_answer():
 def test_answers_in_a_batch_equal_answers_one_at_a_time(split_set, setting):
     directory, _ = split_set
     params, model = setting
-    rows = held_out_examples(directory, ["test"], ["caption", "property_qa"], 3)
+    rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 3)
     kwargs = {"max_new_tokens": {"caption": 10, "property_qa": 6}, "num_beams": 1}
     batched = answer_examples(model, directory, rows, batch_size=6, **kwargs)
     alone = answer_examples(model, directory, rows, batch_size=1, **kwargs)
