@@ -15,12 +15,14 @@ import os
 import random
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
+from deepmolm.latest import latest, mark_latest
 from deepmolm.config import InstructionsParams
 from deepmolm.shards import SHARD_SCHEMA, read_manifest, resolve_version
 from deepmolm.sources.raw_table import sha256_file, write_parquet
@@ -123,6 +125,7 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
     manifest = read_manifest(version_dir)
     final = Path(out_root) / manifest["dataset"] / instruction_set_id(manifest["version"], params)
     if (final / MANIFEST).is_file():
+        mark_latest(final)
         return json.loads((final / MANIFEST).read_text())["summary"]
     columns = ["cid", "split", "description", "properties", "e3fp"]
     schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
@@ -154,20 +157,25 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
     (staging / MANIFEST).write_text(json.dumps({
         "schema_version": SCHEMA_VERSION, "table": "instruction_examples", "code_version": __version__,
         "params": params.model_dump(mode="json"), "shards": str(version_dir),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "examples": {"path": EXAMPLES, "rows": len(examples), "sha256": sha256_file(staging / EXAMPLES)},
         "summary": summary,
     }, indent=2, sort_keys=True) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
+    mark_latest(final)
     return summary
 
 
 def resolve_instruction_set(path: Path) -> Path:
-    """An instruction set directory, or a directory above sets (the newest one under it)."""
+    """An instruction set directory, or a dataset directory of sets: the one the last build produced
+    or reused (LATEST), else the newest under it."""
     path = Path(path)
     if (path / EXAMPLES).is_file():
         return path
+    if pointed := latest(path, EXAMPLES):
+        return pointed
     found = [p.parent for p in path.rglob(MANIFEST) if (p.parent / EXAMPLES).is_file()]
     if not found:
         raise FileNotFoundError(f"no instruction set (examples.parquet + manifest.json) in {path}")

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from deepmolm.config import FeaturizeParams, Params
 from deepmolm.featurize.record import FEATURIZER_VERSION, FeaturizeRejection, StepTimer, input_hash
 from deepmolm.featurize.sandbox import shared_sandbox
+from deepmolm.latest import mark_latest
 from deepmolm.shards import (
     MANIFEST,
     REJECTS,
@@ -220,6 +221,7 @@ def finish_version(plan: VersionPlan, results: list[PartResult], started: float)
     counts = manifest["counts"]
     if counts["input_rows"] != plan.input_rows:
         raise AssertionError(f"row accounting broke: {counts['input_rows']} rows in the version, {plan.input_rows} in the input")
+    mark_latest(Path(plan.final))
     return FeaturizeSummary(
         dataset=plan.dataset,
         version=plan.version,

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
+from deepmolm.latest import latest
 from deepmolm.sources.raw_table import PUBCHEM_PROPERTIES_TYPE, sha256_file, write_parquet
 
 SCHEMA_VERSION = 1
@@ -209,10 +210,13 @@ def list_versions(dataset_dir: Path) -> list[Path]:
 
 
 def resolve_version(path: Path) -> Path:
-    """A version directory, or a dataset directory (its newest version)."""
+    """A version directory, or a dataset directory: the version the last featurization produced or
+    reused (LATEST), else the newest."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
+    if pointed := latest(path, MANIFEST):
+        return pointed
     versions = list_versions(path)
     if not versions:
         raise FileNotFoundError(f"no shard version in {path}")

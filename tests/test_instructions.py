@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from deepmolm.config import load_params
 from deepmolm.contracts import validate_instructions
 from deepmolm.eval.properties import first_number
-from deepmolm.instructions import EXAMPLES, INSTRUCTION_SCHEMA, build_instructions, read_instructions
+from deepmolm.instructions import EXAMPLES, INSTRUCTION_SCHEMA, build_instructions, read_instructions, resolve_instruction_set
 from deepmolm.shards import read_manifest
 from deepmolm.sources.raw_table import sha256_file
 from tests.conftest import PARAMS, run_cli, tmp_overrides
@@ -80,3 +81,15 @@ def test_output_passes_the_instruction_contract_and_the_cli_reports_it(small_ver
     assert result.returncode == 0, result.stderr
     cli = json.loads(result.stdout.strip().splitlines()[-1])
     assert cli["examples"] == 50 and cli["contract"]["success"] is True and cli["contract"]["evaluated"] == 10
+
+
+def test_a_directory_of_sets_resolves_to_the_one_the_last_build_produced(small_versions, params, tmp_path):
+    first = build_instructions(small_versions[0], tmp_path / "out", params.instructions)["out"]
+    other = params.instructions.model_copy(update={"seed": 1})
+    second = build_instructions(small_versions[0], tmp_path / "out", other)["out"]
+    sets = Path(first).parent
+    assert first != second and resolve_instruction_set(sets) == Path(second)
+    # going back to the first params reuses the first set, and it is the current one again
+    assert build_instructions(small_versions[0], tmp_path / "out", params.instructions)["out"] == first
+    assert resolve_instruction_set(sets) == Path(first)
+    assert resolve_instruction_set(Path(second)) == Path(second), "a set directory is itself"

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
+from deepmolm.latest import latest, mark_latest
 from deepmolm.sources.records import InputRef, RawRecord, Rejection
 
 SCHEMA_VERSION = 1
@@ -176,6 +177,7 @@ class RawTableWriter:
             shutil.rmtree(self.staging)
         else:
             os.replace(self.staging, final)
+        mark_latest(final)
         return final
 
 
@@ -187,10 +189,13 @@ def read_manifest(snapshot_dir: Path) -> dict:
 
 
 def resolve_snapshot(path: Path) -> Path:
-    """A snapshot directory, or a source directory holding snapshots (the newest is taken)."""
+    """A snapshot directory, or a source directory holding snapshots: the one the last ingest wrote
+    (LATEST), else the newest."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
+    if pointed := latest(path, MANIFEST):
+        return pointed
     candidates = [p for p in path.glob(f"*/{MANIFEST}") if not p.parent.name.startswith(".")]
     if not candidates:
         raise FileNotFoundError(f"no raw-table snapshot in {path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,7 +17,7 @@ from deepmolm.featurize.record import StepTimer, featurize_row
 from deepmolm.featurize.sandbox import FeaturizeSandbox
 from deepmolm.ingest import ingest_tsv
 from deepmolm.shard_build import build_part, finish_version, plan_version
-from deepmolm.shards import SHARD_SCHEMA, read_manifest, read_shard_rejects, read_shards
+from deepmolm.shards import SHARD_SCHEMA, read_manifest, read_shard_rejects, read_shards, resolve_version
 from tests.featurize_inputs import BAD_ROWS, small_chebi20_rows, write_table
 
 
@@ -80,6 +81,17 @@ def test_published_version_is_not_built_again(params, shared, tmp_path):
     assert plan.published and plan.missing() == []
     again = finish_version(plan, [], time.perf_counter())
     assert (again.version, again.accepted) == (first.version, 3)
+
+
+def test_a_dataset_directory_resolves_to_the_version_the_last_run_produced(params, shared, tmp_path):
+    raw = ingest_tsv(params, write_table(tmp_path / "in.txt", small_chebi20_rows(shared, 2), bad=False), progress=False)
+    first = build(params, raw.out, tmp_path / "shards")
+    other = build(params.model_copy(update={"featurize": params.featurize.model_copy(update={"rows_per_part": 1})}),
+                  raw.out, tmp_path / "shards")
+    dataset = tmp_path / "shards" / "tsv"
+    assert first.version != other.version and resolve_version(dataset) == Path(other.out)
+    back = build(params, raw.out, tmp_path / "shards")  # published already: nothing built, but it is current again
+    assert back.version == first.version and resolve_version(dataset) == Path(first.out)
 
 
 def test_sandbox_gives_up_the_conformer_at_the_time_limit_and_keeps_working(make_params):

@@ -1,11 +1,12 @@
 import hashlib
+from pathlib import Path
 
 import pytest
 
 from deepmolm.ingest import ingest_chebi20
 from deepmolm.sources.chebi20 import locate_split
 from deepmolm.sources.errors import ChecksumError, LayoutError
-from deepmolm.sources.raw_table import read_manifest, read_raw_table
+from deepmolm.sources.raw_table import read_manifest, read_raw_table, resolve_snapshot
 from tests.loopback import LoopbackServer, send, static_files
 
 
@@ -29,6 +30,16 @@ def test_row_limit_reads_the_first_rows_of_each_split(make_params):
     table = read_raw_table(summary.out)
     assert table.column("source_line").to_pylist() == [2, 3, 4, 5] * 2, "the first rows after the header"
     assert {i["split"]: i["rows"] for i in read_manifest(summary.out)["inputs"]} == {"test": 4, "validation": 4}
+
+
+def test_a_source_directory_resolves_to_the_snapshot_the_last_ingest_wrote(make_params):
+    four = ingest_chebi20(make_params("sources.chebi20.max_rows_per_split=4"), progress=False).out
+    five = ingest_chebi20(make_params("sources.chebi20.max_rows_per_split=5"), progress=False).out
+    source_dir = Path(four).parent
+    assert resolve_snapshot(source_dir) == Path(five)
+    again = ingest_chebi20(make_params("sources.chebi20.max_rows_per_split=4"), progress=False).out
+    assert again == four, "the same bytes are the same snapshot, kept as it was"
+    assert resolve_snapshot(source_dir) == Path(four), "and it is the current one again"
 
 
 def test_stereo_smiles_loses_its_doubled_backslashes(make_params):
