@@ -60,7 +60,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON summary ob
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars.")]
 InstructionsOpt = Annotated[
     Path | None,
-    typer.Option(help="an instruction set, or a directory above sets (its newest) [default: paths.instructions_dir]."),
+    typer.Option(help="an instruction set, or a directory of sets (the current one: LATEST) [default: paths.instructions_dir]."),
 ]
 
 
@@ -186,7 +186,7 @@ def data_ingest(
 @data_app.command("featurize")
 def data_featurize(
     input_: Annotated[
-        Path, typer.Option("--input", help="a raw-table snapshot, or a source directory (its newest snapshot).")
+        Path, typer.Option("--input", help="a raw-table snapshot, or a source directory (its current snapshot: LATEST).")
     ],
     out: Annotated[Path | None, typer.Option(help="root of shard versions [default: paths.shards_dir].")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="local Dask worker processes [default: featurize.dask.workers].")] = None,
@@ -213,7 +213,7 @@ def data_featurize(
 
 @data_app.command("validate")
 def data_validate(
-    shards: Annotated[Path, typer.Option(help="a shard version directory, or a dataset directory (its newest version).")],
+    shards: Annotated[Path, typer.Option(help="a shard version directory, or a dataset directory (its current version: LATEST).")],
     report: Annotated[bool, typer.Option(help="also write the data-quality page <reports_dir>/data/index.html.")] = True,
     prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `validate` (PREFECT_API_URL, or a temporary local API).")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
@@ -250,7 +250,7 @@ def data_validate(
 
 @data_app.command("instructions")
 def data_instructions(
-    shards: Annotated[Path, typer.Option(help="a shard version directory, or a dataset directory (its newest version).")],
+    shards: Annotated[Path, typer.Option(help="a shard version directory, or a dataset directory (its current version: LATEST).")],
     out: Annotated[Path | None, typer.Option(help="root of instruction sets [default: paths.instructions_dir].")] = None,
     prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `instructions` (PREFECT_API_URL, or a temporary local API).")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
@@ -327,7 +327,7 @@ def data_refresh(
 
 @data_app.command("summary")
 def data_summary(
-    snapshot: Annotated[Path, typer.Argument(help="a raw snapshot or shard version directory, or the directory above it (its newest).")],
+    snapshot: Annotated[Path, typer.Argument(help="a raw snapshot or shard version directory, or the directory above it (its current one: LATEST).")],
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
