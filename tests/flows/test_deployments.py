@@ -65,8 +65,9 @@ def test_refresh_dataset_deployment_runs_on_a_process_worker(tmp_path: Path):
     assert deployments["refresh-dataset"].work_pool_name == "deepmolm-local"
     assert run.state.is_completed(), f"{run.state}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
 
-    versions = [p for p in (project / "data" / "shards" / "chebi20").iterdir() if not p.name.startswith(".")]
-    assert len(versions) == 1
+    dataset = project / "data" / "shards" / "chebi20"
+    versions = [p for p in dataset.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(versions) == 1 and (dataset / "LATEST").read_text().strip() == versions[0].name
     manifest = json.loads((versions[0] / "manifest.json").read_text())
     assert manifest["counts"]["input_rows"] == 2 * ROWS_PER_SPLIT
     assert (project / "reports" / "data" / "index.html").is_file()

@@ -185,4 +185,6 @@ def test_cli_reads_a_cid_file_and_reports_a_failed_batch(server, tmp_path):
     assert failed.returncode == 1
     assert "CIDs: 1, 49852400" in failed.stderr
     assert json.loads(failed.stdout.splitlines()[-1])["success"] is False
-    assert [p.name for p in (tmp_path / "raw" / "pubchem").iterdir()] == [summary["snapshot"]]
+    source_dir = tmp_path / "raw" / "pubchem"
+    assert [p.name for p in source_dir.iterdir() if p.is_dir()] == [summary["snapshot"]], "the failed batch wrote nothing"
+    assert (source_dir / "LATEST").read_text().strip() == summary["snapshot"], "the good snapshot is still the current one"
