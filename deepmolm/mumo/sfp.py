@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from rdkit import Chem
 from rdkit.Chem import BRICS
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from deepmolm.featurize.outcome import FeaturizeError
 
@@ -74,22 +76,10 @@ class StructuredGraph:
 
 def _components(n_atoms: int, edges: list[tuple[int, int]]) -> np.ndarray:
     """Connected components as labels, numbered in order of their lowest atom."""
-    parent = list(range(n_atoms))
-
-    def root(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in edges:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    labels, out = {}, np.empty(n_atoms, dtype=np.int32)
-    for atom in range(n_atoms):
-        out[atom] = labels.setdefault(root(atom), len(labels))
-    return out
+    pairs = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n_atoms, n_atoms))
+    _, labels = connected_components(graph, directed=False)
+    return labels.astype(np.int32)
 
 
 def fragment_partition(mol: Chem.Mol) -> dict[str, np.ndarray]:
