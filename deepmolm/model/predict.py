@@ -46,19 +46,41 @@ def molecule_from_files(image: Path, sdf: Path, params: Params) -> tuple[bytes, 
     return buffer.getvalue(), e3fp_atom_identifiers(mol, params.featurize.e3fp)
 
 
-def answer(checkpoint: Path, png: bytes, e3fp: np.ndarray | None, prompt: str, params: Params) -> str:
+def load_checkpoint(checkpoint: Path) -> tuple[DeepMoLMForCausalLM, object]:
+    """The model (in eval mode) and tokenizer of a checkpoint directory, read locally only."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint} is not a DeepMoLM checkpoint (no config.json)")
-    model = DeepMoLMForCausalLM.from_pretrained(checkpoint, local_files_only=True).eval()
-    tokenizer = load_tokenizer(checkpoint)
-    spec = model.config.encoder_spec()
-    ids = torch.tensor([prompt_token_ids(prompt, tokenizer, spec.tokens)])
-    pixels = normalise_pixels(image_pixels(png, spec.image_size)[None])
+    return DeepMoLMForCausalLM.from_pretrained(checkpoint, local_files_only=True).eval(), load_tokenizer(checkpoint)
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded on the left so every answer starts right after its prompt."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        ids[i, longest - len(prompt):] = torch.as_tensor(prompt)
+        mask[i, longest - len(prompt):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate_answers(model: DeepMoLMForCausalLM, tokenizer, prompts: list[str], pixels: torch.Tensor,
+                     geometry: torch.Tensor, *, max_new_tokens: int, num_beams: int) -> list[str]:
+    """Answers to a batch of prompts: uint8 drawings [B, 3, S, S] and E3FP [B, atoms, levels] (-1 = none)."""
+    ids, mask = left_padded([prompt_token_ids(p, tokenizer, model.config.encoder_spec().tokens) for p in prompts],
+                            tokenizer.pad_token_id)
+    new = model.generate_text(ids, mask, normalise_pixels(pixels), geometry, max_new_tokens=max_new_tokens,
+                              num_beams=num_beams, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in new]
+
+
+def answer(checkpoint: Path, png: bytes, e3fp: np.ndarray | None, prompt: str, params: Params) -> str:
+    model, tokenizer = load_checkpoint(checkpoint)
     levels = model.config.fusion_spec().e3fp_levels
     geometry = torch.full((1, 1, levels), -1, dtype=torch.long) if e3fp is None else torch.as_tensor(e3fp)[None].long()
     generation = params.model.generation
-    new = model.generate_text(ids, torch.ones_like(ids), pixels, geometry, max_new_tokens=generation.max_new_tokens,
-                              num_beams=generation.num_beams, do_sample=False,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(new[0], skip_special_tokens=True).strip()
+    return generate_answers(model, tokenizer, [prompt], image_pixels(png, model.config.encoder_spec().image_size)[None],
+                            geometry, max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)[0]

@@ -14,7 +14,8 @@ import pytest
 
 from deepmolm.config import ConfigError, load_params
 from deepmolm.eval.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
-from deepmolm.eval.model_answers import answer_examples, examples_of_splits, left_padded
+from deepmolm.eval.model_answers import answer_examples, examples_of_splits
+from deepmolm.model.predict import left_padded
 from deepmolm.instructions import EXAMPLES, read_instructions
 from deepmolm.model.tokenizer import build_tokenizer
 from deepmolm.pipeline_report import write_pipeline_report
