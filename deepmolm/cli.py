@@ -496,19 +496,38 @@ def eval_baseline(
 
 @model_app.command("summary")
 def model_summary_command(
-    preset: Annotated[str | None, typer.Option(help="tiny, small, paper, ... [default: model.preset].")] = None,
+    preset: Annotated[str | None, typer.Option(help="tiny, small, paper, ... [default: model.preset or mumo.preset].")] = None,
+    family: Annotated[str, typer.Option(help="deepmolm or mumo.")] = "deepmolm",
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Parameter counts per block of a preset, computed on the meta device (no weights allocated)."""
     from deepmolm.model.presets import model_config, model_summary
+    from deepmolm.mumo.presets import mumo_config, mumo_summary
 
     with _command(as_json):
-        summary = {"preset": preset or _params(params, set_).model.preset,
-                   **model_summary(model_config(_params(params, set_), preset))}
+        loaded = _params(params, set_)
+        if family == "mumo":
+            summary = {"preset": preset or loaded.mumo.preset, **mumo_summary(mumo_config(loaded, preset))}
+        elif family == "deepmolm":
+            summary = {"preset": preset or loaded.model.preset, **model_summary(model_config(loaded, preset))}
+        else:
+            raise ConfigError(f"--family {family!r}: deepmolm or mumo")
+
+    def render_mumo(s: dict) -> None:
+        table = Table(title=f"MuMo preset {s['preset']}: {s['total'] / 1e6:,.1f}M parameters")
+        table.add_column("block")
+        table.add_column("parameters", justify="right")
+        for name, count in s["blocks"].items():
+            table.add_row(name, f"{count:,}")
+        stdout.print(table)
+        stdout.print(f"{len(s['layers'])} layers ({s['layers'].count('attention')} attention), hidden size "
+                     f"{s['hidden_size']}; the prior is injected at layers {s['injected_layers'][0]}..{s['injected_layers'][-1]}")
 
     def render(s: dict) -> None:
+        if s.get("family") == "mumo":
+            return render_mumo(s)
         table = Table(title=f"DeepMoLM preset {s['preset']}: {s['total'] / 1e6:,.1f}M parameters")
         table.add_column("block")
         table.add_column("parameters", justify="right")

@@ -1,0 +1,154 @@
+"""The MuMo model on real RDKit conformers: padding does not leak into a molecule's reading, the
+structural prior enters exactly from the configured layer, the whole model inherits the SFP's
+invariance, the paper preset has the published size, and the tiny preset can learn."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from deepmolm.mumo.model import MuMoConfig, MuMoForMaskedLM, MuMoForPropertyPrediction, collate_graphs
+from deepmolm.mumo.presets import mumo_config, mumo_summary
+from deepmolm.mumo.sfp import structured_graph
+from deepmolm.mumo.tokenizer import build_smiles_tokenizer, smiles_pieces
+from tests.mumo.test_sfp import MOLECULES, conformer, random_rigid_motion
+
+SMILES = list(MOLECULES.values())
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_smiles_tokenizer(SMILES)
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return [structured_graph(*conformer(smiles)) for smiles in SMILES]
+
+
+def tiny(tokenizer, **overrides) -> MuMoConfig:
+    settings = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=16, num_attention_heads=4,
+                    mlp_ratio=2, state_size=8, graph_hidden_size=32, graph_layers=2, injection_layer=9)
+    return MuMoConfig(**{**settings, **overrides})
+
+
+def encode(tokenizer, smiles: list[str]):
+    return tokenizer(smiles, padding=True, return_tensors="pt")
+
+
+def test_smiles_tokens_are_chemical_pieces_and_end_with_the_global_token(tokenizer):
+    assert smiles_pieces("C[C@H](Cl)c1ccccc1Br") == ["C", "[C@H]", "(", "Cl", ")", "c", "1", "c", "c", "c", "c", "c", "1", "Br"]
+    batch = encode(tokenizer, ["CC", "CCCCO"])
+    assert batch["input_ids"][:, -1].tolist() == [tokenizer.convert_tokens_to_ids("[GLOBAL]")] * 2
+    assert batch["attention_mask"][0].tolist() == [0, 0, 0, 1, 1, 1]  # left padding
+    assert tokenizer.convert_ids_to_tokens(tokenizer("C[Se]C")["input_ids"])[1] == "[UNK]"
+
+
+def test_left_padding_does_not_change_a_molecules_reading(tokenizer, graphs):
+    torch.manual_seed(0)
+    model = MuMoForPropertyPrediction(tiny(tokenizer)).eval()
+    batch = encode(tokenizer, SMILES)
+    assert batch["attention_mask"].sum(1).min() < batch["input_ids"].shape[1]  # some rows are padded
+    with torch.no_grad():
+        together = model(**batch, graph=collate_graphs(graphs)).logits
+        alone = torch.cat([model(**encode(tokenizer, [s]), graph=collate_graphs([g])).logits
+                           for s, g in zip(SMILES, graphs, strict=True)])
+    assert together.shape == (len(SMILES), 1)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer", [1, 8, 9, 16])
+def test_the_structural_prior_enters_at_the_configured_layer_and_not_before(tokenizer, graphs, layer):
+    torch.manual_seed(1)
+    model = MuMoForPropertyPrediction(tiny(tokenizer, injection_layer=layer)).eval()
+    assert sorted(int(n) for n in model.mumo.injections) == list(range(layer, 17))
+    batch = encode(tokenizer, SMILES[:2])
+    other = [graphs[2], graphs[3]]  # the same SMILES with other molecules' graphs
+    with torch.no_grad():
+        own = model(**batch, graph=collate_graphs(graphs[:2]), output_hidden_states=True).hidden_states
+        swapped = model(**batch, graph=collate_graphs(other), output_hidden_states=True).hidden_states
+        alone = model(**batch, graph=None, output_hidden_states=True).hidden_states
+    assert len(own) == 16
+    for number in range(1, 17):
+        a, b, c = own[number - 1], swapped[number - 1], alone[number - 1]
+        if number < layer:
+            assert torch.equal(a, b) and torch.equal(a, c), f"layer {number} saw the graph"
+        else:
+            assert not torch.allclose(a[:, -1], b[:, -1]), f"layer {number} did not take the prior"
+    # the injection writes the global token only; the layers above carry it to the rest
+    assert torch.equal(own[layer - 1][:, :-1], swapped[layer - 1][:, :-1])
+
+
+def test_the_model_is_invariant_to_how_the_conformer_is_placed(tokenizer):
+    torch.manual_seed(2)
+    model = MuMoForPropertyPrediction(tiny(tokenizer)).eval()
+    mol, xyz = conformer(SMILES[0])
+    batch = encode(tokenizer, SMILES[:1])
+    with torch.no_grad():
+        before = model(**batch, graph=collate_graphs([structured_graph(mol, xyz)])).logits
+        after = model(**batch, graph=collate_graphs([structured_graph(mol, random_rigid_motion(xyz, 3))])).logits
+        bent = model(**batch, graph=collate_graphs([structured_graph(mol, xyz + np.random.default_rng(0).normal(0, 0.3, xyz.shape))])).logits
+    torch.testing.assert_close(before, after, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(before, bent)  # geometry itself does matter
+
+
+def test_missing_targets_do_not_count_and_masked_lm_ignores_unmasked_positions(tokenizer, graphs):
+    torch.manual_seed(3)
+    config = tiny(tokenizer, num_targets=2)
+    model = MuMoForPropertyPrediction(config)
+    batch = encode(tokenizer, SMILES[:2])
+    labels = torch.tensor([[0.5, float("nan")], [float("nan"), -1.0]])
+    out = model(**batch, graph=collate_graphs(graphs[:2]), labels=labels)
+    expected = ((out.logits[0, 0] - 0.5) ** 2 + (out.logits[1, 1] + 1.0) ** 2) / 2
+    torch.testing.assert_close(out.loss, expected)
+    lm = MuMoForMaskedLM(tiny(tokenizer))
+    assert lm.lm_head.weight is lm.mumo.embeddings.weight
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, -2] = batch["input_ids"][0, -2]
+    out = lm(**batch, graph=collate_graphs(graphs[:2]), labels=labels)
+    target = torch.nn.functional.cross_entropy(out.logits[0, -2:-1], labels[0, -2:-1])
+    torch.testing.assert_close(out.loss, target)
+
+
+def test_paper_preset_counts_about_505m_without_allocating_and_tiny_counts_match(tokenizer):
+    from deepmolm.config import DEFAULT_PARAMS, load_params
+
+    params = load_params(DEFAULT_PARAMS, [])
+    paper = mumo_summary(mumo_config(params, "paper"))
+    assert abs(paper["total"] - 505e6) / 505e6 < 0.02
+    assert paper["injected_layers"] == list(range(9, 17)) and paper["layers"].count("attention") == 4
+    small = mumo_config(params, "tiny", vocab_size=len(tokenizer))
+    assert mumo_summary(small)["total"] == sum(p.numel() for p in MuMoForPropertyPrediction(small).parameters())
+    done = subprocess.run([sys.executable, "-m", "deepmolm", "model", "summary", "--family", "mumo", "--preset", "paper",
+                           "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.splitlines()[-1])["total"] == paper["total"]
+
+
+def test_the_tiny_model_overfits_a_small_set_and_reloads_as_saved(tokenizer, graphs, tmp_path):
+    torch.manual_seed(4)
+    model = MuMoForPropertyPrediction(tiny(tokenizer))
+    batch = encode(tokenizer, SMILES)
+    graph = collate_graphs(graphs)
+    targets = torch.tensor([[-1.5], [0.5], [1.5], [-0.5]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = model(**batch, graph=graph, labels=targets).loss
+        first = first if first is not None else float(loss.detach())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        final = float(model(**batch, graph=graph, labels=targets).loss)
+    assert final < 0.02 * first and final < 0.05, (first, final)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    again = MuMoForPropertyPrediction.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch, graph=graph).logits, model(**batch, graph=graph).logits)
