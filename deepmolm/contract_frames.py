@@ -181,3 +181,43 @@ def raw_frame(table: pa.Table, params: ContractsParams) -> pd.DataFrame:
         for split, text in zip(frame["split"], frame["description"])
     ]
     return frame
+
+
+SFP_FRAME_COLUMNS = ("cid", "table_present", "accounted", "reason", "atoms_match", "bond_length_min", "bond_length_max",
+                     "angle_min_deg", "fragments_contiguous")
+
+
+def sfp_frame(version_dir: Path, molecules: pa.Table) -> pd.DataFrame:
+    """One row per accepted molecule of the version: is it a graph xor a recorded rejection, and do
+    its graph's atoms and geometry make chemical sense. No table at all is one row that says so."""
+    from deepmolm.mumo.sfp_table import read_sfp, sfp_manifest
+
+    if sfp_manifest(version_dir) is None:
+        return pd.DataFrame([{"cid": None, "table_present": False}], columns=SFP_FRAME_COLUMNS)
+    graphs, rejects = read_sfp(version_dir)
+    by_cid = {row["cid"]: row for row in graphs.to_pylist()}
+    reasons = {row["cid"]: row["reason"] for row in rejects.to_pylist()}
+    rows = []
+    quiet = rdBase.BlockLogs()  # noqa: F841
+    for cid, smiles in zip(molecules.column("cid").to_pylist(), molecules.column("smiles").to_pylist(), strict=True):
+        graph, reason = by_cid.get(cid), reasons.get(cid)
+        mol = Chem.MolFromSmiles(smiles)
+        heavy = None if mol is None else sum(1 for a in mol.GetAtoms() if a.GetAtomicNum() > 1)
+        row = {"cid": cid, "table_present": True, "accounted": (graph is not None) != (reason is not None),
+               "reason": reason, "atoms_match": None, "bond_length_min": None, "bond_length_max": None,
+               "angle_min_deg": None, "fragments_contiguous": None}
+        if graph is not None:
+            lengths, angles = graph["bond_lengths"], graph["angles"]
+            row.update(
+                atoms_match=len(graph["atoms"]) == heavy,
+                bond_length_min=min(lengths) if lengths else None,
+                bond_length_max=max(lengths) if lengths else None,
+                angle_min_deg=math.degrees(min(angles)) if angles else None,
+                fragments_contiguous=all(sorted(set(graph[key])) == list(range(len(set(graph[key]))))
+                                         for key in graph if key.startswith("fragments_")),
+            )
+        rows.append(row)
+    extra = set(by_cid) | set(reasons)
+    extra -= set(molecules.column("cid").to_pylist())
+    rows += [{"cid": cid, "table_present": True, "accounted": False, "reason": reasons.get(cid)} for cid in sorted(extra)]
+    return pd.DataFrame(rows, columns=SFP_FRAME_COLUMNS)

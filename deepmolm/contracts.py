@@ -18,14 +18,14 @@ from typing import Any
 import pandas as pd
 
 from deepmolm.config import Params
-from deepmolm.contract_frames import molecule_frame, parts_frame, raw_frame, reject_rates_frame, rejects_frame
+from deepmolm.contract_frames import molecule_frame, parts_frame, raw_frame, reject_rates_frame, rejects_frame, sfp_frame
 from deepmolm.shards import read_manifest, read_shard_rejects, read_shards, resolve_version
 from deepmolm.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.sources.raw_table import read_raw_table
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics sent from here
 
-SHARD_TABLES = ("molecule_shards", "shard_rejects", "reject_rates", "shard_parts", "raw_table")
+SHARD_TABLES = ("molecule_shards", "shard_rejects", "reject_rates", "shard_parts", "raw_table", "sfp_graphs")
 TABLES = (*SHARD_TABLES, "instruction_examples")
 DATA_SOURCE = "deepmolm"
 
@@ -166,8 +166,9 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
     level = manifest["params"]["featurize.e3fp"]["level"]
     bits = manifest["params"]["featurize.e3fp"]["bits"]
     rejects = read_shard_rejects(version_dir)
+    molecules = read_shards(version_dir)
     frames = {
-        "molecule_shards": molecule_frame(read_shards(version_dir), contracts, level),
+        "molecule_shards": molecule_frame(molecules, contracts, level),
         "shard_rejects": rejects_frame(rejects),
         "reject_rates": reject_rates_frame(rejects, manifest["counts"]["input_rows"], contracts),
         "shard_parts": parts_frame(version_dir, manifest),
@@ -180,6 +181,8 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
         "known_reasons": sorted(contracts.known_reject_reasons),
         "max_smiles_chars": params.ingest.max_smiles_chars,
     }
+    if params.mumo.sfp:
+        frames["sfp_graphs"] = sfp_frame(version_dir, molecules)
     raw_dir = Path(manifest["input"]["raw_snapshot_dir"])
     if (raw_dir / "manifest.json").is_file():
         frames["raw_table"] = raw_frame(read_raw_table(raw_dir), contracts)

@@ -21,6 +21,7 @@ from prefect_dask import DaskTaskRunner
 
 from deepmolm.config import DaskParams, load_params
 from flows.api import prefect_api, quiet_dask_logs
+from deepmolm.mumo.sfp_table import SfpPart, pending_parts, publish_sfp, write_sfp_part
 from deepmolm.progress import progress_bar
 from deepmolm.shard_build import Chunk, VersionPlan, build_part, finish_version, plan_version
 from deepmolm.shards import PartResult
@@ -43,6 +44,11 @@ def featurize_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
     return build_part(plan, chunk)
 
 
+@task(name="sfp-part", cache_policy=NO_CACHE)
+def sfp_part(version_dir: str, part: str) -> SfpPart:
+    return write_sfp_part(Path(version_dir), part)
+
+
 @flow(name="featurize", log_prints=True)
 def featurize_flow(raw: str, out_root: str | None = None, params_file: str = "params.yaml",
                    overrides: list[str] | None = None, progress: bool = False) -> dict:
@@ -62,6 +68,10 @@ def featurize_flow(raw: str, out_root: str | None = None, params_file: str = "pa
             results.append(result)
             advance(result.rows + result.rejected)
     summary = finish_version(plan, results, started)
+    if params.mumo.sfp and (pending := pending_parts(Path(summary.out))):
+        done = [future.result() for future in as_completed([sfp_part.submit(summary.out, p) for p in pending])]
+        sfp = publish_sfp(Path(summary.out), done)["counts"]
+        print(f"unified graphs (MuMo's SFP): {sfp['graphs']} molecules, {sfp['rejected']} without a usable conformer")
     print(
         f"{summary.dataset} version {summary.version}: {summary.input_rows} input rows = {summary.accepted} accepted "
         f"+ {summary.rejected} rejected ({summary.reused} reused, {summary.resumed_parts} parts resumed)"

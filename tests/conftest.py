@@ -70,6 +70,7 @@ def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
     import time
 
     from deepmolm.ingest import ingest_tsv
+    from deepmolm.mumo.sfp_table import pending_parts, publish_sfp, write_sfp_part
     from deepmolm.shard_build import build_part, finish_version, plan_version
     from tests.featurize_inputs import small_chebi20_rows, write_table
 
@@ -81,7 +82,9 @@ def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
     for name, bad in (("valid", False), ("with-rejects", True)):
         raw = ingest_tsv(params, write_table(root / f"{name}.txt", lines, bad=bad), progress=False)
         plan = plan_version(raw.out, root / f"shards-{name}", params)
-        built.append(Path(finish_version(plan, [build_part(plan, c) for c in plan.missing()], time.perf_counter()).out))
+        version = Path(finish_version(plan, [build_part(plan, c) for c in plan.missing()], time.perf_counter()).out)
+        publish_sfp(version, [write_sfp_part(version, part) for part in pending_parts(version)])  # as featurize does
+        built.append(version)
     return built[0], built[1], overrides
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from deepmolm.config import ConfigError, load_params
+from deepmolm.mumo.sfp_table import SFP_DIR, SFP_SCHEMA, write_sfp_part
 from deepmolm.contracts import TABLES, ContractError, ContractRunner, load_suite, validate_shard_version
 from deepmolm.shards import MANIFEST, SHARD_SCHEMA, part_name, read_manifest
 from deepmolm.sources.raw_table import sha256_file, write_parquet
@@ -43,6 +44,7 @@ def rewrite_part(version: Path, index: int, change) -> None:
     write_parquet(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), path)
     manifest["parts"][index]["sha256"] = sha256_file(path)
     (version / MANIFEST).write_text(json.dumps(manifest))
+    write_sfp_part(version, part_name(index))  # and the graphs of the changed rows, as featurize would
 
 
 def test_valid_version_passes_every_suite(version, params):
@@ -56,6 +58,19 @@ def test_valid_version_passes_every_suite(version, params):
     docs = Path(result.data_docs.removeprefix("file://"))
     assert docs.is_file() and docs.suffix == ".html", "Data Docs are built for the run"
     assert "molecule_shards" in docs.read_text()
+
+
+def test_a_molecule_neither_a_graph_nor_a_rejection_fails_the_sfp_contract(version, params, small_versions, tmp_path):
+    path = version / SFP_DIR / part_name(0)
+    rows = pq.read_table(path, schema=SFP_SCHEMA).to_pylist()
+    rows[1]["atoms"] = rows[1]["atoms"][:-1]  # one node short of the molecule's heavy atoms
+    write_parquet(pa.Table.from_pylist(rows[1:], schema=SFP_SCHEMA), path)  # and the first molecule lost
+    result = validate_shard_version(version, params)
+    assert set(result.failed) == {"sfp_graphs.each_molecule_a_graph_or_a_rejection", "sfp_graphs.one_node_per_heavy_atom"}
+    shutil.rmtree(version / SFP_DIR)
+    assert validate_shard_version(version, params).failed == ["sfp_graphs.table_present"]
+    off = load_params(PARAMS, [*small_versions[2], f"paths.reports_dir={tmp_path / 'reports'}", "mumo.sfp=false"])
+    assert "sfp_graphs" not in validate_shard_version(version, off).tables
 
 
 def test_a_bad_png_fails_the_png_expectation(version, params):
@@ -100,7 +115,9 @@ def test_a_duplicate_cid_fails(version, params):
         rows[1]["cid"] = rows[0]["cid"]
 
     rewrite_part(version, 0, duplicate)
-    assert validate_shard_version(version, params).failed == ["molecule_shards.cid_unique"]
+    # the graphs are keyed by cid: two molecules under one cid cannot both be matched to theirs
+    assert set(validate_shard_version(version, params).failed) == {
+        "molecule_shards.cid_unique", "sfp_graphs.cid_unique", "sfp_graphs.one_node_per_heavy_atom"}
 
 
 def test_a_part_whose_rows_disagree_with_the_manifest_fails(version, params):
@@ -184,6 +201,6 @@ def test_cli_validate_json_and_exit_codes(version, tmp_path):
     rewrite_part(version, 0, lambda rows: rows[1].update(cid=rows[0]["cid"]))
     bad = run_cli("data", "validate", "--shards", str(version), "--no-report", *common)
     assert bad.returncode == 1
-    assert json.loads(bad.stdout.strip().splitlines()[-1])["failed"] == ["molecule_shards.cid_unique"]
+    assert "molecule_shards.cid_unique" in json.loads(bad.stdout.strip().splitlines()[-1])["failed"]
     missing = run_cli("data", "validate", "--shards", str(tmp_path / "nowhere"), *common)
     assert missing.returncode == 1 and "nowhere" in missing.stderr

@@ -97,12 +97,25 @@ def fragment_partition(mol: Chem.Mol) -> dict[str, np.ndarray]:
     return {"brics": brics, "ring_systems": systems}
 
 
+def heavy_atoms(mol: Chem.Mol) -> Chem.Mol:
+    """Every hydrogen atom out, RemoveHs's exceptions included (isolated H+, deuterium, bridging H):
+    the shards' coordinates are of atoms heavier than hydrogen, in the molecule's order."""
+    hydrogens = [a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() == 1]
+    if not hydrogens:
+        return mol
+    editable = Chem.RWMol(mol)
+    for index in reversed(hydrogens):
+        editable.RemoveAtom(index)
+    heavy = editable.GetMol()
+    heavy.UpdatePropertyCache(strict=False)
+    return heavy
+
+
 def structured_graph(mol: Chem.Mol, coords: np.ndarray | list | None) -> StructuredGraph:
     """The unified graph of a heavy-atom molecule and its heavy-atom coordinates (same atom order)."""
     if mol is None or mol.GetNumAtoms() == 0:
         raise FeaturizeError("empty_molecule", "no atoms")
-    if any(a.GetAtomicNum() == 1 for a in mol.GetAtoms()):
-        mol = Chem.RemoveHs(mol)
+    mol = heavy_atoms(mol)
     if coords is None:
         raise FeaturizeError("no_conformer", "the structured graph needs a conformer")
     xyz = np.asarray(coords, dtype=np.float64)

@@ -61,6 +61,8 @@ def test_clean_run_accounts_for_every_row(work):
     assert reference["parts"] == 7 and reference["seconds"] > 0
     assert Path(reference["out"]) == tmp / "reference" / "tsv" / reference["version"]
     assert not list((tmp / "reference" / "tsv").glob(".building-*")), "the staging directory was published"
+    sfp = json.loads((Path(reference["out"]) / "sfp" / "manifest.json").read_text())  # mumo.sfp is on
+    assert sfp["counts"] == {"molecules": 18, "graphs": 18, "rejected": 0}
 
 
 def test_existing_scheduler_gives_the_same_bytes(work):
