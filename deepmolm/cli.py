@@ -41,12 +41,14 @@ report_app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 model_app = typer.Typer(help="The DeepMoLM model: sizes of the presets.", no_args_is_help=True)
+mumo_app = typer.Typer(help="MuMo: structural fusion and late injection, for property prediction.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(report_app, name="report")
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
+app.add_typer(mumo_app, name="mumo")
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -537,6 +539,60 @@ def model_summary_command(
         stdout.print(table)
         stdout.print(f"{s['visual_tokens']} visual tokens of {s['visual_dim']} dims from {s['image_size']} px -> "
                      f"LM hidden size {s['hidden_size']} ({s['fusion_variant']})")
+
+    _emit(summary, as_json, render)
+
+
+@mumo_app.command("pretrain")
+def mumo_pretrain_command(
+    shards: Annotated[Path | None, typer.Option(help="a chebi20 shard version with its SFP table, or their directory [default: <shards_dir>/chebi20].")] = None,
+    prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `mumo-pretrain`.")] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Masked-language-model pretraining of MuMo (Ray Train); exports <mumo.models_dir>/pretrained."""
+    from deepmolm.mumo.benchmark import pretrain
+
+    with _command(as_json):
+        if prefect:
+            from flows.mumo import run_mumo
+
+            summary = run_mumo("pretrain", shards, params, set_ or [], progress=not quiet)
+        else:
+            summary = pretrain(_params(params, set_), shards=shards, progress=not quiet)
+
+    def render(s: dict) -> None:
+        stdout.print(f"MuMo pretrained on {s['molecules']} molecules ({s['steps']} steps): MLM loss "
+                     f"{s['first_loss']:.3f} -> {s['last_loss']:.3f}; model in {s['model']}")
+
+    _emit(summary, as_json, render)
+
+
+@mumo_app.command("benchmark")
+def mumo_benchmark_command(
+    pretrained: Annotated[Path | None, typer.Option(help="the pretrained MuMo [default: <mumo.models_dir>/pretrained].")] = None,
+    prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `mumo-benchmark`.")] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune on ESOL / FreeSolv (every split and seed of mumo.finetune, and the ablation), beside a
+    random forest on the same splits; writes <mumo.reports_dir>/results.json and results.md."""
+    from deepmolm.mumo.benchmark import benchmark
+
+    with _command(as_json):
+        if prefect:
+            from flows.mumo import run_mumo
+
+            summary = run_mumo("benchmark", pretrained, params, set_ or [], progress=not quiet)
+        else:
+            summary = benchmark(_params(params, set_), pretrained=pretrained, progress=not quiet)
+
+    def render(s: dict) -> None:
+        print((Path(s["out"]) / "results.md").read_text())
 
     _emit(summary, as_json, render)
 

@@ -83,7 +83,6 @@ class GraphBatch:
     triplet_bonds: torch.Tensor    # long [T, 2], global bond indices
     angles: torch.Tensor           # float [T]
     fragment_ids: torch.Tensor     # long [scales, N]: global fragment index of each atom at each scale
-    fragment_graph: torch.Tensor   # long [scales, F]: padded with -1 beyond a scale's count
     fragment_counts: torch.Tensor  # long [scales]
     token_slots: torch.Tensor      # long [N + sum F + B]: slot of each prior token, in the order above
     token_graph: torch.Tensor      # long [same]
@@ -99,7 +98,6 @@ def collate_graphs(graphs: list[StructuredGraph]) -> GraphBatch:
     atom_offset = bond_offset = 0
     atoms, atom_graph, bonds, bond_features, lengths, triplets, angles = [], [], [], [], [], [], []
     fragment_ids = {scale: [] for scale in FRAGMENT_SCALES}
-    fragment_graph = {scale: [] for scale in FRAGMENT_SCALES}
     fragment_offset = dict.fromkeys(FRAGMENT_SCALES, 0)
     slots = {kind: [] for kind in ("atoms", *FRAGMENT_SCALES, "molecule")}
     owners = {kind: [] for kind in slots}
@@ -119,7 +117,6 @@ def collate_graphs(graphs: list[StructuredGraph]) -> GraphBatch:
             labels = graph.fragments[scale]
             count = int(labels.max()) + 1 if n else 0
             fragment_ids[scale].append(labels + fragment_offset[scale])
-            fragment_graph[scale].append(np.full(count, index))
             fragment_offset[scale] += count
             slots[scale].append(used + np.arange(count))
             owners[scale].append(np.full(count, index))
@@ -133,9 +130,6 @@ def collate_graphs(graphs: list[StructuredGraph]) -> GraphBatch:
         return torch.as_tensor(np.concatenate(parts) if parts else np.zeros(shape), dtype=dtype)
 
     counts = [fragment_offset[s] for s in FRAGMENT_SCALES]
-    padded_graph = torch.full((len(FRAGMENT_SCALES), max(counts + [1])), -1, dtype=torch.long)
-    for row, scale in enumerate(FRAGMENT_SCALES):
-        padded_graph[row, :counts[row]] = cat(fragment_graph[scale], torch.long)
     token_slots = torch.cat([cat(slots[kind], torch.long) for kind in slots])
     return GraphBatch(
         atoms=cat(atoms, torch.long, (0, len(ATOM_FEATURES))),
@@ -146,7 +140,6 @@ def collate_graphs(graphs: list[StructuredGraph]) -> GraphBatch:
         triplet_bonds=cat(triplets, torch.long, (0, 2)),
         angles=cat(angles, torch.float32),
         fragment_ids=torch.stack([cat(fragment_ids[s], torch.long) for s in FRAGMENT_SCALES]),
-        fragment_graph=padded_graph,
         fragment_counts=torch.tensor(counts, dtype=torch.long),
         token_slots=token_slots,
         token_graph=torch.cat([cat(owners[kind], torch.long) for kind in owners]),

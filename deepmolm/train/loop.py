@@ -102,7 +102,7 @@ def train_worker(config: dict) -> None:
             pending.append(model_inputs(batch, device))
             if len(pending) < accum:
                 continue
-            row = _step(strategy, pending, world, started, state["epoch"])
+            row = optimizer_step(strategy, pending, world, started, state["epoch"])
             state["step"], state["batches_in_epoch"] = state["step"] + 1, index + 1
             history.append({"step": state["step"], **row})
             pending, started = [], time.perf_counter()
@@ -122,7 +122,7 @@ def train_worker(config: dict) -> None:
     _report(strategy, tokenizer, config, state, history, rank, final=True)
 
 
-def _step(strategy, pending: list[dict], world: int, started: float, epoch: int) -> dict:
+def optimizer_step(strategy, pending: list[dict], world: int, started: float, epoch: int) -> dict:
     """One optimizer step; loss, samples and tokens summed over the workers."""
     loss, norm = strategy.step(pending)
     totals = torch.tensor([loss, sum(len(b["input_ids"]) for b in pending),
