@@ -178,6 +178,7 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(report))
+    plot_results(report, out / "results.png")
     return {"runs": len(runs), "out": str(out), "table": report["table"], "seconds": report["seconds"]}
 
 
@@ -244,3 +245,40 @@ def results_markdown(report: dict) -> str:
                      f"{_pm(row['mumo_rmse'])} | {_pm(row['mumo_mae'])} | {_pm(row['rf_rmse'])} | {_pm(row['rf_mae'])} | "
                      f"{_pm(row['published_rmse'])} | " + " | ".join(_pm(row[f'mumo_rmse_noise_{s}']) for s in noise) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_results(report: dict, path: Path) -> None:
+    """Left: validation RMSE per epoch of every run at the default injection layer. Right: test RMSE
+    (mean over seeds) as the test conformers get noisier, per dataset and split, the forest dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, noise) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colours = {}
+    for run in report["runs"]:
+        if run["injection_layer"] != report["injection_layer"]:
+            continue
+        key = f"{run['dataset']} {run['split']}"
+        first = key not in colours
+        colour = colours.setdefault(key, f"C{len(colours)}")
+        curves.plot([row["epoch"] + 1 for row in run["curve"]], [row["valid_rmse"] for row in run["curve"]],
+                    color=colour, alpha=0.8, label=key if first else None)
+    curves.set(xlabel="epoch", ylabel="validation RMSE", title="fine-tuning (one line per seed)", yscale="log")
+    curves.legend(fontsize=8)
+    for row in report["table"]:
+        if row["injection_layer"] != report["injection_layer"]:
+            continue
+        key = f"{row['dataset']} {row['split']}"
+        sigmas = [0.0] + [float(k.removeprefix("mumo_rmse_noise_")) for k in row if k.startswith("mumo_rmse_noise_")]
+        values = [row["mumo_rmse"][0]] + [row[k][0] for k in row if k.startswith("mumo_rmse_noise_")]
+        noise.plot(sigmas, values, marker="o", color=colours.get(key, "k"), label=f"MuMo, {key}")
+        if row["rf_rmse"]:
+            noise.axhline(row["rf_rmse"][0], color=colours.get(key, "k"), linestyle="--", linewidth=0.8)
+    noise.set(xlabel="noise on test coordinates (Å, per coordinate)", ylabel="test RMSE",
+              title="robustness (dashed: random forest, no geometry)")
+    noise.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,90 @@
+"""MuMo's training inputs: how molecules are masked and batched over workers, the benchmark's grid,
+property molecules that keep every row accounted for, and the results table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepmolm.config import DEFAULT_PARAMS, load_params
+from deepmolm.mumo.benchmark import benchmark_jobs, results_markdown, results_table
+from deepmolm.mumo.data import mask_tokens, model_inputs, property_molecules, with_noisy_conformers
+from deepmolm.mumo.datasets import PropertySet
+from deepmolm.mumo.loop import epoch_batches
+from deepmolm.mumo.tokenizer import build_smiles_tokenizer
+
+
+def test_each_global_batch_is_split_over_the_workers_without_overlap():
+    for world in (1, 2, 3):
+        shares = [epoch_batches(70, 32, seed=5, epoch=1, rank=r, world=world) for r in range(world)]
+        assert all(len(s) == 2 for s in shares), "70 molecules are two full batches of 32"
+        for step in range(2):
+            seen = np.concatenate([s[step] for s in shares])
+            assert len(seen) == len(set(seen)) == 32
+        assert not set(np.concatenate(shares[0])) & set(np.concatenate(shares[-1])) or world == 1
+    again = epoch_batches(70, 32, seed=5, epoch=1, rank=0, world=2)
+    assert all((a == b).all() for a, b in zip(again, epoch_batches(70, 32, 5, 1, 0, 2), strict=True))
+    assert not (epoch_batches(70, 32, 5, 2, 0, 2)[0] == again[0]).all(), "each epoch has its own order"
+    assert [len(b) for b in epoch_batches(10, 32, 0, 0, 0, 1)] == [10], "a set smaller than a batch is one batch"
+
+
+def test_masking_never_touches_padding_or_the_global_token_and_masks_every_molecule():
+    smiles = ["CCO", "c1ccccc1C(=O)O", "CCCCCCCCCCCCCCCCCCCCN"]
+    tokenizer = build_smiles_tokenizer(smiles)
+    encoded = tokenizer(smiles, padding=True, return_tensors="pt")
+    masked = mask_tokens(dict(encoded), tokenizer, 0.3, torch.Generator().manual_seed(0))
+    chosen = masked["labels"] != -100
+    global_id = tokenizer.convert_tokens_to_ids("[GLOBAL]")
+    assert not chosen[encoded["attention_mask"] == 0].any()
+    assert not chosen[encoded["input_ids"] == global_id].any()
+    assert chosen.sum(1).min() >= 1
+    assert torch.equal(masked["labels"][chosen], encoded["input_ids"][chosen])
+    unchosen = ~chosen
+    assert torch.equal(masked["input_ids"][unchosen], encoded["input_ids"][unchosen])
+    big = tokenizer(["C" * 150] * 8, return_tensors="pt")
+    rate = (mask_tokens(dict(big), tokenizer, 0.15, torch.Generator().manual_seed(1))["labels"] != -100).float().mean()
+    assert 0.1 < rate < 0.2
+    replaced = mask_tokens(dict(big), tokenizer, 0.15, torch.Generator().manual_seed(2))
+    picked = replaced["labels"] != -100
+    assert (replaced["input_ids"][picked] == tokenizer.mask_token_id).float().mean() > 0.6
+
+
+def test_the_grid_is_every_dataset_split_seed_then_the_other_injection_layers():
+    params = load_params(DEFAULT_PARAMS, ["mumo.finetune.seeds=[0,1]", "mumo.ablation.injection_layers=[1,9,16]"])
+    jobs = benchmark_jobs(params)
+    main = [j for j in jobs if j["injection_layer"] == 9]
+    assert len(main) == 2 * 2 * 2 and len({j["name"] for j in jobs}) == len(jobs)
+    assert [(j["injection_layer"], j["dataset"], j["split"]) for j in jobs[len(main):]] == [(1, "esol", "random"), (16, "esol", "random")]
+    with pytest.raises(ValueError, match="mumo.ablation.injection_layers"):
+        load_params(DEFAULT_PARAMS, ["mumo.ablation.injection_layers=[17]"])
+
+
+def test_property_molecules_keep_their_row_and_noise_moves_only_geometry():
+    params = load_params(DEFAULT_PARAMS, [])
+    data = PropertySet("tiny", "u", ["CCO", "c1ccccc1O", "[Na+].[Cl-]"], np.array([1.0, 2.0, 3.0]))
+    molecules, rejected = property_molecules(data, params.featurize.conformer)
+    assert len(molecules) == 3 and rejected == {} and molecules[1].target == 2.0
+    shaken = with_noisy_conformers([molecules[1]], 0.5, seed=0)[0]
+    assert np.array_equal(shaken.graph.atoms, molecules[1].graph.atoms)
+    assert np.array_equal(shaken.graph.bonds, molecules[1].graph.bonds)
+    assert not np.allclose(shaken.graph.bond_lengths, molecules[1].graph.bond_lengths)
+    tokenizer = build_smiles_tokenizer(data.smiles)
+    inputs = model_inputs(tokenizer, molecules, 8)
+    assert inputs["input_ids"].shape == (3, 8) and inputs["graph"].num_graphs == 3  # truncated to max_length
+
+
+def test_results_table_gives_mean_and_std_over_seeds_beside_the_forest_and_the_published_figure():
+    params = load_params(DEFAULT_PARAMS, ["mumo.ablation.coordinate_noise=[0.5]"])
+    runs = [{"dataset": "esol", "split": "random", "seed": seed, "injection_layer": 9, "sizes": {"test": 113},
+             "test": {"rmse": rmse, "mae": rmse / 2}, "test_noise_0.5": {"rmse": rmse + 0.1, "mae": 0}}
+            for seed, rmse in ((0, 0.6), (1, 0.8), (2, 1.0))]
+    forest = [{"dataset": "esol", "split": "random", "seed": seed, "test": {"rmse": 0.5, "mae": 0.4}} for seed in (0, 1, 2)]
+    table = results_table(params, runs, forest)
+    assert len(table) == 1
+    row = table[0]
+    assert row["mumo_rmse"] == [0.8, 0.163] and row["mumo_mae"] == [0.4, 0.082]
+    assert row["rf_rmse"] == [0.5, 0.0] and row["published_rmse"] == [0.536, 0.061]
+    assert row["mumo_rmse_noise_0.5"] == [0.9, 0.163] and row["seeds"] == [0, 1, 2]
+    text = results_markdown({"preset": "tiny", "pretrained": {"molecules": 10, "steps": 3}, "table": table})
+    assert "| esol | random | 9 | 3 | 0.800 ± 0.163 |" in text and "noise 0.5 Å" in text
