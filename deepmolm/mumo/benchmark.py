@@ -83,7 +83,8 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
     run = params.mumo.pretrain
     total = run.max_steps or run.epochs * steps_per_epoch(len(molecules), run.batch_size)
     name = "mumo-pretrain-" + _digest(params.sections("mumo.presets", "mumo.injection_layer", "mumo.max_length",
-                                                      "mumo.pretrain", "train.seed"), params.mumo.preset,
+                                                      "mumo.pretrain", "mumo.finetune.datasets", "mumo.ablation.dataset",
+                                                      "train.seed"), params.mumo.preset,
                                       read_manifest(version)["version"], len(tokenizer), __version__)
     plan = {"run": name, "total_steps": total, "shards": str(version)}
     started = time.perf_counter()

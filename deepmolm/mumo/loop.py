@@ -98,15 +98,15 @@ def pretrain_worker(config: dict) -> None:
     strategy = DDPStrategy(model, params.train, run, plan["total_steps"], device, False)
     state, history = {"step": 0, "epoch": 0, "resumed_from": []}, []
     if (restored := _restore()) is not None:
-        files, _ = restored
+        files, weights = restored
         saved = json.loads(files[STATE])
         with tempfile.TemporaryDirectory() as tmp:
-            for name, data in restored[1].items():
+            for name, data in weights.items():
                 (Path(tmp) / name).write_bytes(data)
             strategy.load(Path(tmp))
         history = [json.loads(line) for line in files[HISTORY].splitlines() if line]
         state = {**saved, "resumed_from": [*saved["resumed_from"], saved["step"]]}
-    total, per_rank = plan["total_steps"], max(1, run.batch_size // world)
+    total = plan["total_steps"]
     generator = torch.Generator().manual_seed(params.train.seed * 7919 + rank)
 
     def export(out: Path) -> None:
@@ -125,7 +125,7 @@ def pretrain_worker(config: dict) -> None:
         skip = state["step"] - state["epoch"] * len(batches)
         for index in batches[skip:]:
             started = time.perf_counter()
-            chosen = [molecules[i] for i in index[:per_rank]]
+            chosen = [molecules[i] for i in index]
             inputs = mask_tokens(model_inputs(tokenizer, chosen, params.mumo.max_length), tokenizer,
                                  run.mask_ratio, generator)
             row = optimizer_step(strategy, [_to(inputs, device)], world, started, state["epoch"])
@@ -184,10 +184,12 @@ def finetune_once(params, job: dict, parts: dict[str, list[Molecule]], noisy: di
             step += 1
             if step >= total:
                 break
-        predicted = predict(strategy.module, tokenizer, valid, params.mumo.max_length, device) * std + mean
-        valid_rmse = regression_errors(np.array([m.target for m in valid]), predicted)["rmse"]
+        valid_rmse = float("nan")
+        if valid:  # a scaffold split of a tiny set can leave it empty: then the last epoch is kept
+            predicted = predict(strategy.module, tokenizer, valid, params.mumo.max_length, device) * std + mean
+            valid_rmse = regression_errors(np.array([m.target for m in valid]), predicted)["rmse"]
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_rmse": valid_rmse})
-        if valid_rmse < best:
+        if not valid or valid_rmse < best:
             best, best_state = valid_rmse, copy.deepcopy(strategy.module.state_dict())
         epoch += 1
     strategy.module.load_state_dict(best_state)
@@ -196,7 +198,7 @@ def finetune_once(params, job: dict, parts: dict[str, list[Molecule]], noisy: di
     for sigma, molecules in noisy.items():
         predicted = predict(strategy.module, tokenizer, molecules, params.mumo.max_length, device) * std + mean
         score[f"test_noise_{sigma}"] = regression_errors(truth, predicted)
-    best_epoch = min(curve, key=lambda row: row["valid_rmse"])["epoch"]
+    best_epoch = min(curve, key=lambda row: row["valid_rmse"])["epoch"] if valid else curve[-1]["epoch"]
     return {**job, **score, "valid_rmse": best, "best_epoch": best_epoch, "steps": step,
             "sizes": {name: len(part) for name, part in parts.items()}, "curve": curve,
             "seconds": round(time.perf_counter() - started, 1)}

@@ -3,6 +3,9 @@ property molecules that keep every row accounted for, and the results table."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +91,15 @@ def test_results_table_gives_mean_and_std_over_seeds_beside_the_forest_and_the_p
     assert row["mumo_rmse_noise_0.5"] == [0.9, 0.163] and row["seeds"] == [0, 1, 2]
     text = results_markdown({"preset": "tiny", "pretrained": {"molecules": 10, "steps": 3}, "table": table})
     assert "| esol | random | 9 | 3 | 0.800 ± 0.163 |" in text and "noise 0.5 Å" in text
+
+
+def test_the_commands_name_what_is_missing(tmp_path, small_versions):
+    from tests.conftest import run_cli
+
+    done = run_cli("mumo", "benchmark", "--pretrained", str(tmp_path / "nowhere"), "--json")
+    assert done.returncode == 1 and "no pretrained MuMo at" in json.loads(done.stdout.splitlines()[-1])["error"]
+    bare = tmp_path / "bare"
+    shutil.copytree(small_versions[0], bare)
+    shutil.rmtree(bare / "sfp")  # a version featurized with mumo.sfp off
+    done = run_cli("mumo", "pretrain", "--shards", str(bare), "--json")
+    assert done.returncode == 1 and "has no SFP table" in json.loads(done.stdout.splitlines()[-1])["error"]
