@@ -68,9 +68,12 @@ def timed_demo(project: Path) -> tuple[float, list[dict], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=None, help="molecules per ChEBI-20 split [default: params.yaml's]")
+    parser.add_argument("--keep", type=Path, default=None, help="clone into this (new) directory and keep it, dvc.lock and outputs included")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="deepmolm-demo-") as tmp:
-        project = clone(Path(tmp), args.rows)
+        where = Path(tmp) if args.keep is None else args.keep
+        where.mkdir(parents=True, exist_ok=args.keep is None)
+        project = clone(where, args.rows)
         total, stages, _ = timed_demo(project)
         dvc = Path(sys.executable).with_name("dvc")
         started = time.perf_counter()
