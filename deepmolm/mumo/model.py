@@ -275,13 +275,26 @@ class MuMoPreTrainedModel(PreTrainedModel):
     base_model_prefix = "mumo"
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Every kind of parameter the model has: from_pretrained builds the model on the meta device
+        and only this fills what the checkpoint lacks (a head, or the injection modules of layers a
+        pretrained model did not inject at), so a kind left out here would stay uninitialised memory."""
         if isinstance(module, MambaMixer):  # its S4D start (built on meta, the mixer skips it)
             if module.A_log.device.type != "meta":
                 module.init_mamba_weights()
+            nn.init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
+            if module.conv1d.bias is not None:
+                nn.init.zeros_(module.conv1d.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            nn.init.xavier_uniform_(module.in_proj_weight)
+            if module.in_proj_bias is not None:
+                nn.init.zeros_(module.in_proj_bias)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 class MuMoModel(MuMoPreTrainedModel):

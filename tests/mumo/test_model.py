@@ -153,3 +153,19 @@ def test_the_tiny_model_overfits_a_small_set_and_reloads_as_saved(tokenizer, gra
     again = MuMoForPropertyPrediction.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(**batch, graph=graph).logits, model(**batch, graph=graph).logits)
+
+
+@pytest.mark.parametrize("layer", [1, 16])
+def test_a_pretrained_model_loads_with_another_injection_layer_and_starts_the_new_modules_sanely(tokenizer, graphs, tmp_path, layer):
+    torch.manual_seed(5)
+    MuMoForMaskedLM(tiny(tokenizer)).save_pretrained(tmp_path)
+    model = MuMoForPropertyPrediction.from_pretrained(tmp_path, injection_layer=layer).eval()
+    assert sorted(int(n) for n in model.mumo.injections) == list(range(layer, 17))
+    for name, parameter in model.named_parameters():
+        assert torch.isfinite(parameter).all() and parameter.abs().max() < 10, name
+    first = model.mumo.injections[str(layer)]
+    assert torch.equal(first.query_norm.weight, torch.ones_like(first.query_norm.weight))
+    assert first.attention.in_proj_weight.std() > 0
+    with torch.no_grad():
+        out = model(**encode(tokenizer, SMILES), graph=collate_graphs(graphs)).logits
+    assert torch.isfinite(out).all()
