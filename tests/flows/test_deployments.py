@@ -17,7 +17,8 @@ import yaml
 from flows.local_server import local_prefect_server
 from tests.conftest import copy_repository, newcomer_env
 
-pytestmark = pytest.mark.slow
+# about a minute: outside CI's run, whose flows run under a real server through tests/test_end_to_end.py
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 ROWS_PER_SPLIT = 4
 
 
