@@ -37,7 +37,8 @@ class Molecule:
 def shard_molecules(version_dir) -> tuple[list[Molecule], dict[str, int]]:
     """Every molecule of a shard version with a graph, and the SFP table's rejections by reason."""
     graphs, rejects = read_sfp(version_dir)
-    smiles = dict(zip(*read_shards(version_dir, ["cid", "smiles"]).to_pydict().values(), strict=True))
+    shards = read_shards(version_dir, ["cid", "smiles"])
+    smiles = dict(zip(shards.column("cid").to_pylist(), shards.column("smiles").to_pylist(), strict=True))
     molecules = [Molecule(smiles[row["cid"]], row_graph(row)) for row in graphs.to_pylist()]
     return molecules, dict(Counter(rejects.column("reason").to_pylist()))
 
