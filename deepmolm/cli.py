@@ -381,58 +381,53 @@ def eval_run(
         except ValueError as exc:  # nothing held out, nothing to retrieve from
             raise _Exit(1, str(exc)) from None
 
-    def render(m: dict) -> None:
-        from deepmolm.eval.captions import METRICS
-
-        table = Table(title=f"captions of {m['dataset']['eval_molecules']} held-out molecules ({', '.join(m['dataset']['eval_splits'])})")
-        table.add_column("")
-        for name in METRICS:
-            table.add_column(name, justify="right")
-        for label, scores in (("DeepMoLM", m["model"]["captions"]), ("retrieval baseline", m["baseline"]["captions"])):
-            table.add_row(label, *(f"{scores[name]:.3f}" if scores else "-" for name in METRICS))
-        stdout.print(table)
-        for name, p in m["model"]["properties"].items():
-            mae = "-" if p["mae"] is None else f"{p['mae']:.4g}"
-            stdout.print(f"property {name}: {p['valid_ratio']:.1%} valid answers of {p['n']}, MAE {mae}")
-
-    _emit(metrics, as_json, render)
+    _emit(metrics, as_json, _render_metrics)
 
 
-@eval_app.command("captions")
-def eval_captions(
-    predictions: Annotated[Path, typer.Option(help="prediction file: MolT5's TSV or JSON lines (reference, prediction).")],
-    format_: Annotated[str, typer.Option("--format", help="auto (by suffix), molt5 or jsonl.")] = "auto",
-    tokenizer: Annotated[Path | None, typer.Option(help="local Hugging Face tokenizer directory [default: eval.tokenizer].")] = None,
-    out: Annotated[Path | None, typer.Option(help="also write the scores as JSON to this file.")] = None,
+@eval_app.command("show")
+def eval_show(
+    metrics: Annotated[Path | None, typer.Option(help="an evaluation's metrics.json [default: <reports_dir>/eval/metrics.json].")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """BLEU-2/4, ROUGE-1/2/L and METEOR of generated captions, as ChEBI-20 papers report them (0-1 scale)."""
-    from deepmolm.eval.captions import METRICS, load_metric_tokenizer, score_captions
-    from deepmolm.eval.predictions import PredictionFileError, read_predictions
-    from deepmolm.eval.wordnet import WordNetMissing
+    """The metrics table of an evaluation: the model beside the retrieval and mean baselines."""
+    from deepmolm.eval.evaluate import METRICS as METRICS_FILE, evaluation_dir
 
     with _command(as_json):
-        cfg = _params(params, set_)
-        try:
-            pairs = read_predictions(predictions, format_)
-            scores = score_captions(pairs, load_metric_tokenizer(tokenizer or cfg.eval.tokenizer),
-                                    max_tokens=cfg.eval.max_tokens, nltk_data=cfg.eval.nltk_data).as_dict()
-        except (PredictionFileError, WordNetMissing, ValueError) as exc:
-            raise _Exit(1, str(exc)) from None
-        if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(scores, indent=2) + "\n")
+        path = metrics or evaluation_dir(_params(params, set_)) / METRICS_FILE
+        if not Path(path).is_file():
+            raise _Exit(1, f"no evaluation at {path}: run `deepmolm eval run` (the evaluate stage) first")
+        summary = json.loads(Path(path).read_text())
+    _emit(summary, as_json, _render_metrics)
 
-    def render(summary: dict) -> None:
-        table = Table(title=f"caption metrics: {predictions} ({summary['n']} captions)")
-        for name in METRICS:
-            table.add_column(name, justify="right")
-        table.add_row(*(f"{summary[name]:.3f}" for name in METRICS))
-        stdout.print(table)
 
-    _emit(scores, as_json, render)
+def _render_metrics(m: dict) -> None:
+    from deepmolm.eval.captions import METRICS
+
+    splits = m["dataset"]["eval_splits"]
+    where = splits if isinstance(splits, str) else ", ".join(splits)
+    table = Table(title=f"captions of {m['dataset']['eval_molecules']} held-out molecules ({where})")
+    table.add_column("")
+    for name in (*METRICS, "degenerate"):
+        table.add_column(name, justify="right")
+    baseline = m["baseline"]
+    for label, scores in (("DeepMoLM", m["model"]["captions"]),
+                          (f"retrieval baseline (pool {baseline['pool_molecules']})", baseline["captions"])):
+        degenerate = (scores or {}).get("degenerate")
+        table.add_row(label, *(f"{scores[name]:.3f}" if scores else "-" for name in METRICS),
+                      "-" if degenerate is None else f"{degenerate:.1%}")
+    stdout.print(table)
+    means = m.get("mean_baseline", {}).get("properties", {})
+    properties = Table(title="property questions")
+    for column in ("property", "n", "answers with a number", "MAE", "mean baseline MAE", "MAE / mean baseline's"):
+        properties.add_column(column, justify="right")
+    for name, p in m["model"]["properties"].items():
+        mean_mae = means.get(name, {}).get("mae")
+        ratio = "-" if p["mae"] is None or not mean_mae else f"{p['mae'] / mean_mae:.2f}"
+        properties.add_row(name, str(p["n"]), f"{p['valid_ratio']:.1%}", "-" if p["mae"] is None else f"{p['mae']:.4g}",
+                           "-" if mean_mae is None else f"{mean_mae:.4g}", ratio)
+    stdout.print(properties)
 
 
 @eval_app.command("properties")
@@ -620,8 +615,7 @@ def model_tokenizer(
 
                 summary = run_tokenizer(instructions, out, params, set_ or [])
             else:
-                summary = build_tokenizer(resolve_instruction_set(instructions), out, cfg.model.tokenizer_dir,
-                                          cfg.model.bpe_vocab_size, cfg.train.splits)
+                summary = build_tokenizer(resolve_instruction_set(instructions), out, cfg)
         except ValueError as exc:  # no examples of train.splits
             raise _Exit(1, str(exc)) from None
     _emit(summary, as_json, lambda s: stdout.print(s))

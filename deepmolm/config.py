@@ -236,6 +236,8 @@ class EvalParams(_Section):
     )
     baseline: BaselineParams
     splits: list[Split] = Field(min_length=1, description="held-out splits the model and the baseline answer")
+    on_holdout: bool = Field(description="answer train.holdout's molecules instead of eval.splits (for tuning a "
+                                          "recipe without looking at the test split)")
     max_examples_per_task: int | None = Field(ge=1, description="cap per task (a quick look); null: every example")
     batch_size: int = Field(ge=1, description="prompts generated together")
     property_max_new_tokens: int = Field(ge=1, description="answer length budget of a property question")
@@ -355,6 +357,11 @@ class StageParams(_Section):
     lora: LoraParams | None = Field(default=None, description="stage 2 only")
 
 
+class HoldoutParams(_Section):
+    fraction: float = Field(ge=0, lt=0.5, description="share of train.splits molecules held out of training")
+    seed: int = Field(ge=0, description="which molecules: a hash of (seed, cid)")
+
+
 class InitWeightsParams(_Section):
     sam: ProjectPath | None = Field(description="local safetensors of a SAM model (vision_encoder.*); null: random")
     clip: ProjectPath | None = Field(description="local safetensors of a CLIP vision model; null: random")
@@ -386,8 +393,11 @@ class TrainParams(_Section):
     checkpoint_every_steps: int = Field(ge=1)
     keep_checkpoints: int = Field(ge=1)
     max_failures: int = Field(ge=-1, description="worker failures a run survives (-1: no limit)")
-    loader_batches_ahead: int = Field(ge=0, description="Ray Data batches prefetched per worker")
-    loader_cpus: float = Field(gt=0, description="CPUs Ray Data's reading and encoding tasks each reserve")
+    loader_workers: int = Field(ge=0, description="data-loading processes per training worker (0: in the worker)")
+    loader_batches_ahead: int = Field(ge=1, description="batches each loading process prepares ahead")
+    holdout: HoldoutParams = Field(description="molecules of train.splits kept out of training: held-out loss, tuning")
+    train_random_parts: bool = Field(
+        description="parts that start random (no train.init weights) train in every stage, whatever `trainable` says")
     init: InitWeightsParams
     cluster: ClusterParams = Field(description="`deepmolm train submit`: how the job is sent to a Ray cluster")
     stage1: StageParams
@@ -486,6 +496,8 @@ class MuMoParams(_Section):
 
 
 class Params(_Section):
+    recipe: str = Field(description="which entry of `recipes` is set over the sections below")
+    recipes: dict[str, dict[str, Any] | None] = Field(description="named sets of dotted keys and their values")
     paths: PathsParams
     sources: SourcesParams
     ingest: IngestParams
@@ -500,10 +512,15 @@ class Params(_Section):
     mumo: MuMoParams
 
     @model_validator(mode="after")
-    def _held_out(self) -> Params:
+    def _consistent(self) -> Params:
         # train.splits null (every row: files without splits, as in tests) is allowed and said in the metrics
         if seen := sorted(set(self.train.splits or []) & set(self.eval.splits)):
             raise ValueError(f"eval.splits {seen} are also in train.splits: the model would be scored on what it learned from")
+        preset = self.model.presets.get(self.model.preset)
+        if preset is not None and preset.language.max_position_embeddings < self.model.max_length:
+            raise ValueError(f"model.max_length ({self.model.max_length}) is over model.presets.{self.model.preset}"
+                             f".language.max_position_embeddings ({preset.language.max_position_embeddings}): "
+                             f"the language model is built for fewer positions than an example may have")
         return self
 
     def sections(self, *names: str) -> dict[str, Any]:
@@ -548,6 +565,27 @@ def _apply_override(data: dict, keys: list[str], value: Any, origin: str) -> Non
     node[keys[-1]] = value
 
 
+RECIPE_SECTIONS = ("model", "train", "eval")
+
+
+def _apply_recipe(data: dict, origin_of: dict[str, str]) -> None:
+    """`recipes[recipe]`: dotted keys set over the file's values, for the sizes the file's own values
+    do not fit (a GPU preset with pretrained weights). The chosen recipe's keys are checked like any
+    other key, and an error names the recipe entry it came from."""
+    recipes, name = data.get("recipes"), data.get("recipe")
+    if not isinstance(recipes, dict) or name is None:
+        return  # the validation below names what is missing
+    if name not in recipes:
+        raise ConfigError(f"recipe {name!r} is not one of recipes: {', '.join(recipes)}")
+    for key, value in (recipes[name] or {}).items():
+        origin = f"recipes.{name}.{key}"
+        if str(key).split(".")[0] not in RECIPE_SECTIONS:
+            raise ConfigError(f"{origin}: a recipe sets keys of {', '.join(RECIPE_SECTIONS)} only (the DVC stages "
+                              f"that read `recipe` are the ones that read those sections)")
+        _apply_override(data, str(key).split("."), value, origin)
+        origin_of[str(key)] = origin
+
+
 def _describe_error(err: dict, origin_of: dict[str, str], default_origin: str) -> str:
     loc = ".".join(str(part) for part in err["loc"])
     origin = origin_of.get(loc, default_origin)
@@ -582,11 +620,16 @@ def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     origin_of: dict[str, str] = {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        origin = f"override -S {text}"
-        _apply_override(data, keys, value, origin)
-        origin_of[".".join(keys)] = origin
+    parsed = [(parse_override(text), f"override -S {text}") for text in overrides]
+    # the recipe first (its choice and its entries may be overridden), then the other overrides over it
+    for (keys, value), origin in parsed:
+        if keys[0] in ("recipe", "recipes"):
+            _apply_override(data, keys, value, origin)
+    _apply_recipe(data, origin_of)
+    for (keys, value), origin in parsed:
+        if keys[0] not in ("recipe", "recipes"):
+            _apply_override(data, keys, value, origin)
+            origin_of[".".join(keys)] = origin
     try:
         return Params.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as exc:

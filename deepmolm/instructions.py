@@ -195,3 +195,12 @@ def instruction_shards(directory: Path) -> Path:
 
 def read_instructions(directory: Path) -> pa.Table:
     return pq.read_table(Path(directory) / EXAMPLES, schema=INSTRUCTION_SCHEMA)
+
+
+def held_out(cid: int, fraction: float, seed: int) -> bool:
+    """Whether a training-split molecule is held out from training (for tuning and held-out loss):
+    a hash of (seed, cid), so the choice is stable as the set grows and never depends on row order."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(f"holdout:{seed}:{cid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction

@@ -54,8 +54,13 @@ def training_curves(reports: Path, out: Path) -> tuple[str, dict[int, dict]] | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    epochs = {stage: _csv_rows(reports / "train" / f"stage{stage}" / "epochs.csv") for stage in stages}
     fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 3.6), squeeze=False)
     for ax, (stage, rows) in zip(axes[0], stages.items()):
+        held = [r for r in epochs[stage] if "holdout_loss" in r]
+        if held:
+            ax.plot([r["step"] for r in held], [r["holdout_loss"] for r in held], "o-", color="#238b45", linewidth=2,
+                    label="held-out loss (end of epoch)")
         step = [r["step"] for r in rows]
         loss = [r["loss"] for r in rows]
         window = max(1, len(loss) // 20)
@@ -74,6 +79,27 @@ def training_curves(reports: Path, out: Path) -> tuple[str, dict[int, dict]] | N
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return name, stages
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def model_inputs_strip(rows: list[dict], shards: Path, size: int, out: Path, count: int = 6) -> list[dict]:
+    """What the encoder actually reads: a few drawings after the loader's shrinking, at their pixel
+    size (shown enlarged without smoothing, so a reader sees whether bonds and labels survive)."""
+    from deepmolm.train.data import cached_pixels
+
+    items = []
+    for row in rows[:count]:
+        pixels = cached_pixels(str(shards / row["image_part"]), row["image_row"], size)
+        name = f"{ASSETS}/inputs/{row['cid']}.png"
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(out / name)
+        items.append({"cid": row["cid"], "image": name})
+    return items
 
 
 def _gallery(params: Params, instructions: Path, model: dict[str, dict], baseline: dict[str, dict], out: Path) -> list[dict]:
@@ -107,6 +133,7 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
     out = Path(out) if out else reports
     shutil.rmtree(out / ASSETS, ignore_errors=True)
     (out / ASSETS / "gallery").mkdir(parents=True)
+    (out / ASSETS / "inputs").mkdir(parents=True)
     evaluation = evaluation_dir(params)
     metrics = _read_json(evaluation / METRICS_FILE)
     if metrics is None:
@@ -120,7 +147,12 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
         "stages": {n: _read_json(reports / "train" / f"stage{n}" / "summary.json") for n in (1, 2)},
         "curves": curves[0] if curves else None,
         "gallery": _gallery(params, Path(instructions), model, baseline, out),
+        "epochs": {n: _csv_rows(reports / "train" / f"stage{n}" / "epochs.csv") for n in (1, 2)},
     }
+    image_size = metrics["model"].get("image_size")
+    captioned = [r for r in examples_of_splits(Path(instructions), params.eval.splits, ["caption"], None)]
+    context["inputs"] = (model_inputs_strip(captioned, instruction_shards(Path(instructions)), image_size, out)
+                         if image_size else [])
     page = out / "index.html"
     page.write_text(_page(context), encoding="utf-8")
     return page
@@ -133,6 +165,10 @@ def _relative(target: Path, out: Path) -> str | None:
         return str(target.resolve().relative_to(out.resolve()))
     except ValueError:
         return target.resolve().as_uri()
+
+
+def _splits(value) -> str:
+    return value if isinstance(value, str) else "split(s) " + ", ".join(value)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -152,7 +188,7 @@ def _page(c: dict) -> str:
     parts.append(
         f"<p id='dataset'>Shard version <code>{e(ds['shard_version'])}</code>, instruction set <code>{e(ds['instruction_set'])}</code>. "
         f"The model trained on split(s) <b>{e(trained)}</b> ({e(stage_steps or 'no training summary')}) and is scored on "
-        f"<b>{ds['eval_molecules']}</b> molecules of split(s) <b>{e(', '.join(ds['eval_splits']))}</b> "
+        f"<b>{ds['eval_molecules']}</b> molecules of <b>{e(_splits(ds['eval_splits']))}</b> "
         f"({', '.join(f'{n} {e(t)} examples' for t, n in ds['eval_examples'].items())}). "
         f"Model: preset <b>{e(str(m['model']['preset']))}</b>, {m['model']['parameters']:,} parameters. "
         "These figures describe this run only: a small preset trained briefly from random weights on the data above is "
@@ -165,23 +201,47 @@ def _page(c: dict) -> str:
                      + (f": {data['counts']['accepted']} molecules accepted, {data['counts']['rejected']} rejected." if data else "")
                      + "</p>")
     parts.append("<h2>Captioning: model and retrieval baseline</h2><table class='metrics' id='caption-metrics'><tr><th></th>"
-                 + "".join(f"<th>{e(name)}</th>" for name in METRICS) + "<th>n</th></tr>")
+                 + "".join(f"<th>{e(name)}</th>" for name in METRICS) + "<th>degenerate</th><th>n</th></tr>")
     for label, scores in (("DeepMoLM", m["model"]["captions"]),
                           (f"retrieval baseline ({e(m['baseline']['fingerprint'])}, pool of {m['baseline']['pool_molecules']})",
                            m["baseline"]["captions"])):
         cells = "".join(f"<td>{_fmt(scores[name]) if scores else '-'}</td>" for name in METRICS)
-        parts.append(f"<tr><th>{label}</th>{cells}<td>{scores['n'] if scores else 0}</td></tr>")
-    parts.append("</table>")
+        degenerate = scores.get("degenerate") if scores else None
+        parts.append(f"<tr><th>{label}</th>{cells}<td>{'-' if degenerate is None else f'{degenerate:.1%}'}</td>"
+                     f"<td>{scores['n'] if scores else 0}</td></tr>")
+    parts.append("</table><p>Degenerate: the share of captions with one word three times in a row or one 4-gram three "
+                 "times (" + (f"{m['references']['degenerate']:.1%} of the references" if m.get("references") else
+                              "references: not measured") + ", long peptide and sugar chains).</p>")
     if m["model"]["properties"]:
+        means = m.get("mean_baseline", {}).get("properties", {})
         parts.append("<h2>Property questions</h2><table class='metrics' id='property-metrics'>"
-                     "<tr><th>property</th><th>n</th><th>valid answers</th><th>MAE (valid answers)</th></tr>")
+                     "<tr><th>property</th><th>n</th><th>valid answers</th><th>MAE (valid answers)</th>"
+                     "<th>mean baseline MAE</th><th>MAE / mean baseline's</th></tr>")
         for name, s in m["model"]["properties"].items():
-            parts.append(f"<tr><th>{e(name)}</th><td>{s['n']}</td><td>{s['valid_ratio']:.1%}</td><td>{_fmt(s['mae'], 2)}</td></tr>")
-        parts.append("</table>")
+            mean_mae = means.get(name, {}).get("mae")
+            ratio = s["mae"] / mean_mae if s["mae"] is not None and mean_mae else None
+            parts.append(f"<tr><th>{e(name)}</th><td>{s['n']}</td><td>{s['valid_ratio']:.1%}</td><td>{_fmt(s['mae'], 2)}</td>"
+                         f"<td>{_fmt(mean_mae, 2)}</td><td>{_fmt(ratio, 2)}</td></tr>")
+        parts.append("</table><p>The mean baseline answers every question with the training molecules' mean.</p>")
     if c["curves"]:
         parts.append("<h2>Training</h2>"
                      f"<figure><img src='{e(c['curves'])}' alt='training loss per step'><figcaption>Loss per optimizer step "
-                     "(light), its running mean (dark) and the learning rate (dashed).</figcaption></figure>")
+                     "(light), its running mean (dark), the learning rate (dashed) and the loss of the held-out "
+                     "molecules (train.holdout) at the end of each epoch (green).</figcaption></figure>")
+        held = [(n, r) for n, rows in c["epochs"].items() for r in rows]
+        if held:
+            parts.append("<table class='metrics' id='epoch-losses'><tr><th>stage</th><th>epoch</th><th>step</th>"
+                         "<th>training loss (epoch mean)</th><th>held-out loss</th></tr>"
+                         + "".join(f"<tr><td>{n}</td><td>{int(r['epoch'])}</td><td>{int(r['step'])}</td>"
+                                   f"<td>{_fmt(r.get('train_loss'))}</td><td>{_fmt(r.get('holdout_loss'))}</td></tr>"
+                                   for n, r in held) + "</table>")
+    if c["inputs"]:
+        parts.append("<h2>What the encoder reads</h2><div class='gallery' id='model-inputs'>"
+                     + "".join(f"<div class='card'><img src='{e(i['image'])}' alt='input of CID {i['cid']}' "
+                               f"style='width:256px;image-rendering:pixelated'><div>CID {i['cid']}</div></div>"
+                               for i in c["inputs"])
+                     + "</div><p>Held-out drawings as the model gets them (1024-px renders shrunk to the preset's "
+                       "image size, ink thickened first), enlarged without smoothing.</p>")
     parts.append("<h2>Held-out molecules</h2><div class='gallery' id='gallery'>")
     for item in c["gallery"]:
         parts.append(

@@ -16,8 +16,7 @@ def tokenizer_task(instructions: str, out: str, params_file: str, overrides: lis
     from deepmolm.model.tokenizer import build_tokenizer
 
     params = load_params(Path(params_file), overrides)
-    return build_tokenizer(resolve_instruction_set(Path(instructions)), Path(out), params.model.tokenizer_dir,
-                           params.model.bpe_vocab_size, params.train.splits)
+    return build_tokenizer(resolve_instruction_set(Path(instructions)), Path(out), params)
 
 
 @flow(name="tokenizer", log_prints=True)

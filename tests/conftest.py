@@ -102,11 +102,10 @@ def instruction_set(small_versions, tmp_path_factory):
 def tokenizer_dir(instruction_set, tmp_path_factory):
     """A byte-level BPE of 400 tokens trained on the instruction set."""
     from deepmolm.instructions import read_instructions
-    from deepmolm.model.prompt import format_prompt, format_response
     from deepmolm.model.tokenizer import train_bpe
 
     rows = read_instructions(instruction_set).to_pylist()
-    trained = train_bpe([format_prompt(r["prompt"]) + format_response(r["response"]) for r in rows], 400)
+    trained = train_bpe([text for r in rows for text in (r["prompt"], r["response"])], 400)
     directory = tmp_path_factory.mktemp("tokenizer")
     trained.save_pretrained(directory)
     return directory

@@ -1,7 +1,10 @@
-"""The evaluate stage: the trained model and the retrieval baseline on the same held-out molecules.
+"""The evaluate stage: the trained model and two baselines on the same held-out molecules.
 
-Both answer the molecules of `eval.splits` (ChEBI-20's test split by default); the baseline's pool is
-the training split(s) of `train.splits`, so neither has seen the answers. Writes, under
+The model and the retrieval baseline answer the molecules of `eval.splits` (ChEBI-20's test split by
+default), or with `eval.on_holdout` the molecules `train.holdout` kept out of training (what a
+recipe is tuned on). The retrieval pool is the training molecules (`train.splits` without the
+holdout), so neither has seen the answers; the mean baseline answers every property question with
+the training molecules' mean. Captions also get the share that is degenerate (a loop). Writes, under
 `<reports_dir>/eval/`: the two prediction files (JSON lines, readable by `deepmolm eval captions`)
 and metrics.json with the scores and the sizes they rest on, which DVC shows as metrics.
 """
@@ -16,13 +19,14 @@ from pathlib import Path
 from deepmolm.config import Params
 from deepmolm.eval.baseline import retrieve
 from deepmolm.eval.captions import load_metric_tokenizer, score_captions
-from deepmolm.eval.model_answers import answer_examples, examples_of_splits
+from deepmolm.eval.degenerate import degenerate_share
+from deepmolm.eval.model_answers import answer_examples, capped, examples_of_splits
 from deepmolm.eval.predictions import write_jsonl
-from deepmolm.eval.properties import score_properties
+from deepmolm.eval.properties import mean_baseline, score_properties
 from deepmolm.eval.shard_molecules import read_molecules
 from deepmolm.model.molm import DeepMoLMConfig
 from deepmolm.model.presets import model_summary
-from deepmolm.instructions import MANIFEST, instruction_shards
+from deepmolm.instructions import MANIFEST, held_out, instruction_shards
 from deepmolm.progress import progress_bar
 from deepmolm.shards import read_manifest
 from deepmolm.train.stages import PROVENANCE
@@ -41,9 +45,10 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     started = time.perf_counter()
     out = Path(out) if out else evaluation_dir(params)
     cfg = params.eval
-    rows = examples_of_splits(instructions, cfg.splits, params.instructions.tasks, cfg.max_examples_per_task)
+    rows = evaluation_rows(params, instructions)
     if not rows:
-        raise ValueError(f"instruction set {instructions} has no examples of splits {cfg.splits}: nothing to evaluate on")
+        where = "train.holdout's molecules" if cfg.on_holdout else f"splits {cfg.splits}"
+        raise ValueError(f"instruction set {instructions} has no examples of {where}: nothing to evaluate on")
     generation = params.model.generation
     with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
         answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size, num_beams=generation.num_beams,
@@ -58,27 +63,37 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     metric_tokenizer = load_metric_tokenizer(cfg.tokenizer)
 
     def score(pairs: list) -> dict | None:
-        return score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens, nltk_data=cfg.nltk_data).as_dict() \
-            if pairs else None
+        if not pairs:
+            return None
+        scores = score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens, nltk_data=cfg.nltk_data).as_dict()
+        return {**scores, "degenerate": degenerate_share([p.prediction for p in pairs])}
 
     shards = instruction_shards(instructions)
-    baseline = _baseline(params, instructions, shards, {r["cid"] for r in rows if r["task"] == "caption"})
+    train_rows = training_rows(params, instructions)
+    baseline = _baseline(params, shards, {r["cid"] for r in train_rows if r["task"] == "caption"},
+                         {r["cid"] for r in rows if r["task"] == "caption"})
     write_jsonl(baseline["predictions"], out / BASELINE_PREDICTIONS)
 
     manifest = json.loads((Path(instructions) / MANIFEST).read_text())
+    summary = model_summary(DeepMoLMConfig.from_pretrained(model_dir))
     metrics = {
         "dataset": {
             "name": read_manifest(shards)["dataset"], "shard_version": shards.name, "instruction_set": Path(instructions).name,
-            "eval_splits": list(cfg.splits), "eval_molecules": len({r["cid"] for r in rows}),
+            "eval_splits": "train.holdout" if cfg.on_holdout else list(cfg.splits),
+            "eval_molecules": len({r["cid"] for r in rows}),
+            "train_molecules": len({r["cid"] for r in train_rows}),
             "eval_examples": dict(Counter(r["task"] for r in rows)),
             "train_splits": list(params.train.splits) if params.train.splits else "every row, the held-out ones too",
             "instruction_examples": manifest.get("summary", {}).get("examples_by_task"),
         },
         "model": {"run": _trained_by(model_dir), "preset": params.model.preset,
-                  "parameters": model_summary(DeepMoLMConfig.from_pretrained(model_dir))["total"], "captions": score(captions),
+                  "parameters": summary["total"], "image_size": summary["image_size"],
+                  "visual_tokens": summary["visual_tokens"], "captions": score(captions),
                   "properties": {k: v.as_dict() for k, v in score_properties(properties, cfg.property_ranges).items()}},
         "baseline": {"fingerprint": params.eval.baseline.fingerprint, "pool_molecules": baseline["pool"],
                      "mean_similarity": baseline["mean_similarity"], "captions": score(baseline["predictions"])},
+        "mean_baseline": {"properties": mean_baseline(_property_values(train_rows), properties)},
+        "references": {"degenerate": degenerate_share([p.reference for p in captions])},
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -91,18 +106,46 @@ def _trained_by(model_dir: Path) -> str | None:
     return json.loads(provenance.read_text()).get("run") if provenance.is_file() else None
 
 
-def _baseline(params: Params, instructions: Path, shards: Path, query_cids: set[int]) -> dict:
-    """Retrieval for the molecules the model captioned, from the captioned molecules of train.splits
-    (splits as the instruction set records them, the same rows the model trained on)."""
-    pool_cids = {r["cid"] for r in examples_of_splits(instructions, params.train.splits or ["train", "validation", "test"],
-                                                      ["caption"], None)} - query_cids
+def evaluation_rows(params: Params, instructions: Path) -> list[dict]:
+    """The examples answered: of eval.splits, or of train.holdout's molecules with eval.on_holdout."""
+    cfg = params.eval
+    if not cfg.on_holdout:
+        return examples_of_splits(instructions, cfg.splits, params.instructions.tasks, cfg.max_examples_per_task)
+    holdout = params.train.holdout
+    rows = [r for r in examples_of_splits(instructions, _train_splits(params), params.instructions.tasks, None)
+            if held_out(r["cid"], holdout.fraction, holdout.seed)]
+    return capped(rows, params.instructions.tasks, cfg.max_examples_per_task)
+
+
+def training_rows(params: Params, instructions: Path) -> list[dict]:
+    """The examples of the molecules training learned from (train.splits without the holdout)."""
+    holdout = params.train.holdout
+    return [r for r in examples_of_splits(instructions, _train_splits(params), params.instructions.tasks, None)
+            if not held_out(r["cid"], holdout.fraction, holdout.seed)]
+
+
+def _train_splits(params: Params) -> list[str]:
+    return list(params.train.splits or ["train", "validation", "test"])
+
+
+def _property_values(rows: list[dict]) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        if row["task"] == "property_qa" and row["answer_value"] is not None:
+            values.setdefault(row["property"], []).append(row["answer_value"])
+    return values
+
+
+def _baseline(params: Params, shards: Path, pool_cids: set[int], query_cids: set[int]) -> dict:
+    """Retrieval for the molecules the model captioned, from the captioned training molecules."""
+    pool_cids = pool_cids - query_cids
     molecules = {m.cid: m for m in read_molecules(shards) if m.cid in query_cids | pool_cids}
     queries = [molecules[c] for c in sorted(query_cids) if c in molecules]
     pool = [molecules[c] for c in sorted(pool_cids) if c in molecules]
     if not queries:
         return {"predictions": [], "pool": len(pool), "mean_similarity": None}
     if not pool:
-        raise ValueError(f"no captioned molecules of splits {params.train.splits} in {instructions} to retrieve from")
+        raise ValueError(f"no captioned training molecules (splits {params.train.splits}) to retrieve from")
     cfg = params.eval.baseline
     results = retrieve(queries, pool, kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)
     return {"predictions": [p for p, _ in results], "pool": len(pool),

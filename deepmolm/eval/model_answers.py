@@ -19,7 +19,8 @@ from deepmolm.instructions import instruction_shards, read_instructions
 from deepmolm.model.predict import generate_answers, load_checkpoint
 from deepmolm.train.data import cached_pixels
 
-EXAMPLE_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt", "response", "image_part", "image_row", "e3fp"]
+EXAMPLE_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt", "response", "answer_value",
+                   "image_part", "image_row", "e3fp"]
 
 
 def examples_of_splits(instructions: Path, splits: list[str], tasks: list[str], max_per_task: int | None) -> list[dict]:
@@ -29,12 +30,17 @@ def examples_of_splits(instructions: Path, splits: list[str], tasks: list[str], 
     table = read_instructions(instructions).select(EXAMPLE_COLUMNS)
     table = table.filter(pc.and_(pc.is_in(table.column("split"), value_set=pa.array(splits, type=pa.string())),
                                  pc.is_in(table.column("task"), value_set=pa.array(tasks, type=pa.string()))))
-    rows, taken = [], dict.fromkeys(tasks, 0)
-    for row in table.to_pylist():
+    return capped(table.to_pylist(), tasks, max_per_task)
+
+
+def capped(rows: list[dict], tasks: list[str], max_per_task: int | None) -> list[dict]:
+    """The first `max_per_task` rows of each task (all with None), in their order."""
+    out, taken = [], dict.fromkeys(tasks, 0)
+    for row in rows:
         if max_per_task is None or taken[row["task"]] < max_per_task:
             taken[row["task"]] += 1
-            rows.append(row)
-    return rows
+            out.append(row)
+    return out
 
 
 def _geometry(rows: list[dict], levels: int) -> torch.Tensor:

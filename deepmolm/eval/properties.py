@@ -79,3 +79,23 @@ def score_properties(predictions: list[Prediction], ranges: dict[str, tuple[floa
                             mae=(sum(errors[name]) / len(errors[name])) if errors[name] else None)
         for name, (n, bad, far) in sorted(counts.items())
     }
+
+
+def mean_baseline(train_values: dict[str, list[float]], predictions: list[Prediction]) -> dict[str, dict]:
+    """Always answering the training molecules' mean: the MAE a model must beat to have read anything
+    of the molecule. Per property: the mean, how many training values it rests on, and its MAE on
+    the references of `predictions`."""
+    references: dict[str, list[float]] = defaultdict(list)
+    for p in predictions:
+        truth = first_number(p.reference)
+        if truth is not None:
+            references[p.property].append(truth)
+    out = {}
+    for name, truths in sorted(references.items()):
+        values = train_values.get(name) or []
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        out[name] = {"mean": round(mean, 6), "train_values": len(values),
+                     "mae": round(sum(abs(t - mean) for t in truths) / len(truths), 6)}
+    return out

@@ -18,9 +18,15 @@ from deepmolm.model.prompt import END, IMAGE, PAD, SPECIAL_TOKENS
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE on `texts`; every byte is in the alphabet, so nothing is ever unknown."""
+    """Byte-level BPE on `texts`; every byte is in the alphabet, so nothing is ever unknown.
+
+    Digits are split one per token before the byte-level step (as LLaMA's and Qwen's tokenizers do),
+    so a number is always spelled the same way and a small model can learn place value instead of
+    memorising merges like "342" or ".40". `texts` are the plain prompts and responses: the template's
+    special tokens are added whole, and no merge may learn pieces of their strings."""
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -49,22 +55,22 @@ def image_token_id(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE)
 
 
-def build_tokenizer(instructions: Path, out: Path, tokenizer_dir: Path | None, vocab_size: int,
-                    splits: list[str] | None = None) -> dict:
-    """The tokenizer artifact: `tokenizer_dir` as is (plus the template's tokens), or a BPE trained
-    on the prompts and responses of the instruction set's `splits` only (every row when None), so
-    held-out captions stay out of the vocabulary; saved to `out` with save_pretrained."""
-    from deepmolm.instructions import read_instructions
-    from deepmolm.model.prompt import format_prompt, format_response
+def build_tokenizer(instructions: Path, out: Path, params) -> dict:
+    """The tokenizer artifact: `model.tokenizer_dir` as is (plus the template's tokens), or a BPE of
+    `model.bpe_vocab_size` trained on the prompts and responses of the molecules training learns
+    from (`train.splits` minus `train.holdout`; every row when splits is null), so held-out captions
+    stay out of the vocabulary; saved to `out` with save_pretrained."""
+    from deepmolm.instructions import held_out, read_instructions
 
-    if tokenizer_dir is not None:
-        tokenizer, source = load_tokenizer(tokenizer_dir), str(tokenizer_dir)
+    splits, holdout = params.train.splits, params.train.holdout
+    if params.model.tokenizer_dir is not None:
+        tokenizer, source = load_tokenizer(params.model.tokenizer_dir), str(params.model.tokenizer_dir)
     else:
-        rows = [r for r in read_instructions(instructions).select(["split", "prompt", "response"]).to_pylist()
-                if splits is None or r["split"] in splits]
+        rows = [r for r in read_instructions(instructions).select(["cid", "split", "prompt", "response"]).to_pylist()
+                if (splits is None or r["split"] in splits) and not held_out(r["cid"], holdout.fraction, holdout.seed)]
         if not rows:
             raise ValueError(f"instruction set {instructions} has no examples of splits {splits} to train a tokenizer on")
-        tokenizer = train_bpe((format_prompt(r["prompt"]) + format_response(r["response"]) for r in rows), vocab_size)
+        tokenizer = train_bpe((text for r in rows for text in (r["prompt"], r["response"])), params.model.bpe_vocab_size)
         source = f"byte-level BPE trained on {len(rows)} examples of {instructions}"
     Path(out).mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out))

@@ -8,7 +8,7 @@ and the group restarts from the last checkpoint, up to `train.max_failures` time
 
 Outputs: the exported model in `<models_dir>/stage<N>/` (safetensors, config, tokenizer,
 provenance.json) and the metrics in `<reports_dir>/train/stage<N>/`: steps.csv (one row per optimizer
-step, for `dvc plots`) and summary.json.
+step, for `dvc plots`), epochs.csv (training and held-out loss per epoch) and summary.json.
 """
 
 from __future__ import annotations
@@ -20,19 +20,16 @@ import time
 from pathlib import Path
 
 import pyarrow.fs
-import pyarrow.parquet as pq
 
 from deepmolm.config import ConfigError, Params
-from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards, resolve_instruction_set
+from deepmolm.instructions import MANIFEST, instruction_shards, resolve_instruction_set
 from deepmolm.train.loop import EXPORT, HISTORY, STATE
+from deepmolm.train.rows import stage_rows
 from deepmolm.train.stages import PROVENANCE, run_name
 from deepmolm.train.strategy import deepspeed_config
 
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "seconds")
-ENCODED_COLUMNS = ["prompt", "response", "image_part", "image_row", "e3fp"]
-# Rows per Ray Data block, so per encoding task: small enough that the first batch of an epoch waits
-# for one block, not the whole table (one block of 3,301 rows held the first step for 66 s).
-ROWS_PER_BLOCK = 64
+EPOCH_COLUMNS = ("epoch", "step", "train_loss", "holdout_loss")
 
 
 def stage_paths(params: Params, stage: int, instructions: Path | None, tokenizer: Path | None,
@@ -62,11 +59,17 @@ def plan_stage(params: Params, stage: int, paths: dict) -> dict:
     instruction_shards(paths["instructions"])  # the drawings must be there before any worker starts
     if stage == 2 and not (paths["init"] / "config.json").is_file():
         raise FileNotFoundError(f"stage 2 starts from stage 1's exported model; none at {paths['init']}")
-    rows = pq.read_table(paths["instructions"] / EXAMPLES, columns=["split"], filters=_row_filter(params, stage)).num_rows
+    from deepmolm.model.presets import model_config
+    from deepmolm.model.tokenizer import load_tokenizer
+
+    selected = stage_rows(params, stage, paths["instructions"], load_tokenizer(paths["tokenizer"]),
+                          model_config(params).encoder_spec().tokens)
+    rows = selected["counts"]["train"]
     per_worker = rows // train.scaling.workers
     steps_per_epoch = per_worker // train.micro_batch_size // train.grad_accum_steps
     if steps_per_epoch == 0:
-        raise ConfigError(f"{rows} examples (splits {train.splits}, tasks {stage_params.tasks}) are not one step for "
+        raise ConfigError(f"{rows} training examples (splits {train.splits}, tasks {stage_params.tasks}, "
+                          f"train.holdout and too long ones left out) are not one step for "
                           f"{train.scaling.workers} workers x micro_batch_size {train.micro_batch_size} x "
                           f"grad_accum_steps {train.grad_accum_steps}")
     manifest = json.loads((paths["instructions"] / MANIFEST).read_text())
@@ -74,18 +77,12 @@ def plan_stage(params: Params, stage: int, paths: dict) -> dict:
     bf16 = train.precision == "bf16" or (train.precision == "auto" and train.scaling.use_gpu)
     local = None if "://" in train.runs_dir else str(Path(train.runs_dir) / name)
     return {
-        "run": name, "rows": rows, "steps_per_epoch": steps_per_epoch,
+        "run": name, "rows": rows, "row_counts": selected["counts"], "selected_rows": selected,
+        "steps_per_epoch": steps_per_epoch,
         "total_steps": stage_params.max_steps or stage_params.epochs * steps_per_epoch,
         "bf16": bf16, "instructions": str(paths["instructions"]), "local_run_dir": local,
         "deepspeed_config": deepspeed_config(params.train, bf16) if train.strategy == "deepspeed" else None,
     }
-
-
-def _row_filter(params: Params, stage: int) -> list[tuple]:
-    rows = [("task", "in", list(params.train.stage(stage).tasks))]
-    if params.train.splits is not None:
-        rows.append(("split", "in", list(params.train.splits)))
-    return rows
 
 
 def up_to_date(out: Path, run: str) -> bool:
@@ -101,11 +98,12 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     summary_path = paths["metrics"] / "summary.json"
     if up_to_date(paths["out"], plan["run"]) and summary_path.is_file():
         return {**json.loads(summary_path.read_text()), "up_to_date": True}
+    selected = plan.pop("selected_rows")
     _write_run_file(params.train.runs_dir, plan["run"], "plan.json", plan)
     if plan["deepspeed_config"] is not None:
         _write_run_file(params.train.runs_dir, plan["run"], "deepspeed_config.json", plan["deepspeed_config"])
     started = time.perf_counter()
-    result = _fit(params, stage, paths, plan)
+    result = _fit(params, stage, paths, plan, {part: selected[part] for part in ("train", "holdout")})
     with result.checkpoint.as_directory() as directory:
         directory = Path(directory)
         history = [json.loads(line) for line in (directory / HISTORY).read_text().splitlines() if line]
@@ -119,22 +117,25 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     staging.rename(paths["out"])
     summary = {
         "stage": stage, "run": plan["run"], "strategy": params.train.strategy, "workers": params.train.scaling.workers,
-        "rows": plan["rows"], "steps": state["step"], "total_steps": plan["total_steps"],
+        "rows": plan["rows"], "row_counts": plan["row_counts"], "steps": state["step"],
+        "total_steps": plan["total_steps"],
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
+        "holdout_loss": state["holdout"][-1]["holdout_loss"] if state.get("holdout") else None,
         "resumed_from": state["resumed_from"], "seconds": round(time.perf_counter() - started, 1),
         "model": str(paths["out"]), "checkpoint": result.checkpoint.path, "instructions": plan["instructions"],
         "precision": "bf16" if plan["bf16"] else "fp32", "up_to_date": False,
     }
-    write_metrics(paths["metrics"], history, summary)
+    write_metrics(paths["metrics"], history, state.get("holdout", []), summary)
     return summary
 
 
-def write_metrics(directory: Path, history: list[dict], summary: dict) -> None:
+def write_metrics(directory: Path, history: list[dict], epochs: list[dict], summary: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "steps.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=STEP_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
+    for name, columns, rows in (("steps.csv", STEP_COLUMNS, history), ("epochs.csv", EPOCH_COLUMNS, epochs)):
+        with open(directory / name, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -146,43 +147,27 @@ def _write_run_file(runs_dir: str, run: str, name: str, content: dict) -> None:
         handle.write(json.dumps(content, indent=2).encode())
 
 
-def _fit(params: Params, stage: int, paths: dict, plan: dict):
+def _fit(params: Params, stage: int, paths: dict, plan: dict, rows: dict[str, list[dict]]):
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from deepmolm.model.presets import model_config
     from deepmolm.train.loop import train_worker
-    from deepmolm.train.ray_data import encode_rows
 
     train = params.train
     if not ray.is_initialized():
         ray.init(address=train.ray_address, log_to_driver=True, configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the loop logs its own progress
-    spec = model_config(params).encoder_spec()
-    # The filtered rows are read on the driver (instruction tables are text and small identifiers) and
-    # handed to Ray Data, which encodes them in tasks and splits them evenly over the workers.
-    # Reading through ray.data.read_parquet needs a free CPU for its file listing, which a machine
-    # whose cores all went to training workers never has.
-    table = pq.read_table(paths["instructions"] / EXAMPLES, columns=ENCODED_COLUMNS, filters=_row_filter(params, stage))
-    blocks = [table.slice(start, ROWS_PER_BLOCK) for start in range(0, table.num_rows, ROWS_PER_BLOCK)]
-    dataset = ray.data.from_arrow(blocks).map_batches(
-        encode_rows, batch_size=32, num_cpus=train.loader_cpus, fn_kwargs={
-            "shards": str(instruction_shards(paths["instructions"])), "tokenizer_dir": str(paths["tokenizer"]), "image_size": spec.image_size,
-            "image_tokens": spec.tokens, "max_length": params.model.max_length})
     scaling = train.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"params": params, "stage": stage, "plan": plan, "tokenizer": str(paths["tokenizer"]),
-                           "init": str(paths["init"]) if paths["init"] else None},
+                           "init": str(paths["init"]) if paths["init"] else None, "rows": rows},
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=plan["run"], storage_path=train.runs_dir,
                              checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=train.max_failures)),
-        datasets={"train": dataset},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     if result.error is not None:

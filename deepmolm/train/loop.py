@@ -1,8 +1,11 @@
 """The training loop every Ray Train worker runs (`TorchTrainer(train_loop_per_worker=train_worker)`).
 
-Each worker reads its shard of the instruction rows (Ray Data, encoded by encode_rows, padded by
-RayCollate), takes `grad_accum_steps` micro-batches per optimizer step, and all-reduces the step's
-loss, samples and tokens so rank 0 records the global figures. Every `checkpoint_every_steps` steps
+Every worker gets the same training rows from the driver (train/rows.py) and takes its share of
+each epoch's seeded permutation of them (data.epoch_batches: a global shuffle per epoch, the same
+for a given seed, resumable at any batch), encoded and padded by a torch DataLoader in the worker.
+It takes `grad_accum_steps` micro-batches per optimizer step and all-reduces the step's loss,
+samples and tokens so rank 0 records the global figures. At the end of every epoch (and of the
+run), the held-out molecules' loss is measured with dropout off, each worker on its share. Every `checkpoint_every_steps` steps
 and at the end, the workers report a checkpoint through `ray.train.report`: training state plus the
 metric history, so a restarted worker group (FailureConfig) or a re-run of the same run name picks
 up exactly where the last checkpoint left off, history included. The last report also carries the
@@ -11,6 +14,7 @@ exported model (`model/`: safetensors, config, tokenizer, provenance).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -21,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepmolm.train.data import model_inputs
-from deepmolm.train.ray_data import RayCollate
-from deepmolm.train.stages import PROVENANCE, add_lora, initial_model, lora_enabled, merge_lora, set_trainable
+from deepmolm.train.data import InstructionDataset, collate, epoch_batches, model_inputs
+from deepmolm.train.stages import (PROVENANCE, add_lora, initial_model, lora_enabled, merge_lora, random_parts,
+                                   set_trainable)
 
 STATE = "state.json"
 HISTORY = "history.jsonl"
@@ -55,7 +59,7 @@ def train_worker(config: dict) -> None:
     model = initial_model(params, stage_number, tokenizer, Path(config["init"]) if config["init"] else None)
     if lora_enabled(stage):
         add_lora(model, stage.lora)
-    counts = set_trainable(model, stage)
+    counts = set_trainable(model, stage, random_parts(params, stage_number))
     seed_everything(train.seed + rank)
     total = plan["total_steps"]
     if train.strategy == "deepspeed":
@@ -80,25 +84,28 @@ def train_worker(config: dict) -> None:
 
     accum = train.grad_accum_steps
     batches_per_epoch = plan["steps_per_epoch"] * accum
-    collate = RayCollate(tokenizer.pad_token_id, params.featurize.e3fp.level + 1)
-    shard = ray.train.get_dataset_shard("train")
+    spec = model.config.encoder_spec()
+    datasets = {part: InstructionDataset(Path(plan["instructions"]), tokenizer, image_size=spec.image_size,
+                                         image_tokens=spec.tokens, max_length=params.model.max_length,
+                                         rows=config["rows"][part]) for part in ("train", "holdout")}
+    pad = functools.partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=params.featurize.e3fp.level + 1)
+    loader_options = {"collate_fn": pad, "num_workers": train.loader_workers}
+    if train.loader_workers:
+        loader_options["prefetch_factor"] = train.loader_batches_ahead
     log_every = max(1, total // 40)
     if rank == 0:
         print(f"[train] stage {stage_number}: {total} steps on {world} worker(s), "
-              f"{counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters ({train.strategy})",
-              flush=True)
+              f"{counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters ({train.strategy}), "
+              f"{len(datasets['train'])} training and {len(datasets['holdout'])} held-out examples", flush=True)
     while state["step"] < total:
-        batches = shard.iter_torch_batches(
-            batch_size=train.micro_batch_size, collate_fn=collate, drop_last=True,
-            prefetch_batches=train.loader_batches_ahead,
-            local_shuffle_buffer_size=4 * train.micro_batch_size,
-            local_shuffle_seed=train.seed + 1000 * state["epoch"] + rank)
-        skip, pending, before, started = state["batches_in_epoch"], [], state["step"], time.perf_counter()
-        for index, batch in enumerate(batches):
-            if index < skip:
-                continue  # trained on before the checkpoint this run resumed from
-            if index >= batches_per_epoch:
-                break  # every worker takes the same number of steps per epoch
+        skip, pending, started = state["batches_in_epoch"], [], time.perf_counter()
+        order = epoch_batches(len(datasets["train"]), seed=train.seed, epoch=state["epoch"], rank=rank, world=world,
+                              batch_size=train.micro_batch_size)[:batches_per_epoch]
+        if len(order) < batches_per_epoch:
+            raise RuntimeError(f"worker {rank} got {len(order)} batches of {train.micro_batch_size}, "
+                               f"the plan {batches_per_epoch}")
+        loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=order[skip:], **loader_options)
+        for index, batch in enumerate(loader, start=skip):
             pending.append(model_inputs(batch, device))
             if len(pending) < accum:
                 continue
@@ -114,12 +121,37 @@ def train_worker(config: dict) -> None:
                 break
             if state["step"] % train.checkpoint_every_steps == 0:
                 _report(strategy, tokenizer, config, state, history, rank, final=False)
-        if state["step"] < total:  # the epoch is used up
-            if state["step"] == before and skip == 0:
-                raise RuntimeError(f"worker {rank} got no full batch of {train.micro_batch_size} examples")
+        if state["batches_in_epoch"] >= batches_per_epoch or state["step"] >= total:  # an epoch (or the run) is over
+            state["holdout"] = [*state.get("holdout", []), {
+                "epoch": state["epoch"], "step": state["step"],
+                "train_loss": _mean([h["loss"] for h in history if h["epoch"] == state["epoch"]]),
+                "holdout_loss": holdout_loss(strategy, datasets["holdout"], loader_options, train.micro_batch_size,
+                                             device, rank, world)}]
+            if rank == 0:
+                print(f"[train] stage {stage_number} epoch {state['epoch']}: held-out loss "
+                      f"{state['holdout'][-1]['holdout_loss']}", flush=True)
+        if state["step"] < total:
             state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
     state["final"] = True
     _report(strategy, tokenizer, config, state, history, rank, final=True)
+
+
+def holdout_loss(strategy, dataset, loader_options: dict, batch_size: int, device, rank: int, world: int) -> float | None:
+    """Token-weighted loss over the held-out examples, each worker scoring every world-th one."""
+    mine = list(range(rank, len(dataset), world))
+    totals = torch.zeros(2, dtype=torch.float64)
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    for batch in torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_options):
+        inputs = model_inputs(batch, device)
+        tokens = int((inputs["labels"][:, 1:] != -100).sum())
+        totals += torch.tensor([strategy.eval_loss(inputs) * tokens, tokens], dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(totals)
+    return round(float(totals[0] / totals[1]), 5) if totals[1] else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 5) if values else None
 
 
 def optimizer_step(strategy, pending: list[dict], world: int, started: float, epoch: int) -> dict:

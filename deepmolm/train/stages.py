@@ -25,7 +25,13 @@ PROVENANCE = "provenance.json"  # in an exported model: which run made it, from 
 
 
 def initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) -> DeepMoLMForCausalLM:
-    """Stage 1: the preset, random, with `train.init`'s pretrained parts; stage 2: `init_dir`."""
+    """Stage 1: the preset, random, with `train.init`'s pretrained parts; stage 2: `init_dir`.
+    In training mode: from_pretrained returns a model in eval mode, which would silently turn
+    dropout (LoRA's included) off for the whole of stage 2."""
+    return _initial_model(params, stage, tokenizer, init_dir).train()
+
+
+def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) -> DeepMoLMForCausalLM:
     if stage == 2:
         if init_dir is None or not (Path(init_dir) / "config.json").is_file():
             raise FileNotFoundError(f"stage 2 starts from stage 1's exported model; none at {init_dir}")
@@ -49,12 +55,28 @@ def initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) 
     return model
 
 
-def set_trainable(model: torch.nn.Module, stage: StageParams) -> dict[str, int]:
-    """Freeze everything, then unfreeze the stage's parts (only LoRA adapters of the LLM when LoRA is
-    on). Returns trainable and frozen parameter counts."""
+def random_parts(params: Params, stage: int) -> set[str]:
+    """The parts that start from random weights (no `train.init` file) and, with
+    `train.train_random_parts`, train in every stage. The paper freezes a pretrained DeepEncoder in
+    both stages and a pretrained LLM in stage 1; a random part that stays frozen only adds noise
+    (a random encoder's tokens, a random LM that the projector is aligned into)."""
+    if not params.train.train_random_parts:
+        return set()
+    init = params.train.init
+    parts = set()
+    if init.sam is None and init.clip is None:
+        parts.add("encoder")
+    if init.language is None:
+        parts.add("language_model")
+    return parts
+
+
+def set_trainable(model: torch.nn.Module, stage: StageParams, extra: set[str] = frozenset()) -> dict[str, int]:
+    """Freeze everything, then unfreeze the stage's parts and `extra` (only LoRA adapters of the LLM
+    when LoRA is on). Returns trainable and frozen parameter counts."""
     model.requires_grad_(False)
     lora = stage.lora is not None and stage.lora.enabled
-    for part in stage.trainable:
+    for part in [*stage.trainable, *sorted(extra - set(stage.trainable))]:
         if part == "language_model" and lora:
             continue
         getattr(model, part).requires_grad_(True)
@@ -93,8 +115,8 @@ def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Pa
     Not in the key: where the run is stored and the failure budget, which do not change what is
     learned. The worker count and batch sizes are: they change the effective batch."""
     train = params.train.model_dump(mode="json")
-    for key in ("runs_dir", "models_dir", "ray_address", "max_failures", "loader_batches_ahead", "loader_cpus",
-                "cluster", "stage1", "stage2"):
+    for key in ("runs_dir", "models_dir", "ray_address", "max_failures", "loader_batches_ahead", "loader_workers",
+                "cluster", "stage1", "stage2", "checkpoint_every_steps", "keep_checkpoints"):
         train.pop(key)
     key = {
         "stage": stage,

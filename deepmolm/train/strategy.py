@@ -91,6 +91,16 @@ class DDPStrategy:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    @torch.no_grad()
+    def eval_loss(self, inputs: dict) -> float:
+        """Mean token loss of one batch in eval mode (dropout off), without DDP's gradient hooks."""
+        self.module.eval()
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                return float(self.module(**inputs).loss)
+        finally:
+            self.module.train()
+
     def save(self, directory: Path, rank: int) -> None:
         if rank != 0:
             return
@@ -145,6 +155,16 @@ class DeepSpeedStrategy:
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+    @torch.no_grad()
+    def eval_loss(self, inputs: dict) -> float:
+        self.engine.eval()
+        try:
+            if self.bf16:
+                inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}
+            return float(self.engine(**inputs).loss)
+        finally:
+            self.engine.train()
 
     def save(self, directory: Path, rank: int) -> None:
         self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True)

@@ -41,6 +41,7 @@ def split_set(instruction_set, tmp_path_factory) -> tuple[Path, set[int]]:
 def setting(split_set, small_versions, tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(root), "train.splits=[validation]",
+                                  "model.preset=tiny", "train.holdout.fraction=0",
                                   "eval.splits=[test]", "model.generation.max_new_tokens=12",
                                   "eval.property_max_new_tokens=6", "report.gallery_size=3"])
     model = initial_model(params, 1, tokenizer, None)
@@ -91,18 +92,64 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
     assert 0 <= metrics["model"]["captions"]["bleu4"] <= 1 and metrics["baseline"]["captions"]["meteor"] > 0
     assert sum(p["n"] for p in metrics["model"]["properties"].values()) == data["eval_examples"]["property_qa"]
     assert metrics["model"]["parameters"] > 0 and metrics["model"]["preset"] == "tiny"
+    assert 0 <= metrics["model"]["captions"]["degenerate"] <= 1 and metrics["references"]["degenerate"] == 0
+    means = metrics["mean_baseline"]["properties"]
+    train_mw = [r["answer_value"] for r in read_instructions(directory).to_pylist()
+                if r["split"] == "validation" and r["property"] == "mw"]
+    test_mw = [r["answer_value"] for r in read_instructions(directory).to_pylist() if r["split"] == "test" and r["property"] == "mw"]
+    assert means["mw"]["mean"] == pytest.approx(sum(train_mw) / len(train_mw), abs=1e-4), "the training molecules' mean"
+    assert means["mw"]["mae"] == pytest.approx(sum(abs(v - means["mw"]["mean"]) for v in test_mw) / len(test_mw), abs=1e-3)
+    assert set(means) == set(metrics["model"]["properties"])
 
     reports = params.paths.reports_dir
     write_metrics(reports / "train" / "stage2", [{"step": s, "epoch": 0, "loss": 5.0 - s / 10, "lr": 1e-4} for s in range(1, 11)],
-                  {"stage": 2, "steps": 10, "rows": 25})
+                  [{"epoch": 0, "step": 10, "train_loss": 4.5, "holdout_loss": 4.75}], {"stage": 2, "steps": 10, "rows": 25})
     page = write_pipeline_report(params, directory)
     text = page.read_text()
     sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", text)
     assert sources and all((page.parent / s).is_file() for s in sources), "only files beside the page"
-    assert len(re.findall(r"class='card'", text)) == min(3, len(held))
-    assert f"<b>{len(held)}</b> molecules of split(s) <b>test</b>" in text
+    gallery = text.split("id='gallery'")[1]
+    assert len(re.findall(r"class='card'", gallery)) == min(3, len(held))
+    assert f"<b>{len(held)}</b> molecules of <b>split(s) test</b>" in text
     assert "stage 2: 10 steps on 25 examples" in text and "not comparable with published" in text
     assert "training_loss.png" in text
+    assert "<td>4.750</td>" in text, "the held-out loss per epoch"
+    assert "What the encoder reads" in text and text.count("src='pipeline/inputs/") == min(6, len(held))
+    assert "mean baseline MAE" in text
+
+
+def test_on_holdout_the_model_answers_the_held_out_training_molecules_and_never_the_test_split(split_set, setting):
+    from deepmolm.instructions import held_out
+
+    directory, held = split_set
+    params, model = setting
+    tuning = load_params(PARAMS, [*[f"{k}={v}" for k, v in (("paths.reports_dir", params.paths.reports_dir / "tune"),)],
+                                  "train.splits=[validation]", "model.preset=tiny", "train.holdout.fraction=0.4",
+                                  "train.holdout.seed=3", "eval.on_holdout=true", "model.generation.max_new_tokens=4",
+                                  "eval.property_max_new_tokens=4"])
+    metrics = evaluate(tuning, model, directory, out=tuning.paths.reports_dir)
+    validation = {r["cid"] for r in read_instructions(directory).to_pylist() if r["split"] == "validation"}
+    chosen = {c for c in validation if held_out(c, 0.4, 3)}
+    assert chosen and chosen != validation, "the seed picks some of the five"
+    answered = {int(json.loads(line)["id"].split("-")[0])
+                for line in (tuning.paths.reports_dir / MODEL_PREDICTIONS).read_text().splitlines()}
+    assert answered == chosen and not answered & held
+    assert metrics["dataset"]["eval_splits"] == "train.holdout"
+    assert metrics["baseline"]["pool_molecules"] == len(validation - chosen), "retrieval from the trained-on molecules"
+
+
+def test_degenerate_captions_are_loops_and_the_mean_baseline_answers_the_training_mean():
+    from deepmolm.eval.degenerate import degenerate_share, is_degenerate
+    from deepmolm.eval.predictions import Prediction
+    from deepmolm.eval.properties import mean_baseline
+
+    assert is_degenerate("The is is is is is")
+    assert is_degenerate("It is an acid. It is an acid. It is an acid.")
+    assert not is_degenerate("It has a role as an EC 1.1.1.21 (aldehyde reductase) inhibitor and a metabolite.")
+    assert degenerate_share(["The is is is", "It is an acid.", "An acid.", "An acid, an acid, an acid, an acid."]) == 0.5
+    answers = [Prediction(id=str(i), reference=f"The molecular weight is {v} g/mol.", prediction="", property="mw")
+               for i, v in enumerate((100.0, 300.0))]
+    assert mean_baseline({"mw": [150.0, 250.0]}, answers) == {"mw": {"mean": 200.0, "train_values": 2, "mae": 100.0}}
 
 
 def test_eval_splits_must_be_held_out():
@@ -112,11 +159,16 @@ def test_eval_splits_must_be_held_out():
 
 def test_the_tokenizer_learns_from_the_training_splits_only(split_set, tmp_path):
     directory, held = split_set
-    summary = build_tokenizer(directory, tmp_path / "tok", None, 400, ["validation"])
-    train_rows = sum(1 for r in read_instructions(directory).column("split").to_pylist() if r == "validation")
-    assert f"trained on {train_rows} examples" in summary["source"]
+    params = load_params(PARAMS, ["train.splits=[validation]", "model.bpe_vocab_size=400", "train.holdout.fraction=0.4",
+                                  "train.holdout.seed=3"])
+    summary = build_tokenizer(directory, tmp_path / "tok", params)
+    from deepmolm.instructions import held_out
+
+    train_rows = sum(1 for r in read_instructions(directory).to_pylist()
+                     if r["split"] == "validation" and not held_out(r["cid"], 0.4, 3))
+    assert 0 < train_rows < 25 and f"trained on {train_rows} examples" in summary["source"], "nor the held-out molecules"
     with pytest.raises(ValueError, match="no examples of splits"):
-        build_tokenizer(directory, tmp_path / "none", None, 400, ["train"])
+        build_tokenizer(directory, tmp_path / "none", load_params(PARAMS, ["train.splits=[train]"]))
 
 
 def test_cli_eval_run_names_a_missing_model(split_set, tmp_path):

@@ -1,4 +1,5 @@
-"""The instruction loader: tokens and labels, padding, images by reference, into the tiny model."""
+"""The instruction loader: tokens and labels, padding, images by reference, the epoch order, into the
+tiny model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from deepmolm.model.molm import DeepMoLMForCausalLM
 from deepmolm.model.presets import model_config
 from deepmolm.model.prompt import END, IMAGE, SPECIAL_TOKENS, format_response
 from deepmolm.model.tokenizer import image_token_id
-from deepmolm.train.data import IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDataset, collate, encode_example, model_inputs
+from deepmolm.train.data import (IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDataset, collate, encode_example,
+                                 epoch_batches, example_fits, image_pixels, model_inputs)
 from tests.conftest import PARAMS
 
 
@@ -29,6 +31,14 @@ def test_bpe_tokenizer_keeps_the_template_tokens_whole_and_round_trips(tokenizer
     assert tokenizer.pad_token_id is not None and tokenizer.eos_token == END
 
 
+def test_bpe_learns_no_pieces_of_the_special_tokens_and_spells_numbers_digit_by_digit(tokenizer):
+    pieces = [t for t in tokenizer.get_vocab() if t not in SPECIAL_TOKENS]
+    assert not [t for t in pieces if "<|" in t or "|>" in t], "merges of the template's token strings"
+    ids = tokenizer("The molecular weight is 342.40 g/mol.", add_special_tokens=False)["input_ids"]
+    spelled = [tokenizer.decode([i]).strip() for i in ids]
+    assert [s for s in spelled if any(c.isdigit() for c in s)] == ["3", "4", "2", "4", "0"]
+
+
 def test_labels_cover_the_response_only_and_images_are_expanded(tokenizer):
     encoded = encode_example("Describe the input molecule.", "It is an acid.", tokenizer, image_tokens=4, max_length=64)
     ids, labels = encoded["input_ids"], encoded["labels"]
@@ -37,10 +47,50 @@ def test_labels_cover_the_response_only_and_images_are_expanded(tokenizer):
     assert all(label == IGNORE for label in labels[:first]) and labels[first:] == ids[first:]
     assert tokenizer.decode(ids[first:]) == format_response("It is an acid.")
     assert tokenizer.decode(ids[:first]).count(IMAGE) == 4
-    cut = encode_example("Describe the input molecule.", "word " * 200, tokenizer, image_tokens=4, max_length=40)
-    assert len(cut["input_ids"]) == 40 and cut["input_ids"][:first] == ids[:first], "only the response is cut"
-    with pytest.raises(ValueError, match="the prompt alone"):
-        encode_example("Describe the input molecule.", "x", tokenizer, image_tokens=4, max_length=8)
+    assert labels[-1] == tokenizer.eos_token_id, "the response ends in the end token"
+
+
+def test_an_example_over_max_length_is_left_out_not_cut(tokenizer):
+    prompt, long = "Describe the input molecule.", "word " * 200
+    fits = example_fits([prompt, prompt], ["It is an acid.", long], tokenizer, image_tokens=4, max_length=64)
+    assert fits == [True, False]
+    exact = len(encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=64)["input_ids"])
+    assert example_fits([prompt], ["It is an acid."], tokenizer, image_tokens=4, max_length=exact) == [True]
+    assert example_fits([prompt], ["It is an acid."], tokenizer, image_tokens=4, max_length=exact - 1) == [False]
+    with pytest.raises(ValueError, match="over max_length"):
+        encode_example(prompt, long, tokenizer, image_tokens=4, max_length=64)
+
+
+def test_each_epoch_is_one_seeded_shuffle_of_every_row_dealt_to_the_workers():
+    rows, world, batch = 103, 2, 4
+    epoch0 = [epoch_batches(rows, seed=7, epoch=0, rank=r, world=world, batch_size=batch) for r in range(world)]
+    seen = [i for worker in epoch0 for b in worker for i in b]
+    assert len(seen) == len(set(seen)) == world * (rows // world // batch) * batch, "no row twice, every worker alike"
+    assert all(len(worker) == rows // world // batch for worker in epoch0)
+    assert epoch0 == [epoch_batches(rows, seed=7, epoch=0, rank=r, world=world, batch_size=batch) for r in range(world)]
+    epoch1 = epoch_batches(rows, seed=7, epoch=1, rank=0, world=world, batch_size=batch)
+    assert epoch1 != epoch0[0] and epoch_batches(rows, seed=8, epoch=0, rank=0, world=world, batch_size=batch) != epoch0[0]
+    # a molecule's five examples are neighbours in the table: the shuffle spreads them over the epoch
+    first_batch_molecules = {i // 5 for i in epoch0[0][0]}
+    assert len(first_batch_molecules) >= 3
+    # the whole split, not a window: the first batches already reach far down the table
+    assert max(i for b in epoch0[0][:2] for i in b) > 40
+
+
+def test_shrinking_a_drawing_keeps_its_lines():
+    from PIL import ImageDraw
+
+    drawing = Image.new("RGB", (1024, 1024), "white")
+    ImageDraw.Draw(drawing).line([(100, 512), (900, 512)], fill="black", width=2)  # a 2-px bond
+    buffer = io.BytesIO()
+    drawing.save(buffer, format="PNG")
+    small = image_pixels(buffer.getvalue(), 128)
+    assert small.shape == (3, 128, 128) and small.dtype == torch.uint8
+    darkest = small[:, 60:68, 20:110].float().mean(0).min(0).values  # per column, the darkest of the rows around it
+    assert int(darkest.max()) < 100, "the bond is still a dark line at 1/8 the size"
+    plain = np.asarray(drawing.resize((128, 128), Image.Resampling.BICUBIC, reducing_gap=2.0))
+    assert plain[60:68, 20:110].mean(-1).min() > 150, "which a plain resize fades to light grey"
+    assert int(small[:, 20].min()) == 255, "and the paper stays white"
 
 
 def test_collate_pads_tokens_and_molecules():
@@ -54,12 +104,11 @@ def test_collate_pads_tokens_and_molecules():
 
 
 def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model(instruction_set, tokenizer, small_versions):
-    dataset = InstructionDataset(instruction_set, tokenizer, image_size=64, image_tokens=4, max_length=128)
+    dataset = InstructionDataset(instruction_set, tokenizer, image_size=64, image_tokens=4, max_length=512)
     assert len(dataset) == 50
     row = read_instructions(instruction_set).slice(7, 1).to_pylist()[0]
     png = pq.read_table(small_versions[0] / row["image_part"]).column("image_png")[row["image_row"]].as_py()
-    expected = np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC,
-                                                                            reducing_gap=2.0)).transpose(2, 0, 1)
+    expected = image_pixels(png, 64).numpy()
     assert torch.equal(dataset[7]["pixels"], torch.from_numpy(expected.copy()))
     loader = torch.utils.data.DataLoader(dataset, batch_size=4,
                                          collate_fn=partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=4))
@@ -74,28 +123,3 @@ def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model
     model = DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=len(tokenizer),
                                              image_token_id=image_token_id(tokenizer)))
     assert torch.isfinite(model(**batch).loss)
-
-
-@pytest.mark.slow
-def test_ray_data_pipeline_yields_padded_batches(instruction_set, tokenizer, small_versions, tmp_path):
-    import ray
-
-    from deepmolm.instructions import EXAMPLES
-    from deepmolm.train.ray_data import RayCollate, encode_rows
-
-    tokenizer.save_pretrained(tmp_path / "tok")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        dataset = ray.data.read_parquet(str(instruction_set / EXAMPLES)).map_batches(
-            encode_rows, batch_size=8,
-            fn_kwargs={"shards": str(small_versions[0]), "tokenizer_dir": str(tmp_path / "tok"),
-                                   "image_size": 64, "image_tokens": 4, "max_length": 128})
-        batches = list(dataset.iter_torch_batches(batch_size=16, collate_fn=RayCollate(tokenizer.pad_token_id, 4)))
-    finally:
-        ray.shutdown()
-    assert sum(len(b["input_ids"]) for b in batches) == 50, "every example, once"
-    for batch in batches:
-        assert batch["pixels"].dtype == torch.uint8 and batch["pixels"].shape[1:] == (3, 64, 64)
-        assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
-        assert batch["e3fp"].shape[0] == len(batch["input_ids"]) and batch["e3fp"].shape[2] == 4
-        assert ((batch["input_ids"] == image_token_id(tokenizer)).sum(dim=1) == 4).all()

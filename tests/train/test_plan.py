@@ -14,7 +14,7 @@ from deepmolm.config import ConfigError, load_params
 from deepmolm.model.molm import DeepMoLMForCausalLM
 from deepmolm.model.presets import model_config
 from deepmolm.train.launch import plan_stage, stage_paths
-from deepmolm.train.stages import add_lora, merge_lora, run_name, set_trainable
+from deepmolm.train.stages import add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
 from deepmolm.train.strategy import deepspeed_config
 from deepmolm.train.submit import job_entrypoint, runtime_env
 from tests.conftest import PARAMS
@@ -86,6 +86,40 @@ def test_stage_1_trains_the_projector_and_stage_2_with_lora_only_adapters_and_pr
     assert torch.allclose(before, after, atol=1e-4), "the merged LLM computes what LLM + adapters did"
 
 
+def test_parts_that_start_random_train_in_both_stages_and_pretrained_ones_follow_the_paper(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    random_start = load_params(PARAMS)
+    assert random_parts(random_start, 1) == random_parts(random_start, 2) == {"encoder", "language_model"}
+    model = _tiny(random_start)
+    set_trainable(model, random_start.train.stage1, random_parts(random_start, 1))
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == \
+        {"encoder", "projector", "language_model"}
+    pretrained = load_params(PARAMS, [f"train.init.sam={weights}", f"train.init.clip={weights}",
+                                      f"train.init.language={weights}"])
+    assert random_parts(pretrained, 1) == set(), "a pretrained DeepEncoder stays frozen, as in the paper"
+    assert random_parts(load_params(PARAMS, [f"train.init.language={weights}"]), 2) == {"encoder"}
+    assert random_parts(load_params(PARAMS, ["train.train_random_parts=false"]), 1) == set()
+
+
+def test_stage_2_starts_in_training_mode(tokenizer, tmp_path):
+    params = load_params(PARAMS, ["model.preset=tiny"])
+    torch.manual_seed(0)
+    DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=len(tokenizer), image_token_id=3)).save_pretrained(
+        tmp_path / "stage1")
+    model = initial_model(params, 2, tokenizer, tmp_path / "stage1")
+    assert model.training and all(module.training for module in model.modules()), "dropout must be on"
+
+
+def test_max_length_must_fit_the_language_models_positions():
+    preset = load_params(PARAMS).model.preset
+    limit = load_params(PARAMS).model.presets[preset].language.max_position_embeddings
+    with pytest.raises(ConfigError, match=rf"model.max_length \({limit + 1}\) is over model.presets.{preset}.language"
+                                          r".max_position_embeddings"):
+        load_params(PARAMS, [f"model.max_length={limit + 1}"])
+    assert load_params(PARAMS, [f"model.max_length={limit}"]).model.max_length == limit
+
+
 def test_lora_needs_stage_2_and_unknown_train_keys_are_named():
     with pytest.raises(ConfigError, match="LoRA is for stage 2"):
         load_params(PARAMS, ["train.stage1.lora={enabled: true, r: 2, alpha: 2, dropout: 0, target_modules: [q_proj]}"])
@@ -97,7 +131,7 @@ def test_lora_needs_stage_2_and_unknown_train_keys_are_named():
 
 def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_set, tokenizer_dir, tmp_path):
     params = load_params(PARAMS, ["train.splits=null", "train.micro_batch_size=2", "train.stage2.epochs=3",
-                                  f"train.models_dir={tmp_path}"])
+                                  "train.holdout.fraction=0", "model.preset=tiny", f"train.models_dir={tmp_path}"])
     paths = stage_paths(params, 2, instruction_set, tokenizer_dir, tmp_path / "stage1", None)
     with pytest.raises(FileNotFoundError, match="stage 2 starts from stage 1's exported model"):
         plan_stage(params, 2, paths)  # refused on the driver, before any worker starts
@@ -105,9 +139,18 @@ def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_se
     (tmp_path / "stage1" / "config.json").write_text("{}")
     plan = plan_stage(params, 2, paths)
     assert plan["rows"] == 50 and plan["steps_per_epoch"] == 50 // 2 // 2 and plan["total_steps"] == 36
+    assert plan["row_counts"] == {"rows": 50, "train": 50, "holdout": 0, "too_long": 0, "train_molecules": 10,
+                                  "holdout_molecules": 0}
+    held = plan_stage(load_params(PARAMS, ["train.splits=null", "train.micro_batch_size=2", "train.holdout.fraction=0.3",
+                                           "model.preset=tiny", "model.max_length=160"]), 2, paths)
+    counts = held["row_counts"]
+    assert 0 < counts["holdout_molecules"] < 10 and counts["train_molecules"] + counts["holdout_molecules"] == 10
+    assert counts["too_long"] > 0 and counts["train"] + counts["holdout"] + counts["too_long"] == 50
+    assert not {r["cid"] for r in held["selected_rows"]["train"]} & {r["cid"] for r in held["selected_rows"]["holdout"]}
     assert plan["deepspeed_config"] is None and plan["bf16"] is False
-    small = load_params(PARAMS, ["train.splits=null", "train.micro_batch_size=8", "train.scaling.workers=2"])
-    with pytest.raises(ConfigError, match="10 examples .* are not one step"):
+    small = load_params(PARAMS, ["train.splits=null", "train.micro_batch_size=8", "train.scaling.workers=2",
+                                 "train.holdout.fraction=0"])
+    with pytest.raises(ConfigError, match="10 training examples .* are not one step"):
         plan_stage(small, 1, stage_paths(small, 1, instruction_set, tokenizer_dir, None, None))
     with pytest.raises(ConfigError, match="not from --init"):
         stage_paths(small, 1, instruction_set, tokenizer_dir, tmp_path, None)
