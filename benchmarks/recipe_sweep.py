@@ -24,6 +24,7 @@ from deepmolm.train.launch import run_stage
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--instructions", type=Path, required=True)
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--stage1", type=Path, required=True, help="the stage-1 model every configuration starts from")
@@ -39,7 +40,7 @@ def main() -> None:
     for index, config in enumerate(args.config):
         overrides = [*args.base, *[o for o in config.split(",") if o]]
         root = args.out / f"config{index}"
-        params = load_params(overrides=[*overrides, f"train.runs_dir={root / 'runs'}", f"paths.reports_dir={root / 'reports'}",
+        params = load_params(args.params, overrides=[*overrides, f"train.runs_dir={root / 'runs'}", f"paths.reports_dir={root / 'reports'}",
                                         "eval.on_holdout=true", f"eval.max_examples_per_task={args.eval_examples}"])
         started = time.perf_counter()
         summary = run_stage(params, 2, instructions=args.instructions, init=args.stage1, out=root / "stage2")

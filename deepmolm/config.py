@@ -301,6 +301,13 @@ class PresetParams(_Section):
 class GenerationParams(_Section):
     max_new_tokens: int = Field(ge=1)
     num_beams: int = Field(ge=1, description="1: greedy decoding")
+    repetition_penalty: float = Field(ge=1, description="transformers' repetition penalty (1: none)")
+    no_repeat_ngram_size: int = Field(ge=0, description="no token n-gram of this size twice in an answer (0: off)")
+
+    def decoding(self) -> dict:
+        """The keyword arguments of `generate` besides the length budget."""
+        return {"num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty,
+                "no_repeat_ngram_size": self.no_repeat_ngram_size}
 
 
 class ModelParams(_Section):
@@ -579,6 +586,8 @@ def _apply_recipe(data: dict, origin_of: dict[str, str]) -> None:
         raise ConfigError(f"recipe {name!r} is not one of recipes: {', '.join(recipes)}")
     for key, value in (recipes[name] or {}).items():
         origin = f"recipes.{name}.{key}"
+        if "." not in str(key):
+            raise ConfigError(f"{origin}: a recipe sets dotted keys (section.key), not a whole section")
         if str(key).split(".")[0] not in RECIPE_SECTIONS:
             raise ConfigError(f"{origin}: a recipe sets keys of {', '.join(RECIPE_SECTIONS)} only (the DVC stages "
                               f"that read `recipe` are the ones that read those sections)")

@@ -28,7 +28,8 @@ def test_override_sets_a_typed_value():
         ("sources.chebi20.url=http://example.org/x.txt", ["sources.chebi20.url", "{split}"]),
         ("sources.chebi20.sha256.test=abc", ["sources.chebi20.sha256", "64 lowercase hex"]),
         ("sources.pubchem.on_batch_failure=ignore", ["sources.pubchem.on_batch_failure", "'fail' or 'reject'"]),
-        ("bogus=1", ["unknown key 'bogus'", "expected one of: contracts, eval, featurize, ingest, instructions, model, mumo, paths, refresh, report, sources, train"]),
+        ("bogus=1", ["unknown key 'bogus'", "expected one of: contracts, eval, featurize, ingest, instructions, model, mumo, paths, recipe, recipes, refresh, "
+                     "report, sources, train"]),
         ("contracts.max_reject_rate.wildcard_atom=1.5", ["contracts.max_reject_rate", "fraction in [0, 1]", "1.5"]),
     ],
 )
@@ -37,6 +38,23 @@ def test_invalid_overrides_name_the_key_and_what_was_expected(override, fragment
         load_params(PARAMS, [override])
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+def test_a_recipe_sets_its_keys_over_the_file_and_overrides_win_over_the_recipe():
+    cpu = load_params(PARAMS)
+    gpu = load_params(PARAMS, ["recipe=gpu_small"])
+    assert cpu.recipe == "cpu" and cpu.train.init.sam is None and cpu.model.preset == "cpu"
+    assert gpu.model.preset == "small" and gpu.train.strategy == "deepspeed" and gpu.train.precision == "bf16"
+    assert gpu.train.init.sam is not None and gpu.train.init.language is not None, "pretrained parts: paths only"
+    assert load_params(PARAMS, ["recipe=gpu_small", "train.stage2.learning_rate=0.5"]).train.stage2.learning_rate == 0.5
+    with pytest.raises(ConfigError, match="recipe 'fast' is not one of recipes: cpu, gpu_small, gpu_paper"):
+        load_params(PARAMS, ["recipe=fast"])
+    with pytest.raises(ConfigError, match=r"recipes.cpu.train.stage2.epoch: unknown key"):
+        load_params(PARAMS, ["recipes.cpu={train.stage2.epoch: 3}"])
+    with pytest.raises(ConfigError, match="recipes.cpu.featurize.time_limit_s: a recipe sets keys of model, train, eval"):
+        load_params(PARAMS, ["recipes.cpu={featurize.time_limit_s: 3}"])
+    with pytest.raises(ConfigError, match="recipes.cpu.train: a recipe sets dotted keys"):
+        load_params(PARAMS, ["recipes.cpu={train: {seed: 3}}"])
 
 
 def test_errors_in_the_file_name_the_file(tmp_path: Path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from deepmolm.config import load_params
 from tests.conftest import copy_repository, newcomer_env
 from tests.test_data_report import headless
 
@@ -81,13 +82,19 @@ def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_para
     assert f"{rows} input = {rows} accepted + 0 rejected" in first.stdout
 
     stage1, stage2 = by_kind["stage1"], by_kind["stage2"]
-    assert stage1["rows"] == ROWS_PER_SPLIT, "stage 1: the captions of the validation split only"
-    assert stage2["rows"] == ROWS_PER_SPLIT * 5, "stage 2: a caption and four property questions per molecule"
+    counts1, counts2 = stage1["row_counts"], stage2["row_counts"]
+    assert counts1["train_molecules"] + counts1["holdout_molecules"] == ROWS_PER_SPLIT, "stage 1: validation captions"
+    assert counts1["rows"] == ROWS_PER_SPLIT and counts2["rows"] == ROWS_PER_SPLIT * 5, "stage 2: a caption and 4 questions"
+    assert counts2["train"] + counts2["holdout"] + counts2["too_long"] == counts2["rows"] and counts2["too_long"] == 0
     assert stage2["last_loss"] < stage2["first_loss"]
+    epochs = (project / "reports" / "train" / "stage2" / "epochs.csv").read_text().splitlines()
+    assert epochs[0] == "epoch,step,train_loss,holdout_loss"
+    assert len(epochs) - 1 == load_params(project / "params.yaml").train.stage2.epochs, "a held-out loss per epoch"
     metrics = json.loads((project / "reports" / "eval" / "metrics.json").read_text())
     assert metrics["dataset"]["eval_splits"] == ["test"] and metrics["dataset"]["eval_molecules"] == ROWS_PER_SPLIT
     assert metrics["model"]["captions"]["n"] == metrics["baseline"]["captions"]["n"] == ROWS_PER_SPLIT
-    assert metrics["baseline"]["pool_molecules"] == ROWS_PER_SPLIT, "the baseline retrieves from validation only"
+    assert metrics["baseline"]["pool_molecules"] == counts1["train_molecules"], "retrieval from the trained-on molecules"
+    assert set(metrics["mean_baseline"]["properties"]) == {"mw", "logp", "tpsa", "complexity"}
     assert set(metrics["model"]["properties"]) == {"mw", "logp", "tpsa", "complexity"}
     assert metrics["model"]["run"] == stage2["run"]
 
@@ -108,10 +115,11 @@ def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_para
     text = page.read_text()
     assert "href='data/index.html'" in text and (project / "reports" / "data" / "index.html").is_file()
     assert "id='caption-metrics'" in text and "retrieval baseline" in text
-    gallery = min(ROWS_PER_SPLIT, 24)
+    gallery, inputs = min(ROWS_PER_SPLIT, 24), min(ROWS_PER_SPLIT, 6)
     dom = headless("--dump-dom", page.as_uri())
-    assert f'data-images-loaded="{gallery + 1}/{gallery + 1}"' in dom.stdout, "training curves and every molecule loaded"
-    assert dom.stdout.count("class=\"card\"") == gallery
+    images = gallery + inputs + 1
+    assert f'data-images-loaded="{images}/{images}"' in dom.stdout, "curves, the encoder's inputs, every molecule loaded"
+    assert dom.stdout.count("class=\"card\"") == gallery + inputs
 
     # every artifact is DVC's: pushed to the default remote, pulled back into an empty cache
     pushed = dvc("push", cwd=project)

@@ -1,8 +1,11 @@
 """Degenerate captions: the loops a small or undertrained language model falls into.
 
-A caption is degenerate when one word comes three times in a row ("is is is") or one 4-gram comes
-three times anywhere in it. No ChEBI-20 reference is (tests/eval check both splits), so the share
-of degenerate captions is a direct read of how much of the model's output is a loop.
+A caption is degenerate when one word comes three times in a row ("is is is"), one 4-gram comes
+three times anywhere in it, or a word is itself a loop, one hyphenated piece three times in a row
+("1-hydroxy-1-1-1-..."), the form a character-level loop takes inside a chemical name. Of the 6,601
+ChEBI-20 references 11 are (peptide sequences and nucleotide or sugar chains: "Phe-Phe-Phe",
+"Glu, Glu, Glu"; tests/eval check the share stays that small),
+so the share of degenerate captions is a direct read of how much of the model's output is a loop.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ def words(text: str) -> list[str]:
     return [w for w in (w.strip(_EDGE) for w in text.lower().split()) if w]
 
 
+def _triple(items: list[str]) -> bool:
+    return any(items[i] == items[i + 1] == items[i + 2] for i in range(len(items) - 2))
+
+
 def is_degenerate(text: str) -> bool:
     tokens = words(text)
-    if any(tokens[i] == tokens[i + 1] == tokens[i + 2] for i in range(len(tokens) - 2)):
+    if _triple(tokens) or any(_triple(token.split("-")) for token in tokens):
         return True
     grams = Counter(tuple(tokens[i:i + 4]) for i in range(len(tokens) - 3))
     return any(count >= 3 for count in grams.values())

@@ -51,7 +51,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
         raise ValueError(f"instruction set {instructions} has no examples of {where}: nothing to evaluate on")
     generation = params.model.generation
     with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
-        answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size, num_beams=generation.num_beams,
+        answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size, decoding=generation.decoding(),
                                   max_new_tokens={"caption": generation.max_new_tokens,
                                                   "property_qa": cfg.property_max_new_tokens},
                                   advance=advance)

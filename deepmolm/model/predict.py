@@ -67,12 +67,14 @@ def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 
 @torch.inference_mode()
 def generate_answers(model: DeepMoLMForCausalLM, tokenizer, prompts: list[str], pixels: torch.Tensor,
-                     geometry: torch.Tensor, *, max_new_tokens: int, num_beams: int) -> list[str]:
+                     geometry: torch.Tensor, *, max_new_tokens: int, num_beams: int = 1,
+                     repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> list[str]:
     """Answers to a batch of prompts: uint8 drawings [B, 3, S, S] and E3FP [B, atoms, levels] (-1 = none)."""
     ids, mask = left_padded([prompt_token_ids(p, tokenizer, model.config.encoder_spec().tokens) for p in prompts],
                             tokenizer.pad_token_id)
     new = model.generate_text(ids, mask, normalise_pixels(pixels), geometry, max_new_tokens=max_new_tokens,
-                              num_beams=num_beams, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                              num_beams=num_beams, repetition_penalty=repetition_penalty,
+                              no_repeat_ngram_size=no_repeat_ngram_size, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in new]
 
@@ -83,4 +85,4 @@ def answer(checkpoint: Path, png: bytes, e3fp: np.ndarray | None, prompt: str, p
     geometry = torch.full((1, 1, levels), -1, dtype=torch.long) if e3fp is None else torch.as_tensor(e3fp)[None].long()
     generation = params.model.generation
     return generate_answers(model, tokenizer, [prompt], image_pixels(png, model.config.encoder_spec().image_size)[None],
-                            geometry, max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)[0]
+                            geometry, max_new_tokens=generation.max_new_tokens, **generation.decoding())[0]

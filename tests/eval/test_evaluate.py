@@ -68,7 +68,7 @@ def test_answers_in_a_batch_equal_answers_one_at_a_time(split_set, setting):
     directory, _ = split_set
     params, model = setting
     rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 3)
-    kwargs = {"max_new_tokens": {"caption": 10, "property_qa": 6}, "num_beams": 1}
+    kwargs = {"max_new_tokens": {"caption": 10, "property_qa": 6}, "decoding": {"num_beams": 1}}
     batched = answer_examples(model, directory, rows, batch_size=6, **kwargs)
     alone = answer_examples(model, directory, rows, batch_size=1, **kwargs)
     assert [p.id for p in batched] == [r["example_id"] for r in rows], "in the rows' order"
@@ -138,7 +138,7 @@ def test_on_holdout_the_model_answers_the_held_out_training_molecules_and_never_
     assert metrics["baseline"]["pool_molecules"] == len(validation - chosen), "retrieval from the trained-on molecules"
 
 
-def test_degenerate_captions_are_loops_and_the_mean_baseline_answers_the_training_mean():
+def test_degenerate_captions_are_loops_and_the_mean_baseline_answers_the_training_mean(shared):
     from deepmolm.eval.degenerate import degenerate_share, is_degenerate
     from deepmolm.eval.predictions import Prediction
     from deepmolm.eval.properties import mean_baseline
@@ -146,7 +146,11 @@ def test_degenerate_captions_are_loops_and_the_mean_baseline_answers_the_trainin
     assert is_degenerate("The is is is is is")
     assert is_degenerate("It is an acid. It is an acid. It is an acid.")
     assert not is_degenerate("It has a role as an EC 1.1.1.21 (aldehyde reductase) inhibitor and a metabolite.")
+    assert is_degenerate("The molecule is a 1-hydroxy-D-1-1-1-1-1,11111111."), "a loop inside a name"
     assert degenerate_share(["The is is is", "It is an acid.", "An acid.", "An acid, an acid, an acid, an acid."]) == 0.5
+    for split in ("validation", "test"):
+        references = [line.split("\t")[2] for line in (shared / "chebi20" / f"{split}.txt").read_text().splitlines()[1:]]
+        assert degenerate_share(references) < 0.005, "references are (almost) never loops"
     answers = [Prediction(id=str(i), reference=f"The molecular weight is {v} g/mol.", prediction="", property="mw")
                for i, v in enumerate((100.0, 300.0))]
     assert mean_baseline({"mw": [150.0, 250.0]}, answers) == {"mw": {"mean": 200.0, "train_values": 2, "mae": 100.0}}

@@ -32,7 +32,8 @@ def _train_overrides(root: Path, *extra: str) -> list[str]:
     """Tiny runs on the 10-molecule set (a TSV source: rows without a split), outputs under root."""
     return [
         f"paths.reports_dir={root / 'reports'}", f"train.runs_dir={root / 'runs'}", f"train.models_dir={root / 'models'}",
-        "train.splits=null", "train.micro_batch_size=2", "model.max_length=160", *extra,
+        "train.splits=null", "train.micro_batch_size=2", "model.preset=tiny", "model.max_length=512",
+        "train.holdout.fraction=0", *extra,
     ]
 
 
