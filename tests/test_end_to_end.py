@@ -141,7 +141,7 @@ def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_para
     print(f"no-op dvc repro: {noop_s:.1f} s")
 
     params = project / "params.yaml"
-    text, count = re.subn(r"(stage2:.*?learning_rate: )2\.0e-4", r"\g<1>1.0e-4", params.read_text(), flags=re.S)
+    text, count = re.subn(r"(stage2:.*?learning_rate: )1\.0e-3", r"\g<1>5.0e-4", params.read_text(), flags=re.S)
     assert count == 1
     params.write_text(text)
     status = dvc("status", "--json", cwd=project)
