@@ -430,6 +430,43 @@ def _render_metrics(m: dict) -> None:
     stdout.print(properties)
 
 
+@eval_app.command("captions")
+def eval_captions(
+    predictions: Annotated[Path, typer.Option(help="prediction file: MolT5's TSV or JSON lines (reference, prediction).")],
+    format_: Annotated[str, typer.Option("--format", help="auto (by suffix), molt5 or jsonl.")] = "auto",
+    tokenizer: Annotated[Path | None, typer.Option(help="local Hugging Face tokenizer directory [default: eval.tokenizer].")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the scores as JSON to this file.")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """BLEU-2/4, ROUGE-1/2/L and METEOR of generated captions, as ChEBI-20 papers report them (0-1 scale)."""
+    from deepmolm.eval.captions import METRICS, load_metric_tokenizer, score_captions
+    from deepmolm.eval.predictions import PredictionFileError, read_predictions
+    from deepmolm.eval.wordnet import WordNetMissing
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        try:
+            pairs = read_predictions(predictions, format_)
+            scores = score_captions(pairs, load_metric_tokenizer(tokenizer or cfg.eval.tokenizer),
+                                    max_tokens=cfg.eval.max_tokens, nltk_data=cfg.eval.nltk_data).as_dict()
+        except (PredictionFileError, WordNetMissing, ValueError) as exc:
+            raise _Exit(1, str(exc)) from None
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(scores, indent=2) + "\n")
+
+    def render(summary: dict) -> None:
+        table = Table(title=f"caption metrics: {predictions} ({summary['n']} captions)")
+        for name in METRICS:
+            table.add_column(name, justify="right")
+        table.add_row(*(f"{summary[name]:.3f}" for name in METRICS))
+        stdout.print(table)
+
+    _emit(scores, as_json, render)
+
+
 @eval_app.command("properties")
 def eval_properties(
     predictions: Annotated[Path, typer.Option(help="JSON lines with reference, prediction and property.")],
