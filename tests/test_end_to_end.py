@@ -33,9 +33,14 @@ MUMO_SIZE = {"max_steps: null\n    batch_size: 32\n    learning_rate: 1.0e-3\n  
              "injection_layers: [1, 8, 16]": "injection_layers: [16]", "coordinate_noise: [0.1, 0.5]": "coordinate_noise: [0.5]"}
 
 
-def shrink_mumo(params: Path) -> None:
+# DeepMoLM's training at the test's 12 molecules per split: batches that fit, two epochs a stage
+TRAIN_SIZE = {"  micro_batch_size: 8 ": "  micro_batch_size: 2 ", "    epochs: 10\n": "    epochs: 2\n",
+              "    epochs: 8\n": "    epochs: 2\n"}
+
+
+def shrink(params: Path) -> None:
     text = params.read_text()
-    for old, new in MUMO_SIZE.items():
+    for old, new in {**MUMO_SIZE, **TRAIN_SIZE}.items():
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     params.write_text(text)
@@ -56,7 +61,7 @@ def summaries(stdout: str) -> list[dict]:
 
 def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_param_touches(tmp_path: Path):
     project = copy_repository(tmp_path, rows_per_split=ROWS_PER_SPLIT)
-    shrink_mumo(project / "params.yaml")
+    shrink(project / "params.yaml")
     env = newcomer_env()
     first = subprocess.run(["./dev", "demo"], cwd=project, capture_output=True, text=True, env=env, timeout=900)
     output = first.stdout + first.stderr

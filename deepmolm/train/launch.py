@@ -120,12 +120,12 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
         "rows": plan["rows"], "row_counts": plan["row_counts"], "steps": state["step"],
         "total_steps": plan["total_steps"],
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
-        "holdout_loss": state["holdout"][-1]["holdout_loss"] if state.get("holdout") else None,
+        "holdout_loss": state["epochs"][-1]["holdout_loss"] if state.get("epochs") else None,
         "resumed_from": state["resumed_from"], "seconds": round(time.perf_counter() - started, 1),
         "model": str(paths["out"]), "checkpoint": result.checkpoint.path, "instructions": plan["instructions"],
         "precision": "bf16" if plan["bf16"] else "fp32", "up_to_date": False,
     }
-    write_metrics(paths["metrics"], history, state.get("holdout", []), summary)
+    write_metrics(paths["metrics"], history, state.get("epochs", []), summary)
     return summary
 
 

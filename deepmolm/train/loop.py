@@ -5,8 +5,8 @@ each epoch's seeded permutation of them (data.epoch_batches: a global shuffle pe
 for a given seed, resumable at any batch), encoded and padded by a torch DataLoader in the worker.
 It takes `grad_accum_steps` micro-batches per optimizer step and all-reduces the step's loss,
 samples and tokens so rank 0 records the global figures. At the end of every epoch (and of the
-run), the held-out molecules' loss is measured with dropout off, each worker on its share. Every `checkpoint_every_steps` steps
-and at the end, the workers report a checkpoint through `ray.train.report`: training state plus the
+run), the held-out molecules' loss is measured with dropout off, each worker on its share. Every
+`checkpoint_every_steps` steps and at the end, the workers report a checkpoint through `ray.train.report`: training state plus the
 metric history, so a restarted worker group (FailureConfig) or a re-run of the same run name picks
 up exactly where the last checkpoint left off, history included. The last report also carries the
 exported model (`model/`: safetensors, config, tokenizer, provenance).
@@ -122,14 +122,14 @@ def train_worker(config: dict) -> None:
             if state["step"] % train.checkpoint_every_steps == 0:
                 _report(strategy, tokenizer, config, state, history, rank, final=False)
         if state["batches_in_epoch"] >= batches_per_epoch or state["step"] >= total:  # an epoch (or the run) is over
-            state["holdout"] = [*state.get("holdout", []), {
+            state["epochs"] = [*state.get("epochs", []), {
                 "epoch": state["epoch"], "step": state["step"],
                 "train_loss": _mean([h["loss"] for h in history if h["epoch"] == state["epoch"]]),
                 "holdout_loss": holdout_loss(strategy, datasets["holdout"], loader_options, train.micro_batch_size,
                                              device, rank, world)}]
             if rank == 0:
                 print(f"[train] stage {stage_number} epoch {state['epoch']}: held-out loss "
-                      f"{state['holdout'][-1]['holdout_loss']}", flush=True)
+                      f"{state['epochs'][-1]['holdout_loss']}", flush=True)
         if state["step"] < total:
             state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
     state["final"] = True
