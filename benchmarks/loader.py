@@ -22,7 +22,6 @@ import torch
 from deepmolm.config import load_params
 from deepmolm.instructions import read_instructions
 from deepmolm.model.deep_encoder import DeepEncoderSpec
-from deepmolm.model.prompt import format_prompt, format_response
 from deepmolm.model.tokenizer import train_bpe
 from deepmolm.train.data import InstructionDataset, collate, model_inputs
 
@@ -39,7 +38,7 @@ def main() -> None:
     directory = args.instructions or max(params.paths.instructions_dir.glob("*/*/examples.parquet"),
                                          key=lambda p: p.stat().st_mtime).parent
     texts = read_instructions(directory).select(["prompt", "response"]).to_pylist()
-    tokenizer = train_bpe([format_prompt(r["prompt"]) + format_response(r["response"]) for r in texts[:5000]], 2000)
+    tokenizer = train_bpe([text for r in texts[:5000] for text in (r["prompt"], r["response"])], 2000)
     encoder = params.model.presets[args.preset].encoder
     spec = DeepEncoderSpec(image_size=encoder.image_size, patch_size=encoder.patch_size)
     dataset = InstructionDataset(directory, tokenizer, image_size=spec.image_size, image_tokens=spec.tokens,
