@@ -96,6 +96,7 @@ def example_fits(prompts: list[str], responses: list[str], tokenizer, image_toke
     if not prompts:
         return []
     pieces = [format_prompt(p).split(IMAGE) for p in prompts]
+
     def lengths(texts: list[str]) -> list[int]:
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     total = zip(lengths([b for b, _ in pieces]), lengths([a for _, a in pieces]),
