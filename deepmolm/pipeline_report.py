@@ -39,14 +39,10 @@ def _predictions(path: Path) -> dict[str, dict]:
     return {row["id"]: row for row in map(json.loads, path.read_text().splitlines()) if row} if path.is_file() else {}
 
 
-def training_curves(reports: Path, out: Path) -> tuple[str, dict[int, dict]] | None:
-    """One PNG with each stage's loss (and a smoothed line) and learning rate per step."""
-    stages = {}
-    for stage in (1, 2):
-        steps = reports / "train" / f"stage{stage}" / "steps.csv"
-        if steps.is_file():
-            with open(steps, newline="") as handle:
-                stages[stage] = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+def training_curves(reports: Path, out: Path, epochs: dict[int, list[dict]]) -> tuple[str, dict[int, dict]] | None:
+    """One PNG with each stage's loss (and a smoothed line) and learning rate per step, and the
+    held-out loss of each epoch (`epochs`, per stage)."""
+    stages = {stage: rows for stage in (1, 2) if (rows := _csv_rows(reports / "train" / f"stage{stage}" / "steps.csv"))}
     if not stages:
         return None
     import matplotlib
@@ -54,10 +50,9 @@ def training_curves(reports: Path, out: Path) -> tuple[str, dict[int, dict]] | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = {stage: _csv_rows(reports / "train" / f"stage{stage}" / "epochs.csv") for stage in stages}
     fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 3.6), squeeze=False)
     for ax, (stage, rows) in zip(axes[0], stages.items()):
-        held = [r for r in epochs[stage] if "holdout_loss" in r]
+        held = [r for r in epochs.get(stage, []) if "holdout_loss" in r]
         if held:
             ax.plot([r["step"] for r in held], [r["holdout_loss"] for r in held], "o-", color="#238b45", linewidth=2,
                     label="held-out loss (end of epoch)")
@@ -139,7 +134,8 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
     if metrics is None:
         raise FileNotFoundError(f"no evaluation at {evaluation / METRICS_FILE}: run the evaluate stage first")
     model, baseline = _predictions(evaluation / MODEL_PREDICTIONS), _predictions(evaluation / BASELINE_PREDICTIONS)
-    curves = training_curves(reports, out)
+    epochs = {n: _csv_rows(reports / "train" / f"stage{n}" / "epochs.csv") for n in (1, 2)}
+    curves = training_curves(reports, out, epochs)
     context = {
         "metrics": metrics,
         "data": _read_json(reports / "data" / "summary.json"),
@@ -147,7 +143,7 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
         "stages": {n: _read_json(reports / "train" / f"stage{n}" / "summary.json") for n in (1, 2)},
         "curves": curves[0] if curves else None,
         "gallery": _gallery(params, Path(instructions), model, baseline, out),
-        "epochs": {n: _csv_rows(reports / "train" / f"stage{n}" / "epochs.csv") for n in (1, 2)},
+        "epochs": epochs,
     }
     image_size = metrics["model"].get("image_size")
     captioned = [r for r in examples_of_splits(Path(instructions), params.eval.splits, ["caption"], None)]
