@@ -400,6 +400,8 @@ class TrainParams(_Section):
     checkpoint_every_steps: int = Field(ge=1)
     keep_checkpoints: int = Field(ge=1)
     max_failures: int = Field(ge=-1, description="worker failures a run survives (-1: no limit)")
+    length_group_steps: int = Field(
+        ge=0, description="steps of the epoch's shuffle whose examples are sorted by length into batches (0: none)")
     loader_workers: int = Field(ge=0, description="data-loading processes per training worker (0: in the worker)")
     loader_batches_ahead: int = Field(ge=1, description="batches each loading process prepares ahead")
     holdout: HoldoutParams = Field(description="molecules of train.splits kept out of training: held-out loss, tuning")

@@ -87,12 +87,13 @@ def encode_example(prompt: str, response: str, tokenizer, image_tokens: int, max
     response_ids = tokenizer(format_response(response), add_special_tokens=False)["input_ids"]
     if len(prompt_ids) + len(response_ids) > max_length:
         raise ValueError(f"the example is {len(prompt_ids) + len(response_ids)} tokens, over max_length {max_length} "
-                         f"(leave it out: example_fits)")
+                         f"(leave it out: see example_lengths)")
     return {"input_ids": prompt_ids + response_ids, "labels": [IGNORE] * len(prompt_ids) + response_ids}
 
 
-def example_fits(prompts: list[str], responses: list[str], tokenizer, image_tokens: int, max_length: int) -> list[bool]:
-    """Whether each example fits `max_length` whole (prompt, image placeholders, response, end token)."""
+def example_lengths(prompts: list[str], responses: list[str], tokenizer, image_tokens: int) -> list[int]:
+    """The token count of each whole example (prompt, image placeholders, response, end token), as
+    encode_example would produce it, from one batched tokenizer call per piece."""
     if not prompts:
         return []
     pieces = [format_prompt(p).split(IMAGE) for p in prompts]
@@ -101,17 +102,32 @@ def example_fits(prompts: list[str], responses: list[str], tokenizer, image_toke
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     total = zip(lengths([b for b, _ in pieces]), lengths([a for _, a in pieces]),
                 lengths([format_response(r) for r in responses]))
-    return [before + image_tokens + after + response <= max_length for before, after, response in total]
+    return [before + image_tokens + after + response for before, after, response in total]
 
 
-def epoch_batches(rows: int, *, seed: int, epoch: int, rank: int, world: int, batch_size: int) -> list[list[int]]:
-    """The row indices of each of a worker's batches in one epoch: one seeded permutation of every
-    row (the same on every worker), dealt round-robin, then cut into full batches. Every worker
-    gets `rows // world // batch_size` batches, so all take the same number of steps."""
-    order = np.random.default_rng([seed, epoch]).permutation(rows)
-    mine = order[rank::world][: rows // world]
-    count = len(mine) // batch_size
-    return [mine[i * batch_size:(i + 1) * batch_size].tolist() for i in range(count)]
+def epoch_batches(rows: int, *, seed: int, epoch: int, rank: int, world: int, batch_size: int,
+                  lengths: list[int] | None = None, group_steps: int = 0) -> list[list[int]]:
+    """The row indices of each of a worker's batches in one epoch, a function of these arguments only
+    (so a resume skips exactly the batches already trained on).
+
+    One seeded permutation of every row, cut into steps of `world * batch_size` rows, each step's rows
+    dealt round-robin to the workers; every worker gets `rows // world // batch_size` batches. With
+    `lengths` and `group_steps`, each run of `group_steps` steps of the permutation is sorted by length
+    and the steps are then shuffled: a batch pads to lengths like its own (a property answer is a
+    third of a caption), and the workers of one step wait on equally long batches."""
+    rng = np.random.default_rng([seed, epoch])
+    step_rows = world * batch_size
+    steps = rows // step_rows
+    order = rng.permutation(rows)[: steps * step_rows]
+    if lengths is not None and group_steps > 0:
+        size = np.asarray(lengths)
+        group = group_steps * step_rows
+        order = np.concatenate([chunk[np.argsort(-size[chunk], kind="stable")]
+                                for chunk in np.split(order, range(group, len(order), group))])
+        step_order = rng.permutation(steps)
+    else:
+        step_order = np.arange(steps)
+    return [order[s * step_rows:(s + 1) * step_rows][rank::world].tolist() for s in step_order]
 
 
 def collate(examples: list[dict], pad_id: int, e3fp_levels: int) -> dict[str, torch.Tensor]:

@@ -1,8 +1,8 @@
 """The training loop every Ray Train worker runs (`TorchTrainer(train_loop_per_worker=train_worker)`).
 
 Every worker gets the same training rows from the driver (train/rows.py) and takes its share of
-each epoch's seeded permutation of them (data.epoch_batches: a global shuffle per epoch, the same
-for a given seed, resumable at any batch), encoded and padded by a torch DataLoader in the worker.
+each epoch's seeded permutation of them (data.epoch_batches: a global shuffle per epoch, grouped by
+length, the same for a given seed, resumable at any batch), encoded and padded by a torch DataLoader in the worker.
 It takes `grad_accum_steps` micro-batches per optimizer step and all-reduces the step's loss,
 samples and tokens so rank 0 records the global figures. At the end of every epoch (and of the
 run), the held-out molecules' loss is measured with dropout off, each worker on its share. Every
@@ -88,6 +88,7 @@ def train_worker(config: dict) -> None:
     datasets = {part: InstructionDataset(Path(plan["instructions"]), tokenizer, image_size=spec.image_size,
                                          image_tokens=spec.tokens, max_length=params.model.max_length,
                                          rows=config["rows"][part]) for part in ("train", "holdout")}
+    lengths = [row["tokens"] for row in config["rows"]["train"]]
     pad = functools.partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=params.featurize.e3fp.level + 1)
     loader_options = {"collate_fn": pad, "num_workers": train.loader_workers}
     if train.loader_workers:
@@ -100,7 +101,8 @@ def train_worker(config: dict) -> None:
     while state["step"] < total:
         skip, pending, started = state["batches_in_epoch"], [], time.perf_counter()
         order = epoch_batches(len(datasets["train"]), seed=train.seed, epoch=state["epoch"], rank=rank, world=world,
-                              batch_size=train.micro_batch_size)[:batches_per_epoch]
+                              batch_size=train.micro_batch_size, lengths=lengths,
+                              group_steps=train.length_group_steps)[:batches_per_epoch]
         if len(order) < batches_per_epoch:
             raise RuntimeError(f"worker {rank} got {len(order)} batches of {train.micro_batch_size}, "
                                f"the plan {batches_per_epoch}")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from deepmolm.config import Params
 from deepmolm.instructions import EXAMPLES, held_out
-from deepmolm.train.data import example_fits
+from deepmolm.train.data import example_lengths
 
 ROW_COLUMNS = ["cid", "task", "property", "prompt", "response", "image_part", "image_row", "e3fp"]
 
@@ -27,16 +27,18 @@ def row_filter(params: Params, tasks: list[str]) -> list[tuple]:
 
 
 def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_tokens: int) -> dict:
-    """{"train": rows, "holdout": rows, "counts": {...}} for one stage, rows as dicts in table order."""
+    """{"train": rows, "holdout": rows, "counts": {...}} for one stage, rows as dicts in table order,
+    each with its token count."""
     table = pq.read_table(Path(instructions) / EXAMPLES, columns=ROW_COLUMNS,
                           filters=row_filter(params, params.train.stage(stage).tasks))
     rows = table.to_pylist()
-    fits = example_fits([r["prompt"] for r in rows], [r["response"] for r in rows], tokenizer, image_tokens,
-                        params.model.max_length)
+    lengths = example_lengths([r["prompt"] for r in rows], [r["response"] for r in rows], tokenizer, image_tokens)
+    fits = [length <= params.model.max_length for length in lengths]
     holdout = params.train.holdout
     chosen: dict[str, list[dict]] = {"train": [], "holdout": []}
-    for row, fit in zip(rows, fits):
+    for row, length, fit in zip(rows, lengths, fits):
         if fit:
+            row["tokens"] = length  # batches group by it (train.length_group_steps)
             chosen["holdout" if held_out(row["cid"], holdout.fraction, holdout.seed) else "train"].append(row)
     counts = {"rows": len(rows), "train": len(chosen["train"]), "holdout": len(chosen["holdout"]),
               "too_long": len(rows) - sum(fits),

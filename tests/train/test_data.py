@@ -19,7 +19,7 @@ from deepmolm.model.presets import model_config
 from deepmolm.model.prompt import END, IMAGE, SPECIAL_TOKENS, format_response
 from deepmolm.model.tokenizer import image_token_id
 from deepmolm.train.data import (IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDataset, collate, encode_example,
-                                 epoch_batches, example_fits, image_pixels, model_inputs)
+                                 epoch_batches, example_lengths, image_pixels, model_inputs)
 from tests.conftest import PARAMS
 
 
@@ -52,11 +52,12 @@ def test_labels_cover_the_response_only_and_images_are_expanded(tokenizer):
 
 def test_an_example_over_max_length_is_left_out_not_cut(tokenizer):
     prompt, long = "Describe the input molecule.", "word " * 200
-    fits = example_fits([prompt, prompt], ["It is an acid.", long], tokenizer, image_tokens=4, max_length=64)
-    assert fits == [True, False]
     exact = len(encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=64)["input_ids"])
-    assert example_fits([prompt], ["It is an acid."], tokenizer, image_tokens=4, max_length=exact) == [True]
-    assert example_fits([prompt], ["It is an acid."], tokenizer, image_tokens=4, max_length=exact - 1) == [False]
+    lengths = example_lengths([prompt, prompt], ["It is an acid.", long], tokenizer, image_tokens=4)
+    assert lengths[0] == exact and lengths[1] > 64, "the count is encode_example's, end token included"
+    encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=exact)
+    with pytest.raises(ValueError, match="over max_length"):
+        encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=exact - 1)
     with pytest.raises(ValueError, match="over max_length"):
         encode_example(prompt, long, tokenizer, image_tokens=4, max_length=64)
 
@@ -75,6 +76,32 @@ def test_each_epoch_is_one_seeded_shuffle_of_every_row_dealt_to_the_workers():
     assert len(first_batch_molecules) >= 3
     # the whole split, not a window: the first batches already reach far down the table
     assert max(i for b in epoch0[0][:2] for i in b) > 40
+
+
+def test_batches_grouped_by_length_pad_less_and_stay_a_seeded_shuffle():
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in np.where(rng.random(1000) < 0.2, rng.integers(80, 300, 1000), rng.integers(40, 60, 1000))]
+    world, batch = 2, 8
+
+    def batches(group_steps: int, epoch: int = 0) -> list[list[list[int]]]:
+        return [epoch_batches(len(lengths), seed=3, epoch=epoch, rank=r, world=world, batch_size=batch,
+                              lengths=lengths, group_steps=group_steps) for r in range(world)]
+
+    def padded(workers: list[list[list[int]]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) for worker in workers for b in worker)
+    plain, grouped = batches(0), batches(10)
+    assert sorted(i for w in grouped for b in w for i in b) == sorted(i for w in plain for b in w for i in b), \
+        "grouping only reorders the epoch's rows"
+    assert [len(w) for w in grouped] == [len(w) for w in plain] == [len(lengths) // world // batch] * world
+    assert padded(grouped) < 0.7 * padded(plain), "short examples no longer pad to a caption's length"
+    # the two workers of one step get batches of like length, so neither waits long on the other
+    step_gap = [abs(max(lengths[i] for i in a) - max(lengths[i] for i in b)) for a, b in zip(*grouped)]
+    assert np.median(step_gap) <= 10
+    # the sorted steps are shuffled again: long batches fall all over the epoch, not at the start of each group
+    long_steps = [s for s, b in enumerate(grouped[0]) if max(lengths[i] for i in b) >= 80]
+    assert min(long_steps) < len(grouped[0]) / 4 and max(long_steps) > 3 * len(grouped[0]) / 4
+    assert sum(1 for s in long_steps if s % 10 == 0) < len(long_steps) / 2
+    assert batches(10) == grouped and batches(10, epoch=1) != grouped
 
 
 def test_shrinking_a_drawing_keeps_its_lines():
