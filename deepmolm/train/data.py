@@ -91,9 +91,9 @@ def encode_example(prompt: str, response: str, tokenizer, image_tokens: int, max
     return {"input_ids": prompt_ids + response_ids, "labels": [IGNORE] * len(prompt_ids) + response_ids}
 
 
-def example_lengths(prompts: list[str], responses: list[str], tokenizer, image_tokens: int) -> list[int]:
-    """The token count of each whole example (prompt, image placeholders, response, end token), as
-    encode_example would produce it, from one batched tokenizer call per piece."""
+def example_lengths(prompts: list[str], responses: list[str], tokenizer, image_tokens: int) -> list[tuple[int, int]]:
+    """(whole example, response) token counts of each example, as encode_example would produce them
+    (the response with its end token), from one batched tokenizer call per piece."""
     if not prompts:
         return []
     pieces = [format_prompt(p).split(IMAGE) for p in prompts]
@@ -102,7 +102,20 @@ def example_lengths(prompts: list[str], responses: list[str], tokenizer, image_t
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     total = zip(lengths([b for b, _ in pieces]), lengths([a for _, a in pieces]),
                 lengths([format_response(r) for r in responses]))
-    return [before + image_tokens + after + response for before, after, response in total]
+    return [(before + image_tokens + after + response, response) for before, after, response in total]
+
+
+def label_tokens(labels: torch.Tensor) -> int:
+    """The positions a causal LM's loss counts in a batch (its labels shifted by one)."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+def token_weight(labels: torch.Tensor, labels_per_batch: float) -> float:
+    """What a batch's mean token loss is multiplied by in its step: its label tokens over the mean per
+    batch of the whole training set. Summed over an epoch, the objective is then the total token loss
+    over a constant, whichever batches the rows fall in: grouping by length (12 short property
+    answers in one batch, long captions in another) reorders the rows but reweights no token."""
+    return label_tokens(labels) / labels_per_batch
 
 
 def epoch_batches(rows: int, *, seed: int, epoch: int, rank: int, world: int, batch_size: int,

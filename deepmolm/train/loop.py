@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepmolm.train.data import InstructionDataset, collate, epoch_batches, model_inputs
+from deepmolm.train.data import InstructionDataset, collate, epoch_batches, label_tokens, model_inputs, token_weight
 from deepmolm.train.stages import (PROVENANCE, add_lora, initial_model, lora_enabled, merge_lora, random_parts,
                                    set_trainable)
 
@@ -89,6 +89,7 @@ def train_worker(config: dict) -> None:
                                          image_tokens=spec.tokens, max_length=params.model.max_length,
                                          rows=config["rows"][part]) for part in ("train", "holdout")}
     lengths = [row["tokens"] for row in config["rows"]["train"]]
+    labels_per_batch = train.micro_batch_size * sum(r["response_tokens"] for r in config["rows"]["train"]) / len(lengths)
     pad = functools.partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=params.featurize.e3fp.level + 1)
     loader_options = {"collate_fn": pad, "num_workers": train.loader_workers}
     if train.loader_workers:
@@ -111,7 +112,8 @@ def train_worker(config: dict) -> None:
             pending.append(model_inputs(batch, device))
             if len(pending) < accum:
                 continue
-            row = optimizer_step(strategy, pending, world, started, state["epoch"])
+            row = optimizer_step(strategy, pending, [token_weight(b["labels"], labels_per_batch) for b in pending],
+                                 world, started, state["epoch"])
             state["step"], state["batches_in_epoch"] = state["step"] + 1, index + 1
             history.append({"step": state["step"], **row})
             pending, started = [], time.perf_counter()
@@ -145,7 +147,7 @@ def holdout_loss(strategy, dataset, loader_options: dict, batch_size: int, devic
     batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     for batch in torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_options):
         inputs = model_inputs(batch, device)
-        tokens = int((inputs["labels"][:, 1:] != -100).sum())
+        tokens = label_tokens(inputs["labels"])
         totals += torch.tensor([strategy.eval_loss(inputs) * tokens, tokens], dtype=torch.float64)
     if world > 1:
         torch.distributed.all_reduce(totals)
@@ -156,9 +158,9 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 5) if values else None
 
 
-def optimizer_step(strategy, pending: list[dict], world: int, started: float, epoch: int) -> dict:
+def optimizer_step(strategy, pending: list[dict], weights: list[float], world: int, started: float, epoch: int) -> dict:
     """One optimizer step; loss, samples and tokens summed over the workers."""
-    loss, norm = strategy.step(pending)
+    loss, norm = strategy.step(pending, weights)
     totals = torch.tensor([loss, sum(len(b["input_ids"]) for b in pending),
                            sum(int(b["attention_mask"].sum()) for b in pending)], dtype=torch.float64)
     if world > 1:

@@ -28,17 +28,18 @@ def row_filter(params: Params, tasks: list[str]) -> list[tuple]:
 
 def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_tokens: int) -> dict:
     """{"train": rows, "holdout": rows, "counts": {...}} for one stage, rows as dicts in table order,
-    each with its token count."""
+    each with its token counts (whole, response)."""
     table = pq.read_table(Path(instructions) / EXAMPLES, columns=ROW_COLUMNS,
                           filters=row_filter(params, params.train.stage(stage).tasks))
     rows = table.to_pylist()
     lengths = example_lengths([r["prompt"] for r in rows], [r["response"] for r in rows], tokenizer, image_tokens)
-    fits = [length <= params.model.max_length for length in lengths]
+    fits = [whole <= params.model.max_length for whole, _ in lengths]
     holdout = params.train.holdout
     chosen: dict[str, list[dict]] = {"train": [], "holdout": []}
-    for row, length, fit in zip(rows, lengths, fits):
+    for row, (whole, response), fit in zip(rows, lengths, fits):
         if fit:
-            row["tokens"] = length  # batches group by it (train.length_group_steps)
+            # batches group by the first (train.length_group_steps), the loss weighs by the second
+            row["tokens"], row["response_tokens"] = whole, response
             chosen["holdout" if held_out(row["cid"], holdout.fraction, holdout.seed) else "train"].append(row)
     counts = {"rows": len(rows), "train": len(chosen["train"]), "holdout": len(chosen["holdout"]),
               "too_long": len(rows) - sum(fits),

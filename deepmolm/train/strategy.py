@@ -69,8 +69,9 @@ class DDPStrategy:
                                            fused=device.type == "cuda")
         self.scheduler = schedule(self.optimizer, stage, total_steps)
 
-    def step(self, micro_batches: list[dict]) -> tuple[float, float]:
-        """One optimizer step; returns (mean loss, gradient norm before clipping)."""
+    def step(self, micro_batches: list[dict], weights: list[float]) -> tuple[float, float]:
+        """One optimizer step, each micro-batch's mean token loss times its weight (data.token_weight);
+        returns (the step's mean token loss, gradient norm before clipping)."""
         losses = []
         for i, inputs in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
@@ -79,14 +80,14 @@ class DDPStrategy:
             with sync:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     loss = self.model(**inputs).loss
-                (loss / len(micro_batches)).backward()
+                (loss * weights[i] / len(micro_batches)).backward()
             losses.append(loss.detach().float())
         norm = torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],
                                               self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(torch.stack(losses).mean()), float(norm)
+        return _token_mean(losses, weights), float(norm)
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
@@ -141,17 +142,17 @@ class DeepSpeedStrategy:
             lr_scheduler=lambda opt: schedule(opt, stage, total_steps))
         self.module = self.engine.module
 
-    def step(self, micro_batches: list[dict]) -> tuple[float, float]:
+    def step(self, micro_batches: list[dict], weights: list[float]) -> tuple[float, float]:
         losses = []
-        for inputs in micro_batches:
+        for inputs, weight in zip(micro_batches, weights):
             if self.bf16:
                 inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}
             loss = self.engine(**inputs).loss
-            self.engine.backward(loss)
+            self.engine.backward(loss * weight)  # DeepSpeed divides by the accumulation steps itself
             self.engine.step()  # applies the update at the accumulation boundary only
             losses.append(loss.detach().float())
         norm = self.engine.get_global_grad_norm()
-        return float(torch.stack(losses).mean()), float(norm if norm is not None else float("nan"))
+        return _token_mean(losses, weights), float(norm if norm is not None else float("nan"))
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
@@ -190,3 +191,8 @@ class DeepSpeedStrategy:
                                                   next(iter(self.module.language_model.peft_config.values())))
         fresh.load_state_dict(state, strict=True)
         return fresh
+
+
+def _token_mean(losses: list[torch.Tensor], weights: list[float]) -> float:
+    """The mean token loss of a step's micro-batches (weights are proportional to their label tokens)."""
+    return float(sum(float(loss) * w for loss, w in zip(losses, weights)) / sum(weights)) if sum(weights) else 0.0

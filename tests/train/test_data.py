@@ -19,7 +19,7 @@ from deepmolm.model.presets import model_config
 from deepmolm.model.prompt import END, IMAGE, SPECIAL_TOKENS, format_response
 from deepmolm.model.tokenizer import image_token_id
 from deepmolm.train.data import (IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDataset, collate, encode_example,
-                                 epoch_batches, example_lengths, image_pixels, model_inputs)
+                                 epoch_batches, example_lengths, label_tokens, token_weight, image_pixels, model_inputs)
 from tests.conftest import PARAMS
 
 
@@ -54,7 +54,9 @@ def test_an_example_over_max_length_is_left_out_not_cut(tokenizer):
     prompt, long = "Describe the input molecule.", "word " * 200
     exact = len(encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=64)["input_ids"])
     lengths = example_lengths([prompt, prompt], ["It is an acid.", long], tokenizer, image_tokens=4)
-    assert lengths[0] == exact and lengths[1] > 64, "the count is encode_example's, end token included"
+    assert lengths[0][0] == exact and lengths[1][0] > 64, "the count is encode_example's, end token included"
+    encoded = encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=64)
+    assert lengths[0][1] == len(encoded["labels"]) - encoded["labels"].count(IGNORE), "the response's, end included"
     encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=exact)
     with pytest.raises(ValueError, match="over max_length"):
         encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=exact - 1)
@@ -150,3 +152,37 @@ def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model
     model = DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=len(tokenizer),
                                              image_token_id=image_token_id(tokenizer)))
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_token_weights_make_the_epoch_objective_independent_of_how_rows_are_batched(instruction_set, tokenizer):
+    """Grouping by length puts short property answers and long captions in separate batches; with each
+    batch's mean loss weighted by its label tokens, an epoch's summed loss is the same as with mixed
+    batches (a plain mean per batch would weigh a property-answer token several times a caption's)."""
+    dataset = InstructionDataset(instruction_set, tokenizer, image_size=64, image_tokens=4, max_length=512)
+    params = load_params(PARAMS, [])
+    torch.manual_seed(0)
+    model = DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=len(tokenizer),
+                                             image_token_id=image_token_id(tokenizer))).eval()
+    pad = partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=4)
+    rows = list(range(16))
+    responses = [len(dataset[i]["labels"]) - dataset[i]["labels"].count(IGNORE) for i in rows]
+    assert max(responses) > 3 * min(responses), "the fixture mixes short and long responses"
+    labels_per_batch = 4 * sum(responses) / len(rows)
+    by_length = sorted(rows, key=lambda i: responses[i])
+
+    def objective(order: list[int], weighted: bool) -> float:
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(order), 4):
+                batch = model_inputs(pad([dataset[i] for i in order[start:start + 4]]))
+                loss = float(model(**batch).loss)
+                total += loss * (token_weight(batch["labels"], labels_per_batch) if weighted else 1.0)
+        return total
+    assert objective(by_length, True) == pytest.approx(objective(rows, True), rel=1e-5)
+    # what one token weighs: the same in every batch, where a plain mean gives a short batch's tokens more
+    batches = [model_inputs(pad([dataset[i] for i in by_length[s:s + 4]]))["labels"] for s in range(0, 16, 4)]
+    per_token = [token_weight(labels, labels_per_batch) / label_tokens(labels) for labels in batches]
+    assert max(per_token) == pytest.approx(min(per_token)) == pytest.approx(1 / labels_per_batch)
+    plain = [1 / label_tokens(labels) for labels in batches]
+    assert max(plain) > 2 * min(plain)
+    assert sum(label_tokens(model_inputs(pad([dataset[i]]))["labels"]) for i in rows) == sum(responses)
