@@ -112,8 +112,8 @@ def train_worker(config: dict) -> None:
             pending.append(model_inputs(batch, device))
             if len(pending) < accum:
                 continue
-            row = optimizer_step(strategy, pending, [token_weight(b["labels"], labels_per_batch) for b in pending],
-                                 world, started, state["epoch"])
+            row = optimizer_step(strategy, pending, world, started, state["epoch"],
+                                 weights=[token_weight(b["labels"], labels_per_batch) for b in pending])
             state["step"], state["batches_in_epoch"] = state["step"] + 1, index + 1
             history.append({"step": state["step"], **row})
             pending, started = [], time.perf_counter()
@@ -158,9 +158,11 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 5) if values else None
 
 
-def optimizer_step(strategy, pending: list[dict], weights: list[float], world: int, started: float, epoch: int) -> dict:
-    """One optimizer step; loss, samples and tokens summed over the workers."""
-    loss, norm = strategy.step(pending, weights)
+def optimizer_step(strategy, pending: list[dict], world: int, started: float, epoch: int,
+                   weights: list[float] | None = None) -> dict:
+    """One optimizer step (each micro-batch's loss times its weight: 1 when None); loss, samples and
+    tokens summed over the workers."""
+    loss, norm = strategy.step(pending, weights or [1.0] * len(pending))
     totals = torch.tensor([loss, sum(len(b["input_ids"]) for b in pending),
                            sum(int(b["attention_mask"].sum()) for b in pending)], dtype=torch.float64)
     if world > 1:
