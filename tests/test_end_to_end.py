@@ -35,7 +35,7 @@ MUMO_SIZE = {"max_steps: null\n    batch_size: 32\n    learning_rate: 1.0e-3\n  
 
 # DeepMoLM's training at the test's 12 molecules per split: batches that fit, two epochs a stage
 TRAIN_SIZE = {"  micro_batch_size: 8 ": "  micro_batch_size: 2 ", "    epochs: 5\n": "    epochs: 2\n",
-              "    epochs: 6\n": "    epochs: 2\n"}
+              "    epochs: 8\n": "    epochs: 2\n"}
 
 
 def shrink(params: Path) -> None:
