@@ -113,7 +113,7 @@ def label_tokens(labels: torch.Tensor) -> int:
 def token_weight(labels: torch.Tensor, labels_per_batch: float) -> float:
     """What a batch's mean token loss is multiplied by in its step: its label tokens over the mean per
     batch of the whole training set. Summed over an epoch, the objective is then the total token loss
-    over a constant, whichever batches the rows fall in: grouping by length (12 short property
+    over a constant, whichever batches the rows fall in: grouping by length (short property
     answers in one batch, long captions in another) reorders the rows but reweights no token."""
     return label_tokens(labels) / labels_per_batch
 

@@ -2,7 +2,8 @@
 
 Every worker gets the same training rows from the driver (train/rows.py) and takes its share of
 each epoch's seeded permutation of them (data.epoch_batches: a global shuffle per epoch, grouped by
-length, the same for a given seed, resumable at any batch), encoded and padded by a torch DataLoader in the worker.
+length, the same for a given seed, resumable at any batch), encoded and padded by a torch DataLoader
+in the worker; each batch's loss is weighted by its label tokens (data.token_weight).
 It takes `grad_accum_steps` micro-batches per optimizer step and all-reduces the step's loss,
 samples and tokens so rank 0 records the global figures. At the end of every epoch (and of the
 run), the held-out molecules' loss is measured with dropout off, each worker on its share. Every
