@@ -33,16 +33,15 @@ def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_
                           filters=row_filter(params, params.train.stage(stage).tasks))
     rows = table.to_pylist()
     lengths = example_lengths([r["prompt"] for r in rows], [r["response"] for r in rows], tokenizer, image_tokens)
-    fits = [whole <= params.model.max_length for whole, _ in lengths]
     holdout = params.train.holdout
     chosen: dict[str, list[dict]] = {"train": [], "holdout": []}
-    for row, (whole, response), fit in zip(rows, lengths, fits):
-        if fit:
+    for row, (whole, response) in zip(rows, lengths):
+        if whole <= params.model.max_length:
             # batches group by the first (train.length_group_steps), the loss weighs by the second
             row["tokens"], row["response_tokens"] = whole, response
             chosen["holdout" if held_out(row["cid"], holdout.fraction, holdout.seed) else "train"].append(row)
     counts = {"rows": len(rows), "train": len(chosen["train"]), "holdout": len(chosen["holdout"]),
-              "too_long": len(rows) - sum(fits),
+              "too_long": len(rows) - len(chosen["train"]) - len(chosen["holdout"]),
               "train_molecules": len({r["cid"] for r in chosen["train"]}),
               "holdout_molecules": len({r["cid"] for r in chosen["holdout"]})}
     return {**chosen, "counts": counts}
