@@ -278,6 +278,8 @@ class FusionParams(_Section):
     num_heads: int = Field(ge=1)
     ffn_mult: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
+    size_features: bool = Field(False, description="add an embedding of the heavy-atom count to every visual token "
+                                                   "(not in the paper; see deepmolm/model/fusion.py)")
 
 
 class LanguageParams(_Section):

@@ -9,6 +9,13 @@ Keys always include one learned "null" token that is never masked, so a molecule
 are all padding (no conformer, or the zeroed ablation) attends to it and stays finite; padding keys
 get exactly zero weight, so padding a molecule never changes its output.
 
+With `size_features`, every query also gets an embedding of the molecule's heavy-atom count (the
+atoms with an E3FP identifier), as sines and cosines of its linear and log scales: a softmax
+average over the atoms' tokens is the same for a molecule and its twice-repeated self, so the count
+that mass, area and complexity grow with is otherwise lost (on ChEBI-20, the count alone predicts
+the molecular weight to 22.6 g/mol MAE, the mean baseline is 250). The paper has no such input; the
+`cpu` preset uses it, because its 128-px drawings do not show a large molecule's size either.
+
 Variants for the paper's ablations: `fusion` (default), `fusion_zero_e3fp` (the same module with
 every E3FP token replaced by padding), `concat` (the masked mean of the E3FP tokens concatenated to
 each visual token), `linear` (image only).
@@ -22,6 +29,8 @@ import torch
 from torch import nn
 
 VARIANTS = ("fusion", "fusion_zero_e3fp", "concat", "linear")
+SIZE_SCALE = 256  # atoms at which the linear size feature reaches 1 (featurize.conformer.max_heavy_atoms is 250)
+SIZE_FREQUENCIES = 8  # sines and cosines at pi * 2**k, k < 8, of each scale: one atom apart is a quarter turn
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class FusionSpec:
     ffn_mult: int = 4
     dropout: float = 0.0
     variant: str = "fusion"
+    size_features: bool = False
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -53,6 +63,8 @@ class FusionProjector(nn.Module):
         self.pad_id = spec.e3fp_bits
         self.e3fp_embed = nn.Embedding(spec.e3fp_bits + 1, h, padding_idx=self.pad_id)
         self.level_embed = nn.Embedding(spec.e3fp_levels, h)
+        if spec.size_features:
+            self.size_in = nn.Linear(2 * (1 + 2 * SIZE_FREQUENCIES), h)
         if spec.variant == "concat":
             self.merge = nn.Linear(2 * h, h)
             return
@@ -76,6 +88,15 @@ class FusionProjector(nn.Module):
         tokens = self.e3fp_embed(ids) + self.level_embed(level)[None]
         return tokens.masked_fill(padding[..., None], 0.0), padding
 
+    @staticmethod
+    def size_features(atoms: torch.Tensor) -> torch.Tensor:
+        """[B] heavy-atom counts -> [B, 34]: the count on a linear and a log scale, each with sines and
+        cosines, so 100 and 101 atoms differ as clearly as 10 and 11."""
+        atoms = atoms.float()
+        scales = torch.stack([atoms / SIZE_SCALE, torch.log1p(atoms) / torch.log1p(torch.tensor(SIZE_SCALE))], dim=-1)
+        angles = scales[..., None] * (torch.pi * 2.0 ** torch.arange(SIZE_FREQUENCIES, device=atoms.device))
+        return torch.cat([scales, angles.sin().flatten(1), angles.cos().flatten(1)], dim=-1)
+
     def forward(self, visual: torch.Tensor, e3fp: torch.Tensor | None = None) -> torch.Tensor:
         """visual [B, N, visual_dim], e3fp [B, atoms, levels] -> [B, N, hidden_size]."""
         queries = self.visual_in(visual)
@@ -84,6 +105,9 @@ class FusionProjector(nn.Module):
         if e3fp is None:
             e3fp = torch.full((visual.shape[0], 1, self.spec.e3fp_levels), -1, device=visual.device)
         tokens, padding = self.e3fp_tokens(e3fp)
+        if self.spec.size_features:
+            atoms = (~padding.reshape(len(padding), -1, self.spec.e3fp_levels)).any(dim=-1).sum(dim=1)
+            queries = queries + self.size_in(self.size_features(atoms))[:, None]
         if self.spec.variant == "concat":
             count = (~padding).sum(dim=1, keepdim=True).clamp(min=1)
             pooled = tokens.sum(dim=1, keepdim=True) / count[..., None]

@@ -8,9 +8,10 @@ import torch
 from deepmolm.model.fusion import VARIANTS, FusionProjector, FusionSpec
 
 
-def projector(variant: str = "fusion", seed: int = 0) -> FusionProjector:
+def projector(variant: str = "fusion", seed: int = 0, size_features: bool = False) -> FusionProjector:
     torch.manual_seed(seed)
-    return FusionProjector(FusionSpec(visual_dim=24, hidden_size=32, e3fp_bits=64, num_heads=4, variant=variant)).eval()
+    spec = FusionSpec(visual_dim=24, hidden_size=32, e3fp_bits=64, num_heads=4, variant=variant, size_features=size_features)
+    return FusionProjector(spec).eval()
 
 
 def molecule(atoms: int, seed: int) -> torch.Tensor:
@@ -44,9 +45,10 @@ def test_a_molecule_without_geometry_gives_finite_outputs(variant):
     assert torch.isfinite(projector(variant)(visual, None)).all()
 
 
+@pytest.mark.parametrize("size_features", [False, True])
 @pytest.mark.parametrize("variant", ["fusion", "concat"])
-def test_padding_does_not_change_a_molecules_output(variant):
-    model = projector(variant)
+def test_padding_does_not_change_a_molecules_output(variant, size_features):
+    model = projector(variant, size_features=size_features)
     visual = torch.randn(1, 16, 24)
     small = molecule(4, 3)
     alone = model(visual, batch([small]))
@@ -64,8 +66,36 @@ def test_geometry_changes_the_fused_output_and_gets_gradients():
     assert grad is not None and grad[:64].abs().sum() > 0 and grad[64].abs().sum() == 0, "padding row stays untouched"
 
 
-def test_zeroed_e3fp_ablation_ignores_the_geometry():
-    model = projector("fusion_zero_e3fp")
+def test_size_features_tell_a_molecule_from_itself_repeated():
+    """Softmax attention averages: a molecule and the same atoms twice over look alike to it. The
+    size features tell them apart, and resolve one atom more at 100 atoms as at 10."""
+    visual = torch.randn(1, 16, 24)
+    once = molecule(12, 7)
+    twice = torch.cat([once, once])
+    plain, sized = projector(), projector(size_features=True)
+    plain_gap = (plain(visual, batch([once])) - plain(visual, batch([twice]))).abs().mean()
+    sized_gap = (sized(visual, batch([once])) - sized(visual, batch([twice]))).abs().mean()
+    assert sized_gap > 5 * plain_gap
+    features = FusionProjector.size_features(torch.tensor([10, 11, 100, 101]))
+    assert features.shape == (4, 34)
+    step_small, step_large = (features[1] - features[0]).norm(), (features[3] - features[2]).norm()
+    assert step_large > 0.1 and step_large > 0.5 * step_small
+
+
+def test_size_features_count_atoms_not_shell_identifiers():
+    """An atom missing its outer shells is still one atom; padding atoms are none."""
+    model = projector(size_features=True)
+    e3fp = batch([molecule(5, 1), molecule(3, 2)])
+    e3fp[1, 2, 1:] = -1
+    counted = {}
+    model.size_in.register_forward_hook(lambda module, args, out: counted.update(x=args[0]))
+    model(torch.randn(2, 16, 24), e3fp)
+    torch.testing.assert_close(counted["x"], FusionProjector.size_features(torch.tensor([5, 3])))
+
+
+@pytest.mark.parametrize("size_features", [False, True])
+def test_zeroed_e3fp_ablation_ignores_the_geometry(size_features):
+    model = projector("fusion_zero_e3fp", size_features=size_features)
     visual = torch.randn(1, 16, 24)
     torch.testing.assert_close(model(visual, batch([molecule(6, 5)])), model(visual, batch([molecule(11, 6)])))
 
