@@ -785,7 +785,8 @@ def config_show(params: ParamsOpt = DEFAULT_PARAMS, set_: SetOpt = None, as_json
     """Print the resolved params (file plus overrides, paths made absolute), or the error that stops them."""
     with _command(as_json):
         cfg = _params(params, set_)
-    dumped = cfg.model_dump(mode="json")
+    # absolute paths, as the program uses them (a JSON dump writes them relative to the project root)
+    dumped = json.loads(json.dumps(cfg.model_dump(), default=str))
     if as_json:
         print(json.dumps(dumped))
     else:

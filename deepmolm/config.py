@@ -3,13 +3,15 @@
 params.yaml is the one home of every knob. Unknown keys and invalid values are errors that name the
 key, the file (or the ``-S`` override) and what was expected, so a typo never silently falls back to a
 default. Relative paths are resolved against the directory of the params file, so a command behaves
-the same from any working directory.
+the same from any working directory; dumped as JSON (manifests, hashes, run names) they are relative
+to the project root again, so two clones dump the same params (deepmolm/run_log.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,11 +22,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from deepmolm.run_log import portable_path
 
 DEFAULT_PARAMS = Path("params.yaml")
 Split = Literal["train", "validation", "test"]
@@ -37,11 +42,11 @@ class ConfigError(ValueError):
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     if base is not None and not value.is_absolute():
-        return (Path(base) / value).resolve()
+        return Path(os.path.normpath(Path(base) / value))  # lexical: a symlinked ../shared stays ../shared
     return value
 
 
-ProjectPath = Annotated[Path, AfterValidator(_resolve_path)]
+ProjectPath = Annotated[Path, AfterValidator(_resolve_path), PlainSerializer(portable_path, when_used="json")]
 
 
 def _resolve_storage(value: str, info: ValidationInfo) -> str:
@@ -49,7 +54,7 @@ def _resolve_storage(value: str, info: ValidationInfo) -> str:
     return value if "://" in value else str(_resolve_path(Path(value), info))
 
 
-StorageLocation = Annotated[str, AfterValidator(_resolve_storage)]
+StorageLocation = Annotated[str, AfterValidator(_resolve_storage), PlainSerializer(portable_path, when_used="json")]
 
 
 class _Section(BaseModel):
@@ -62,6 +67,8 @@ class PathsParams(_Section):
     shards_dir: ProjectPath = Field(description="root of shard versions: <shards_dir>/<dataset>/<version>/")
     reports_dir: ProjectPath = Field(description="HTML and JSON reports; the data-quality ones in <reports_dir>/data/")
     instructions_dir: ProjectPath = Field(description="instruction sets: <instructions_dir>/<dataset>/<id>/")
+    logs_dir: ProjectPath = Field(description="the run log (runs.jsonl): when, where and how long each run took; "
+                                              "never a DVC output")
 
 
 class Chebi20Params(_Section):
@@ -142,7 +149,8 @@ class ConformerParams(_Section):
     method: Literal["etkdg", "none"] = Field(description="etkdg: ETKDGv3 embedding; none: no 3D")
     mmff: bool = Field(description="optimise the embedded conformer with MMFF94")
     seed: int = Field(ge=0)
-    timeout_s: int = Field(ge=1, description="embedding time limit per attempt (RDKit's own, not strict)")
+    max_iterations: int = Field(ge=1, description="embedding tries per attempt (RDKit's maxIterations): a count, "
+                                                  "not a time, so a slower machine embeds the same molecules")
     mmff_max_iters: int = Field(ge=1)
     random_coords_fallback: bool = Field(description="retry from the other starting point when ETKDG fails")
     random_coords_above_heavy_atoms: int = Field(

@@ -252,8 +252,7 @@ def _page(summary: dict, plots: list[tuple[str, str]], gallery: list[dict], reje
     parts.append("<h2>Counts</h2><table class='counts'>")
     parts.append(f"<tr><td>input rows</td><td>{counts['input_rows']}</td></tr>"
                  f"<tr><td>accepted</td><td>{counts['accepted']}</td></tr>"
-                 f"<tr><td>rejected</td><td>{counts['rejected']} ({summary['reject_rate']:.2%})</td></tr>"
-                 f"<tr><td>reused from earlier versions</td><td>{counts.get('reused', 0)}</td></tr>")
+                 f"<tr><td>rejected</td><td>{counts['rejected']} ({summary['reject_rate']:.2%})</td></tr>")
     for reason, count in summary["rejected_by_reason"].items():
         parts.append(f"<tr><td>&nbsp;&nbsp;rejected: {e(reason)}</td><td>{count}</td></tr>")
     for split, count in summary["splits"].items():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from deepmolm.config import Params
 from deepmolm.progress import progress_bar
+from deepmolm.run_log import log_run, portable_path
 from deepmolm.sources import chebi20, pubchem, tsv
 from deepmolm.sources.errors import BatchFetchError, LayoutError
 from deepmolm.sources.raw_table import RawTableWriter, sha256_file
@@ -82,6 +83,9 @@ def _publish(
             f"row accounting broke: {writer.accepted} accepted + {writer.rejected} rejected != {input_rows} input rows"
         )
     out = writer.publish(inputs=inputs, params=params.sections(*sections), params_hash=params.section_hash(*sections))
+    seconds = round(time.perf_counter() - started, 3)
+    log_run(params.paths.logs_dir, "ingest", out, source=writer.source, snapshot=out.name, seconds=seconds,
+            read_from=[ref.extra.get("read_from", ref.uri) for ref in inputs])
     return IngestSummary(
         source=writer.source,
         snapshot=out.name,
@@ -90,7 +94,7 @@ def _publish(
         accepted=writer.accepted,
         rejected=writer.rejected,
         rejected_by_reason=writer.rejected_by_reason(),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=seconds,
     )
 
 
@@ -146,7 +150,7 @@ def ingest_chebi20(
     chosen = list(dict.fromkeys(splits or cfg.splits))
     located = [chebi20.locate_split(cfg, split, params.paths.cache_dir) for split in chosen]
     files = [(f.path, f.split, f.uri, f.sha256) for f in located]
-    extra = {f.uri: {"read_from": str(f.path), "origin": f.origin} for f in located}
+    extra = {f.uri: {"read_from": portable_path(f.path), "origin": f.origin} for f in located}
     return _write_layout_files(
         params, "chebi20", files, out_root, progress, ("sources.chebi20", "ingest"), extra, cfg.max_rows_per_split
     )

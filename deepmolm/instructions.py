@@ -15,15 +15,15 @@ import os
 import random
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
-from deepmolm.latest import latest, mark_latest
 from deepmolm.config import InstructionsParams
+from deepmolm.latest import by_age, latest, mark_latest
+from deepmolm.run_log import portable_path
 from deepmolm.shards import SHARD_SCHEMA, read_manifest, resolve_version
 from deepmolm.sources.raw_table import sha256_file, write_parquet
 
@@ -149,15 +149,14 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
         key = example["task"] if example["task"] == "caption" else f"property_qa.{example['property']}"
         by_task[key] = by_task.get(key, 0) + 1
     summary = {
-        "dataset": manifest["dataset"], "shard_version": manifest["version"], "out": str(final),
+        "dataset": manifest["dataset"], "shard_version": manifest["version"], "out": portable_path(final),
         "molecules": manifest["counts"]["accepted"], "molecules_with_examples": len({e["cid"] for e in examples}),
         "examples": len(examples),
         "examples_by_task": dict(sorted(by_task.items())), "skipped_molecules": skipped,
     }
     (staging / MANIFEST).write_text(json.dumps({
         "schema_version": SCHEMA_VERSION, "table": "instruction_examples", "code_version": __version__,
-        "params": params.model_dump(mode="json"), "shards": str(version_dir),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "params": params.model_dump(mode="json"), "shards": portable_path(version_dir),
         "examples": {"path": EXAMPLES, "rows": len(examples), "sha256": sha256_file(staging / EXAMPLES)},
         "summary": summary,
     }, indent=2, sort_keys=True) + "\n")
@@ -179,7 +178,7 @@ def resolve_instruction_set(path: Path) -> Path:
     found = [p.parent for p in path.rglob(MANIFEST) if (p.parent / EXAMPLES).is_file()]
     if not found:
         raise FileNotFoundError(f"no instruction set (examples.parquet + manifest.json) in {path}")
-    return max(found, key=lambda d: (json.loads((d / MANIFEST).read_text()).get("created_at", ""), d.name))
+    return by_age(found, MANIFEST)[-1]
 
 
 def instruction_shards(directory: Path) -> Path:

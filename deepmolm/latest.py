@@ -30,3 +30,9 @@ def latest(directory: Path, marker: str) -> Path | None:
         return None
     named = Path(directory) / pointer.read_text().strip()
     return named if (named / marker).is_file() else None
+
+
+def by_age(version_dirs: list[Path], marker: str) -> list[Path]:
+    """Oldest first, by the time the file system gives `marker` (its manifest): outputs record no
+    creation time (deepmolm/run_log.py says why), so without LATEST this is the one clue left."""
+    return sorted(version_dirs, key=lambda d: ((Path(d) / marker).stat().st_mtime_ns, Path(d).name))

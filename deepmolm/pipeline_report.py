@@ -13,6 +13,7 @@ import csv
 import html
 import io
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -157,10 +158,7 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
 def _relative(target: Path, out: Path) -> str | None:
     if not target.is_file():
         return None
-    try:
-        return str(target.resolve().relative_to(out.resolve()))
-    except ValueError:
-        return target.resolve().as_uri()
+    return Path(os.path.relpath(target.absolute(), out.absolute())).as_posix()  # no absolute path in a page: two clones write the same bytes
 
 
 def _splits(value) -> str:

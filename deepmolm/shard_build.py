@@ -20,6 +20,7 @@ from deepmolm.config import FeaturizeParams, Params
 from deepmolm.featurize.record import FEATURIZER_VERSION, FeaturizeRejection, StepTimer, input_hash
 from deepmolm.featurize.sandbox import shared_sandbox
 from deepmolm.latest import mark_latest
+from deepmolm.run_log import log_run, portable_path
 from deepmolm.shards import (
     MANIFEST,
     REJECTS,
@@ -30,6 +31,7 @@ from deepmolm.shards import (
     list_versions,
     publish_version,
     read_manifest,
+    sum_counts,
     version_id,
     write_part,
 )
@@ -66,6 +68,7 @@ class VersionPlan:
     version_hash: str
     params_sections: dict
     input_rows: int
+    logs_dir: str  # the run log's directory (paths.logs_dir)
     chunks: tuple[Chunk, ...]  # all parts of the version
     done: tuple[int, ...] = ()  # parts finished by an earlier, interrupted run
     published: bool = False  # the version exists already: nothing to do
@@ -108,6 +111,7 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
         dataset=dataset,
         version=version,
         raw_snapshot_dir=str(snapshot_dir),
+        logs_dir=str(params.paths.logs_dir),
         building=str(building),
         final=str(final),
         params=params.featurize,
@@ -196,17 +200,19 @@ def build_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
 
 
 def finish_version(plan: VersionPlan, results: list[PartResult], started: float) -> FeaturizeSummary:
+    built: list[PartResult] = []
     if plan.published:
         manifest = read_manifest(Path(plan.final))
     else:
         by_index = {**finished_parts(Path(plan.building)), **{r.index: r for r in results}}
+        built = list(by_index.values())
         missing = [c.index for c in plan.chunks if c.index not in by_index]
         if missing:
             raise RuntimeError(f"parts {missing} of version {plan.version} were not built")
         manifest = publish_version(
             Path(plan.building),
             Path(plan.final),
-            list(by_index.values()),
+            built,
             {
                 "dataset": plan.dataset,
                 "version": plan.version,
@@ -214,7 +220,7 @@ def finish_version(plan: VersionPlan, results: list[PartResult], started: float)
                 "features_hash": plan.features_hash,
                 "featurizer_version": FEATURIZER_VERSION,
                 "params": plan.params_sections,
-                "input": {"raw_snapshot_dir": plan.raw_snapshot_dir,
+                "input": {"raw_snapshot_dir": portable_path(plan.raw_snapshot_dir),
                           "raw_snapshot": Path(plan.raw_snapshot_dir).name},
             },
         )
@@ -222,6 +228,11 @@ def finish_version(plan: VersionPlan, results: list[PartResult], started: float)
     if counts["input_rows"] != plan.input_rows:
         raise AssertionError(f"row accounting broke: {counts['input_rows']} rows in the version, {plan.input_rows} in the input")
     mark_latest(Path(plan.final))
+    reused = sum(p.reused for p in built)
+    seconds = round(time.perf_counter() - started, 3)
+    log_run(Path(plan.logs_dir), "featurize", plan.final, version=plan.version, raw_snapshot_dir=plan.raw_snapshot_dir,
+            built_parts=len(built), resumed_parts=len(plan.done), reused=reused, seconds=seconds,
+            seconds_by_step={k: round(v, 3) for k, v in sum_counts([p.seconds_by_step for p in built]).items()})
     return FeaturizeSummary(
         dataset=plan.dataset,
         version=plan.version,
@@ -230,8 +241,8 @@ def finish_version(plan: VersionPlan, results: list[PartResult], started: float)
         accepted=counts["accepted"],
         rejected=counts["rejected"],
         rejected_by_reason=manifest["rejected_by_reason"],
-        reused=counts["reused"],
+        reused=reused,
         parts=len(manifest["parts"]),
         resumed_parts=len(plan.done),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=seconds,
     )

@@ -9,7 +9,6 @@ rejects, writes the manifest and renames the directory into place.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
-from deepmolm.latest import latest
+from deepmolm.latest import by_age, latest
 from deepmolm.sources.raw_table import PUBCHEM_PROPERTIES_TYPE, sha256_file, write_parquet
 
 SCHEMA_VERSION = 1
@@ -100,7 +99,8 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
 
 @dataclass
 class PartResult:
-    """What one finished part holds; kept as its marker file and gathered into the manifest."""
+    """What one finished part holds; kept as its marker file and gathered into the manifest (`reused`
+    and `seconds_by_step` into the run log)."""
 
     index: int
     path: str
@@ -149,7 +149,7 @@ def finished_parts(building: Path) -> dict[int, PartResult]:
     return done
 
 
-def _sum_counts(dicts: list[dict]) -> dict:
+def sum_counts(dicts: list[dict]) -> dict:
     total: Counter = Counter()
     for counts in dicts:
         total.update(counts)
@@ -167,21 +167,19 @@ def publish_version(building: Path, final: Path, parts: list[PartResult], manife
         "schema_version": SCHEMA_VERSION,
         "table": "molecules",
         **manifest_fields,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "code_version": __version__,
-        "parts": [{"path": p.path, "rows": p.rows, "sha256": p.sha256, "rejected": p.rejected, "reused": p.reused}
-                  for p in parts],
+        # how many rows were reused, and how long featurizing took, depend on what ran before and on the
+        # machine: they go to the run log (deepmolm/run_log.py), not into the version
+        "parts": [{"path": p.path, "rows": p.rows, "sha256": p.sha256, "rejected": p.rejected} for p in parts],
         "rejects": {"path": REJECTS, "rows": rejects.num_rows, "sha256": sha256_file(building / REJECTS)},
         "counts": {
             "input_rows": accepted + rejected,
             "accepted": accepted,
             "rejected": rejected,
-            "reused": sum(p.reused for p in parts),
         },
-        "rejected_by_reason": _sum_counts([p.rejected_by_reason for p in parts]),
-        "conformer_sources": _sum_counts([p.conformer_sources for p in parts]),
-        "flags": _sum_counts([p.flags for p in parts]),
-        "seconds_by_step": {k: round(v, 3) for k, v in _sum_counts([p.seconds_by_step for p in parts]).items()},
+        "rejected_by_reason": sum_counts([p.rejected_by_reason for p in parts]),
+        "conformer_sources": sum_counts([p.conformer_sources for p in parts]),
+        "flags": sum_counts([p.flags for p in parts]),
     }
     for p in parts:
         (building / f"rejects-{p.index:05d}.parquet").unlink()
@@ -206,7 +204,7 @@ def read_manifest(version_dir: Path) -> dict:
 def list_versions(dataset_dir: Path) -> list[Path]:
     """Published versions of a dataset, oldest first."""
     found = [p.parent for p in Path(dataset_dir).glob(f"*/{MANIFEST}") if not p.parent.name.startswith(".")]
-    return sorted(found, key=lambda d: (read_manifest(d)["created_at"], d.name))
+    return by_age(found, MANIFEST)
 
 
 def resolve_version(path: Path) -> Path:

@@ -40,7 +40,7 @@ def shared() -> Path:
 
 def tmp_overrides(tmp_path: Path) -> list[str]:
     """Every output under tmp_path, and ChEBI-20's splits whole (params.yaml cuts them to the demo's size)."""
-    return [*(f"paths.{name}_dir={tmp_path / name}" for name in ("raw", "cache", "shards", "reports", "instructions")),
+    return [*(f"paths.{name}_dir={tmp_path / name}" for name in ("raw", "cache", "shards", "reports", "instructions", "logs")),
             "sources.chebi20.max_rows_per_split=null"]
 
 

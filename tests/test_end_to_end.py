@@ -2,7 +2,9 @@
 stage (ingest, featurize on Dask, validate, instructions, tokenizer, both training stages on Ray Train,
 evaluation, the report, and MuMo's pretraining and benchmark), each a Prefect flow on one local server; the report opens in headless
 Chromium; `dvc push` / `dvc pull` move the artifacts through the default remote; a second
-`dvc repro` has nothing to do; a stage-2 param reruns stage 2 and what follows it, nothing before."""
+`dvc repro` has nothing to do; a stage-2 param reruns stage 2 and what follows it, nothing before.
+A second copy in another directory, given the first one's dvc.lock, runs every stage again and
+leaves that dvc.lock unchanged: every output is the same bytes (issue 17's promise)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deepmolm.config import load_params
 from tests.conftest import copy_repository, newcomer_env
@@ -57,6 +60,16 @@ def ran(output: str) -> list[str]:
 
 def summaries(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def lock_differences(ours: str, theirs: str) -> list[str]:
+    """`stage: path` of every dependency or output whose hash differs between two dvc.lock texts."""
+    def hashes(text: str) -> dict[str, str]:
+        stages = yaml.safe_load(text)["stages"]
+        return {f"{name}: {entry['path']}": entry.get("md5", "")
+                for name, stage in stages.items() for kind in ("deps", "outs") for entry in stage.get(kind, [])}
+    a, b = hashes(ours), hashes(theirs)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
 
 
 def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_param_touches(tmp_path: Path):
@@ -125,6 +138,19 @@ def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_para
     images = gallery + inputs + 1
     assert f'data-images-loaded="{images}/{images}"' in dom.stdout, "curves, the encoder's inputs, every molecule loaded"
     assert dom.stdout.count("class=\"card\"") == gallery + inputs
+
+    # a fresh clone elsewhere (another path, one level deeper) with our dvc.lock: its `./dev demo`
+    # runs every stage, since nothing is there yet, and writes the same dvc.lock back
+    lock = (project / "dvc.lock").read_text()
+    elsewhere = copy_repository(tmp_path / "elsewhere" / "deeper", rows_per_split=ROWS_PER_SPLIT)
+    shrink(elsewhere / "params.yaml")
+    (elsewhere / "dvc.lock").write_text(lock)
+    again = subprocess.run(["./dev", "demo"], cwd=elsewhere, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    assert sorted(ran(again.stdout + again.stderr)) == sorted(STAGES + MUMO_STAGES)
+    differing = lock_differences(lock, (elsewhere / "dvc.lock").read_text())
+    assert not differing, f"outputs that differ between two clones: {differing}"
+    assert (elsewhere / "dvc.lock").read_text() == lock
 
     # every artifact is DVC's: pushed to the default remote, pulled back into an empty cache
     pushed = dvc("push", cwd=project)

@@ -28,6 +28,7 @@ from deepmolm.model.molm import DeepMoLMConfig
 from deepmolm.model.presets import model_summary
 from deepmolm.instructions import MANIFEST, held_out, instruction_shards
 from deepmolm.progress import progress_bar
+from deepmolm.run_log import log_run
 from deepmolm.shards import read_manifest
 from deepmolm.train.stages import PROVENANCE
 
@@ -94,10 +95,11 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
                      "mean_similarity": baseline["mean_similarity"], "captions": score(baseline["predictions"])},
         "mean_baseline": {"properties": mean_baseline(_property_values(train_rows), properties)},
         "references": {"degenerate": degenerate_share([p.reference for p in captions])},
-        "seconds": round(time.perf_counter() - started, 1),
     }
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    seconds = round(time.perf_counter() - started, 1)
+    log_run(params.paths.logs_dir, "evaluate", out, model=str(model_dir), seconds=seconds)
+    return {**metrics, "seconds": seconds}
 
 
 def _trained_by(model_dir: Path) -> str | None:

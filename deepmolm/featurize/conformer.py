@@ -37,7 +37,7 @@ def make_conformer(mol: Chem.Mol, params: ConformerParams, pubchem_coords: np.nd
     for source, random_coords in _attempts(mol, params):
         embed = rdDistGeom.ETKDGv3()
         embed.randomSeed = params.seed
-        embed.timeout = params.timeout_s
+        embed.maxIterations = params.max_iterations  # counted, never timed: the same on every machine
         embed.useRandomCoords = random_coords
         with rdBase.BlockLogs():
             conf_id = rdDistGeom.EmbedMolecule(with_h, embed)

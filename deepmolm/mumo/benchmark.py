@@ -25,6 +25,7 @@ from deepmolm.mumo.data import property_molecules, shard_molecules, with_noisy_c
 from deepmolm.mumo.datasets import PropertySet, random_split, read_property_set, scaffold_split
 from deepmolm.mumo.loop import EXPORT, HISTORY, RESULTS, steps_per_epoch
 from deepmolm.mumo.tokenizer import build_smiles_tokenizer
+from deepmolm.run_log import log_run, portable_path
 from deepmolm.shards import read_manifest, resolve_version
 
 # The MuMo repository's results/ (random split, test RMSE mean and std over its seeds).
@@ -86,7 +87,7 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
                                                       "mumo.pretrain", "mumo.finetune.datasets", "mumo.ablation.dataset",
                                                       "train.seed"), params.mumo.preset,
                                       read_manifest(version)["version"], len(tokenizer), __version__)
-    plan = {"run": name, "total_steps": total, "shards": str(version)}
+    plan = {"run": name, "total_steps": total, "shards": portable_path(version)}
     started = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False)
@@ -99,18 +100,20 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
         shutil.copytree(Path(directory) / EXPORT, staging)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    summary = {"run": name, "model": str(out), "shards": str(version), "molecules": len(molecules),
+    summary = {"run": name, "model": portable_path(out), "shards": plan["shards"], "molecules": len(molecules),
                "rejected_by_reason": rejected, "vocab_size": len(tokenizer), "steps": total,
-               "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"],
-               "seconds": round(time.perf_counter() - started, 1)}
+               "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
     metrics = params.mumo.reports_dir / "pretrain"
     metrics.mkdir(parents=True, exist_ok=True)
-    with open(metrics / "steps.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr", "grad_norm", "samples_per_s"], extrasaction="ignore")
+    with open(metrics / "steps.csv", "w", newline="") as handle:  # samples/s is the machine's: the run log's
+        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr", "grad_norm"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
     (metrics / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    seconds = round(time.perf_counter() - started, 1)
+    log_run(params.paths.logs_dir, "mumo_pretrain", out, run=name, seconds=seconds,
+            samples_per_s=[round(row["samples_per_s"], 1) for row in history if "samples_per_s" in row])
+    return {**summary, "seconds": seconds}
 
 
 def benchmark_jobs(params: Params) -> list[dict]:
@@ -171,16 +174,18 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
     baseline = _baselines(params, data, jobs)
     report = {
         "pretrained": provenance, "run": name, "preset": params.mumo.preset, "injection_layer": params.mumo.injection_layer,
-        "datasets": accounting, "runs": runs, "baseline": baseline,
-        "table": results_table(params, runs, baseline), "published_random_rmse": PUBLISHED_RANDOM_RMSE,
-        "seconds": {"prepare": round(prepare_s, 1), "total": round(time.perf_counter() - started, 1)},
+        "datasets": accounting, "runs": [{k: v for k, v in r.items() if k != "seconds"} for r in runs],
+        "baseline": baseline, "table": results_table(params, runs, baseline), "published_random_rmse": PUBLISHED_RANDOM_RMSE,
     }
+    seconds = {"prepare": round(prepare_s, 1), "total": round(time.perf_counter() - started, 1),
+               "runs": {r["name"]: r["seconds"] for r in runs if "name" in r}}
+    log_run(params.paths.logs_dir, "mumo_benchmark", params.mumo.reports_dir, run=name, seconds=seconds)
     out = params.mumo.reports_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(report))
     plot_results(report, out / "results.png")
-    return {"runs": len(runs), "out": str(out), "table": report["table"], "seconds": report["seconds"]}
+    return {"runs": len(runs), "out": str(out), "table": report["table"], "seconds": seconds}
 
 
 def _baselines(params: Params, data: dict, jobs: list[dict]) -> list[dict]:

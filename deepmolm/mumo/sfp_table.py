@@ -8,7 +8,6 @@ The graphs depend only on the version's rows and this module's code, so an exist
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
@@ -127,7 +126,6 @@ def publish_sfp(version_dir: Path, parts: list[SfpPart]) -> dict:
     for p in parts:
         reasons.update(p.rejected_by_reason)
     manifest = {"table": "sfp_graphs", "sfp_version": SFP_VERSION, "version": shard.get("version"),
-                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "counts": {"molecules": graphs + rejected, "graphs": graphs, "rejected": rejected},
                 "rejected_by_reason": dict(sorted(reasons.items())),
                 "parts": [asdict(p) for p in sorted(parts, key=lambda p: p.path)]}

@@ -8,7 +8,6 @@ input gives the same id and the same files.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
-from deepmolm.latest import latest, mark_latest
+from deepmolm.latest import by_age, latest, mark_latest
 from deepmolm.sources.records import InputRef, RawRecord, Rejection
 
 SCHEMA_VERSION = 1
@@ -156,7 +155,6 @@ class RawTableWriter:
             "table": "raw",
             "source": self.source,
             "snapshot": snapshot,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "code_version": __version__,
             "params_hash": params_hash,
             "params": params,
@@ -199,7 +197,7 @@ def resolve_snapshot(path: Path) -> Path:
     candidates = [p for p in path.glob(f"*/{MANIFEST}") if not p.parent.name.startswith(".")]
     if not candidates:
         raise FileNotFoundError(f"no raw-table snapshot in {path}")
-    return max(candidates, key=lambda p: (read_manifest(p.parent)["created_at"], p.parent.name)).parent
+    return by_age([p.parent for p in candidates], MANIFEST)[-1]
 
 
 def read_raw_table(snapshot_dir: Path) -> pa.Table:

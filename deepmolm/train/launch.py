@@ -23,12 +23,15 @@ import pyarrow.fs
 
 from deepmolm.config import ConfigError, Params
 from deepmolm.instructions import MANIFEST, instruction_shards, resolve_instruction_set
+from deepmolm.run_log import log_run, portable_path
 from deepmolm.train.loop import EXPORT, HISTORY, STATE
 from deepmolm.train.rows import stage_rows
 from deepmolm.train.stages import PROVENANCE, run_name
 from deepmolm.train.strategy import deepspeed_config
 
-STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "seconds")
+STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm")
+THROUGHPUT_COLUMNS = ("step", "samples_per_s", "tokens_per_s", "seconds")  # the run log's: the machine's speed
+RUN_FACTS = ("seconds", "checkpoint", "resumed_from")  # of this run, not of its inputs: the run log's
 EPOCH_COLUMNS = ("epoch", "step", "train_loss", "holdout_loss")
 
 
@@ -81,6 +84,8 @@ def plan_stage(params: Params, stage: int, paths: dict) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": stage_params.max_steps or stage_params.epochs * steps_per_epoch,
         "bf16": bf16, "instructions": str(paths["instructions"]), "local_run_dir": local,
+        "provenance": {"instructions": portable_path(paths["instructions"]),
+                       "init": portable_path(paths["init"]) if paths["init"] else None},
         "deepspeed_config": deepspeed_config(params.train, bf16) if train.strategy == "deepspeed" else None,
     }
 
@@ -122,21 +127,33 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
         "holdout_loss": state["epochs"][-1]["holdout_loss"] if state.get("epochs") else None,
         "resumed_from": state["resumed_from"], "seconds": round(time.perf_counter() - started, 1),
-        "model": str(paths["out"]), "checkpoint": result.checkpoint.path, "instructions": plan["instructions"],
+        "model": portable_path(paths["out"]), "checkpoint": result.checkpoint.path,
+        "instructions": plan["provenance"]["instructions"],
         "precision": "bf16" if plan["bf16"] else "fp32", "up_to_date": False,
     }
     write_metrics(paths["metrics"], history, state.get("epochs", []), summary)
+    timing = params.paths.logs_dir / "train" / plan["run"]
+    _write_csv(timing / "throughput.csv", THROUGHPUT_COLUMNS, history)
+    log_run(params.paths.logs_dir, "train", paths["out"], stage=stage, run=plan["run"], throughput=str(timing),
+            **{key: summary[key] for key in RUN_FACTS})
     return summary
 
 
 def write_metrics(directory: Path, history: list[dict], epochs: list[dict], summary: dict) -> None:
+    """The stage's DVC metrics and plots: what the inputs decide (the run log has the rest)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name, columns, rows in (("steps.csv", STEP_COLUMNS, history), ("epochs.csv", EPOCH_COLUMNS, epochs)):
-        with open(directory / name, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-    (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_csv(directory / "steps.csv", STEP_COLUMNS, history)
+    _write_csv(directory / "epochs.csv", EPOCH_COLUMNS, epochs)
+    recorded = {key: value for key, value in summary.items() if key not in RUN_FACTS}
+    (directory / "summary.json").write_text(json.dumps(recorded, indent=2) + "\n")
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _write_run_file(runs_dir: str, run: str, name: str, content: dict) -> None:

@@ -36,9 +36,13 @@ EXPORT = "model"
 
 
 def seed_everything(seed: int) -> None:
+    """Seeds, and torch's deterministic kernels where it has them (warning, not failing, where it has
+    none), so a run's exported weights are the same bytes every time it is repeated."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def train_worker(config: dict) -> None:
@@ -201,10 +205,9 @@ def _export(module, tokenizer, config: dict, state: dict, out: Path) -> None:
         model = model.to(torch.bfloat16)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    (out / PROVENANCE).write_text(json.dumps({
+    (out / PROVENANCE).write_text(json.dumps({  # paths as the project records them (deepmolm/run_log.py)
         "run": config["plan"]["run"], "stage": config["stage"], "steps": state["step"],
-        "instructions": config["plan"]["instructions"], "init": config["init"],
-        "resumed_from": state["resumed_from"]}, indent=2))
+        **config["plan"]["provenance"]}, indent=2))
 
 
 def _note_worker(plan: dict, rank: int) -> None:

@@ -19,6 +19,7 @@ from deepmolm.model.predict import left_padded
 from deepmolm.instructions import EXAMPLES, read_instructions
 from deepmolm.model.tokenizer import build_tokenizer
 from deepmolm.pipeline_report import write_pipeline_report
+from deepmolm.run_log import read_runs
 from deepmolm.train.launch import write_metrics
 from deepmolm.train.stages import initial_model
 from tests.conftest import PARAMS, run_cli, tmp_overrides
@@ -80,7 +81,9 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
     params, model = setting
     metrics = evaluate(params, model, directory)
     out = params.paths.reports_dir / "eval"
-    assert json.loads((out / "metrics.json").read_text()) == metrics
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == {key: value for key, value in metrics.items() if key != "seconds"}
+    assert metrics["seconds"] > 0 and read_runs(params.paths.logs_dir, "evaluate")[-1]["seconds"] == metrics["seconds"]
     data = metrics["dataset"]
     assert data["eval_molecules"] == len(held) and data["eval_splits"] == ["test"] and data["train_splits"] == ["validation"]
     model_lines = [json.loads(line) for line in (out / MODEL_PREDICTIONS).read_text().splitlines()]

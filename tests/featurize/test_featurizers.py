@@ -111,6 +111,22 @@ def test_conformer_is_seeded_and_optimised():
     assert make_conformer(mol, FEAT.conformer.model_copy(update={"method": "none"})).source == "none"
 
 
+def test_the_embedding_budget_is_counted_not_timed(monkeypatch):
+    """RDKit's `timeout` made a 135-atom glycolipid embed on one run and fail on another under load:
+    the budget is a number of tries, so the same molecule gets the same conformer on any machine."""
+    from deepmolm.featurize import conformer as conformer_module
+
+    embed, seen = conformer_module.rdDistGeom.EmbedMolecule, []
+
+    def spy(mol, settings):
+        seen.append((settings.maxIterations, settings.timeout, settings.randomSeed))
+        return embed(mol, settings)
+
+    monkeypatch.setattr(conformer_module.rdDistGeom, "EmbedMolecule", spy)
+    assert make_conformer(parse_molecule(STEROID).mol, FEAT.conformer).source == "etkdg"
+    assert seen == [(FEAT.conformer.max_iterations, 0, FEAT.conformer.seed)]
+
+
 @pytest.mark.parametrize("smiles", ["CC(=O)[O-].CC(=O)[O-].[Co+2]", "[OH-].[OH-].[Mg+2]", "CC[NH3+].C(=O)(C(F)(F)F)[O-]"])
 def test_fragments_of_a_salt_do_not_overlap(smiles):
     conformer = make_conformer(parse_molecule(smiles).mol, FEAT.conformer)

@@ -23,6 +23,8 @@ import pytest
 
 from deepmolm.config import load_params
 from deepmolm.model.predict import answer, molecule_from_smiles
+from deepmolm.run_log import read_runs
+from deepmolm.train.launch import RUN_FACTS
 from tests.conftest import PARAMS
 
 BIN = Path(sys.executable).parent
@@ -31,7 +33,8 @@ BIN = Path(sys.executable).parent
 def _train_overrides(root: Path, *extra: str) -> list[str]:
     """Tiny runs on the 10-molecule set (a TSV source: rows without a split), outputs under root."""
     return [
-        f"paths.reports_dir={root / 'reports'}", f"train.runs_dir={root / 'runs'}", f"train.models_dir={root / 'models'}",
+        f"paths.reports_dir={root / 'reports'}", f"paths.logs_dir={root / 'logs'}", f"train.runs_dir={root / 'runs'}",
+        f"train.models_dir={root / 'models'}",
         "train.splits=null", "train.micro_batch_size=2", "model.preset=tiny", "model.max_length=512",
         "train.holdout.fraction=0", *extra,
     ]
@@ -188,7 +191,11 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     summary = json.loads((tmp_path / "reports" / "train" / "stage1" / "summary.json").read_text())
     assert summary["run"] == run_dir.name and summary["steps"] == 40 and summary["workers"] == 2
     assert summary["strategy"] == "ddp" and summary["rows"] == 10
-    resumed = summary["resumed_from"]
+    assert not set(RUN_FACTS) & set(summary), "when, how long and what was resumed are the run log's, not the metrics'"
+    logged = read_runs(tmp_path / "logs", "train")[-1]
+    assert logged["run"] == summary["run"] and logged["seconds"] > 0
+    assert (Path(logged["throughput"]) / "throughput.csv").is_file()
+    resumed = logged["resumed_from"]
     assert len(resumed) == 2 and first <= resumed[0] <= later and resumed[1] >= later, resumed
     rows = _steps(tmp_path / "reports", 1)
     assert [int(r["step"]) for r in rows] == list(range(1, 41)), "one history row per step, none lost or repeated"
@@ -197,7 +204,7 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     stage1 = tmp_path / "models" / "stage1"
     assert (stage1 / "model.safetensors").is_file() and (stage1 / "tokenizer.json").is_file()
     assert json.loads((stage1 / "provenance.json").read_text())["run"] == summary["run"]
-    assert (Path(summary["checkpoint"]) / "trainable.safetensors").is_file()
+    assert (Path(logged["checkpoint"]) / "trainable.safetensors").is_file()
 
     failing = _deepmolm(["train", "submit", "--address", address, "--stage", "1", *sets, "-S", "train.splits=[train]",
                          "--json"], ray_processes.env())  # no rows of a train split here: the job fails
@@ -216,7 +223,8 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     assert written["gradient_accumulation_steps"] == 2
     shards = sorted(p.name for p in (Path(second["checkpoint"]) / "state").glob("*optim_states.pt"))
     assert len(shards) == 2, f"one ZeRO optimizer shard per worker, got {shards}"
-    assert json.loads((tmp_path / "models" / "stage2" / "provenance.json").read_text())["init"] == str(stage1)
+    recorded = json.loads((tmp_path / "models" / "stage2" / "provenance.json").read_text())["init"]
+    assert not Path(recorded).is_absolute() and (PARAMS.parent / recorded).resolve() == stage1.resolve()
 
     started = time.perf_counter()
     again = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env())

@@ -1,0 +1,46 @@
+"""The facts about a run that its outputs must not hold, and paths as outputs record them.
+
+DVC hashes every byte of a stage's outputs. An output that says when it was made, on which machine,
+from which absolute directory, how long it took, or how much an earlier run left to reuse differs on
+every clone, and `dvc.lock` could never say "reproduced". So outputs hold only what follows from
+inputs, params and code, and those facts go to the run log: one JSON line per run in
+`<paths.logs_dir>/runs.jsonl` (default `logs/`, ignored by git and never a DVC output). Prefect
+records the same runs with their states; the log is the plain-file copy a person can grep.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+from pathlib import Path
+
+RUN_LOG = "runs.jsonl"
+
+
+def portable_path(path: str | Path) -> str:
+    """`path` as an output records it: relative to the directory the pipeline runs in (the project
+    root, where DVC runs every stage), so two clones record the same string. URIs stay as given."""
+    text = str(path)
+    if "://" in text or not Path(text).is_absolute():
+        return text
+    return Path(os.path.relpath(text, Path.cwd())).as_posix()
+
+
+def log_run(logs_dir: Path, kind: str, out: str | Path, **facts) -> dict:
+    """Append one run's entry (`kind`: ingest, featurize, train, ...; `out`: what it wrote)."""
+    entry = {"kind": kind, "out": str(Path(out).absolute()), "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+             "host": socket.gethostname(), "cwd": str(Path.cwd()), **facts}
+    Path(logs_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(logs_dir) / RUN_LOG, "a", encoding="utf-8") as log:  # one short line: appends do not interleave
+        log.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+    return entry
+
+
+def read_runs(logs_dir: Path, kind: str | None = None) -> list[dict]:
+    path = Path(logs_dir) / RUN_LOG
+    if not path.is_file():
+        return []
+    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in runs if kind is None or r["kind"] == kind]

@@ -1,0 +1,81 @@
+"""Outputs depend on inputs, params and code only: the same data stages in two project directories
+(other paths, other depths) write the same bytes, and what differs (when, where, how long, what was
+reused) is in the run log, outside the outputs. The end-to-end test does the same for every DVC
+stage through `dvc repro`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deepmolm.config import load_params
+from deepmolm.ingest import ingest_chebi20
+from deepmolm.instructions import build_instructions
+from deepmolm.run_log import portable_path, read_runs
+from tests.conftest import PARAMS, SHARED
+from tests.featurize.test_shard_build import build
+
+
+def project(root: Path) -> Path:
+    """A project directory with the repo's params.yaml and ../shared beside it, as a clone has."""
+    (root / "main").mkdir(parents=True)
+    (root / "shared").symlink_to(SHARED)
+    shutil.copy(PARAMS, root / "main" / "params.yaml")
+    return root / "main"
+
+
+def run_data_stages(directory: Path, monkeypatch) -> dict[str, bytes]:
+    """Ingest, featurize and instructions from `directory`, as DVC runs them: from the project root."""
+    monkeypatch.chdir(directory)
+    params = load_params(directory / "params.yaml", ["sources.chebi20.max_rows_per_split=4",
+                                                     "featurize.rows_per_part=3"])
+    raw = ingest_chebi20(params, progress=False)
+    shards = build(params, raw.out, params.paths.shards_dir)
+    build_instructions(Path(shards.out), params.paths.instructions_dir, params.instructions)
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted((directory / "data").rglob("*"))
+            if p.is_file() and "cache" not in p.parts}
+
+
+def test_two_project_directories_write_the_same_bytes(tmp_path, monkeypatch):
+    first = run_data_stages(project(tmp_path / "a"), monkeypatch)
+    second = run_data_stages(project(tmp_path / "b" / "deeper"), monkeypatch)
+    assert any(name.endswith(".parquet") for name in first) and len(first) >= 8
+    assert first.keys() == second.keys()
+    differing = [name for name in first if first[name] != second[name]]
+    assert not differing, f"outputs that depend on where or when they were made: {differing}"
+    manifest = json.loads(first[next(n for n in first if n.startswith("data/raw/") and n.endswith("manifest.json"))])
+    assert [ref["extra"]["read_from"] for ref in manifest["inputs"]] == ["../shared/data/chebi20/test.txt",
+                                                                          "../shared/data/chebi20/validation.txt"]
+    for directory in (tmp_path / "a" / "main", tmp_path / "b" / "deeper" / "main"):
+        runs = read_runs(directory / "logs")
+        assert [r["kind"] for r in runs] == ["ingest", "featurize"]
+        assert runs[0]["cwd"] == str(directory) and runs[1]["seconds"] > 0 and runs[1]["reused"] == 0
+
+
+def test_params_dump_relative_to_the_project_root(tmp_path, monkeypatch):
+    """Manifests, version ids and run names are digests of params dumped as JSON: no absolute path may
+    be in them, or every clone would get other ids."""
+    dumps = []
+    for root in (tmp_path / "a", tmp_path / "b" / "c"):
+        directory = project(root)
+        monkeypatch.chdir(directory)
+        params = load_params(directory / "params.yaml")
+        assert params.paths.raw_dir == directory / "data" / "raw", "in the program, paths stay absolute"
+        dumps.append(json.dumps(params.sections()))
+        assert str(tmp_path) not in dumps[-1]
+    assert dumps[0] == dumps[1]
+    assert json.loads(dumps[0])["sources"]["chebi20"]["mirror"] == "../shared/data/chebi20"
+
+
+@pytest.mark.parametrize(("path", "recorded"), [("s3://bucket/runs", "s3://bucket/runs"), ("data/raw", "data/raw")])
+def test_portable_path_keeps_uris_and_relative_paths(path, recorded):
+    assert portable_path(path) == recorded
+
+
+def test_portable_path_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "data" / "x") == "data/x"
+    assert portable_path(tmp_path.parent / "shared") == "../shared"
