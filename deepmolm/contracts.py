@@ -19,6 +19,7 @@ import pandas as pd
 
 from deepmolm.config import Params
 from deepmolm.contract_frames import molecule_frame, parts_frame, raw_frame, reject_rates_frame, rejects_frame, sfp_frame
+from deepmolm.run_log import resolve_recorded
 from deepmolm.shards import read_manifest, read_shard_rejects, read_shards, resolve_version
 from deepmolm.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.sources.raw_table import read_raw_table
@@ -183,7 +184,7 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
     }
     if params.mumo.sfp:
         frames["sfp_graphs"] = sfp_frame(version_dir, molecules)
-    raw_dir = Path(manifest["input"]["raw_snapshot_dir"])
+    raw_dir = resolve_recorded(manifest["input"]["raw_snapshot_dir"], version_dir)  # relative to the version
     if (raw_dir / "manifest.json").is_file():
         frames["raw_table"] = raw_frame(read_raw_table(raw_dir), contracts)
         parameters["raw_rows"] = read_raw_manifest(raw_dir)["counts"]["accepted"]

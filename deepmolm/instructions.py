@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from deepmolm import __version__
 from deepmolm.config import InstructionsParams
 from deepmolm.latest import by_age, latest, mark_latest
-from deepmolm.run_log import portable_path
+from deepmolm.run_log import portable_path, resolve_recorded
 from deepmolm.shards import SHARD_SCHEMA, read_manifest, resolve_version
 from deepmolm.sources.raw_table import sha256_file, write_parquet
 
@@ -156,7 +156,7 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
     }
     (staging / MANIFEST).write_text(json.dumps({
         "schema_version": SCHEMA_VERSION, "table": "instruction_examples", "code_version": __version__,
-        "params": params.model_dump(mode="json"), "shards": portable_path(version_dir),
+        "params": params.model_dump(mode="json"), "shards": portable_path(version_dir, start=final),
         "examples": {"path": EXAMPLES, "rows": len(examples), "sha256": sha256_file(staging / EXAMPLES)},
         "summary": summary,
     }, indent=2, sort_keys=True) + "\n")
@@ -183,10 +183,9 @@ def resolve_instruction_set(path: Path) -> Path:
 
 def instruction_shards(directory: Path) -> Path:
     """The shard version an instruction set's images are read from, as an absolute path. The manifest
-    keeps the path it was built with; a relative one is relative to the directory the pipeline runs
-    in (the project root), which is not the working directory of a Ray task."""
-    recorded = Path(json.loads((Path(directory) / MANIFEST).read_text())["shards"])
-    shards = recorded if recorded.is_absolute() else recorded.resolve()
+    records it relative to the set's own directory, so it resolves from a Ray worker's working
+    directory too, and two clones record the same string."""
+    shards = resolve_recorded(json.loads((Path(directory) / MANIFEST).read_text())["shards"], directory)
     if not shards.is_dir():
         raise FileNotFoundError(f"the shard version of instruction set {directory} is not at {shards}")
     return shards

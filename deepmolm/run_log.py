@@ -19,13 +19,20 @@ from pathlib import Path
 RUN_LOG = "runs.jsonl"
 
 
-def portable_path(path: str | Path) -> str:
-    """`path` as an output records it: relative to the directory the pipeline runs in (the project
-    root, where DVC runs every stage), so two clones record the same string. URIs stay as given."""
+def portable_path(path: str | Path, start: str | Path | None = None) -> str:
+    """`path` as an output records it: relative to `start`, by default the directory the pipeline
+    runs in (the project root, where DVC runs every stage), so two clones record the same string. A
+    manifest that points at other data passes its own directory, so the pointer resolves from any
+    working directory (a Ray worker's is not the project's). URIs stay as given."""
     text = str(path)
     if "://" in text or not Path(text).is_absolute():
         return text
-    return Path(os.path.relpath(text, Path.cwd())).as_posix()
+    return Path(os.path.relpath(text, Path(start).absolute() if start else Path.cwd())).as_posix()
+
+
+def resolve_recorded(recorded: str, start: str | Path) -> Path:
+    """A path a manifest in `start` recorded (relative to it, or absolute from older manifests)."""
+    return Path(os.path.normpath(Path(start).absolute() / recorded))
 
 
 def log_run(logs_dir: Path, kind: str, out: str | Path, **facts) -> dict:

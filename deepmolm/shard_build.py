@@ -220,7 +220,7 @@ def finish_version(plan: VersionPlan, results: list[PartResult], started: float)
                 "features_hash": plan.features_hash,
                 "featurizer_version": FEATURIZER_VERSION,
                 "params": plan.params_sections,
-                "input": {"raw_snapshot_dir": portable_path(plan.raw_snapshot_dir),
+                "input": {"raw_snapshot_dir": portable_path(plan.raw_snapshot_dir, start=plan.final),
                           "raw_snapshot": Path(plan.raw_snapshot_dir).name},
             },
         )

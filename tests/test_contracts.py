@@ -16,6 +16,7 @@ from PIL import Image
 from deepmolm.config import ConfigError, load_params
 from deepmolm.mumo.sfp_table import SFP_DIR, SFP_SCHEMA, write_sfp_part
 from deepmolm.contracts import TABLES, ContractError, ContractRunner, load_suite, validate_shard_version
+from deepmolm.run_log import resolve_recorded
 from deepmolm.shards import MANIFEST, SHARD_SCHEMA, part_name, read_manifest
 from deepmolm.sources.raw_table import sha256_file, write_parquet
 from tests.conftest import PARAMS, REPO, run_cli, tmp_overrides
@@ -30,8 +31,12 @@ def params(small_versions, tmp_path):
 
 @pytest.fixture
 def version(small_versions, tmp_path) -> Path:
-    """A private copy of the valid version, free to corrupt."""
-    return Path(shutil.copytree(small_versions[0], tmp_path / "version"))
+    """A private copy of the valid version, free to corrupt, and of its raw snapshot where the
+    version's manifest points (relative to the version, as a clone has it)."""
+    copy = Path(shutil.copytree(small_versions[0], tmp_path / "shards" / "tsv" / "version"))
+    recorded = read_manifest(copy)["input"]["raw_snapshot_dir"]
+    shutil.copytree(resolve_recorded(recorded, small_versions[0]), resolve_recorded(recorded, copy))
+    return copy
 
 
 def rewrite_part(version: Path, index: int, change) -> None:

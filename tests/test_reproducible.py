@@ -13,7 +13,7 @@ import pytest
 
 from deepmolm.config import load_params
 from deepmolm.ingest import ingest_chebi20
-from deepmolm.instructions import build_instructions
+from deepmolm.instructions import build_instructions, instruction_shards
 from deepmolm.run_log import portable_path, read_runs
 from tests.conftest import PARAMS, SHARED
 from tests.featurize.test_shard_build import build
@@ -49,6 +49,11 @@ def test_two_project_directories_write_the_same_bytes(tmp_path, monkeypatch):
     manifest = json.loads(first[next(n for n in first if n.startswith("data/raw/") and n.endswith("manifest.json"))])
     assert [ref["extra"]["read_from"] for ref in manifest["inputs"]] == ["../shared/data/chebi20/test.txt",
                                                                           "../shared/data/chebi20/validation.txt"]
+    instructions = next(Path(n).parent for n in first if n.startswith("data/instructions/") and n.endswith("manifest.json"))
+    recorded = json.loads(first[str(instructions / "manifest.json")])["shards"]
+    assert recorded.startswith("../../../shards/chebi20/"), "relative to the set itself, so it resolves anywhere"
+    monkeypatch.chdir(tmp_path)  # a Ray worker's working directory is not the project's
+    assert instruction_shards(tmp_path / "a" / "main" / instructions) == tmp_path / "a" / "main" / "data" / recorded[9:]
     for directory in (tmp_path / "a" / "main", tmp_path / "b" / "deeper" / "main"):
         runs = read_runs(directory / "logs")
         assert [r["kind"] for r in runs] == ["ingest", "featurize"]
