@@ -72,6 +72,7 @@ def lock_differences(ours: str, theirs: str) -> list[str]:
     return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
 
 
+@pytest.mark.timeout(1800)  # two pipelines end to end, then a third partial one
 def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_param_touches(tmp_path: Path):
     project = copy_repository(tmp_path, rows_per_split=ROWS_PER_SPLIT)
     shrink(project / "params.yaml")
