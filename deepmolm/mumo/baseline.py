@@ -28,8 +28,11 @@ def molecule_features(smiles: list[str], *, radius: int = 2, bits: int = 2048) -
 
 def random_forest(train_x: np.ndarray, train_y: np.ndarray, seed: int, *, trees: int = 500,
                   workers: int = 1) -> RandomForestRegressor:
+    """Trees are grown on `workers` threads (each from its own seed: the same trees); predictions then
+    sum the trees on one, in tree order: threads adding into one array made the last digits of the
+    baseline's errors differ between two runs of the same benchmark."""
     model = RandomForestRegressor(n_estimators=trees, random_state=seed, n_jobs=workers)
-    return model.fit(train_x, train_y)
+    return model.fit(train_x, train_y).set_params(n_jobs=1)
 
 
 def regression_errors(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

@@ -4,6 +4,7 @@ two (validation to learn from, test held out), with a randomly initialised tiny 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from deepmolm.config import ConfigError, load_params
 from deepmolm.eval.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
 from deepmolm.eval.model_answers import answer_examples, examples_of_splits
 from deepmolm.model.predict import left_padded
-from deepmolm.instructions import EXAMPLES, read_instructions
+from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards, read_instructions
 from deepmolm.model.tokenizer import build_tokenizer
 from deepmolm.pipeline_report import write_pipeline_report
 from deepmolm.run_log import read_runs
@@ -30,6 +31,9 @@ def split_set(instruction_set, tmp_path_factory) -> tuple[Path, set[int]]:
     """The shared instruction set with the upper half of its molecules (by CID) held out as test."""
     copy = tmp_path_factory.mktemp("split_set") / instruction_set.name
     shutil.copytree(instruction_set, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())  # the set points at its shards relative to itself
+    manifest["shards"] = os.path.relpath(instruction_shards(instruction_set), copy)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
     table = read_instructions(copy)
     cids = sorted(set(table.column("cid").to_pylist()))
     held = set(cids[len(cids) // 2:])

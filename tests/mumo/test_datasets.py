@@ -51,3 +51,6 @@ def test_the_random_forest_learns_solubility(esol):
     spread = regression_errors(esol.targets[parts["test"]], np.full(len(parts["test"]), esol.targets[parts["train"]].mean()))
     assert errors["n"] == len(parts["test"])
     assert errors["rmse"] < 0.5 * spread["rmse"], (errors, spread)  # far better than predicting the mean
+    again = random_forest(features[parts["train"]], esol.targets[parts["train"]], seed=0, trees=100, workers=2)
+    assert model.n_jobs == 1, "trees summed on one thread, in order: the same bytes every run"
+    assert again.predict(features[parts["test"]]).tobytes() == model.predict(features[parts["test"]]).tobytes()

@@ -156,7 +156,7 @@ def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_se
         stage_paths(small, 1, instruction_set, tokenizer_dir, tmp_path, None)
 
 
-def test_the_shard_version_of_an_instruction_set_resolves_from_a_relative_path(instruction_set, tmp_path):
+def test_the_shard_version_of_an_instruction_set_resolves_from_a_relative_path(instruction_set, tmp_path, monkeypatch):
     import json
     import os
     import shutil
@@ -164,11 +164,13 @@ def test_the_shard_version_of_an_instruction_set_resolves_from_a_relative_path(i
     from deepmolm.instructions import MANIFEST, instruction_shards
 
     actual = instruction_shards(instruction_set)
+    assert not Path(json.loads((instruction_set / MANIFEST).read_text())["shards"]).is_absolute()
     copy = tmp_path / "set"
     shutil.copytree(instruction_set, copy)
     manifest = json.loads((copy / MANIFEST).read_text())
-    (copy / MANIFEST).write_text(json.dumps({**manifest, "shards": os.path.relpath(actual, Path.cwd())}))
-    assert instruction_shards(copy) == actual and actual.is_absolute(), "a Ray task runs elsewhere"
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "shards": os.path.relpath(actual, copy)}))
+    monkeypatch.chdir(tmp_path)  # a Ray task's working directory is not the project's
+    assert instruction_shards(copy) == actual and actual.is_absolute(), "relative to the set, from anywhere"
     (copy / MANIFEST).write_text(json.dumps({**manifest, "shards": "nowhere/v1"}))
     with pytest.raises(FileNotFoundError, match="nowhere/v1"):
         instruction_shards(copy)
