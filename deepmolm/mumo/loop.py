@@ -111,6 +111,10 @@ def pretrain_worker(config: dict) -> None:
 
     def export(out: Path) -> None:
         strategy.module.save_pretrained(str(out))
+        # the backend keeps the last call's truncation and padding and would save them: a run resumed
+        # at its final checkpoint encodes nothing first, and its tokenizer.json came out other bytes
+        tokenizer.backend_tokenizer.no_truncation()
+        tokenizer.backend_tokenizer.no_padding()
         tokenizer.save_pretrained(str(out))
         (out / "provenance.json").write_text(json.dumps({"run": plan["run"], "steps": state["step"],
                                                          "shards": plan["shards"], "molecules": len(molecules)}, indent=2))
