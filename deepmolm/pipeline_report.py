@@ -13,7 +13,6 @@ import csv
 import html
 import io
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -27,6 +26,7 @@ from deepmolm.eval.captions import METRICS
 from deepmolm.eval.evaluate import BASELINE_PREDICTIONS, METRICS as METRICS_FILE, MODEL_PREDICTIONS, evaluation_dir
 from deepmolm.eval.model_answers import examples_of_splits
 from deepmolm.instructions import instruction_shards
+from deepmolm.run_log import portable_path
 from deepmolm.shards import read_shards
 
 ASSETS = "pipeline"  # the page's plot and thumbnails: <reports_dir>/pipeline/
@@ -158,7 +158,7 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
 def _relative(target: Path, out: Path) -> str | None:
     if not target.is_file():
         return None
-    return Path(os.path.relpath(target.absolute(), out.absolute())).as_posix()  # no absolute path in a page: two clones write the same bytes
+    return portable_path(target.absolute(), start=out)  # no absolute path in a page: two clones write the same bytes
 
 
 def _splits(value) -> str:

@@ -178,7 +178,7 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
         "baseline": baseline, "table": results_table(params, runs, baseline), "published_random_rmse": PUBLISHED_RANDOM_RMSE,
     }
     seconds = {"prepare": round(prepare_s, 1), "total": round(time.perf_counter() - started, 1),
-               "runs": {r["name"]: r["seconds"] for r in runs if "name" in r}}
+               "runs": {r["name"]: r["seconds"] for r in runs}}
     log_run(params.paths.logs_dir, "mumo_benchmark", params.mumo.reports_dir, run=name, seconds=seconds)
     out = params.mumo.reports_dir
     out.mkdir(parents=True, exist_ok=True)
