@@ -6,7 +6,10 @@ stage through `dvc repro`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,21 @@ def test_portable_path_is_relative_to_the_working_directory(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert portable_path(tmp_path / "data" / "x") == "data/x"
     assert portable_path(tmp_path.parent / "shared") == "../shared"
+
+
+def test_the_benchmarks_splits_follow_the_jobs_whatever_the_string_hashes(tmp_path):
+    """The MuMo baseline is reported in the order of these splits; under a set of split names it came out
+    random/scaffold in one process and scaffold/random in the next (results.json differed between clones)."""
+    script = ("import json; from deepmolm.mumo.benchmark import job_splits\n"
+              "jobs = [{'split': s, 'seed': seed} for s in ('scaffold', 'random') for seed in (1, 0)]\n"
+              "jobs += [{'split': 'scaffold', 'seed': 1}]\n"
+              "smiles = ['CCO', 'c1ccccc1O', 'C1CCCCC1N', 'CC(=O)O', 'c1ccncc1', 'CCCCCC', 'C1CCOC1', 'c1ccc2ccccc2c1',"
+              " 'CCN', 'OCC(O)CO']\n"
+              "print(json.dumps(job_splits(smiles, jobs)))")
+    outputs = set()
+    for hash_seed in ("1", "2", "3", "4"):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        outputs.add(done.stdout)
+    assert len(outputs) == 1, "the same splits in the same order in every process"
+    assert list(json.loads(outputs.pop())) == ["scaffold/1", "scaffold/0", "random/1", "random/0"]

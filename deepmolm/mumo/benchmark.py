@@ -126,12 +126,14 @@ def benchmark_jobs(params: Params) -> list[dict]:
     return [{**job, "name": f"{job['dataset']}/{job['split']}/seed{job['seed']}/layer{job['injection_layer']}"} for job in jobs]
 
 
-def _splits(smiles: list[str], kinds: set[str], seeds: set[int]) -> dict[str, dict[str, list[int]]]:
+def job_splits(smiles: list[str], jobs: list[dict]) -> dict[str, dict[str, list[int]]]:
+    """Each `split/seed` the jobs use, in the jobs' order: the baseline is reported in this order, and a
+    set of split names iterates in the order of that process's string hashes (PYTHONHASHSEED), which
+    reordered results.json between two runs of the same benchmark."""
     out = {}
-    for kind in kinds:
-        for seed in seeds:
-            parts = random_split(len(smiles), seed) if kind == "random" else scaffold_split(smiles, seed)
-            out[f"{kind}/{seed}"] = {name: [int(i) for i in indices] for name, indices in parts.items()}
+    for kind, seed in dict.fromkeys((job["split"], job["seed"]) for job in jobs):
+        parts = random_split(len(smiles), seed) if kind == "random" else scaffold_split(smiles, seed)
+        out[f"{kind}/{seed}"] = {name: [int(i) for i in indices] for name, indices in parts.items()}
     return out
 
 
@@ -158,7 +160,7 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
             noisy_all[sigma] = [None if m is None else next(shaken) for m in molecules]
         wanted = [j for j in jobs if j["dataset"] == name]
         data[name] = {"molecules": molecules, "noisy": noisy_all,
-                      "splits": _splits(dataset.smiles, {j["split"] for j in wanted}, {j["seed"] for j in wanted})}
+                      "splits": job_splits(dataset.smiles, wanted)}
         accounting[name] = {"rows": dataset.rows, "molecules": len(dataset.smiles), "with_conformer": len(usable),
                             "rejected_rows": len(dataset.rejected), "rejected_by_reason": rejected}
     prepare_s = time.perf_counter() - started
