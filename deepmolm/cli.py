@@ -665,11 +665,13 @@ def predict(
     image: Annotated[Path | None, typer.Option(help="the molecule's drawing (PNG); needs --sdf.")] = None,
     sdf: Annotated[Path | None, typer.Option(help="a 3D structure (SDF) of the same molecule; needs --image.")] = None,
     prompt: Annotated[str, typer.Option(help="the instruction.")] = "Describe the input molecule.",
+    task: Annotated[str, typer.Option(help="what the prompt asks: caption (a paragraph) | property_qa (a sentence).")] = "caption",
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask a trained DeepMoLM about one molecule: --smiles SMILES, or --image PNG --sdf SDF."""
+    from deepmolm.config import TASKS
     from deepmolm.featurize.outcome import FeaturizeError
     from deepmolm.model.predict import answer, molecule_from_files, molecule_from_smiles
 
@@ -679,11 +681,13 @@ def predict(
             raise _Exit(2, "give either --smiles or both --image and --sdf")
         if smiles is None and (image is None or sdf is None):
             raise _Exit(2, "--image and --sdf go together")
+        if task not in TASKS:
+            raise _Exit(2, f"--task {task!r}: one of {', '.join(TASKS)}")
         try:
             png, e3fp = molecule_from_smiles(smiles, cfg) if smiles else molecule_from_files(image, sdf, cfg)
         except FeaturizeError as exc:
             raise _Exit(1, f"cannot read the molecule: {exc}") from None
-        text = answer(checkpoint, png, e3fp, prompt, cfg)
+        text = answer(checkpoint, png, e3fp, prompt, cfg, task)
     _emit({"prompt": prompt, "answer": text, "geometry": e3fp is not None}, as_json,
           lambda s: stdout.print(s["answer"], highlight=False, markup=False))
 

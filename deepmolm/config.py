@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -33,6 +33,8 @@ from deepmolm.run_log import portable_path
 
 DEFAULT_PARAMS = Path("params.yaml")
 Split = Literal["train", "validation", "test"]
+Task = Literal["caption", "property_qa"]  # what an instruction asks: a description, or one computed property
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 class ConfigError(ValueError):
@@ -261,7 +263,7 @@ class EvalParams(_Section):
 
 class InstructionsParams(_Section):
     seed: int = Field(ge=0, description="phrasings are drawn per (seed, cid, task)")
-    tasks: list[Literal["caption", "property_qa"]] = Field(min_length=1)
+    tasks: list[Task] = Field(min_length=1)
     properties: list[Literal["mw", "logp", "tpsa", "complexity"]] = Field(
         description="computed properties asked about in property_qa examples"
     )
@@ -310,12 +312,19 @@ class PresetParams(_Section):
 
 class GenerationParams(_Section):
     max_new_tokens: int = Field(ge=1)
+    min_new_tokens: int = Field(ge=0, description="captions only: no caption ends before this many tokens (0: off)")
     num_beams: int = Field(ge=1, description="1: greedy decoding")
     repetition_penalty: float = Field(ge=1, description="transformers' repetition penalty (1: none)")
     no_repeat_ngram_size: int = Field(ge=0, description="no token n-gram of this size twice in an answer (0: off)")
 
+    @model_validator(mode="after")
+    def _floor_within_budget(self) -> GenerationParams:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens {self.min_new_tokens} is above max_new_tokens {self.max_new_tokens}")
+        return self
+
     def decoding(self) -> dict:
-        """The keyword arguments of `generate` besides the length budget."""
+        """The keyword arguments of `generate` besides the length bounds."""
         return {"num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty,
                 "no_repeat_ngram_size": self.no_repeat_ngram_size}
 
@@ -362,7 +371,7 @@ class LoraParams(_Section):
 
 
 class StageParams(_Section):
-    tasks: list[Literal["caption", "property_qa"]] = Field(min_length=1, description="instruction tasks trained on")
+    tasks: list[Task] = Field(min_length=1, description="instruction tasks trained on")
     trainable: list[Literal["encoder", "projector", "language_model"]] = Field(
         min_length=1, description="parts that train; the rest are frozen")
     epochs: int = Field(ge=1)

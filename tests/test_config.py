@@ -31,6 +31,7 @@ def test_override_sets_a_typed_value():
         ("bogus=1", ["unknown key 'bogus'", "expected one of: contracts, eval, featurize, ingest, instructions, model, mumo, paths, recipe, recipes, refresh, "
                      "report, sources, train"]),
         ("contracts.max_reject_rate.wildcard_atom=1.5", ["contracts.max_reject_rate", "fraction in [0, 1]", "1.5"]),
+        ("model.generation.min_new_tokens=300", ["model.generation", "min_new_tokens 300 is above max_new_tokens 256"]),
     ],
 )
 def test_invalid_overrides_name_the_key_and_what_was_expected(override, fragments):

@@ -25,6 +25,7 @@ from deepmolm.eval.predictions import write_jsonl
 from deepmolm.eval.properties import mean_baseline, score_properties
 from deepmolm.eval.shard_molecules import read_molecules
 from deepmolm.model.molm import DeepMoLMConfig
+from deepmolm.model.predict import answer_lengths
 from deepmolm.model.presets import model_summary
 from deepmolm.instructions import MANIFEST, held_out, instruction_shards
 from deepmolm.progress import progress_bar
@@ -50,12 +51,10 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     if not rows:
         where = "train.holdout's molecules" if cfg.on_holdout else f"splits {cfg.splits}"
         raise ValueError(f"instruction set {instructions} has no examples of {where}: nothing to evaluate on")
-    generation = params.model.generation
     with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
-        answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size, decoding=generation.decoding(),
-                                  max_new_tokens={"caption": generation.max_new_tokens,
-                                                  "property_qa": cfg.property_max_new_tokens},
-                                  advance=advance)
+        answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size,
+                                  decoding=params.model.generation.decoding(),
+                                  lengths=lambda task: answer_lengths(params, task), advance=advance)
     tasks = {r["example_id"]: r["task"] for r in rows}
     captions = [p for p in answers if tasks[p.id] == "caption"]
     properties = [p for p in answers if tasks[p.id] == "property_qa"]

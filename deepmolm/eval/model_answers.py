@@ -53,10 +53,11 @@ def _geometry(rows: list[dict], levels: int) -> torch.Tensor:
 
 
 def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, batch_size: int,
-                    max_new_tokens: dict[str, int], decoding: dict,
+                    lengths: Callable[[str], dict[str, int]], decoding: dict,
                     advance: Callable[[int], None] = lambda n: None) -> list[Prediction]:
-    """One Prediction per row (id = example_id), in the rows' order. `max_new_tokens` is per task: a
-    property answer is a sentence, a caption a paragraph; `decoding` goes to `generate` as is."""
+    """One Prediction per row (id = example_id), in the rows' order. `lengths(task)` gives the length
+    bounds (predict.answer_lengths: a property answer is a sentence, a caption a paragraph);
+    `decoding` goes to `generate` as is."""
     model, tokenizer = load_checkpoint(model_dir)
     size, levels = model.config.encoder_spec().image_size, model.config.fusion_spec().e3fp_levels
     shards = instruction_shards(instructions)
@@ -68,7 +69,7 @@ def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, ba
             batch = of_task[start:start + batch_size]
             pixels = torch.stack([cached_pixels(str(shards / r["image_part"]), r["image_row"], size) for r in batch])
             answers = generate_answers(model, tokenizer, [r["prompt"] for r in batch], pixels, _geometry(batch, levels),
-                                       max_new_tokens=max_new_tokens[task], **decoding)
+                                       **lengths(task), **decoding)
             out += [Prediction(id=row["example_id"], reference=row["response"], prediction=text, property=row["property"])
                     for row, text in zip(batch, answers)]
             advance(len(batch))

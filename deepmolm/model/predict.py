@@ -67,22 +67,34 @@ def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 
 @torch.inference_mode()
 def generate_answers(model: DeepMoLMForCausalLM, tokenizer, prompts: list[str], pixels: torch.Tensor,
-                     geometry: torch.Tensor, *, max_new_tokens: int, num_beams: int = 1,
+                     geometry: torch.Tensor, *, max_new_tokens: int, min_new_tokens: int = 0, num_beams: int = 1,
                      repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> list[str]:
-    """Answers to a batch of prompts: uint8 drawings [B, 3, S, S] and E3FP [B, atoms, levels] (-1 = none)."""
+    """Answers to a batch of prompts: uint8 drawings [B, 3, S, S] and E3FP [B, atoms, levels] (-1 = none);
+    no answer ends before `min_new_tokens`."""
     ids, mask = left_padded([prompt_token_ids(p, tokenizer, model.config.encoder_spec().tokens) for p in prompts],
                             tokenizer.pad_token_id)
     new = model.generate_text(ids, mask, normalise_pixels(pixels), geometry, max_new_tokens=max_new_tokens,
-                              num_beams=num_beams, repetition_penalty=repetition_penalty,
+                              min_new_tokens=min_new_tokens, num_beams=num_beams, repetition_penalty=repetition_penalty,
                               no_repeat_ngram_size=no_repeat_ngram_size, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in new]
 
 
-def answer(checkpoint: Path, png: bytes, e3fp: np.ndarray | None, prompt: str, params: Params) -> str:
+def answer_lengths(params: Params, task: str) -> dict[str, int]:
+    """`generate`'s length bounds for a task's answers: a caption is a paragraph (at least
+    model.generation.min_new_tokens long), a property answer one sentence."""
+    generation = params.model.generation
+    if task == "caption":
+        return {"max_new_tokens": generation.max_new_tokens, "min_new_tokens": generation.min_new_tokens}
+    if task == "property_qa":
+        return {"max_new_tokens": params.eval.property_max_new_tokens, "min_new_tokens": 0}
+    raise ValueError(f"unknown task {task!r} (caption | property_qa)")
+
+
+def answer(checkpoint: Path, png: bytes, e3fp: np.ndarray | None, prompt: str, params: Params,
+           task: str = "caption") -> str:
     model, tokenizer = load_checkpoint(checkpoint)
     levels = model.config.fusion_spec().e3fp_levels
     geometry = torch.full((1, 1, levels), -1, dtype=torch.long) if e3fp is None else torch.as_tensor(e3fp)[None].long()
-    generation = params.model.generation
     return generate_answers(model, tokenizer, [prompt], image_pixels(png, model.config.encoder_spec().image_size)[None],
-                            geometry, max_new_tokens=generation.max_new_tokens, **generation.decoding())[0]
+                            geometry, **answer_lengths(params, task), **params.model.generation.decoding())[0]

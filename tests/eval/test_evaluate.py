@@ -16,7 +16,8 @@ import pytest
 from deepmolm.config import ConfigError, load_params
 from deepmolm.eval.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
 from deepmolm.eval.model_answers import answer_examples, examples_of_splits
-from deepmolm.model.predict import left_padded
+from deepmolm.model.molm import DeepMoLMForCausalLM
+from deepmolm.model.predict import answer_lengths, left_padded
 from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards, read_instructions
 from deepmolm.model.tokenizer import build_tokenizer
 from deepmolm.pipeline_report import write_pipeline_report
@@ -47,7 +48,7 @@ def setting(split_set, small_versions, tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(root), "train.splits=[validation]",
                                   "model.preset=tiny", "train.holdout.fraction=0",
-                                  "eval.splits=[test]", "model.generation.max_new_tokens=12",
+                                  "eval.splits=[test]", "model.generation.max_new_tokens=12", "model.generation.min_new_tokens=2",
                                   "eval.property_max_new_tokens=6", "report.gallery_size=3"])
     model = initial_model(params, 1, tokenizer, None)
     model.save_pretrained(root / "model")
@@ -73,7 +74,7 @@ def test_answers_in_a_batch_equal_answers_one_at_a_time(split_set, setting):
     directory, _ = split_set
     params, model = setting
     rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 3)
-    kwargs = {"max_new_tokens": {"caption": 10, "property_qa": 6}, "decoding": {"num_beams": 1}}
+    kwargs = {"lengths": lambda task: {"max_new_tokens": {"caption": 10, "property_qa": 6}[task]}, "decoding": {"num_beams": 1}}
     batched = answer_examples(model, directory, rows, batch_size=6, **kwargs)
     alone = answer_examples(model, directory, rows, batch_size=1, **kwargs)
     assert [p.id for p in batched] == [r["example_id"] for r in rows], "in the rows' order"
@@ -132,7 +133,7 @@ def test_on_holdout_the_model_answers_the_held_out_training_molecules_and_never_
     params, model = setting
     tuning = load_params(PARAMS, [*[f"{k}={v}" for k, v in (("paths.reports_dir", params.paths.reports_dir / "tune"),)],
                                   "train.splits=[validation]", "model.preset=tiny", "train.holdout.fraction=0.4",
-                                  "train.holdout.seed=3", "eval.on_holdout=true", "model.generation.max_new_tokens=4",
+                                  "train.holdout.seed=3", "eval.on_holdout=true", "model.generation.max_new_tokens=4", "model.generation.min_new_tokens=0",
                                   "eval.property_max_new_tokens=4"])
     metrics = evaluate(tuning, model, directory, out=tuning.paths.reports_dir)
     validation = {r["cid"] for r in read_instructions(directory).to_pylist() if r["split"] == "validation"}
@@ -188,3 +189,25 @@ def test_cli_eval_run_names_a_missing_model(split_set, tmp_path):
                      "-S", f"paths.reports_dir={tmp_path}", "--quiet", "--json")
     assert result.returncode == 1
     assert json.loads(result.stdout.splitlines()[-1])["error"].endswith("is not a DeepMoLM checkpoint (no config.json)")
+
+
+def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget(split_set, setting, monkeypatch):
+    """model.generation.min_new_tokens is for captions: a floor on a one-number answer would pad it."""
+    directory, _ = split_set
+    _, model = setting
+    params = load_params(PARAMS, ["model.generation.min_new_tokens=7", "model.generation.max_new_tokens=9",
+                                  "eval.property_max_new_tokens=5"])
+    calls = []
+    real = DeepMoLMForCausalLM.generate_text
+
+    def spy(self, *args, **kwargs):
+        calls.append((kwargs["min_new_tokens"], kwargs["max_new_tokens"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeepMoLMForCausalLM, "generate_text", spy)
+    rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 2)
+    answer_examples(model, directory, rows, batch_size=1, lengths=lambda task: answer_lengths(params, task),
+                    decoding=params.model.generation.decoding())
+    assert calls == [(7, 9) if task == "caption" else (0, 5) for task in sorted(r["task"] for r in rows)]
+    with pytest.raises(ValueError, match="unknown task 'poem'"):
+        answer_lengths(params, "poem")

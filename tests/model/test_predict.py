@@ -34,7 +34,7 @@ def checkpoint(small_versions, tmp_path_factory):
 
 
 def test_predict_from_a_smiles_and_from_an_image_with_an_sdf(checkpoint, shared, tmp_path):
-    settings = ["-S", "model.generation.max_new_tokens=6", "--json"]
+    settings = ["-S", "model.generation.max_new_tokens=6", "-S", "model.generation.min_new_tokens=0", "--json"]
     by_smiles = run_cli("predict", "--checkpoint", str(checkpoint), "--smiles", "CC(=O)Oc1ccccc1C(=O)O", *settings)
     assert by_smiles.returncode == 0, by_smiles.stderr
     first = json.loads(by_smiles.stdout.strip().splitlines()[-1])
@@ -54,5 +54,7 @@ def test_predict_refuses_bad_input_clearly(checkpoint, tmp_path):
     assert both.returncode == 2 and "either --smiles or both" in both.stderr
     bad = run_cli("predict", "--checkpoint", str(checkpoint), "--smiles", "c1cccc1")
     assert bad.returncode == 1 and "kekulization_failed" in bad.stderr
+    task = run_cli("predict", "--checkpoint", str(checkpoint), "--smiles", "CCO", "--task", "poem")
+    assert task.returncode == 2 and "--task 'poem': one of caption, property_qa" in task.stderr
     missing = run_cli("predict", "--checkpoint", str(tmp_path), "--smiles", "CCO")
     assert missing.returncode == 1 and "not a DeepMoLM checkpoint" in missing.stderr

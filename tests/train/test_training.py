@@ -230,7 +230,7 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     again = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env())
     assert again["up_to_date"] and again["run"] == second["run"] and time.perf_counter() - started < 60
 
-    params = load_params(PARAMS, ["model.generation.max_new_tokens=8"])
+    params = load_params(PARAMS, ["model.generation.max_new_tokens=8", "model.generation.min_new_tokens=0"])
     png, e3fp = molecule_from_smiles("CC(=O)O", params)
     text = answer(tmp_path / "models" / "stage2", png, e3fp, "Describe the input molecule.", params)
     assert isinstance(text, str), "the exported model loads and answers as `deepmolm predict` does"
