@@ -290,6 +290,8 @@ class FusionParams(_Section):
     dropout: float = Field(ge=0, lt=1)
     size_features: bool = Field(False, description="add an embedding of the heavy-atom count to every visual token "
                                                    "(not in the paper; see deepmolm/model/fusion.py)")
+    e3fp_sum: bool = Field(False, description="add a projection of the sum of the E3FP tokens to every visual token: "
+                                              "additive properties (TPSA, logP) are sums over atoms (not in the paper)")
 
 
 class LanguageParams(_Section):

@@ -15,6 +15,10 @@ average over the atoms' tokens is the same for a molecule and its twice-repeated
 that mass, area and complexity grow with is otherwise lost (on ChEBI-20, the count alone predicts
 the molecular weight to 22.6 g/mol MAE, the mean baseline is 250). The paper has no such input; the
 `cpu` preset uses it, because its 128-px drawings do not show a large molecule's size either.
+With `e3fp_sum`, every query also gets a projection of the *sum* of the molecule's E3FP tokens (over
+SIZE_SCALE): TPSA and Crippen's logP are sums of per-atom contributions by atom environment, which
+is what a sum of per-atom identifiers encodes and a mean (attention) divides away. Not in the paper
+either; the `cpu` preset uses it.
 
 Variants for the paper's ablations: `fusion` (default), `fusion_zero_e3fp` (the same module with
 every E3FP token replaced by padding), `concat` (the masked mean of the E3FP tokens concatenated to
@@ -44,6 +48,7 @@ class FusionSpec:
     dropout: float = 0.0
     variant: str = "fusion"
     size_features: bool = False
+    e3fp_sum: bool = False
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -65,6 +70,8 @@ class FusionProjector(nn.Module):
         self.level_embed = nn.Embedding(spec.e3fp_levels, h)
         if spec.size_features:
             self.size_in = nn.Linear(2 * (1 + 2 * SIZE_FREQUENCIES), h)
+        if spec.e3fp_sum:
+            self.sum_in = nn.Linear(h, h)
         if spec.variant == "concat":
             self.merge = nn.Linear(2 * h, h)
             return
@@ -108,6 +115,8 @@ class FusionProjector(nn.Module):
         if self.spec.size_features:
             atoms = (~padding.reshape(len(padding), -1, self.spec.e3fp_levels)).any(dim=-1).sum(dim=1)
             queries = queries + self.size_in(self.size_features(atoms))[:, None]
+        if self.spec.e3fp_sum:  # padding tokens are zero: a sum over the molecule's own tokens only
+            queries = queries + self.sum_in(tokens.sum(dim=1) / SIZE_SCALE)[:, None]
         if self.spec.variant == "concat":
             count = (~padding).sum(dim=1, keepdim=True).clamp(min=1)
             pooled = tokens.sum(dim=1, keepdim=True) / count[..., None]

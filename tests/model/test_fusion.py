@@ -8,9 +8,10 @@ import torch
 from deepmolm.model.fusion import VARIANTS, FusionProjector, FusionSpec
 
 
-def projector(variant: str = "fusion", seed: int = 0, size_features: bool = False) -> FusionProjector:
+def projector(variant: str = "fusion", seed: int = 0, size_features: bool = False, e3fp_sum: bool = False) -> FusionProjector:
     torch.manual_seed(seed)
-    spec = FusionSpec(visual_dim=24, hidden_size=32, e3fp_bits=64, num_heads=4, variant=variant, size_features=size_features)
+    spec = FusionSpec(visual_dim=24, hidden_size=32, e3fp_bits=64, num_heads=4, variant=variant,
+                      size_features=size_features, e3fp_sum=e3fp_sum)
     return FusionProjector(spec).eval()
 
 
@@ -45,10 +46,10 @@ def test_a_molecule_without_geometry_gives_finite_outputs(variant):
     assert torch.isfinite(projector(variant)(visual, None)).all()
 
 
-@pytest.mark.parametrize("size_features", [False, True])
+@pytest.mark.parametrize("extras", [{}, {"size_features": True}, {"e3fp_sum": True}])
 @pytest.mark.parametrize("variant", ["fusion", "concat"])
-def test_padding_does_not_change_a_molecules_output(variant, size_features):
-    model = projector(variant, size_features=size_features)
+def test_padding_does_not_change_a_molecules_output(variant, extras):
+    model = projector(variant, **extras)
     visual = torch.randn(1, 16, 24)
     small = molecule(4, 3)
     alone = model(visual, batch([small]))
@@ -82,6 +83,22 @@ def test_size_features_tell_a_molecule_from_itself_repeated():
     assert step_large > 0.1 and step_large > 0.5 * step_small
 
 
+def test_e3fp_sum_is_additive_over_atoms():
+    """A molecule made of two others gets the sum of their contributions: what TPSA and Crippen's logP
+    are (per-atom terms by environment), and what attention's average cannot give."""
+    model = projector(e3fp_sum=True)
+    a, b = molecule(5, 1), molecule(7, 2)
+    contribution = {}
+    model.sum_in.register_forward_hook(lambda module, args, out: contribution.update(x=args[0]))
+
+    def summed(e3fp):
+        model(torch.randn(1, 16, 24), batch([e3fp]))
+        return contribution["x"][0]
+
+    torch.testing.assert_close(summed(torch.cat([a, b])), summed(a) + summed(b), atol=1e-5, rtol=1e-5)
+    assert summed(torch.cat([a, a])).norm() > 1.9 * summed(a).norm()
+
+
 def test_size_features_count_atoms_not_shell_identifiers():
     """An atom missing its outer shells is still one atom; padding atoms are none."""
     model = projector(size_features=True)
@@ -93,9 +110,9 @@ def test_size_features_count_atoms_not_shell_identifiers():
     torch.testing.assert_close(counted["x"], FusionProjector.size_features(torch.tensor([5, 3])))
 
 
-@pytest.mark.parametrize("size_features", [False, True])
-def test_zeroed_e3fp_ablation_ignores_the_geometry(size_features):
-    model = projector("fusion_zero_e3fp", size_features=size_features)
+@pytest.mark.parametrize("extras", [{}, {"size_features": True}, {"e3fp_sum": True}])
+def test_zeroed_e3fp_ablation_ignores_the_geometry(extras):
+    model = projector("fusion_zero_e3fp", **extras)
     visual = torch.randn(1, 16, 24)
     torch.testing.assert_close(model(visual, batch([molecule(6, 5)])), model(visual, batch([molecule(11, 6)])))
 
