@@ -18,16 +18,14 @@ import time
 
 import torch
 
-from benchmarks.train_throughput import batch, build
+from benchmarks.train_throughput import batch, build, train_step
 from deepmolm.config import load_params
 from deepmolm.train.strategy import param_groups
 
 
 def step_seconds(model, optimizer, inputs: dict) -> float:
     started = time.perf_counter()
-    model(**inputs).loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    train_step(model, optimizer, inputs, bf16=False)
     return time.perf_counter() - started
 
 
@@ -44,7 +42,8 @@ def main() -> None:
         params = load_params("params.yaml", [f"model.presets.cpu.fusion.e3fp_sum={str(on).lower()}"])
         model, _ = build(params, "cpu", None, 2, device, params.model.presets["cpu"].language.vocab_size)
         model.train()
-        optimizer = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4)
+        stage = params.train.stage(2)
+        optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay), lr=stage.learning_rate)
         runs[name] = {"model": model, "optimizer": optimizer, "inputs": batch(model, args.batch, args.text_tokens, device),
                       "seconds": []}
     for step in range(args.steps + 2):  # two warm-up steps each, not counted

@@ -69,6 +69,17 @@ def batch(model, size: int, text_tokens: int, device: torch.device) -> dict:
             "e3fp": torch.randint(0, 4096, (size, 40, levels), generator=generator).to(device)}
 
 
+def train_step(model, optimizer, inputs: dict, bf16: bool) -> None:
+    """One optimizer step as a worker takes it: forward (bf16 autocast on GPUs), backward, clipping."""
+    device = inputs["input_ids"].device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**inputs).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def loader_rate(image_size: int, image_tokens: int, tokenizer_texts: int = 64) -> float:
     """Samples/s of the loader's per-sample work on one core (PNG decode + resize + tokenize)."""
     from rdkit import Chem
@@ -116,12 +127,7 @@ def main() -> None:
     inputs = batch(model, args.batch, args.text_tokens, device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, inputs, bf16)
 
     def sync() -> None:
         if device.type == "cuda":

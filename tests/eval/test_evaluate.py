@@ -4,7 +4,6 @@ two (validation to learn from, test held out), with a randomly initialised tiny 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ from deepmolm.model.predict import answer_lengths, left_padded
 from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards, read_instructions
 from deepmolm.model.tokenizer import build_tokenizer
 from deepmolm.pipeline_report import write_pipeline_report
-from deepmolm.run_log import read_runs
+from deepmolm.run_log import portable_path, read_runs
 from deepmolm.train.launch import write_metrics
 from deepmolm.train.stages import initial_model
 from tests.conftest import PARAMS, run_cli, tmp_overrides
@@ -33,7 +32,7 @@ def split_set(instruction_set, tmp_path_factory) -> tuple[Path, set[int]]:
     copy = tmp_path_factory.mktemp("split_set") / instruction_set.name
     shutil.copytree(instruction_set, copy)
     manifest = json.loads((copy / MANIFEST).read_text())  # the set points at its shards relative to itself
-    manifest["shards"] = os.path.relpath(instruction_shards(instruction_set), copy)
+    manifest["shards"] = portable_path(instruction_shards(instruction_set), start=copy)
     (copy / MANIFEST).write_text(json.dumps(manifest))
     table = read_instructions(copy)
     cids = sorted(set(table.column("cid").to_pylist()))

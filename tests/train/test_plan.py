@@ -158,17 +158,17 @@ def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_se
 
 def test_the_shard_version_of_an_instruction_set_resolves_from_a_relative_path(instruction_set, tmp_path, monkeypatch):
     import json
-    import os
     import shutil
 
     from deepmolm.instructions import MANIFEST, instruction_shards
+    from deepmolm.run_log import portable_path
 
     actual = instruction_shards(instruction_set)
     assert not Path(json.loads((instruction_set / MANIFEST).read_text())["shards"]).is_absolute()
     copy = tmp_path / "set"
     shutil.copytree(instruction_set, copy)
     manifest = json.loads((copy / MANIFEST).read_text())
-    (copy / MANIFEST).write_text(json.dumps({**manifest, "shards": os.path.relpath(actual, copy)}))
+    (copy / MANIFEST).write_text(json.dumps({**manifest, "shards": portable_path(actual, start=copy)}))
     monkeypatch.chdir(tmp_path)  # a Ray task's working directory is not the project's
     assert instruction_shards(copy) == actual and actual.is_absolute(), "relative to the set, from anywhere"
     (copy / MANIFEST).write_text(json.dumps({**manifest, "shards": "nowhere/v1"}))
