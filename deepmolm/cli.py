@@ -673,7 +673,7 @@ def predict(
     """Ask a trained DeepMoLM about one molecule: --smiles SMILES, or --image PNG --sdf SDF."""
     from deepmolm.config import TASKS
     from deepmolm.featurize.outcome import FeaturizeError
-    from deepmolm.model.predict import answer, molecule_from_files, molecule_from_smiles
+    from deepmolm.model.predict import Predictor, molecule_from_files, molecule_from_smiles
 
     with _command(as_json):
         cfg = _params(params, set_)
@@ -684,12 +684,52 @@ def predict(
         if task not in TASKS:
             raise _Exit(2, f"--task {task!r}: one of {', '.join(TASKS)}")
         try:
-            png, e3fp = molecule_from_smiles(smiles, cfg) if smiles else molecule_from_files(image, sdf, cfg)
+            molecule = molecule_from_smiles(smiles, cfg) if smiles else molecule_from_files(image, sdf, cfg)
         except FeaturizeError as exc:
             raise _Exit(1, f"cannot read the molecule: {exc}") from None
-        text = answer(checkpoint, png, e3fp, prompt, cfg, task)
-    _emit({"prompt": prompt, "answer": text, "geometry": e3fp is not None}, as_json,
+        text = Predictor(checkpoint).answer(molecule, prompt, cfg, task)
+    _emit({"prompt": prompt, "answer": text, "geometry": molecule.e3fp is not None,
+           "conformer_source": molecule.conformer_source}, as_json,
           lambda s: stdout.print(s["answer"], highlight=False, markup=False))
+
+
+@app.command("serve")
+def serve(
+    checkpoint: Annotated[Path, typer.Option(help="a DeepMoLM checkpoint directory (model and tokenizer), e.g. models/stage2.")],
+    shards: Annotated[Path | None, typer.Option(help="a shard version (or dataset directory: its LATEST) to browse.")] = None,
+    instructions: Annotated[Path | None, typer.Option(help="the retrieval baseline's pool: this instruction set's training molecules [default: the checkpoint's, from its provenance].")] = None,
+    host: Annotated[str | None, typer.Option(help="interface to listen on [default: serve.host, 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="port [default: serve.port]; 0: any free one.")] = None,
+    public: Annotated[bool, typer.Option(help="allow a --host other than loopback: anyone who reaches it can run the model and read the shards.")] = False,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A web page to ask a trained DeepMoLM about a molecule and to browse a shard version, with a
+    JSON API beside it (POST /api/predict, GET /api/health, /api/molecules). Runs until interrupted."""
+    from deepmolm.serve.server import bind, is_loopback
+    from deepmolm.serve.server import serve as run_server
+
+    with _command(as_json):
+        cfg = _params(params, set_)
+        host = host or cfg.serve.host
+        if not is_loopback(host) and not public:
+            raise _Exit(2, f"--host {host} is not a loopback address: anyone who can reach it could use the model "
+                           f"and read the shards; add --public to serve it anyway")
+        if not (Path(checkpoint) / "config.json").is_file():
+            raise _Exit(1, f"{checkpoint} is not a DeepMoLM checkpoint (no config.json)")
+        try:
+            sock = bind(host, cfg.serve.port if port is None else port)
+        except OSError as exc:
+            raise _Exit(1, str(exc)) from None
+
+        def announce(summary: dict) -> None:
+            _emit(summary, as_json, lambda s: stdout.print(
+                f"serving {s['url']} (page; API: {s['url']}api/predict, {s['url']}api/health); Ctrl-C stops",
+                highlight=False))
+            sys.stdout.flush()
+
+        run_server(cfg, sock, checkpoint, shards, instructions, announce)
 
 
 @report_app.command("pipeline")

@@ -261,6 +261,19 @@ class EvalParams(_Section):
         return ranges
 
 
+class ServeParams(_Section):
+    host: str = Field(min_length=1, description="interface `deepmolm serve` binds to; one other than loopback needs --public")
+    port: int = Field(ge=0, le=65535, description="0: any free port")
+    concurrency: int = Field(ge=1, description="answers computed at once; other requests wait their turn")
+    max_waiting: int = Field(ge=0, description="requests waiting for a turn beyond which the server answers 503")
+    wait_timeout_s: float = Field(gt=0, description="a request that waited this long for a turn gets 503")
+    max_smiles_chars: int = Field(ge=1, description="a longer SMILES is refused (413)")
+    max_prompt_chars: int = Field(ge=1, description="a longer prompt is refused (413)")
+    max_upload_bytes: int = Field(ge=1024, description="a larger drawing or SDF is refused (413)")
+    max_query_chars: int = Field(ge=1, description="a longer browse query (CID, words, SMARTS) is refused (413)")
+    page_size: int = Field(ge=1, le=200, description="molecules per page of the browse gallery")
+
+
 class InstructionsParams(_Section):
     seed: int = Field(ge=0, description="phrasings are drawn per (seed, cid, task)")
     tasks: list[Task] = Field(min_length=1)
@@ -538,6 +551,7 @@ class Params(_Section):
     model: ModelParams
     train: TrainParams
     eval: EvalParams
+    serve: ServeParams
     refresh: RefreshParams
     mumo: MuMoParams
 

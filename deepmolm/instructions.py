@@ -64,6 +64,12 @@ class PropertyQuestion:
     unit: str  # appended to the number in the answer ("" for none)
     decimals: int
 
+    def number(self, value: float) -> float:
+        return round(float(value), self.decimals)
+
+    def text(self, value: float) -> str:
+        return f"{self.number(value):.{self.decimals}f}{self.unit}"
+
 
 PROPERTIES = {
     "mw": PropertyQuestion("mw", "molecular weight", " g/mol", 2),
@@ -84,6 +90,21 @@ PROPERTY_ANSWERS = (
 )
 
 
+def property_asked(prompt: str) -> str | None:
+    """The property a prompt asks for when it is one of the instruction set's property questions."""
+    text = " ".join(prompt.split())
+    for name, question in PROPERTIES.items():
+        if any(text == template.format(label=question.label) for template in PROPERTY_PROMPTS):
+            return name
+    return None
+
+
+def property_answer(name: str, value: float) -> str:
+    """A property value written as the training answers write it ("The molecular weight is 46.07 g/mol.")."""
+    question = PROPERTIES[name]
+    return PROPERTY_ANSWERS[0].format(label=question.label, value=question.text(value))
+
+
 def examples_for(row: dict, params: InstructionsParams) -> list[dict]:
     """The examples of one shard row (its `image_part`/`image_row` filled in by the caller)."""
     out = []
@@ -99,8 +120,7 @@ def examples_for(row: dict, params: InstructionsParams) -> list[dict]:
                 continue
             question = PROPERTIES[name]
             rng = random.Random(f"{params.seed}:{row['cid']}:{name}")
-            number = round(float(value), question.decimals)
-            text = f"{number:.{question.decimals}f}{question.unit}"
+            number, text = question.number(value), question.text(value)
             out.append({
                 "task": "property_qa", "property": name,
                 "prompt": rng.choice(PROPERTY_PROMPTS).format(label=question.label),

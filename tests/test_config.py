@@ -29,9 +29,11 @@ def test_override_sets_a_typed_value():
         ("sources.chebi20.sha256.test=abc", ["sources.chebi20.sha256", "64 lowercase hex"]),
         ("sources.pubchem.on_batch_failure=ignore", ["sources.pubchem.on_batch_failure", "'fail' or 'reject'"]),
         ("bogus=1", ["unknown key 'bogus'", "expected one of: contracts, eval, featurize, ingest, instructions, model, mumo, paths, recipe, recipes, refresh, "
-                     "report, sources, train"]),
+                     "report, serve, sources, train"]),
         ("contracts.max_reject_rate.wildcard_atom=1.5", ["contracts.max_reject_rate", "fraction in [0, 1]", "1.5"]),
         ("model.generation.min_new_tokens=300", ["model.generation", "min_new_tokens 300 is above max_new_tokens 256"]),
+        ("serve.concurrency=0", ["serve.concurrency", "greater than or equal to 1"]),
+        ("serve.max_upload_bytes=10", ["serve.max_upload_bytes", "greater than or equal to 1024"]),
     ],
 )
 def test_invalid_overrides_name_the_key_and_what_was_expected(override, fragments):

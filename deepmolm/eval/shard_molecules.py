@@ -10,7 +10,9 @@ from deepmolm.shards import read_shards, resolve_version
 
 def read_molecules(path: Path, split: str | None = None) -> list[Molecule]:
     """Rows of `split` (all when None) that have a description."""
-    table = read_shards(resolve_version(Path(path)), columns=["cid", "split", "smiles", "description", "e3fp"])
-    return [Molecule(cid=r["cid"], smiles=r["smiles"], description=r["description"], e3fp=r["e3fp"])
+    columns = ["cid", "split", "smiles", "description", "e3fp", "properties"]
+    table = read_shards(resolve_version(Path(path)), columns=columns)
+    return [Molecule(cid=r["cid"], smiles=r["smiles"], description=r["description"], e3fp=r["e3fp"],
+                     properties=r["properties"])
             for r in table.to_pylist()
             if (split is None or r["split"] == split) and (r["description"] or "").strip()]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from deepmolm.config import load_params
-from deepmolm.model.predict import answer, molecule_from_smiles
+from deepmolm.model.predict import Predictor, molecule_from_smiles
 from deepmolm.run_log import read_runs
 from deepmolm.train.launch import RUN_FACTS
 from tests.conftest import PARAMS
@@ -231,6 +231,6 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     assert again["up_to_date"] and again["run"] == second["run"] and time.perf_counter() - started < 60
 
     params = load_params(PARAMS, ["model.generation.max_new_tokens=8", "model.generation.min_new_tokens=0"])
-    png, e3fp = molecule_from_smiles("CC(=O)O", params)
-    text = answer(tmp_path / "models" / "stage2", png, e3fp, "Describe the input molecule.", params)
+    molecule = molecule_from_smiles("CC(=O)O", params)
+    text = Predictor(tmp_path / "models" / "stage2").answer(molecule, "Describe the input molecule.", params)
     assert isinstance(text, str), "the exported model loads and answers as `deepmolm predict` does"

@@ -1,0 +1,108 @@
+"""The server: a FastAPI app with the JSON API under /api and the gradio page mounted at /.
+
+Every refusal is a 4xx (or 503 when busy) with `{"error": reason}`, a malformed body included; the
+API and the page share one `Asker`, so their answers take turns on the same model.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+
+from deepmolm.config import Params
+from deepmolm.model.predict import DEFAULT_PROMPT
+from deepmolm.model.presets import model_summary
+from deepmolm.serve.asking import Asker, Question, Refused
+from deepmolm.serve.browse import ShardBrowser
+
+BODY_SLACK_BYTES = 64 * 1024  # JSON around two base64 uploads
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = DEFAULT_PROMPT
+    smiles: str | None = None
+    image: str | None = None  # base64 of a drawing, with `sdf`
+    sdf: str | None = None  # base64 of an SDF: with `image`, or with `smiles` as its conformer
+    task: str | None = None  # caption | property_qa; by default from the prompt
+
+
+def _decoded(field: str, text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused(f"{field} is not base64") from None
+
+
+def create_app(asker: Asker, browser: ShardBrowser | None, params: Params) -> FastAPI:
+    limits = params.serve
+    app = FastAPI(title="DeepMoLM", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+
+    @app.exception_handler(Refused)
+    async def refused(_request: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"malformed request: {reasons}"}, status_code=400)
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        largest = 2 * (4 * limits.max_upload_bytes // 3 + 4) + BODY_SLACK_BYTES
+        if request.url.path.startswith("/api/") and length and length.isdigit() and int(length) > largest:
+            return JSONResponse({"error": f"the request has {length} bytes, over what two uploads of "
+                                          f"serve.max_upload_bytes ({limits.max_upload_bytes}) take"}, status_code=413)
+        return await call_next(request)
+
+    summary = model_summary(asker.predictor.model.config)
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "checkpoint": str(asker.predictor.checkpoint), "parameters": summary["total"],
+                "image_size": summary["image_size"], "baseline_pool": len(asker.index) if asker.index else 0,
+                "shards": browser.version.name if browser else None, "waiting": asker.waiting}
+
+    @app.post("/api/predict")
+    def predict(request: PredictRequest) -> dict:
+        sdf = _decoded("sdf", request.sdf)
+        question = Question(prompt=request.prompt, smiles=request.smiles, image=_decoded("image", request.image),
+                            sdf=None if sdf is None else sdf.decode("utf-8", errors="replace"), task=request.task)
+        return asker.ask(question).as_json()
+
+    def shards() -> ShardBrowser:
+        if browser is None:
+            raise Refused("no shard version is served: start the server with --shards DIR", 404)
+        return browser
+
+    @app.get("/api/molecules")
+    def molecules(by: str = "words", q: str = "", page: int = 1) -> dict:
+        found = shards().search(by, q, page).as_json()
+        for row in found["molecules"]:
+            row["image"] = f"/api/molecules/{row['cid']}/image.png"
+        return found
+
+    @app.get("/api/molecules/{cid}")
+    def molecule(cid: int) -> dict:
+        row = shards().molecule(cid)
+        row.pop("image_png")
+        return {**row, "image": f"/api/molecules/{cid}/image.png"}
+
+    @app.get("/api/molecules/{cid}/image.png")
+    def image(cid: int) -> Response:
+        return Response(shards().molecule(cid)["image_png"], media_type="image/png")
+
+    @app.get("/api/rejects")
+    def rejects() -> dict:
+        return {"shard_version": shards().version.name, "rejects": shards().rejects()}
+
+    return app

@@ -1,0 +1,280 @@
+"""`deepmolm serve` as a user starts it: the real server on a free loopback port, a small random
+model, a shard version with rejects; driven over HTTP and in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from rdkit import Chem
+
+from deepmolm.config import load_params
+from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards, read_instructions
+from deepmolm.model.predict import molecule_from_smiles
+from deepmolm.run_log import portable_path
+from deepmolm.shards import read_shard_rejects, read_shards
+from deepmolm.train.stages import initial_model
+from tests.conftest import PARAMS, run_cli, tmp_overrides
+from tests.test_data_report import chromium
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
+MW_PROMPT = "What is the molecular weight of this molecule?"
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    pool: list[dict]  # the baseline's molecules: cid, description, properties
+    shards: Path
+    sdf: str  # PubChem's 3D record of CID 1
+    sdf_smiles: str
+
+    def post(self, body: dict | str, timeout: float = 120) -> httpx.Response:
+        content = body if isinstance(body, str) else json.dumps(body)
+        return httpx.post(self.url + "api/predict", content=content, headers={"content-type": "application/json"},
+                          timeout=timeout)
+
+
+def _validation_copy(instruction_set: Path, root: Path) -> Path:
+    """The shared instruction set with every molecule in the validation split: the training pool."""
+    copy = root / instruction_set.name
+    shutil.copytree(instruction_set, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["shards"] = portable_path(instruction_shards(instruction_set), start=copy)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    table = read_instructions(copy)
+    split = pa.array(["validation"] * len(table), pa.string())
+    pq.write_table(table.set_column(table.schema.get_field_index("split"), "split", split), copy / EXAMPLES)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def server(instruction_set, small_versions, tokenizer, shared, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    pool_set = _validation_copy(instruction_set, root)
+    overrides = [*small_versions[2], *tmp_overrides(root), "model.preset=tiny", "train.splits=[validation]",
+                 "train.holdout.fraction=0", "model.generation.max_new_tokens=8", "model.generation.min_new_tokens=6",
+                 "eval.property_max_new_tokens=8", "serve.max_smiles_chars=300", "serve.max_upload_bytes=200000"]
+    model = initial_model(load_params(PARAMS, overrides), 1, tokenizer, None)
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i], skip_special_tokens=True).strip()]
+    with torch.no_grad():  # a random model's greedy choice may be a newline or a special token: an answer ""
+        model.get_input_embeddings().weight[blank] = 0.0  # tied embeddings: those tokens' logits are 0
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    exe = Path(sys.executable).with_name("deepmolm")
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen([str(exe), "serve", "--checkpoint", str(root / "model"), "--shards", str(small_versions[1]),
+                                "--instructions", str(pool_set), "--port", "0", "--json",
+                                *[a for o in overrides for a in ("-S", o)]],
+                               stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        line = process.stdout.readline()  # the announcement, once the model is loaded and the socket bound
+        assert line, f"the server exited before serving:\n{(root / 'server.log').read_text()}"
+        url = json.loads(line)["url"]
+        assert url.startswith("http://127.0.0.1:")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "api/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        shard_rows = read_shards(small_versions[0], columns=["cid", "description", "properties"]).to_pylist()
+        sdf = (shared / "pubchem" / "Conformer3D_COMPOUND_CID_1.sdf").read_text()
+        sdf_smiles = Chem.MolToSmiles(Chem.RemoveHs(Chem.MolFromMolBlock(sdf, removeHs=False)))
+        yield Server(url, process, shard_rows, small_versions[1], sdf, sdf_smiles)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _png(size: int = 300) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), "white").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def test_health_says_what_is_served(server):
+    health = httpx.get(server.url + "api/health").json()
+    assert health["status"] == "ok" and health["baseline_pool"] == len(server.pool) == 10
+    assert health["shards"] == server.shards.name and health["image_size"] == 64 and health["waiting"] == 0
+
+
+def test_an_answer_comes_with_the_baseline_and_the_molecule_it_read(server):
+    first = server.post({"smiles": ASPIRIN})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["task"] == "caption" and body["answer"] and body["conformer_source"] == "etkdg"
+    featurized = molecule_from_smiles(ASPIRIN, load_params(PARAMS, []))
+    assert body["e3fp_tokens"] == int((featurized.e3fp >= 0).sum()) and 13 <= body["e3fp_tokens"] <= 13 * 4
+    nearest = next(m for m in server.pool if m["cid"] == body["nearest"]["cid"])
+    assert body["baseline"] == nearest["description"] and 0 < body["nearest"]["similarity"] <= 1
+    assert 0 < body["seconds"] < 60
+    assert server.post({"smiles": ASPIRIN}).json()["answer"] == body["answer"], "greedy decoding is deterministic"
+
+    asked = server.post({"smiles": ASPIRIN, "prompt": MW_PROMPT}).json()
+    assert asked["task"] == "property_qa"  # the instruction set's own question: a one-sentence answer
+    mw = next(m for m in server.pool if m["cid"] == asked["nearest"]["cid"])["properties"]["mw"]
+    assert asked["baseline"] == f"The molecular weight is {mw:.2f} g/mol."
+
+    with_sdf = server.post({"smiles": server.sdf_smiles, "sdf": _b64(server.sdf)}).json()
+    assert with_sdf["conformer_source"] == "pubchem", with_sdf  # the SDF's conformer, not ETKDG's
+    drawing = server.post({"image": _b64(_png()), "sdf": _b64(server.sdf), "prompt": MW_PROMPT}).json()
+    assert drawing["conformer_source"] == "sdf" and drawing["e3fp_tokens"] == with_sdf["e3fp_tokens"] > 0
+
+
+@pytest.mark.parametrize("body, status, reason", [
+    ({"smiles": "c1cccc1"}, 400, "cannot read the molecule: kekulization_failed"),
+    ({"smiles": "not a molecule"}, 400, "cannot read the molecule: unparseable_smiles"),
+    ({"smiles": "C" * 301}, 413, "over serve.max_smiles_chars (300)"),
+    ({"smiles": "CCO", "prompt": "   "}, 400, "the prompt is empty"),
+    ({"smiles": "CCO", "prompt": "x" * 501}, 413, "over serve.max_prompt_chars"),
+    ({"smiles": "CCO", "task": "poem"}, 400, "task 'poem': one of caption, property_qa"),
+    ({"prompt": "Describe the input molecule."}, 400, "no molecule"),
+    ({"image": "SU1BR0U="}, 400, "a drawing needs an SDF"),
+    ({"image": "@@@", "sdf": "QQ=="}, 400, "image is not base64"),
+    ({"image": _b64(b"x" * 200_001), "sdf": "QQ=="}, 413, "over serve.max_upload_bytes"),
+    ({"smiles": "CCO", "bogus": 1}, 400, "malformed request: bogus"),
+    ('{"smiles": ', 400, "malformed request"),
+])
+def test_bad_requests_get_a_4xx_and_a_reason(server, body, status, reason):
+    response = server.post(body)
+    assert response.status_code == status, response.text
+    assert reason in response.json()["error"]
+
+
+def test_refusals_about_the_files_themselves(server):
+    not_an_image = server.post({"image": _b64(b"plain text, not a PNG"), "sdf": _b64(server.sdf)})
+    assert not_an_image.status_code == 400 and "not_an_image" in not_an_image.json()["error"]
+    truncated = "\n".join(server.sdf.splitlines()[:6]) + "\n"  # the counts line promises atoms that are not there
+    broken = server.post({"image": _b64(_png()), "sdf": _b64(truncated)})
+    assert broken.status_code == 400 and "unreadable_sdf" in broken.json()["error"], broken.text
+    mismatch = server.post({"smiles": "CCO", "sdf": _b64(server.sdf)})
+    assert mismatch.status_code == 400
+    assert "the SDF's atoms do not match the SMILES (atom_count_mismatch)" in mismatch.json()["error"]
+
+
+def test_twenty_parallel_requests_are_all_answered_within_bounded_memory(server):
+    process = psutil.Process(server.process.pid)
+    before = process.memory_info().rss
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak.append(process.memory_info().rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    smiles = ["C" * (i + 1) + "O" for i in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(lambda s: server.post({"smiles": s}, timeout=300), smiles))
+    done.set()
+    sampler.join()
+    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses if r.status_code != 200]
+    assert {r.json()["smiles"] for r in responses} == set(smiles)
+    assert httpx.get(server.url + "api/health").json()["waiting"] == 0
+    assert max(peak) - before < 500 * 2**20, f"RSS grew by {(max(peak) - before) / 2**20:.0f} MiB for 20 requests"
+
+
+def test_browse_finds_molecules_by_cid_words_and_substructure(server):
+    rows = read_shards(server.shards, columns=["cid", "smiles", "description"]).to_pylist()
+    one = rows[3]
+    by_cid = httpx.get(server.url + "api/molecules", params={"by": "cid", "q": str(one["cid"])}).json()
+    assert [m["cid"] for m in by_cid["molecules"]] == [one["cid"]] and by_cid["total"] == 1
+    word = "acid"
+    by_words = httpx.get(server.url + "api/molecules", params={"by": "words", "q": word}).json()
+    assert {m["cid"] for m in by_words["molecules"]} == {r["cid"] for r in rows if word in r["description"].lower()}
+    carbonyl = Chem.MolFromSmarts("C=O")
+    by_smarts = httpx.get(server.url + "api/molecules", params={"by": "smarts", "q": "C=O"}).json()
+    assert by_smarts["total"] == sum(Chem.MolFromSmiles(r["smiles"]).HasSubstructMatch(carbonyl) for r in rows) > 0
+    every = httpx.get(server.url + "api/molecules", params={"q": "", "page": 1}).json()
+    assert every["total"] == len(rows) and every["pages"] == 1
+    opened = httpx.get(server.url + f"api/molecules/{one['cid']}").json()
+    assert opened["smiles"] == one["smiles"] and opened["conformer_source"] and "properties" in opened
+    drawing = httpx.get(server.url + opened["image"].lstrip("/"))
+    assert drawing.headers["content-type"] == "image/png" and Image.open(io.BytesIO(drawing.content)).size == (1024, 1024)
+    rejects = httpx.get(server.url + "api/rejects").json()["rejects"]
+    assert len(rejects) == len(read_shard_rejects(server.shards)) == 3 and all(r["reason"] for r in rejects)
+    for path, params, status in [("api/molecules", {"by": "smarts", "q": "c1("}, 400),
+                                 ("api/molecules", {"by": "cid", "q": "aspirin"}, 400),
+                                 ("api/molecules", {"by": "colour", "q": "red"}, 400),
+                                 ("api/molecules", {"q": "", "page": 9}, 404),
+                                 ("api/molecules/999999999", {}, 404)]:
+        response = httpx.get(server.url + path, params=params)
+        assert response.status_code == status and response.json()["error"], (path, params, response.text)
+
+
+def test_the_page_answers_in_headless_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    expected = server.post({"smiles": ASPIRIN}).json()["answer"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(server.url, wait_until="load", timeout=60_000)  # gradio holds a connection open: never network-idle
+        page.locator("#smiles textarea").fill(ASPIRIN)
+        page.locator("#ask").click()
+        page.wait_for_function("document.querySelector('#answer textarea').value.length > 0", timeout=60_000)
+        assert page.locator("#answer textarea").input_value() == expected, "the page and the API share one answer path"
+        assert page.locator("#baseline textarea").input_value()
+        assert "etkdg" in page.locator("#details").inner_text()
+        assert page.locator("#view img").evaluate("img => img.naturalWidth") >= 64
+        page.screenshot(path=str(tmp_path / "ask.png"), full_page=True)
+
+        page.locator("#smiles textarea").fill("c1cccc1")
+        page.locator("#ask").click()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Cannot answer')", timeout=60_000)
+        assert "kekulization_failed" in page.locator("#status").inner_text()
+
+        page.get_by_role("tab", name="Browse").click()
+        page.locator("#query textarea").fill("")
+        page.locator("#search").click()
+        page.wait_for_function("document.querySelectorAll('#gallery img').length > 0", timeout=60_000)
+        assert "10 molecules" in page.locator("#found").inner_text()
+        images = page.locator("#gallery img")
+        assert images.count() == 10 and all(images.nth(i).evaluate("i => i.complete && i.naturalWidth > 0")
+                                            for i in range(images.count()))
+        images.nth(0).click()
+        page.wait_for_function("document.querySelector('#molecule').innerText.includes('InChIKey')", timeout=60_000)
+        page.get_by_role("tab", name="Rejects").click()
+        page.wait_for_function("document.querySelector('#rejects') && document.querySelector('#rejects').innerText"
+                               ".includes('kekulization_failed')", timeout=60_000)
+        browser.close()
+
+    shot = Image.open(tmp_path / "ask.png").convert("L")
+    histogram = shot.histogram()
+    assert shot.width == 1280 and shot.height >= 700
+    assert sum(histogram[:200]) / sum(histogram) > 0.01, "the screenshot shows text and the drawing, not a blank page"
+
+
+def test_serve_refuses_a_public_interface_without_the_flag_and_a_taken_port(server):
+    public = run_cli("serve", "--checkpoint", "models/stage2", "--host", "0.0.0.0")
+    assert public.returncode == 2 and "add --public" in public.stderr
+    taken = int(server.url.rsplit(":", 1)[1].strip("/"))
+    busy = run_cli("serve", "--checkpoint", str(Path(server.process.args[3])), "--port", str(taken))
+    assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{taken}" in busy.stderr
