@@ -1,0 +1,1 @@
+"""`deepmolm serve`: a page and a JSON API to ask a trained model, and a shard browser."""
