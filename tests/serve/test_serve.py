@@ -254,12 +254,11 @@ def test_the_page_answers_in_headless_chromium(server, tmp_path):
         page.get_by_role("tab", name="Browse").click()
         page.locator("#query textarea").fill("")
         page.locator("#search").click()
-        page.wait_for_function("document.querySelectorAll('#gallery img').length > 0", timeout=60_000)
+        loaded = "Array.from(document.querySelectorAll('#gallery img'))"
+        page.wait_for_function(f"{loaded}.length == 10 && {loaded}.every(i => i.complete && i.naturalWidth > 0)",
+                               timeout=60_000)  # every thumbnail drawn, none broken
         assert "10 molecules" in page.locator("#found").inner_text()
-        images = page.locator("#gallery img")
-        assert images.count() == 10 and all(images.nth(i).evaluate("i => i.complete && i.naturalWidth > 0")
-                                            for i in range(images.count()))
-        images.nth(0).click()
+        page.locator("#gallery img").nth(0).click()
         page.wait_for_function("document.querySelector('#molecule').innerText.includes('InChIKey')", timeout=60_000)
         page.get_by_role("tab", name="Rejects").click()
         page.wait_for_function("document.querySelector('#rejects') && document.querySelector('#rejects').innerText"
