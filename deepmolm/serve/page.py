@@ -43,11 +43,12 @@ def _molecule_markdown(row: dict) -> str:
     properties = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in (row["properties"] or {}).items() if v is not None)
     atoms = len(row["e3fp"]) if row["e3fp"] else 0
-    fields = [("CID", row["cid"]), ("split", row["split"]), ("source", row["source"]), ("SMILES", f"`{row['smiles']}`"),
-              ("InChIKey", row["inchikey"]), ("SELFIES", f"`{row['selfies']}`"), ("conformer source", row["conformer_source"]),
-              ("coordinates", f"{len(row['coords'] or [])} heavy atoms"), ("E3FP", f"{atoms} atoms x levels"),
-              ("flags", ", ".join(row["flags"]) or "none"), ("notes", row["notes"] or ""), ("properties", properties),
-              ("input hash", f"`{row['input_hash'][:16]}`")]
+    fields = [("CID", row["cid"]), ("split", row["split"]), ("source", row["source"]),
+              ("SMILES", f"`{row['smiles']}`"), ("InChIKey", row["inchikey"]), ("SELFIES", f"`{row['selfies']}`"),
+              ("SELFIES atom index", f"{len(row['selfies_atom_index'])} heavy atoms"),
+              ("conformer source", row["conformer_source"]), ("coordinates", f"{len(row['coords'] or [])} heavy atoms"),
+              ("E3FP", f"{atoms} atoms x levels"), ("flags", ", ".join(row["flags"]) or "none"),
+              ("notes", row["notes"] or ""), ("properties", properties), ("input hash", f"`{row['input_hash'][:16]}`")]
     return f"{_fields(fields)}\n\n**Description.** {row['description'] or '(none)'}"
 
 
