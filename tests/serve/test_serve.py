@@ -243,7 +243,8 @@ def test_the_page_answers_in_headless_chromium(server, tmp_path):
         assert page.locator("#answer textarea").input_value() == expected, "the page and the API share one answer path"
         assert page.locator("#baseline textarea").input_value()
         assert "etkdg" in page.locator("#details").inner_text()
-        assert page.locator("#view img").evaluate("img => img.naturalWidth") >= 64
+        page.wait_for_function("(i => i && i.complete && i.naturalWidth >= 64)(document.querySelector('#view img'))",
+                               timeout=60_000)  # the model's view of the drawing, loaded after the text
         page.screenshot(path=str(tmp_path / "ask.png"), full_page=True)
 
         page.locator("#smiles textarea").fill("c1cccc1")
