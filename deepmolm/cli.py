@@ -697,9 +697,9 @@ def predict(
 def serve(
     checkpoint: Annotated[Path, typer.Option(help="a DeepMoLM checkpoint directory (model and tokenizer), e.g. models/stage2.")],
     shards: Annotated[Path | None, typer.Option(help="a shard version (or dataset directory: its LATEST) to browse.")] = None,
-    instructions: Annotated[Path | None, typer.Option(help="the retrieval baseline's pool: this instruction set's training molecules [default: the checkpoint's, from its provenance].")] = None,
-    host: Annotated[str | None, typer.Option(help="interface to listen on [default: serve.host, 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="port [default: serve.port]; 0: any free one.")] = None,
+    instructions: Annotated[Path | None, typer.Option(help="the retrieval baseline's pool: this instruction set's training molecules (default: the checkpoint's, from its provenance).")] = None,
+    host: Annotated[str | None, typer.Option(help="interface to listen on (default: serve.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: serve.port, 7860); 0: any free one.")] = None,
     public: Annotated[bool, typer.Option(help="allow a --host other than loopback: anyone who reaches it can run the model and read the shards.")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
