@@ -62,7 +62,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON summary ob
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars.")]
 InstructionsOpt = Annotated[
     Path | None,
-    typer.Option(help="an instruction set, or a directory of sets (the current one: LATEST) [default: paths.instructions_dir]."),
+    typer.Option(help="an instruction set, or a directory of sets (the current one: LATEST) (default: paths.instructions_dir)."),
 ]
 
 
@@ -139,7 +139,7 @@ def data_ingest(
     path: Annotated[Path | None, typer.Option(help="tsv: a local file in the ChEBI-20 layout (CID<TAB>SMILES<TAB>description).")] = None,
     cids: Annotated[str | None, typer.Option(help="pubchem: CIDs separated by commas or spaces.")] = None,
     cid_file: Annotated[Path | None, typer.Option(help="pubchem: a file with one CID per line.")] = None,
-    out: Annotated[Path | None, typer.Option(help="root of raw tables [default: paths.raw_dir].")] = None,
+    out: Annotated[Path | None, typer.Option(help="root of raw tables (default: paths.raw_dir).")] = None,
     prefect: Annotated[
         bool,
         typer.Option(help="run as a Prefect flow (shown in the UI of PREFECT_API_URL; a temporary local API otherwise)."),
@@ -190,8 +190,8 @@ def data_featurize(
     input_: Annotated[
         Path, typer.Option("--input", help="a raw-table snapshot, or a source directory (its current snapshot: LATEST).")
     ],
-    out: Annotated[Path | None, typer.Option(help="root of shard versions [default: paths.shards_dir].")] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="local Dask worker processes [default: featurize.dask.workers].")] = None,
+    out: Annotated[Path | None, typer.Option(help="root of shard versions (default: paths.shards_dir).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="local Dask worker processes (default: featurize.dask.workers).")] = None,
     scheduler: Annotated[
         str | None,
         typer.Option(help="address of a running Dask scheduler to use instead of a local cluster (or $DEEPMOLM_DASK_SCHEDULER)."),
@@ -253,7 +253,7 @@ def data_validate(
 @data_app.command("instructions")
 def data_instructions(
     shards: Annotated[Path, typer.Option(help="a shard version directory, or a dataset directory (its current version: LATEST).")],
-    out: Annotated[Path | None, typer.Option(help="root of instruction sets [default: paths.instructions_dir].")] = None,
+    out: Annotated[Path | None, typer.Option(help="root of instruction sets (default: paths.instructions_dir).")] = None,
     prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `instructions` (PREFECT_API_URL, or a temporary local API).")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
@@ -354,7 +354,7 @@ def data_summary(
 
 @eval_app.command("run")
 def eval_run(
-    model: Annotated[Path | None, typer.Option(help="the trained model [default: <models_dir>/stage2].")] = None,
+    model: Annotated[Path | None, typer.Option(help="the trained model (default: <models_dir>/stage2).")] = None,
     instructions: InstructionsOpt = None,
     prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `evaluate` (PREFECT_API_URL, or a temporary local API).")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
@@ -386,7 +386,7 @@ def eval_run(
 
 @eval_app.command("show")
 def eval_show(
-    metrics: Annotated[Path | None, typer.Option(help="an evaluation's metrics.json [default: <reports_dir>/eval/metrics.json].")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="an evaluation's metrics.json (default: <reports_dir>/eval/metrics.json).")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -434,7 +434,7 @@ def _render_metrics(m: dict) -> None:
 def eval_captions(
     predictions: Annotated[Path, typer.Option(help="prediction file: MolT5's TSV or JSON lines (reference, prediction).")],
     format_: Annotated[str, typer.Option("--format", help="auto (by suffix), molt5 or jsonl.")] = "auto",
-    tokenizer: Annotated[Path | None, typer.Option(help="local Hugging Face tokenizer directory [default: eval.tokenizer].")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="local Hugging Face tokenizer directory (default: eval.tokenizer).")] = None,
     out: Annotated[Path | None, typer.Option(help="also write the scores as JSON to this file.")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
@@ -530,7 +530,7 @@ def eval_baseline(
 
 @model_app.command("summary")
 def model_summary_command(
-    preset: Annotated[str | None, typer.Option(help="tiny, small, paper, ... [default: model.preset or mumo.preset].")] = None,
+    preset: Annotated[str | None, typer.Option(help="tiny, small, paper, ... (default: model.preset or mumo.preset).")] = None,
     family: Annotated[str, typer.Option(help="deepmolm or mumo.")] = "deepmolm",
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
@@ -577,7 +577,7 @@ def model_summary_command(
 
 @mumo_app.command("pretrain")
 def mumo_pretrain_command(
-    shards: Annotated[Path | None, typer.Option(help="a chebi20 shard version with its SFP table, or their directory [default: <shards_dir>/chebi20].")] = None,
+    shards: Annotated[Path | None, typer.Option(help="a chebi20 shard version with its SFP table, or their directory (default: <shards_dir>/chebi20).")] = None,
     prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `mumo-pretrain`.")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
@@ -604,7 +604,7 @@ def mumo_pretrain_command(
 
 @mumo_app.command("benchmark")
 def mumo_benchmark_command(
-    pretrained: Annotated[Path | None, typer.Option(help="the pretrained MuMo [default: <mumo.models_dir>/pretrained].")] = None,
+    pretrained: Annotated[Path | None, typer.Option(help="the pretrained MuMo (default: <mumo.models_dir>/pretrained).")] = None,
     prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `mumo-benchmark`.")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
@@ -764,9 +764,9 @@ StageOpt = Annotated[int, typer.Option("--stage", min=1, max=2, help="1: align t
 def train_run(
     stage: StageOpt,
     instructions: InstructionsOpt = None,
-    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer directory [default: <models_dir>/tokenizer; stage 2: the stage 1 model's].")] = None,
-    init: Annotated[Path | None, typer.Option(help="stage 2 only: the model to start from [default: <models_dir>/stage1].")] = None,
-    out: Annotated[Path | None, typer.Option(help="where the exported model goes [default: <models_dir>/stage<N>].")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer directory (default: <models_dir>/tokenizer; stage 2: the stage 1 model's).")] = None,
+    init: Annotated[Path | None, typer.Option(help="stage 2 only: the model to start from (default: <models_dir>/stage1).")] = None,
+    out: Annotated[Path | None, typer.Option(help="where the exported model goes (default: <models_dir>/stage<N>).")] = None,
     prefect: Annotated[bool, typer.Option(help="run as the Prefect flow `train` (PREFECT_API_URL, or a temporary local API).")] = False,
     params: ParamsOpt = DEFAULT_PARAMS,
     set_: SetOpt = None,
