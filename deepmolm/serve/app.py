@@ -99,7 +99,7 @@ def create_app(asker: Asker, browser: ShardBrowser | None, params: Params) -> Fa
 
     @app.get("/api/molecules/{cid}/image.png")
     def image(cid: int) -> Response:
-        return Response(shards().molecule(cid)["image_png"], media_type="image/png")
+        return Response(shards().drawing(cid), media_type="image/png")
 
     @app.get("/api/rejects")
     def rejects() -> dict:

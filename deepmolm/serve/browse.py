@@ -88,16 +88,23 @@ class ShardBrowser:
                 self._mols = [Chem.MolFromSmiles(r["smiles"]) for r in self.rows]
         return self._mols
 
-    def molecule(self, cid: int) -> dict:
-        """Every column of one molecule (the drawing as PNG bytes)."""
+    def molecule(self, cid: int, columns: list[str] | None = None) -> dict:
+        """Every column of one molecule (the drawing as PNG bytes), or just `columns`: only those are read."""
         if cid not in self.where:
             raise Refused(f"no molecule with CID {cid} in shard version {self.version.name}", 404)
         part, row = self.where[cid]
-        return pq.read_table(part).slice(row, 1).to_pylist()[0]
+        return pq.read_table(part, columns=columns).slice(row, 1).to_pylist()[0]
+
+    def drawing(self, cid: int) -> bytes:
+        return self.molecule(cid, ["image_png"])["image_png"]
 
     def thumbnail(self, cid: int, pixels: int) -> Image.Image:
-        with Image.open(io.BytesIO(self.molecule(cid)["image_png"])) as drawing:
-            return drawing.convert("RGB").resize((pixels, pixels), Image.Resampling.LANCZOS)
+        return thumbnail(self.drawing(cid), pixels)
 
     def rejects(self) -> list[dict]:
         return read_shard_rejects(self.version).to_pylist()
+
+
+def thumbnail(png: bytes, pixels: int) -> Image.Image:
+    with Image.open(io.BytesIO(png)) as drawing:
+        return drawing.convert("RGB").resize((pixels, pixels), Image.Resampling.LANCZOS)

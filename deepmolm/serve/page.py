@@ -14,7 +14,7 @@ from PIL import Image
 from deepmolm.instructions import PROPERTIES, PROPERTY_PROMPTS
 from deepmolm.model.predict import DEFAULT_PROMPT
 from deepmolm.serve.asking import Asker, Question, Refused
-from deepmolm.serve.browse import SEARCH_KINDS, ShardBrowser
+from deepmolm.serve.browse import SEARCH_KINDS, ShardBrowser, thumbnail
 
 PROMPTS = [DEFAULT_PROMPT, *(PROPERTY_PROMPTS[0].format(label=q.label) for q in PROPERTIES.values())]
 VIEW_PX = 256  # the model's drawing (128 px in the cpu preset) is shown at least this large, pixels kept square
@@ -110,7 +110,7 @@ def _browse_tabs(browser: ShardBrowser, thumbnail_px: int) -> None:
 
     def show(cids: list[int], selected: gr.SelectData):
         row = browser.molecule(cids[selected.index])
-        return browser.thumbnail(row["cid"], 2 * thumbnail_px), _molecule_markdown(row)
+        return thumbnail(row["image_png"], 2 * thumbnail_px), _molecule_markdown(row)
 
     with gr.Tab("Browse"):
         with gr.Row():
