@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from deepmolm.config import load_params
-from deepmolm.featurize.record import StepTimer, featurize_row
-from deepmolm.ingest import ingest_tsv
-from deepmolm.sources.raw_table import read_raw_table
+from deepmolm.data.featurize.record import StepTimer, featurize_row
+from deepmolm.data.ingest import ingest_tsv
+from deepmolm.data.sources.raw_table import read_raw_table
 from flows.api import prefect_api, quiet_dask_logs
 from flows.featurize import run_featurize
 

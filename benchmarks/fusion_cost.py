@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.train_throughput import batch, build, train_step
 from deepmolm.config import load_params
-from deepmolm.train.strategy import param_groups
+from deepmolm.training.strategy import param_groups
 
 
 def step_seconds(model, optimizer, inputs: dict) -> float:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from deepmolm.config import load_params
-from deepmolm.ingest import ingest_chebi20
-from deepmolm.sources import tsv
-from deepmolm.sources.chebi20 import locate_split
+from deepmolm.data.ingest import ingest_chebi20
+from deepmolm.data.sources import tsv
+from deepmolm.data.sources.chebi20 import locate_split
 
 
 def bare_kernel(files: list[Path], max_smiles: int, max_description: int) -> int:

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from deepmolm.config import load_params
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.presets import model_config
-from deepmolm.model.tokenizer import image_token_id, load_tokenizer
-from deepmolm.train.data import InstructionDataset, collate, epoch_batches, model_inputs
-from deepmolm.train.rows import stage_rows
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.models.deepmolm.tokenizer import image_token_id, load_tokenizer
+from deepmolm.training.deepmolm.data import InstructionDataset, collate, epoch_batches, model_inputs
+from deepmolm.training.deepmolm.rows import stage_rows
 
 
 def main() -> None:

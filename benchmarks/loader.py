@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from deepmolm.config import load_params
-from deepmolm.instructions import read_instructions
-from deepmolm.model.deep_encoder import DeepEncoderSpec
-from deepmolm.model.tokenizer import train_bpe
-from deepmolm.train.data import InstructionDataset, collate, model_inputs
+from deepmolm.data.instructions import read_instructions
+from deepmolm.models.deepmolm.deep_encoder import DeepEncoderSpec
+from deepmolm.models.deepmolm.tokenizer import train_bpe
+from deepmolm.training.deepmolm.data import InstructionDataset, collate, model_inputs
 
 
 def main() -> None:

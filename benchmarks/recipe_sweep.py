@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from deepmolm.config import load_params
-from deepmolm.eval.evaluate import evaluate
-from deepmolm.train.launch import run_stage
+from deepmolm.evaluation.evaluate import evaluate
+from deepmolm.training.deepmolm.launch import run_stage
 
 
 def main() -> None:

@@ -25,9 +25,9 @@ import httpx
 import torch
 
 from deepmolm.config import load_params
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.presets import model_config
-from deepmolm.model.tokenizer import image_token_id, load_tokenizer
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.models.deepmolm.tokenizer import image_token_id, load_tokenizer
 
 MOLECULES = ["CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "OC(=O)CCC(=O)O", "C1=CC=C(C=C1)O",
              "CC(C)CC1=CC=C(C=C1)C(C)C(=O)O", "OCC(O)CO", "NCCc1ccc(O)c(O)c1", "CC(=O)NC1=CC=C(O)C=C1"]

@@ -26,10 +26,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from deepmolm.config import load_params
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.presets import model_config
-from deepmolm.train.stages import set_trainable
-from deepmolm.train.strategy import param_groups
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.training.deepmolm.stages import set_trainable
+from deepmolm.training.strategy import param_groups
 
 # Qwen2 / Qwen2.5 decoder sizes (published configs), to put under the paper's DeepEncoder
 LANGUAGE = {
@@ -84,9 +84,9 @@ def loader_rate(image_size: int, image_tokens: int, tokenizer_texts: int = 64) -
     """Samples/s of the loader's per-sample work on one core (PNG decode + resize + tokenize)."""
     from rdkit import Chem
 
-    from deepmolm.featurize.render import render_png
-    from deepmolm.model.tokenizer import train_bpe
-    from deepmolm.train.data import encode_example, image_pixels
+    from deepmolm.data.featurize.render import render_png
+    from deepmolm.models.deepmolm.processing import encode_example, image_pixels
+    from deepmolm.models.deepmolm.tokenizer import train_bpe
 
     params = load_params("params.yaml")
     pngs = [render_png(Chem.MolFromSmiles(s), params.featurize.render) for s in SMILES]

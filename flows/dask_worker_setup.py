@@ -5,7 +5,7 @@ an external cluster works without it and starts its helper with the first molecu
 
 from __future__ import annotations
 
-from deepmolm.featurize.sandbox import shared_sandbox
+from deepmolm.data.featurize.sandbox import shared_sandbox
 
 
 def dask_setup(worker) -> None:  # noqa: ARG001 - Dask's preload hook signature

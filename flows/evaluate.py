@@ -12,8 +12,8 @@ from flows.api import prefect_api
 
 @task(name="evaluate-model-and-baseline")
 def evaluate_task(model: str, instructions: str, params_file: str, overrides: list[str], progress: bool) -> dict:
-    from deepmolm.eval.evaluate import evaluate
-    from deepmolm.instructions import resolve_instruction_set
+    from deepmolm.data.instructions import resolve_instruction_set
+    from deepmolm.evaluation.evaluate import evaluate
 
     params = load_params(Path(params_file), overrides)
     return evaluate(params, Path(model), resolve_instruction_set(Path(instructions)), progress=progress)

@@ -1,6 +1,6 @@
 """Featurize as a Prefect flow: one task per part, spread over Dask worker processes.
 
-The work is deepmolm.shard_build's; this module only chooses the Dask cluster (a local one of
+The work is deepmolm.data.shards.build's; this module only chooses the Dask cluster (a local one of
 `featurize.dask.workers` processes, or an existing scheduler), submits one task per missing part,
 shows progress over molecules and publishes. A task whose worker dies is re-run by Dask on another
 worker, and a task that fails is retried by Prefect (`featurize.task_retries`).
@@ -20,12 +20,12 @@ from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from deepmolm.config import DaskParams, load_params
+from deepmolm.data.shards.build import Chunk, VersionPlan, build_part, finish_version, plan_version
+from deepmolm.data.shards.parts import PartResult
+from deepmolm.data.shards.sfp_table import SfpPart, pending_parts, publish_sfp, write_sfp_part
+from deepmolm.data.sources.raw_table import resolve_snapshot
+from deepmolm.runtime.progress import progress_bar
 from flows.api import prefect_api, quiet_dask_logs
-from deepmolm.mumo.sfp_table import SfpPart, pending_parts, publish_sfp, write_sfp_part
-from deepmolm.progress import progress_bar
-from deepmolm.shard_build import Chunk, VersionPlan, build_part, finish_version, plan_version
-from deepmolm.shards import PartResult
-from deepmolm.sources.raw_table import resolve_snapshot
 
 SCHEDULER_ENV = "DEEPMOLM_DASK_SCHEDULER"
 

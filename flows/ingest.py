@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from deepmolm.config import load_params
-from deepmolm.ingest import IngestRequest, run_ingest
+from deepmolm.data.ingest import IngestRequest, run_ingest
 
 
 @task(name="ingest-source", retries=0)

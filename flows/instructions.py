@@ -12,7 +12,7 @@ from flows.api import prefect_api
 
 @task(name="build-instruction-examples")
 def build_task(shards: str, out_root: str | None, params_file: str, overrides: list[str]) -> dict:
-    from deepmolm.instructions import build_instructions
+    from deepmolm.data.instructions import build_instructions
 
     params = load_params(Path(params_file), overrides)
     return build_instructions(Path(shards), Path(out_root) if out_root else params.paths.instructions_dir, params.instructions)
@@ -20,7 +20,7 @@ def build_task(shards: str, out_root: str | None, params_file: str, overrides: l
 
 @task(name="run-instruction-contract")
 def contract_task(instructions: str, params_file: str, overrides: list[str]) -> dict:
-    from deepmolm.contracts import validate_instructions
+    from deepmolm.data.contracts.gate import validate_instructions
 
     result = validate_instructions(Path(instructions), load_params(Path(params_file), overrides)).as_dict()
     return {k: result[k] for k in ("success", "evaluated", "failed", "warnings")}

@@ -13,14 +13,14 @@ from flows.api import prefect_api
 
 @task(name="mumo-pretrain")
 def pretrain_task(shards: str | None, params_file: str, overrides: list[str], progress: bool) -> dict:
-    from deepmolm.mumo.benchmark import pretrain
+    from deepmolm.evaluation.mumo.benchmark import pretrain
 
     return pretrain(load_params(Path(params_file), overrides), shards=Path(shards) if shards else None, progress=progress)
 
 
 @task(name="mumo-benchmark")
 def benchmark_task(pretrained: str | None, params_file: str, overrides: list[str], progress: bool) -> dict:
-    from deepmolm.mumo.benchmark import benchmark
+    from deepmolm.evaluation.mumo.benchmark import benchmark
 
     return benchmark(load_params(Path(params_file), overrides), pretrained=Path(pretrained) if pretrained else None,
                      progress=progress)

@@ -16,7 +16,7 @@ import yaml
 from prefect import flow, task
 
 from deepmolm.config import ConfigError, load_params
-from deepmolm.ingest import IngestRequest, read_cid_file
+from deepmolm.data.ingest import IngestRequest, read_cid_file
 from flows.api import prefect_api, quiet_dask_logs
 from flows.featurize import LOCAL_CLUSTER_CONFIG, featurize_flow, task_runner
 from flows.ingest import ingest_flow

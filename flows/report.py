@@ -12,8 +12,8 @@ from flows.api import prefect_api
 
 @task(name="write-pipeline-report")
 def report_task(instructions: str, params_file: str, overrides: list[str]) -> str:
-    from deepmolm.instructions import resolve_instruction_set
-    from deepmolm.pipeline_report import write_pipeline_report
+    from deepmolm.data.instructions import resolve_instruction_set
+    from deepmolm.reports.pipeline import write_pipeline_report
 
     params = load_params(Path(params_file), overrides)
     return str(write_pipeline_report(params, resolve_instruction_set(Path(instructions))))

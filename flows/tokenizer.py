@@ -12,8 +12,8 @@ from flows.api import prefect_api
 
 @task(name="build-tokenizer")
 def tokenizer_task(instructions: str, out: str, params_file: str, overrides: list[str]) -> dict:
-    from deepmolm.instructions import resolve_instruction_set
-    from deepmolm.model.tokenizer import build_tokenizer
+    from deepmolm.data.instructions import resolve_instruction_set
+    from deepmolm.models.deepmolm.tokenizer import build_tokenizer
 
     params = load_params(Path(params_file), overrides)
     return build_tokenizer(resolve_instruction_set(Path(instructions)), Path(out), params)

@@ -1,6 +1,6 @@
 """Training as a Prefect flow: one task per stage. Each is a Ray Train run here (a local Ray, or
 train.ray_address), or, with train.cluster.address set, a Ray Jobs API job on that cluster (the
-deployment `train`). The flow only schedules; planning, training and export are in deepmolm.train."""
+deployment `train`). The flow only schedules; planning, training and export are in deepmolm.training.deepmolm."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class JobFailed(RuntimeError):
 
 @task(name="train-stage")
 def stage_task(stage: int, params_file: str, overrides: list[str], paths: dict[str, str | None]) -> dict:
-    from deepmolm.train.launch import run_stage
+    from deepmolm.training.deepmolm.launch import run_stage
 
     params = load_params(Path(params_file), overrides)
     return run_stage(params, stage, **{k: Path(v) if v else None for k, v in paths.items()})
@@ -27,7 +27,7 @@ def stage_task(stage: int, params_file: str, overrides: list[str], paths: dict[s
 @task(name="submit-stage")
 def submit_task(stage: int, params_file: str, overrides: list[str]) -> dict:
     """`deepmolm train run --stage N` as a job on the cluster, its logs streamed into this run's."""
-    from deepmolm.train.submit import submit_training
+    from deepmolm.training.submit import submit_training
 
     params = load_params(Path(params_file), overrides)
     cluster = params.train.cluster

@@ -11,8 +11,8 @@ from pathlib import Path
 from prefect import flow, task
 
 from deepmolm.config import load_params
-from deepmolm.contracts import ContractResult, validate_shard_version
-from deepmolm.data_report import write_data_report
+from deepmolm.data.contracts.gate import ContractResult, validate_shard_version
+from deepmolm.reports.data_quality import write_data_report
 from flows.api import prefect_api
 
 

@@ -69,9 +69,9 @@ def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
     parts, and the same plus 3 rows featurization rejects. Copy one before changing it."""
     import time
 
-    from deepmolm.ingest import ingest_tsv
-    from deepmolm.mumo.sfp_table import pending_parts, publish_sfp, write_sfp_part
-    from deepmolm.shard_build import build_part, finish_version, plan_version
+    from deepmolm.data.ingest import ingest_tsv
+    from deepmolm.data.shards.build import build_part, finish_version, plan_version
+    from deepmolm.data.shards.sfp_table import pending_parts, publish_sfp, write_sfp_part
     from tests.featurize_inputs import small_chebi20_rows, write_table
 
     root = tmp_path_factory.mktemp("versions")
@@ -91,7 +91,7 @@ def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
 @pytest.fixture(scope="session")
 def instruction_set(small_versions, tmp_path_factory):
     """Instruction examples of the first small version (its rows have no split)."""
-    from deepmolm.instructions import build_instructions
+    from deepmolm.data.instructions import build_instructions
 
     root = tmp_path_factory.mktemp("instructions")
     params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(root)])
@@ -101,8 +101,8 @@ def instruction_set(small_versions, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer_dir(instruction_set, tmp_path_factory):
     """A byte-level BPE of 400 tokens trained on the instruction set."""
-    from deepmolm.instructions import read_instructions
-    from deepmolm.model.tokenizer import train_bpe
+    from deepmolm.data.instructions import read_instructions
+    from deepmolm.models.deepmolm.tokenizer import train_bpe
 
     rows = read_instructions(instruction_set).to_pylist()
     trained = train_bpe([text for r in rows for text in (r["prompt"], r["response"])], 400)
@@ -113,7 +113,7 @@ def tokenizer_dir(instruction_set, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
-    from deepmolm.model.tokenizer import load_tokenizer
+    from deepmolm.models.deepmolm.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
 

@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 
 from deepmolm.config import ConfigError, load_params
-from deepmolm.mumo.sfp_table import SFP_DIR, SFP_SCHEMA, write_sfp_part
-from deepmolm.contracts import TABLES, ContractError, ContractRunner, load_suite, validate_shard_version
-from deepmolm.run_log import resolve_recorded
-from deepmolm.shards import MANIFEST, SHARD_SCHEMA, part_name, read_manifest
-from deepmolm.sources.raw_table import sha256_file, write_parquet
+from deepmolm.data.contracts.gate import TABLES, ContractError, ContractRunner, load_suite, validate_shard_version
+from deepmolm.data.shards.parts import SHARD_SCHEMA, part_name, read_manifest
+from deepmolm.data.shards.sfp_table import SFP_DIR, SFP_SCHEMA, write_sfp_part
+from deepmolm.runtime.run_log import resolve_recorded
+from deepmolm.store.files import sha256_file, write_parquet
+from deepmolm.store.versions import MANIFEST
 from tests.conftest import PARAMS, REPO, run_cli, tmp_overrides
 
 SUITES = REPO / "data_contracts"

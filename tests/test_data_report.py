@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from deepmolm.config import load_params
-from deepmolm.contracts import validate_shard_version
-from deepmolm.data_report import write_data_report
+from deepmolm.data.contracts.gate import validate_shard_version
+from deepmolm.reports.data_quality import write_data_report
 from tests.conftest import PARAMS
 
 

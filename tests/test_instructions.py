@@ -11,11 +11,17 @@ import pytest
 from PIL import Image
 
 from deepmolm.config import load_params
-from deepmolm.contracts import validate_instructions
-from deepmolm.eval.properties import first_number
-from deepmolm.instructions import EXAMPLES, INSTRUCTION_SCHEMA, build_instructions, read_instructions, resolve_instruction_set
-from deepmolm.shards import read_manifest
-from deepmolm.sources.raw_table import sha256_file
+from deepmolm.data.contracts.gate import validate_instructions
+from deepmolm.data.instructions import (
+    EXAMPLES,
+    INSTRUCTION_SCHEMA,
+    build_instructions,
+    read_instructions,
+    resolve_instruction_set,
+)
+from deepmolm.data.shards.parts import read_manifest
+from deepmolm.evaluation.properties import first_number
+from deepmolm.store.files import sha256_file
 from tests.conftest import PARAMS, run_cli, tmp_overrides
 
 
@@ -65,7 +71,7 @@ def test_same_inputs_same_bytes_and_the_seed_changes_phrasings(small_versions, p
 
 
 def test_molecule_without_description_gets_property_questions_only(small_versions, params, tmp_path):
-    from deepmolm.instructions import examples_for
+    from deepmolm.data.instructions import examples_for
 
     row = pq.read_table(small_versions[0] / "part-00000.parquet").slice(0, 1).to_pylist()[0]
     row["description"] = "  "

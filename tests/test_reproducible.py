@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from deepmolm.config import load_params
-from deepmolm.ingest import ingest_chebi20
-from deepmolm.instructions import build_instructions, instruction_shards
-from deepmolm.run_log import portable_path, read_runs
+from deepmolm.data.ingest import ingest_chebi20
+from deepmolm.data.instructions import build_instructions, instruction_shards
+from deepmolm.runtime.run_log import portable_path, read_runs
 from tests.conftest import PARAMS, SHARED
 from tests.featurize.test_shard_build import build
 
@@ -92,7 +92,7 @@ def test_portable_path_is_relative_to_the_working_directory(tmp_path, monkeypatc
 def test_the_benchmarks_splits_follow_the_jobs_whatever_the_string_hashes(tmp_path):
     """The MuMo baseline is reported in the order of these splits; under a set of split names it came out
     random/scaffold in one process and scaffold/random in the next (results.json differed between clones)."""
-    script = ("import json; from deepmolm.mumo.benchmark import job_splits\n"
+    script = ("import json; from deepmolm.evaluation.mumo.benchmark import job_splits\n"
               "jobs = [{'split': s, 'seed': seed} for s in ('scaffold', 'random') for seed in (1, 0)]\n"
               "jobs += [{'split': 'scaffold', 'seed': 1}]\n"
               "smiles = ['CCO', 'c1ccccc1O', 'C1CCCCC1N', 'CC(=O)O', 'c1ccncc1', 'CCCCCC', 'C1CCOC1', 'c1ccc2ccccc2c1',"

@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
 from deepmolm.config import Params
-from deepmolm.model.predict import DEFAULT_PROMPT
-from deepmolm.model.presets import model_summary
+from deepmolm.inference import DEFAULT_PROMPT
+from deepmolm.models.deepmolm.presets import model_summary
 from deepmolm.serve.asking import Asker, Question, Refused
 from deepmolm.serve.browse import ShardBrowser
 

@@ -19,13 +19,13 @@ from pathlib import Path
 from rdkit import Chem, rdBase
 
 from deepmolm.config import TASKS, Params
-from deepmolm.eval.baseline import Molecule, RetrievalIndex
-from deepmolm.eval.evaluate import training_rows
-from deepmolm.eval.shard_molecules import read_molecules
-from deepmolm.featurize.outcome import FeaturizeError
-from deepmolm.instructions import instruction_shards, property_answer, property_asked, resolve_instruction_set
-from deepmolm.model.predict import MoleculeInput, Predictor, molecule_from_drawing, molecule_from_smiles
-from deepmolm.train.stages import PROVENANCE
+from deepmolm.data.featurize.outcome import FeaturizeError
+from deepmolm.data.instructions import instruction_shards, property_answer, property_asked, resolve_instruction_set
+from deepmolm.evaluation.baseline import Molecule, RetrievalIndex
+from deepmolm.evaluation.evaluate import training_rows
+from deepmolm.evaluation.shard_molecules import read_molecules
+from deepmolm.inference import MoleculeInput, Predictor, molecule_from_drawing, molecule_from_smiles
+from deepmolm.training.deepmolm.stages import PROVENANCE
 
 
 class Refused(ValueError):

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from rdkit import Chem, rdBase
 
+from deepmolm.data.shards.parts import read_manifest, read_shard_rejects, read_shards, resolve_version
 from deepmolm.serve.asking import Refused
-from deepmolm.shards import read_manifest, read_shard_rejects, read_shards, resolve_version
 
 LIGHT_COLUMNS = ["cid", "split", "smiles", "inchikey", "description", "conformer_source", "properties", "flags", "notes"]
 SEARCH_KINDS = ("cid", "words", "smarts")

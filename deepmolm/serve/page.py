@@ -11,8 +11,8 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
-from deepmolm.instructions import PROPERTIES, PROPERTY_PROMPTS
-from deepmolm.model.predict import DEFAULT_PROMPT
+from deepmolm.data.instructions import PROPERTIES, PROPERTY_PROMPTS
+from deepmolm.inference import DEFAULT_PROMPT
 from deepmolm.serve.asking import Asker, Question, Refused
 from deepmolm.serve.browse import SEARCH_KINDS, ShardBrowser, thumbnail
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from deepmolm.eval.baseline import Molecule, retrieve
-from deepmolm.eval.predictions import read_predictions
-from deepmolm.eval.shard_molecules import read_molecules
+from deepmolm.evaluation.baseline import Molecule, retrieve
+from deepmolm.evaluation.predictions import read_predictions
+from deepmolm.evaluation.shard_molecules import read_molecules
 from tests.conftest import PARAMS, run_cli
 
 

@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from deepmolm.eval.captions import METRICS, load_metric_tokenizer, score_captions, wordpieces
-from deepmolm.eval.predictions import Prediction, PredictionFileError, read_predictions
-from deepmolm.eval.wordnet import DEBIAN_DATABASE, DEBIAN_MANUAL, WordNetMissing, lexnames_from_manual, prepare_wordnet, use_wordnet
+from deepmolm.evaluation.captions import METRICS, load_metric_tokenizer, score_captions, wordpieces
+from deepmolm.evaluation.predictions import Prediction, PredictionFileError, read_predictions
+from deepmolm.evaluation.wordnet import (
+    DEBIAN_DATABASE,
+    DEBIAN_MANUAL,
+    WordNetMissing,
+    lexnames_from_manual,
+    prepare_wordnet,
+    use_wordnet,
+)
 from tests.conftest import PARAMS, run_cli
 
 

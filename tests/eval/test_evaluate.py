@@ -13,16 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from deepmolm.config import ConfigError, load_params
-from deepmolm.eval.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
-from deepmolm.eval.model_answers import answer_examples, examples_of_splits
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.predict import answer_lengths, left_padded
-from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards, read_instructions
-from deepmolm.model.tokenizer import build_tokenizer
-from deepmolm.pipeline_report import write_pipeline_report
-from deepmolm.run_log import portable_path, read_runs
-from deepmolm.train.launch import write_metrics
-from deepmolm.train.stages import initial_model
+from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
+from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
+from deepmolm.evaluation.model_answers import answer_examples, examples_of_splits
+from deepmolm.models.deepmolm.generation import answer_lengths, left_padded
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.tokenizer import build_tokenizer
+from deepmolm.reports.pipeline import write_pipeline_report
+from deepmolm.runtime.run_log import portable_path, read_runs
+from deepmolm.store.versions import MANIFEST
+from deepmolm.training.deepmolm.launch import write_metrics
+from deepmolm.training.deepmolm.stages import initial_model
 from tests.conftest import PARAMS, run_cli, tmp_overrides
 
 
@@ -126,7 +127,7 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
 
 
 def test_on_holdout_the_model_answers_the_held_out_training_molecules_and_never_the_test_split(split_set, setting):
-    from deepmolm.instructions import held_out
+    from deepmolm.data.instructions import held_out
 
     directory, held = split_set
     params, model = setting
@@ -146,9 +147,9 @@ def test_on_holdout_the_model_answers_the_held_out_training_molecules_and_never_
 
 
 def test_degenerate_captions_are_loops_and_the_mean_baseline_answers_the_training_mean(shared):
-    from deepmolm.eval.degenerate import degenerate_share, is_degenerate
-    from deepmolm.eval.predictions import Prediction
-    from deepmolm.eval.properties import mean_baseline
+    from deepmolm.evaluation.degenerate import degenerate_share, is_degenerate
+    from deepmolm.evaluation.predictions import Prediction
+    from deepmolm.evaluation.properties import mean_baseline
 
     assert is_degenerate("The is is is is is")
     assert is_degenerate("It is an acid. It is an acid. It is an acid.")
@@ -173,7 +174,7 @@ def test_the_tokenizer_learns_from_the_training_splits_only(split_set, tmp_path)
     params = load_params(PARAMS, ["train.splits=[validation]", "model.bpe_vocab_size=400", "train.holdout.fraction=0.4",
                                   "train.holdout.seed=3"])
     summary = build_tokenizer(directory, tmp_path / "tok", params)
-    from deepmolm.instructions import held_out
+    from deepmolm.data.instructions import held_out
 
     train_rows = sum(1 for r in read_instructions(directory).to_pylist()
                      if r["split"] == "validation" and not held_out(r["cid"], 0.4, 3))

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from deepmolm.config import load_params
-from deepmolm.eval.predictions import Prediction
-from deepmolm.eval.properties import first_number, score_properties
+from deepmolm.evaluation.predictions import Prediction
+from deepmolm.evaluation.properties import first_number, score_properties
 from tests.conftest import PARAMS, run_cli
 
 

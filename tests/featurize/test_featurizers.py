@@ -7,15 +7,15 @@ from PIL import Image
 from rdkit import Chem
 
 from deepmolm.config import load_params
-from deepmolm.featurize.conformer import make_conformer
-from deepmolm.featurize.e3fp_tokens import e3fp_atom_identifiers, fingerprinter
-from deepmolm.featurize.molecule import parse_molecule
-from deepmolm.featurize.outcome import FeaturizeError
-from deepmolm.featurize.properties import compute_properties
-from deepmolm.featurize.record import FeaturizeRejection, featurize_row
-from deepmolm.featurize.render import render_png
-from deepmolm.featurize.selfies_tokens import selfies_with_atom_index
-from deepmolm.sources.sdf import heavy_atom_coords
+from deepmolm.data.featurize.conformer import make_conformer
+from deepmolm.data.featurize.e3fp_tokens import e3fp_atom_identifiers, fingerprinter
+from deepmolm.data.featurize.molecule import parse_molecule
+from deepmolm.data.featurize.outcome import FeaturizeError
+from deepmolm.data.featurize.properties import compute_properties
+from deepmolm.data.featurize.record import FeaturizeRejection, featurize_row
+from deepmolm.data.featurize.render import render_png
+from deepmolm.data.featurize.selfies_tokens import selfies_with_atom_index
+from deepmolm.data.sources.sdf import heavy_atom_coords
 from tests.conftest import PARAMS
 
 FEAT = load_params(PARAMS).featurize
@@ -114,7 +114,7 @@ def test_conformer_is_seeded_and_optimised():
 def test_the_embedding_budget_is_counted_not_timed(monkeypatch):
     """RDKit's `timeout` made a 135-atom glycolipid embed on one run and fail on another under load:
     the budget is a number of tries, so the same molecule gets the same conformer on any machine."""
-    from deepmolm.featurize import conformer as conformer_module
+    from deepmolm.data.featurize import conformer as conformer_module
 
     embed, seen = conformer_module.rdDistGeom.EmbedMolecule, []
 

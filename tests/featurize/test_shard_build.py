@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from rdkit import Chem
 
-from deepmolm.featurize.record import StepTimer, featurize_row
-from deepmolm.featurize.sandbox import FeaturizeSandbox
-from deepmolm.ingest import ingest_tsv
-from deepmolm.run_log import read_runs
-from deepmolm.shard_build import build_part, finish_version, plan_version
-from deepmolm.shards import SHARD_SCHEMA, read_manifest, read_shard_rejects, read_shards, resolve_version
+from deepmolm.data.featurize.record import StepTimer, featurize_row
+from deepmolm.data.featurize.sandbox import FeaturizeSandbox
+from deepmolm.data.ingest import ingest_tsv
+from deepmolm.data.shards.build import build_part, finish_version, plan_version
+from deepmolm.data.shards.parts import SHARD_SCHEMA, read_manifest, read_shard_rejects, read_shards, resolve_version
+from deepmolm.runtime.run_log import read_runs
 from tests.featurize_inputs import BAD_ROWS, small_chebi20_rows, write_table
 
 
@@ -130,7 +128,7 @@ def test_parts_are_planned_longest_first_and_all_covered(params, shared, tmp_pat
 
 
 def test_a_new_featurizer_version_neither_reuses_nor_overwrites_old_output(params, shared, tmp_path, monkeypatch):
-    import deepmolm.shard_build as shard_build
+    import deepmolm.data.shards.build as shard_build
 
     raw = ingest_tsv(params, write_table(tmp_path / "in.txt", small_chebi20_rows(shared, 3), bad=False), progress=False)
     old = build(params, raw.out, tmp_path / "shards")

@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from deepmolm.config import load_params
-from deepmolm.ingest import ingest_tsv
-from deepmolm.shards import read_manifest
+from deepmolm.data.ingest import ingest_tsv
+from deepmolm.data.shards.parts import read_manifest
 from tests.conftest import PARAMS, REPO, tmp_overrides
 from tests.featurize_inputs import BAD_ROWS, small_chebi20_rows, write_table
 

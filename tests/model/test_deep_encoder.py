@@ -6,7 +6,13 @@ import pytest
 import torch
 from transformers import CLIPVisionModel
 
-from deepmolm.model.deep_encoder import ClipOnTokens, DeepEncoder, DeepEncoderSpec, TokenCompressor, parameter_counts
+from deepmolm.models.deepmolm.deep_encoder import (
+    ClipOnTokens,
+    DeepEncoder,
+    DeepEncoderSpec,
+    TokenCompressor,
+    parameter_counts,
+)
 
 TINY = DeepEncoderSpec(image_size=64, patch_size=8, sam_hidden=32, sam_layers=2, sam_heads=2, sam_window=4,
                        sam_global_layers=(1,), sam_neck=16, compressor=(24, 32), clip_layers=2, clip_heads=2,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepmolm.model.fusion import VARIANTS, FusionProjector, FusionSpec
+from deepmolm.models.deepmolm.fusion import VARIANTS, FusionProjector, FusionSpec
 
 
 def projector(variant: str = "fusion", seed: int = 0, size_features: bool = False, e3fp_sum: bool = False) -> FusionProjector:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from deepmolm.config import load_params
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.presets import model_config
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
 from tests.conftest import PARAMS, run_cli
 
 IMAGE_TOKEN = 3

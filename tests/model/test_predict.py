@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from deepmolm.config import load_params
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.presets import model_config
-from deepmolm.model.tokenizer import image_token_id, load_tokenizer
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.models.deepmolm.tokenizer import image_token_id, load_tokenizer
 from tests.conftest import PARAMS, run_cli, tmp_overrides
 
 

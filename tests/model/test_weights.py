@@ -7,9 +7,9 @@ import torch
 from transformers import CLIPConfig, CLIPModel, Qwen2ForCausalLM, SamConfig, SamModel
 
 from deepmolm.config import load_params
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.presets import model_config
-from deepmolm.model.weights import WeightsError, load_pretrained_part
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.models.deepmolm.weights import WeightsError, load_pretrained_part
 from tests.conftest import PARAMS
 
 

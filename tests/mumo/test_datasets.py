@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepmolm.mumo.baseline import molecule_features, random_forest, regression_errors
-from deepmolm.mumo.datasets import read_property_set, random_split, scaffold, scaffold_split
+from deepmolm.data.property_sets import random_split, read_property_set, scaffold, scaffold_split
+from deepmolm.evaluation.mumo.baseline import molecule_features, random_forest
+from deepmolm.training.metrics import regression_errors
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from deepmolm.cli import app
-
-from deepmolm.mumo.model import MuMoConfig, MuMoForMaskedLM, MuMoForPropertyPrediction, collate_graphs
-from deepmolm.mumo.presets import mumo_config, mumo_summary
-from deepmolm.mumo.sfp import structured_graph
-from deepmolm.mumo.tokenizer import build_smiles_tokenizer, smiles_pieces
+from deepmolm.data.featurize.sfp import structured_graph
+from deepmolm.models.mumo.modeling import MuMoConfig, MuMoForMaskedLM, MuMoForPropertyPrediction, collate_graphs
+from deepmolm.models.mumo.presets import mumo_config, mumo_summary
+from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer, smiles_pieces
 from tests.mumo.test_sfp import MOLECULES, conformer, random_rigid_motion
 
 SMILES = list(MOLECULES.values())

@@ -8,8 +8,8 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from deepmolm.featurize.outcome import FeaturizeError
-from deepmolm.mumo.sfp import ATOM_FEATURES, BOND_FEATURES, structured_graph
+from deepmolm.data.featurize.outcome import FeaturizeError
+from deepmolm.data.featurize.sfp import ATOM_FEATURES, BOND_FEATURES, structured_graph
 
 MOLECULES = {
     "aspirin": "CC(=O)Oc1ccccc1C(=O)O",

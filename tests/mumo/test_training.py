@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from deepmolm.config import DEFAULT_PARAMS, load_params
-from deepmolm.mumo.benchmark import benchmark_jobs, results_markdown, results_table
-from deepmolm.mumo.data import mask_tokens, model_inputs, property_molecules, with_noisy_conformers
-from deepmolm.mumo.datasets import PropertySet
-from deepmolm.mumo.loop import epoch_batches
-from deepmolm.mumo.tokenizer import build_smiles_tokenizer
+from deepmolm.data.property_sets import PropertySet
+from deepmolm.evaluation.mumo.benchmark import benchmark_jobs, results_markdown, results_table
+from deepmolm.models.mumo.processing import mask_tokens, model_inputs, property_molecules, with_noisy_conformers
+from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
+from deepmolm.training.mumo.loop import epoch_batches
 
 
 def test_each_global_batch_is_split_over_the_workers_without_overlap():

@@ -25,11 +25,12 @@ from PIL import Image
 from rdkit import Chem
 
 from deepmolm.config import load_params
-from deepmolm.instructions import EXAMPLES, MANIFEST, instruction_shards, read_instructions
-from deepmolm.model.predict import molecule_from_smiles
-from deepmolm.run_log import portable_path
-from deepmolm.shards import read_shard_rejects, read_shards
-from deepmolm.train.stages import initial_model
+from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
+from deepmolm.data.shards.parts import read_shard_rejects, read_shards
+from deepmolm.inference import molecule_from_smiles
+from deepmolm.runtime.run_log import portable_path
+from deepmolm.store.versions import MANIFEST
+from deepmolm.training.deepmolm.stages import initial_model
 from tests.conftest import PARAMS, run_cli, tmp_overrides
 from tests.test_data_report import chromium
 

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from deepmolm.ingest import ingest_chebi20
-from deepmolm.sources.chebi20 import locate_split
-from deepmolm.sources.errors import ChecksumError, LayoutError
-from deepmolm.sources.raw_table import read_manifest, read_raw_table, resolve_snapshot
+from deepmolm.data.ingest import ingest_chebi20
+from deepmolm.data.sources.chebi20 import locate_split
+from deepmolm.data.sources.errors import ChecksumError, LayoutError
+from deepmolm.data.sources.raw_table import read_manifest, read_raw_table, resolve_snapshot
 from tests.loopback import LoopbackServer, send, static_files
 
 

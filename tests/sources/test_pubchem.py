@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from deepmolm.ingest import ingest_pubchem
-from deepmolm.sources.errors import BatchFetchError
-from deepmolm.sources.http import parse_retry_after
-from deepmolm.sources.raw_table import read_raw_table, read_rejects
+from deepmolm.data.ingest import ingest_pubchem
+from deepmolm.data.sources.errors import BatchFetchError
+from deepmolm.data.sources.http import parse_retry_after
+from deepmolm.data.sources.raw_table import read_raw_table, read_rejects
 from tests.loopback import PubChemServer, compound_from_sdf, compound_from_smiles
 
 pytestmark = pytest.mark.network

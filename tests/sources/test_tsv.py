@@ -3,10 +3,10 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from deepmolm.ingest import ingest_tsv
-from deepmolm.sources.errors import LayoutError
-from deepmolm.sources.raw_table import read_manifest, read_raw_table, read_rejects
-from deepmolm.sources.tsv import count_rows
+from deepmolm.data.ingest import ingest_tsv
+from deepmolm.data.sources.errors import LayoutError
+from deepmolm.data.sources.raw_table import read_manifest, read_raw_table, read_rejects
+from deepmolm.data.sources.tsv import count_rows
 from tests.sources import broken_rows
 
 

@@ -13,13 +13,30 @@ import torch
 from PIL import Image
 
 from deepmolm.config import load_params
-from deepmolm.instructions import read_instructions
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.presets import model_config
-from deepmolm.model.prompt import END, IMAGE, SPECIAL_TOKENS, format_response
-from deepmolm.model.tokenizer import image_token_id
-from deepmolm.train.data import (IGNORE, IMAGE_MEAN, IMAGE_STD, InstructionDataset, collate, encode_example,
-                                 epoch_batches, example_lengths, label_tokens, token_weight, image_pixels, model_inputs)
+from deepmolm.data.instructions import read_instructions
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.models.deepmolm.processing import (
+    END,
+    IGNORE,
+    IMAGE,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    SPECIAL_TOKENS,
+    encode_example,
+    example_lengths,
+    format_response,
+    image_pixels,
+)
+from deepmolm.models.deepmolm.tokenizer import image_token_id
+from deepmolm.training.deepmolm.data import (
+    InstructionDataset,
+    collate,
+    epoch_batches,
+    label_tokens,
+    model_inputs,
+    token_weight,
+)
 from tests.conftest import PARAMS
 
 

@@ -11,12 +11,12 @@ import torch
 import yaml
 
 from deepmolm.config import ConfigError, load_params
-from deepmolm.model.molm import DeepMoLMForCausalLM
-from deepmolm.model.presets import model_config
-from deepmolm.train.launch import plan_stage, stage_paths
-from deepmolm.train.stages import add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
-from deepmolm.train.strategy import deepspeed_config
-from deepmolm.train.submit import job_entrypoint, runtime_env
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.training.deepmolm.launch import plan_stage, stage_paths
+from deepmolm.training.deepmolm.stages import add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
+from deepmolm.training.strategy import deepspeed_config
+from deepmolm.training.submit import job_entrypoint, runtime_env
 from tests.conftest import PARAMS
 
 ROOT = PARAMS.parent
@@ -160,8 +160,9 @@ def test_the_shard_version_of_an_instruction_set_resolves_from_a_relative_path(i
     import json
     import shutil
 
-    from deepmolm.instructions import MANIFEST, instruction_shards
-    from deepmolm.run_log import portable_path
+    from deepmolm.data.instructions import instruction_shards
+    from deepmolm.runtime.run_log import portable_path
+    from deepmolm.store.versions import MANIFEST
 
     actual = instruction_shards(instruction_set)
     assert not Path(json.loads((instruction_set / MANIFEST).read_text())["shards"]).is_absolute()

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from deepmolm.config import load_params
-from deepmolm.model.predict import Predictor, molecule_from_smiles
-from deepmolm.run_log import read_runs
-from deepmolm.train.launch import RUN_FACTS
+from deepmolm.inference import Predictor, molecule_from_smiles
+from deepmolm.runtime.run_log import read_runs
+from deepmolm.training.deepmolm.launch import RUN_FACTS
 from tests.conftest import PARAMS
 
 BIN = Path(sys.executable).parent

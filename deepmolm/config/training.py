@@ -1,0 +1,106 @@
+"""Sections of training on Ray Train: scaling, DeepSpeed, LoRA, the two stages, hold-out, initial weights, cluster."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+)
+
+from deepmolm.config.base import ConfigError, ProjectPath, Split, StorageLocation, Task, _Section
+
+
+class ScalingParams(_Section):
+    workers: int = Field(ge=1, description="Ray Train workers (one process each; one GPU each with use_gpu)")
+    use_gpu: bool
+    cpus_per_worker: float = Field(gt=0)
+    gpus_per_worker: float = Field(gt=0, description="used only with use_gpu")
+
+
+class DeepSpeedParams(_Section):
+    zero_stage: Literal[2, 3] = Field(description="ZeRO stage: 2 shards optimizer state and gradients, 3 also parameters")
+    offload_optimizer: bool = Field(description="optimizer state in CPU memory (ZeRO-Offload)")
+
+
+class LoraParams(_Section):
+    enabled: bool = Field(description="stage 2 tunes LoRA adapters on the LLM instead of all its weights")
+    r: int = Field(ge=1)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str] = Field(min_length=1, description="names of the LLM's linear layers that get adapters")
+
+
+class StageParams(_Section):
+    tasks: list[Task] = Field(min_length=1, description="instruction tasks trained on")
+    trainable: list[Literal["encoder", "projector", "language_model"]] = Field(
+        min_length=1, description="parts that train; the rest are frozen")
+    epochs: int = Field(ge=1)
+    max_steps: int | None = Field(ge=1, description="optimizer steps; null: epochs over the examples")
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1, description="linear warmup over this fraction of the steps, then cosine")
+    min_lr_ratio: float = Field(ge=0, le=1, description="the cosine ends at learning_rate * min_lr_ratio")
+    lora: LoraParams | None = Field(default=None, description="stage 2 only")
+
+
+class HoldoutParams(_Section):
+    fraction: float = Field(ge=0, lt=0.5, description="share of train.splits molecules held out of training")
+    seed: int = Field(ge=0, description="which molecules: a hash of (seed, cid)")
+
+
+class InitWeightsParams(_Section):
+    sam: ProjectPath | None = Field(description="local safetensors of a SAM model (vision_encoder.*); null: random")
+    clip: ProjectPath | None = Field(description="local safetensors of a CLIP vision model; null: random")
+    language: ProjectPath | None = Field(description="local safetensors of a Qwen2 / Qwen2-VL LM; null: random")
+
+
+class ClusterParams(_Section):
+    address: str | None = Field(description="a Ray cluster's Jobs API (http://HEAD:8265): the `train` deployment submits there")
+    install_packages: bool = Field(description="the job's runtime_env installs requirements/lock.txt with pip")
+    excludes: list[str] = Field(description="left out of the uploaded working_dir (gitignore-style patterns)")
+    env_vars: dict[str, str] = Field(description="set in the job's environment")
+
+
+class TrainParams(_Section):
+    splits: list[Split] | None = Field(min_length=1, description="instruction rows of these splits are trained on; null: all rows")
+    seed: int = Field(ge=0)
+    runs_dir: StorageLocation = Field(description="Ray Train storage (checkpoints, step metrics): a path, or a URI such as s3://...")
+    models_dir: ProjectPath = Field(description="exported weights: <models_dir>/stage1, <models_dir>/stage2")
+    ray_address: str | None = Field(description="null: a local Ray (or the cluster a Jobs API job runs on)")
+    scaling: ScalingParams
+    strategy: Literal["ddp", "deepspeed"]
+    precision: Literal["auto", "fp32", "bf16"] = Field(description="auto: bf16 on GPUs, fp32 on CPUs")
+    deepspeed: DeepSpeedParams
+    micro_batch_size: int = Field(ge=1, description="examples per worker per forward pass")
+    grad_accum_steps: int = Field(ge=1)
+    max_grad_norm: float = Field(gt=0, description="gradient clipping (global L2 norm)")
+    adam_betas: list[float] = Field(min_length=2, max_length=2)
+    adam_eps: float = Field(gt=0)
+    checkpoint_every_steps: int = Field(ge=1)
+    keep_checkpoints: int = Field(ge=1)
+    max_failures: int = Field(ge=-1, description="worker failures a run survives (-1: no limit)")
+    length_group_steps: int = Field(
+        ge=0, description="steps of the epoch's shuffle whose examples are sorted by length into batches (0: none)")
+    loader_workers: int = Field(ge=0, description="data-loading processes per training worker (0: in the worker)")
+    loader_batches_ahead: int = Field(ge=1, description="batches each loading process prepares ahead")
+    holdout: HoldoutParams = Field(description="molecules of train.splits kept out of training: held-out loss, tuning")
+    train_random_parts: bool = Field(
+        description="parts that start random (no train.init weights) train in every stage, whatever `trainable` says")
+    init: InitWeightsParams
+    cluster: ClusterParams = Field(description="`deepmolm train submit`: how the job is sent to a Ray cluster")
+    stage1: StageParams
+    stage2: StageParams
+
+    @field_validator("stage1")
+    @classmethod
+    def _no_lora_in_stage1(cls, stage: StageParams) -> StageParams:
+        if stage.lora is not None and stage.lora.enabled:
+            raise ValueError("LoRA is for stage 2 (stage 1 trains the projector only)")
+        return stage
+
+    def stage(self, number: int) -> StageParams:
+        if number not in (1, 2):
+            raise ConfigError(f"there are stages 1 and 2, not {number}")
+        return self.stage1 if number == 1 else self.stage2

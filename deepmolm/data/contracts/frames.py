@@ -1,0 +1,223 @@
+"""Tables as the data contracts see them: each table's own columns plus columns derived for a check.
+
+Great Expectations checks columns of scalars; facts about a PNG, a nested array or a manifest are
+turned into such columns here (image width, rows of E3FP identifiers, whether a SELFIES decodes back
+to the same molecule), so the suites in data_contracts/ state every rule with a stock expectation.
+Pure functions: Arrow or manifest in, pandas frame out.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import selfies as sf
+from PIL import Image, UnidentifiedImageError
+from rdkit import Chem, rdBase
+
+from deepmolm.config import RATE_KEY_ALL, RATE_KEY_ANY, ContractsParams
+from deepmolm.data.shards.parts import REJECTS, SHARD_REJECTS_SCHEMA, SHARD_SCHEMA
+from deepmolm.store.files import sha256_file
+
+PROPERTY_COLUMNS = ("mw", "exact_mass", "logp", "tpsa", "hbd", "hba", "rotatable_bonds", "rings", "heavy_atoms",
+                    "complexity")
+MOLECULE_COLUMNS = ("cid", "source", "split", "smiles", "inchikey", "selfies", "description", "conformer_source",
+                    "input_hash")
+
+
+def png_facts(data: bytes | None) -> tuple[str | None, int | None, int | None, str | None]:
+    """(format, width, height, mode) from the image header; format 'invalid' when it does not open."""
+    if data is None:
+        return None, None, None, None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format, image.width, image.height, image.mode
+    except (UnidentifiedImageError, OSError, ValueError):
+        return "invalid", None, None, None
+
+
+def e3fp_facts(e3fp: list | None, level: int) -> tuple[int | None, bool | None, int | None, int | None]:
+    """(rows, every row has level+1 identifiers, smallest, largest); None for a molecule without geometry."""
+    if e3fp is None:
+        return None, None, None, None
+    widths_ok = all(len(row) == level + 1 for row in e3fp)
+    values = [v for row in e3fp for v in row]
+    return len(e3fp), widths_ok, (min(values) if values else None), (max(values) if values else None)
+
+
+def coords_facts(coords: list | None) -> tuple[int | None, bool | None]:
+    """(rows, every row is three finite floats)."""
+    if coords is None:
+        return None, None
+    ok = all(len(xyz) == 3 and all(v is not None and math.isfinite(v) for v in xyz) for xyz in coords)
+    return len(coords), ok
+
+
+def selfies_index_ok(selfies: str | None, atom_index: list | None, heavy_atoms: int | None) -> bool | None:
+    """One index per SELFIES token, each -1 or a heavy atom of the molecule."""
+    if selfies is None or atom_index is None or heavy_atoms is None:
+        return None
+    if len(atom_index) != sf.len_selfies(selfies):
+        return False
+    return all(i == -1 or 0 <= i < heavy_atoms for i in atom_index)
+
+
+def selfies_roundtrip(selfies: str, inchikey: str) -> bool:
+    with rdBase.BlockLogs():
+        try:
+            mol = Chem.MolFromSmiles(sf.decoder(selfies))
+        except sf.DecoderError:
+            return False
+        return mol is not None and Chem.MolToInchiKey(mol) == inchikey
+
+
+def molecule_frame(table: pa.Table, params: ContractsParams, level: int) -> pd.DataFrame:
+    """The molecule shards with the derived columns the molecule_shards suite checks."""
+    rows = table.to_pylist()
+    frame = pd.DataFrame({c: [r[c] for r in rows] for c in MOLECULE_COLUMNS})
+    frame["cid"] = frame["cid"].astype("int64")
+    frame["image_png"] = [None if r["image_png"] is None else "present" for r in rows]
+    frame["selfies_atom_index"] = [None if r["selfies_atom_index"] is None else len(r["selfies_atom_index"]) for r in rows]
+    frame["flags"] = [None if r["flags"] is None else ",".join(r["flags"]) for r in rows]
+    for name in PROPERTY_COLUMNS:
+        frame[name] = [None if r["properties"] is None else r["properties"][name] for r in rows]
+
+    png = [png_facts(r["image_png"]) for r in rows]
+    frame["png_format"], frame["png_width"], frame["png_height"], frame["png_mode"] = zip(*png) if png else ([],) * 4
+    e3fp = [e3fp_facts(r["e3fp"], level) for r in rows]
+    frame["e3fp_rows"], frame["e3fp_width_ok"], frame["e3fp_min"], frame["e3fp_max"] = zip(*e3fp) if e3fp else ([],) * 4
+    coords = [coords_facts(r["coords"]) for r in rows]
+    frame["coords_rows"], frame["coords_ok"] = zip(*coords) if coords else ([],) * 2
+    # geometry (coords and E3FP) exactly when there is a conformer
+    frame["geometry_present_ok"] = [
+        (r["coords"] is not None and r["e3fp"] is not None) == (r["conformer_source"] != "none") for r in rows
+    ]
+    frame["selfies_index_ok"] = [
+        selfies_index_ok(r["selfies"], r["selfies_atom_index"], (r["properties"] or {}).get("heavy_atoms")) for r in rows
+    ]
+    frame["selfies_roundtrip_ok"] = _sampled_roundtrip(rows, params)
+    frame["description_ok"] = [
+        r["split"] not in params.caption_splits or bool((r["description"] or "").strip()) for r in rows
+    ]
+    for column in ("png_width", "png_height", "e3fp_rows", "e3fp_min", "e3fp_max", "coords_rows", "heavy_atoms"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _sampled_roundtrip(rows: list[dict], params: ContractsParams) -> list[bool | None]:
+    """Decoding every SELFIES costs about a millisecond each: check a seeded sample, None elsewhere."""
+    candidates = [i for i, r in enumerate(rows) if r["selfies"] is not None]
+    chosen = set(random.Random(params.sample_seed).sample(candidates, min(params.selfies_sample, len(candidates))))
+    return [selfies_roundtrip(r["selfies"], r["inchikey"]) if i in chosen else None for i, r in enumerate(rows)]
+
+
+def rejects_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas()
+
+
+def reject_rates_frame(rejects: pa.Table, input_rows: int, params: ContractsParams) -> pd.DataFrame:
+    """One row per reason present (and one for all reasons together): rate over input rows and its threshold."""
+    reasons = rejects.column("reason").to_pylist() if rejects.num_rows else []
+    counts = pd.Series(reasons, dtype="object").value_counts().to_dict()
+    rows = [{"reason": RATE_KEY_ALL, "count": len(reasons), "max_rate": params.max_reject_rate.get(RATE_KEY_ALL, 1.0)}]
+    rows += [{"reason": reason, "count": count,
+              "max_rate": params.max_reject_rate.get(reason, params.max_reject_rate.get(RATE_KEY_ANY, 1.0))}
+             for reason, count in sorted(counts.items())]
+    frame = pd.DataFrame(rows, columns=["reason", "count", "max_rate"])
+    frame["rate"] = frame["count"] / input_rows if input_rows else 0.0
+    return frame
+
+
+def parts_frame(version_dir: Path, manifest: dict) -> pd.DataFrame:
+    """Each file the manifest lists, and each of its counts, beside what is on disk."""
+    rows, accepted_on_disk = [], 0
+    for entry in manifest["parts"]:
+        rows.append(_file_row(version_dir, entry, SHARD_SCHEMA))
+        accepted_on_disk += rows[-1]["file_rows"] or 0
+    rejects = _file_row(version_dir, {"path": REJECTS, **manifest["rejects"]}, SHARD_REJECTS_SCHEMA)
+    rows.append(rejects)
+    counts = manifest["counts"]
+    rows.append(_count_row("counts.accepted", counts["accepted"], accepted_on_disk))
+    rows.append(_count_row("counts.rejected", counts["rejected"], rejects["file_rows"]))
+    rows.append(_count_row("counts.input_rows", counts["input_rows"], accepted_on_disk + (rejects["file_rows"] or 0)))
+    frame = pd.DataFrame(rows)
+    for column in ("manifest_rows", "file_rows"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _file_row(version_dir: Path, entry: dict, schema: pa.Schema) -> dict:
+    path = Path(version_dir) / entry["path"]
+    row = {"item": entry["path"], "manifest_rows": entry["rows"], "manifest_sha256": entry["sha256"],
+           "file_present": path.is_file(), "file_rows": None, "file_sha256": None, "schema_ok": False}
+    if not row["file_present"]:
+        return row
+    row["file_sha256"] = sha256_file(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError):
+        return row
+    row["file_rows"] = parquet.metadata.num_rows
+    row["schema_ok"] = parquet.schema_arrow.remove_metadata().equals(schema.remove_metadata())
+    return row
+
+
+def _count_row(item: str, in_manifest: int, on_disk: int | None) -> dict:
+    return {"item": item, "manifest_rows": in_manifest, "manifest_sha256": None, "file_present": True,
+            "file_rows": on_disk, "file_sha256": None, "schema_ok": True}
+
+
+def raw_frame(table: pa.Table, params: ContractsParams) -> pd.DataFrame:
+    columns = ["cid", "smiles", "source", "source_uri", "split", "description"]
+    frame = table.select(columns).to_pandas()
+    frame["cid"] = frame["cid"].astype("int64")
+    frame["description_ok"] = [
+        split not in params.caption_splits or bool((text or "").strip())
+        for split, text in zip(frame["split"], frame["description"])
+    ]
+    return frame
+
+
+SFP_FRAME_COLUMNS = ("cid", "table_present", "accounted", "reason", "atoms_match", "bond_length_min", "bond_length_max",
+                     "angle_min_deg", "fragments_contiguous")
+
+
+def sfp_frame(version_dir: Path, molecules: pa.Table) -> pd.DataFrame:
+    """One row per accepted molecule of the version: is it a graph xor a recorded rejection, and do
+    its graph's atoms and geometry make chemical sense. No table at all is one row that says so."""
+    from deepmolm.data.shards.sfp_table import read_sfp, sfp_manifest
+
+    if sfp_manifest(version_dir) is None:
+        return pd.DataFrame([{"cid": None, "table_present": False}], columns=SFP_FRAME_COLUMNS)
+    graphs, rejects = read_sfp(version_dir)
+    by_cid = {row["cid"]: row for row in graphs.to_pylist()}
+    reasons = {row["cid"]: row["reason"] for row in rejects.to_pylist()}
+    rows = []
+    quiet = rdBase.BlockLogs()  # noqa: F841
+    for cid, smiles in zip(molecules.column("cid").to_pylist(), molecules.column("smiles").to_pylist(), strict=True):
+        graph, reason = by_cid.get(cid), reasons.get(cid)
+        mol = Chem.MolFromSmiles(smiles)
+        heavy = None if mol is None else sum(1 for a in mol.GetAtoms() if a.GetAtomicNum() > 1)
+        row = {"cid": cid, "table_present": True, "accounted": (graph is not None) != (reason is not None),
+               "reason": reason, "atoms_match": None, "bond_length_min": None, "bond_length_max": None,
+               "angle_min_deg": None, "fragments_contiguous": None}
+        if graph is not None:
+            lengths, angles = graph["bond_lengths"], graph["angles"]
+            row.update(
+                atoms_match=len(graph["atoms"]) == heavy,
+                bond_length_min=min(lengths) if lengths else None,
+                bond_length_max=max(lengths) if lengths else None,
+                angle_min_deg=math.degrees(min(angles)) if angles else None,
+                fragments_contiguous=all(sorted(set(graph[key])) == list(range(len(set(graph[key]))))
+                                         for key in graph if key.startswith("fragments_")),
+            )
+        rows.append(row)
+    extra = set(by_cid) | set(reasons)
+    extra -= set(molecules.column("cid").to_pylist())
+    rows += [{"cid": cid, "table_present": True, "accounted": False, "reason": reasons.get(cid)} for cid in sorted(extra)]
+    return pd.DataFrame(rows, columns=SFP_FRAME_COLUMNS)

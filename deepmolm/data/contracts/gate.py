@@ -1,0 +1,220 @@
+"""Data contracts: the Great Expectations suites of data_contracts/ run against a shard version.
+
+A file-backed GE project under `<reports_dir>/data/gx` holds one pandas data source, an asset,
+validation definition and checkpoint per table, and the Data Docs site that every run updates. The
+suites are re-read from data_contracts/ on each run, so the files there are the only definition.
+Severity is GE's own: a failed `critical` expectation fails the contract (non-zero exit, so `dvc
+repro` stops before training), a failed `warning` is reported and does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deepmolm.config import Params
+from deepmolm.data.contracts.frames import (
+    molecule_frame,
+    parts_frame,
+    raw_frame,
+    reject_rates_frame,
+    rejects_frame,
+    sfp_frame,
+)
+from deepmolm.data.shards.parts import read_manifest, read_shard_rejects, read_shards, resolve_version
+from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
+from deepmolm.data.sources.raw_table import read_raw_table
+from deepmolm.runtime.run_log import resolve_recorded
+from deepmolm.store.versions import MANIFEST
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics sent from here
+
+SHARD_TABLES = ("molecule_shards", "shard_rejects", "reject_rates", "shard_parts", "raw_table", "sfp_graphs")
+TABLES = (*SHARD_TABLES, "instruction_examples")
+DATA_SOURCE = "deepmolm"
+
+
+class ContractError(ValueError):
+    """A suite file or a table that cannot be validated at all (not a failed expectation)."""
+
+
+@dataclass
+class ContractResult:
+    success: bool
+    evaluated: int
+    failed: list[str]  # critical expectations that failed, as "<table>.<name>"
+    warnings: list[str]  # warning expectations that failed
+    tables: dict[str, dict] = field(default_factory=dict)
+    data_docs: str | None = None
+    target: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_suite(suites_dir: Path, table: str) -> dict:
+    """The suite file of `table`, checked so that no expectation is silently dropped by GE."""
+    path = Path(suites_dir) / f"{table}.json"
+    if not path.is_file():
+        raise ContractError(f"no expectation suite for table {table!r}: {path} is missing")
+    try:
+        suite = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path}: not JSON ({exc})") from exc
+    if suite.get("name") != table:
+        raise ContractError(f"{path}: suite name is {suite.get('name')!r}, expected {table!r}")
+    names = [(exp.get("meta") or {}).get("name") for exp in suite.get("expectations", [])]
+    for position, name in enumerate(names):
+        if not name:
+            raise ContractError(f"{path}: expectation {position} has no meta.name")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ContractError(f"{path}: expectation names used twice: {', '.join(duplicates)}")
+    return suite
+
+
+class ContractRunner:
+    """The GE project, created on first use; one checkpoint per table."""
+
+    def __init__(self, gx_root: Path, suites_dir: Path):
+        import great_expectations as gx
+
+        self._gx = gx
+        self.suites_dir = Path(suites_dir)
+        Path(gx_root).mkdir(parents=True, exist_ok=True)
+        self.context = gx.get_context(mode="file", project_root_dir=str(gx_root))
+        # GE's per-metric tqdm bars would flood stderr (and the progress of whoever calls us)
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        bars = self.context.variables.progress_bars  # a dict once read back from the project's YAML
+        if (bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", True)) is not False:
+            self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+            self.context.variables.save()
+        try:
+            self._source = self.context.data_sources.get(DATA_SOURCE)
+        except (KeyError, ValueError):
+            self._source = self.context.data_sources.add_pandas(DATA_SOURCE)
+
+    def _checkpoint(self, table: str):
+        gx = self._gx
+        spec = load_suite(self.suites_dir, table)
+        suite = gx.ExpectationSuite(name=table, expectations=spec["expectations"], meta=spec.get("meta"))
+        if len(suite.expectations) != len(spec["expectations"]):
+            raise ContractError(f"{self.suites_dir / f'{table}.json'}: Great Expectations refused "
+                                f"{len(spec['expectations']) - len(suite.expectations)} expectation(s); see its log")
+        suite = self.context.suites.add_or_update(suite)
+        # get_asset, not .assets: only the former binds the asset to its data source (and context)
+        try:
+            asset = self._source.get_asset(table)
+        except LookupError:
+            asset = self._source.add_dataframe_asset(table)
+        try:
+            batch = asset.get_batch_definition("whole")
+        except KeyError:
+            batch = asset.add_batch_definition_whole_dataframe("whole")
+        definition = self.context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=table, data=batch, suite=suite))
+        return self.context.checkpoints.add_or_update(gx.Checkpoint(
+            name=table,
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+        ))
+
+    def run(self, frames: dict[str, pd.DataFrame], parameters: dict[str, Any], target: str) -> ContractResult:
+        result = ContractResult(success=True, evaluated=0, failed=[], warnings=[], target=target)
+        for table, frame in frames.items():
+            checkpoint = self._checkpoint(table)
+            outcome = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
+            summary = {"rows": len(frame), "evaluated": 0, "failed": [], "warnings": [], "details": {}}
+            for validation in outcome.run_results.values():
+                for check in validation.results:
+                    config = check.expectation_config
+                    name = config.meta["name"]
+                    summary["evaluated"] += 1
+                    if check.success:
+                        continue
+                    severity = str(getattr(config.severity, "value", config.severity))
+                    summary["failed" if severity == "critical" else "warnings"].append(name)
+                    summary["details"][name] = _failure_detail(check)
+            result.evaluated += summary["evaluated"]
+            result.failed += [f"{table}.{n}" for n in summary["failed"]]
+            result.warnings += [f"{table}.{n}" for n in summary["warnings"]]
+            result.tables[table] = summary
+        result.success = not result.failed
+        sites = self.context.get_docs_sites_urls()
+        result.data_docs = sites[0]["site_url"] if sites else None
+        return result
+
+
+def _failure_detail(check) -> dict:
+    detail = {"type": check.expectation_config.type}
+    if check.exception_info and check.exception_info.get("raised_exception"):
+        detail["exception"] = str(check.exception_info.get("exception_message"))[:300]
+    for key in ("observed_value", "unexpected_count", "unexpected_percent", "partial_unexpected_list"):
+        value = (check.result or {}).get(key)
+        if value is not None:
+            detail[key] = json.loads(json.dumps(value, default=_plain))
+    return detail
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (GE reports them) as Python numbers, anything else as text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The tables a shard version's contract checks, and the suite parameters they use."""
+    manifest = read_manifest(version_dir)
+    contracts = params.contracts
+    level = manifest["params"]["featurize.e3fp"]["level"]
+    bits = manifest["params"]["featurize.e3fp"]["bits"]
+    rejects = read_shard_rejects(version_dir)
+    molecules = read_shards(version_dir)
+    frames = {
+        "molecule_shards": molecule_frame(molecules, contracts, level),
+        "shard_rejects": rejects_frame(rejects),
+        "reject_rates": reject_rates_frame(rejects, manifest["counts"]["input_rows"], contracts),
+        "shard_parts": parts_frame(version_dir, manifest),
+    }
+    parameters = {
+        "manifest_accepted": manifest["counts"]["accepted"],
+        "manifest_rejected": manifest["counts"]["rejected"],
+        "e3fp_max_id": bits - 1,
+        "image_size": manifest["params"]["featurize.render"]["size"],
+        "known_reasons": sorted(contracts.known_reject_reasons),
+        "max_smiles_chars": params.ingest.max_smiles_chars,
+    }
+    if params.mumo.sfp:
+        frames["sfp_graphs"] = sfp_frame(version_dir, molecules)
+    raw_dir = resolve_recorded(manifest["input"]["raw_snapshot_dir"], version_dir)  # relative to the version
+    if (raw_dir / MANIFEST).is_file():
+        frames["raw_table"] = raw_frame(read_raw_table(raw_dir), contracts)
+        parameters["raw_rows"] = read_raw_manifest(raw_dir)["counts"]["accepted"]
+    return frames, parameters
+
+
+def validate_shard_version(path: Path, params: Params, *, gx_root: Path | None = None) -> ContractResult:
+    """Run every shard-version suite; `path` is a version directory or a dataset directory (its newest)."""
+    version_dir = resolve_version(Path(path))
+    frames, parameters = shard_frames(version_dir, params)
+    runner = ContractRunner(gx_root or params.paths.reports_dir / "data" / "gx", params.contracts.suites_dir)
+    return runner.run(frames, parameters, target=str(version_dir))
+
+
+INSTRUCTION_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt", "response", "answer_value"]
+
+
+def validate_instructions(directory: Path, params: Params, *, gx_root: Path | None = None) -> ContractResult:
+    """The instruction_examples suite on an instruction set written by deepmolm/data/instructions.py."""
+    from deepmolm.data.instructions import read_instructions
+
+    frame = read_instructions(directory).select(INSTRUCTION_COLUMNS).to_pandas()
+    # a GE project of its own: the shard contract's project is another DVC stage's output
+    runner = ContractRunner(gx_root or params.paths.reports_dir / "instructions" / "gx", params.contracts.suites_dir)
+    return runner.run({"instruction_examples": frame}, {}, target=str(directory))

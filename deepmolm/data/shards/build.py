@@ -1,0 +1,247 @@
+"""Building one shard version from one raw-table snapshot, as steps a scheduler can spread out.
+
+plan_version decides the version id, which parts are still missing (resume) and which molecules an
+earlier version with the same featurization params already holds (incremental refresh: the cache
+key is input hash + params hash, and the earlier versions are the cache). build_part featurizes one
+chunk into one part; it is what a Dask worker runs. finish_version publishes. No orchestration here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from deepmolm.config import FeaturizeParams, Params
+from deepmolm.data.featurize.record import FEATURIZER_VERSION, FeaturizeRejection, StepTimer, input_hash
+from deepmolm.data.featurize.sandbox import shared_sandbox
+from deepmolm.data.shards.parts import (
+    REJECTS,
+    SHARD_REJECTS_SCHEMA,
+    SHARD_SCHEMA,
+    PartResult,
+    finished_parts,
+    list_versions,
+    publish_version,
+    read_manifest,
+    sum_counts,
+    version_id,
+    write_part,
+)
+from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
+from deepmolm.data.sources.raw_table import read_raw_rows, resolve_snapshot
+from deepmolm.runtime.run_log import log_run, portable_path
+from deepmolm.store.versions import MANIFEST, mark_latest
+
+# The params a record depends on. rows_per_part changes only how records are cut into parts, so it
+# is in the version id but not in the cache key.
+FEATURE_SECTIONS = ("featurize.render", "featurize.conformer", "featurize.e3fp", "featurize.time_limit_s")
+VERSION_SECTIONS = (*FEATURE_SECTIONS, "featurize.rows_per_part")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One Dask task: raw rows [start, stop) -> part `index`; `reuse` maps input hashes to the
+    file of an earlier version that already holds their record or rejection."""
+
+    index: int
+    start: int
+    stop: int
+    reuse: dict[str, str] = field(default_factory=dict)
+    cost: float = 0.0  # expected work, to start the longest parts first
+
+
+@dataclass(frozen=True)
+class VersionPlan:
+    dataset: str
+    version: str
+    raw_snapshot_dir: str
+    building: str
+    final: str
+    params: FeaturizeParams
+    features_hash: str
+    version_hash: str
+    params_sections: dict
+    input_rows: int
+    logs_dir: str  # the run log's directory (paths.logs_dir)
+    chunks: tuple[Chunk, ...]  # all parts of the version
+    done: tuple[int, ...] = ()  # parts finished by an earlier, interrupted run
+    published: bool = False  # the version exists already: nothing to do
+
+    def missing(self) -> list[Chunk]:
+        """Parts still to build, most expensive first: the last parts to finish are then short ones,
+        so workers run out of work at nearly the same time."""
+        todo = [c for c in self.chunks if c.index not in self.done]
+        return sorted(todo, key=lambda c: (-c.cost, c.index))
+
+
+@dataclass(frozen=True)
+class FeaturizeSummary:
+    dataset: str
+    version: str
+    out: str
+    input_rows: int
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    reused: int
+    parts: int
+    resumed_parts: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
+    snapshot_dir = resolve_snapshot(Path(raw))
+    raw_manifest = read_raw_manifest(snapshot_dir)
+    dataset = raw_manifest["source"]
+    version_hash = _with_featurizer_version(params.section_hash(*VERSION_SECTIONS))
+    features_hash = _with_featurizer_version(params.section_hash(*FEATURE_SECTIONS))
+    version = version_id(raw_manifest["snapshot"], version_hash)
+    dataset_dir = Path(shards_root) / dataset
+    final, building = dataset_dir / version, dataset_dir / f".building-{version}"
+    common = dict(
+        dataset=dataset,
+        version=version,
+        raw_snapshot_dir=str(snapshot_dir),
+        logs_dir=str(params.paths.logs_dir),
+        building=str(building),
+        final=str(final),
+        params=params.featurize,
+        features_hash=features_hash,
+        version_hash=version_hash,
+        params_sections=params.sections(*VERSION_SECTIONS),
+        input_rows=raw_manifest["counts"]["accepted"],
+    )
+    if (final / MANIFEST).is_file():
+        return VersionPlan(**common, chunks=(), published=True)
+    building.mkdir(parents=True, exist_ok=True)
+    size = params.featurize.rows_per_part
+    n = common["input_rows"]
+    rows = read_raw_rows(snapshot_dir, 0, n) if n else []
+    hashes = [input_hash(row) for row in rows]
+    cached = _cache_index(dataset_dir, features_hash, exclude=final)
+    chunks = []
+    for i, start in enumerate(range(0, n, size)):
+        reuse = {h: cached[h] for h in hashes[start : start + size] if h in cached}
+        cost = sum(_expected_cost(row) for row, h in zip(rows[start : start + size], hashes[start : start + size])
+                   if h not in reuse)
+        chunks.append(Chunk(i, start, min(start + size, n), reuse, cost))
+    chunks = tuple(chunks)
+    return VersionPlan(**common, chunks=chunks, done=tuple(sorted(finished_parts(building))))
+
+
+def _with_featurizer_version(params_hash: str) -> str:
+    """Same params but a featurizer that now writes other values: neither the cache nor the version
+    id may match the old output."""
+    return hashlib.sha256(f"{params_hash}:{FEATURIZER_VERSION}".encode()).hexdigest()[:16]
+
+
+def _expected_cost(row: dict) -> float:
+    """Conformer time grows roughly with the square of the molecule's size (docs/benchmarks.md);
+    the SMILES length stands in for the size without parsing anything."""
+    return float(len(row["smiles"]) ** 2)
+
+
+def _cache_index(dataset_dir: Path, features_hash: str, exclude: Path) -> dict[str, str]:
+    """input hash -> file holding its result, over earlier versions built with the same params."""
+    index: dict[str, str] = {}
+    if not dataset_dir.is_dir():
+        return index
+    for version_dir in list_versions(dataset_dir):
+        manifest = read_manifest(version_dir)
+        if version_dir == exclude or manifest.get("features_hash") != features_hash:
+            continue
+        files = [version_dir / p["path"] for p in manifest["parts"]] + [version_dir / REJECTS]
+        for path in files:
+            for h in pq.read_table(path, columns=["input_hash"]).column("input_hash").to_pylist():
+                index[h] = str(path)
+    return index
+
+
+def _cached_rows(reuse: dict[str, str]) -> dict[str, dict]:
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for h, path in reuse.items():
+        by_file[path].append(h)
+    found = {}
+    for path, hashes in by_file.items():
+        schema = SHARD_REJECTS_SCHEMA if Path(path).name == REJECTS else SHARD_SCHEMA
+        table = pq.read_table(path, schema=schema, filters=[("input_hash", "in", hashes)])
+        found.update({row["input_hash"]: row for row in table.to_pylist()})
+    return found
+
+
+def build_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
+    """Featurize rows [start, stop) (or take them from the cache) and write part `index` atomically."""
+    rows = read_raw_rows(Path(plan.raw_snapshot_dir), chunk.start, chunk.stop)
+    cached = _cached_rows(chunk.reuse)
+    timer, featurize = StepTimer(), shared_sandbox()
+    records, rejects, reused = [], [], 0
+    for row in rows:
+        key = input_hash(row)
+        if key in cached:
+            hit = cached[key]
+            (rejects if "reason" in hit else records).append(hit)
+            reused += 1
+            continue
+        outcome = featurize(row, plan.params, timer)
+        if isinstance(outcome, FeaturizeRejection):
+            rejects.append(asdict(outcome))
+        else:
+            records.append(outcome)
+    return write_part(Path(plan.building), chunk.index, records, rejects, reused=reused, seconds_by_step=dict(timer.seconds))
+
+
+def finish_version(plan: VersionPlan, results: list[PartResult], started: float) -> FeaturizeSummary:
+    built: list[PartResult] = []
+    if plan.published:
+        manifest = read_manifest(Path(plan.final))
+    else:
+        by_index = {**finished_parts(Path(plan.building)), **{r.index: r for r in results}}
+        built = list(by_index.values())
+        missing = [c.index for c in plan.chunks if c.index not in by_index]
+        if missing:
+            raise RuntimeError(f"parts {missing} of version {plan.version} were not built")
+        manifest = publish_version(
+            Path(plan.building),
+            Path(plan.final),
+            built,
+            {
+                "dataset": plan.dataset,
+                "version": plan.version,
+                "params_hash": plan.version_hash,
+                "features_hash": plan.features_hash,
+                "featurizer_version": FEATURIZER_VERSION,
+                "params": plan.params_sections,
+                "input": {"raw_snapshot_dir": portable_path(plan.raw_snapshot_dir, start=plan.final),
+                          "raw_snapshot": Path(plan.raw_snapshot_dir).name},
+            },
+        )
+    counts = manifest["counts"]
+    if counts["input_rows"] != plan.input_rows:
+        raise AssertionError(f"row accounting broke: {counts['input_rows']} rows in the version, {plan.input_rows} in the input")
+    mark_latest(Path(plan.final))
+    reused = sum(p.reused for p in built)
+    seconds = round(time.perf_counter() - started, 3)
+    log_run(Path(plan.logs_dir), "featurize", plan.final, version=plan.version, raw_snapshot_dir=plan.raw_snapshot_dir,
+            built_parts=len(built), resumed_parts=len(plan.done), reused=reused, seconds=seconds,
+            seconds_by_step={k: round(v, 3) for k, v in sum_counts([p.seconds_by_step for p in built]).items()})
+    return FeaturizeSummary(
+        dataset=plan.dataset,
+        version=plan.version,
+        out=plan.final,
+        input_rows=counts["input_rows"],
+        accepted=counts["accepted"],
+        rejected=counts["rejected"],
+        rejected_by_reason=manifest["rejected_by_reason"],
+        reused=reused,
+        parts=len(manifest["parts"]),
+        resumed_parts=len(plan.done),
+        seconds=seconds,
+    )

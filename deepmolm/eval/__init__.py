@@ -1,1 +1,0 @@
-"""Evaluation: caption metrics (MolT5 protocol), property QA, the retrieval baseline."""

@@ -1,0 +1,154 @@
+"""The evaluate stage: the trained model and two baselines on the same held-out molecules.
+
+The model and the retrieval baseline answer the molecules of `eval.splits` (ChEBI-20's test split by
+default), or with `eval.on_holdout` the molecules `train.holdout` kept out of training (what a
+recipe is tuned on). The retrieval pool is the training molecules (`train.splits` without the
+holdout), so neither has seen the answers; the mean baseline answers every property question with
+the training molecules' mean. Captions also get the share that is degenerate (a loop). Writes, under
+`<reports_dir>/eval/`: the two prediction files (JSON lines, readable by `deepmolm eval captions`)
+and metrics.json with the scores and the sizes they rest on, which DVC shows as metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from deepmolm.config import Params
+from deepmolm.data.instructions import held_out, instruction_shards
+from deepmolm.data.shards.parts import read_manifest
+from deepmolm.evaluation.baseline import retrieve
+from deepmolm.evaluation.captions import load_metric_tokenizer, score_captions
+from deepmolm.evaluation.degenerate import degenerate_share
+from deepmolm.evaluation.model_answers import answer_examples, capped, examples_of_splits
+from deepmolm.evaluation.predictions import write_jsonl
+from deepmolm.evaluation.properties import mean_baseline, score_properties
+from deepmolm.evaluation.shard_molecules import read_molecules
+from deepmolm.models.deepmolm.generation import answer_lengths
+from deepmolm.models.deepmolm.modeling import DeepMoLMConfig
+from deepmolm.models.deepmolm.presets import model_summary
+from deepmolm.runtime.progress import progress_bar
+from deepmolm.runtime.run_log import log_run
+from deepmolm.store.versions import MANIFEST
+from deepmolm.training.deepmolm.stages import PROVENANCE
+
+MODEL_PREDICTIONS = "model_predictions.jsonl"
+BASELINE_PREDICTIONS = "baseline_predictions.jsonl"
+METRICS = "metrics.json"
+
+
+def evaluation_dir(params: Params) -> Path:
+    return params.paths.reports_dir / "eval"
+
+
+def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | None = None, progress: bool = False) -> dict:
+    """Answer, score and write; returns the metrics."""
+    started = time.perf_counter()
+    out = Path(out) if out else evaluation_dir(params)
+    cfg = params.eval
+    rows = evaluation_rows(params, instructions)
+    if not rows:
+        where = "train.holdout's molecules" if cfg.on_holdout else f"splits {cfg.splits}"
+        raise ValueError(f"instruction set {instructions} has no examples of {where}: nothing to evaluate on")
+    with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
+        answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size,
+                                  decoding=params.model.generation.decoding(),
+                                  lengths=lambda task: answer_lengths(params, task), advance=advance)
+    tasks = {r["example_id"]: r["task"] for r in rows}
+    captions = [p for p in answers if tasks[p.id] == "caption"]
+    properties = [p for p in answers if tasks[p.id] == "property_qa"]
+    write_jsonl(answers, out / MODEL_PREDICTIONS)
+
+    metric_tokenizer = load_metric_tokenizer(cfg.tokenizer)
+
+    def score(pairs: list) -> dict | None:
+        if not pairs:
+            return None
+        scores = score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens, nltk_data=cfg.nltk_data).as_dict()
+        return {**scores, "degenerate": degenerate_share([p.prediction for p in pairs])}
+
+    shards = instruction_shards(instructions)
+    train_rows = training_rows(params, instructions)
+    baseline = _baseline(params, shards, {r["cid"] for r in train_rows if r["task"] == "caption"},
+                         {r["cid"] for r in rows if r["task"] == "caption"})
+    write_jsonl(baseline["predictions"], out / BASELINE_PREDICTIONS)
+
+    manifest = json.loads((Path(instructions) / MANIFEST).read_text())
+    summary = model_summary(DeepMoLMConfig.from_pretrained(model_dir))
+    metrics = {
+        "dataset": {
+            "name": read_manifest(shards)["dataset"], "shard_version": shards.name, "instruction_set": Path(instructions).name,
+            "eval_splits": "train.holdout" if cfg.on_holdout else list(cfg.splits),
+            "eval_molecules": len({r["cid"] for r in rows}),
+            "train_molecules": len({r["cid"] for r in train_rows}),
+            "eval_examples": dict(Counter(r["task"] for r in rows)),
+            "train_splits": list(params.train.splits) if params.train.splits else "every row, the held-out ones too",
+            "instruction_examples": manifest.get("summary", {}).get("examples_by_task"),
+        },
+        "model": {"run": _trained_by(model_dir), "preset": params.model.preset,
+                  "parameters": summary["total"], "image_size": summary["image_size"],
+                  "visual_tokens": summary["visual_tokens"], "captions": score(captions),
+                  "properties": {k: v.as_dict() for k, v in score_properties(properties, cfg.property_ranges).items()}},
+        "baseline": {"fingerprint": params.eval.baseline.fingerprint, "pool_molecules": baseline["pool"],
+                     "mean_similarity": baseline["mean_similarity"], "captions": score(baseline["predictions"])},
+        "mean_baseline": {"properties": mean_baseline(_property_values(train_rows), properties)},
+        "references": {"degenerate": degenerate_share([p.reference for p in captions])},
+    }
+    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    seconds = round(time.perf_counter() - started, 1)
+    log_run(params.paths.logs_dir, "evaluate", out, model=str(model_dir), seconds=seconds)
+    return {**metrics, "seconds": seconds}
+
+
+def _trained_by(model_dir: Path) -> str | None:
+    """The training run that exported the model (its name is a digest of what it learned from)."""
+    provenance = Path(model_dir) / PROVENANCE
+    return json.loads(provenance.read_text()).get("run") if provenance.is_file() else None
+
+
+def evaluation_rows(params: Params, instructions: Path) -> list[dict]:
+    """The examples answered: of eval.splits, or of train.holdout's molecules with eval.on_holdout."""
+    cfg = params.eval
+    if not cfg.on_holdout:
+        return examples_of_splits(instructions, cfg.splits, params.instructions.tasks, cfg.max_examples_per_task)
+    holdout = params.train.holdout
+    rows = [r for r in examples_of_splits(instructions, _train_splits(params), params.instructions.tasks, None)
+            if held_out(r["cid"], holdout.fraction, holdout.seed)]
+    return capped(rows, params.instructions.tasks, cfg.max_examples_per_task)
+
+
+def training_rows(params: Params, instructions: Path) -> list[dict]:
+    """The examples of the molecules training learned from (train.splits without the holdout)."""
+    holdout = params.train.holdout
+    return [r for r in examples_of_splits(instructions, _train_splits(params), params.instructions.tasks, None)
+            if not held_out(r["cid"], holdout.fraction, holdout.seed)]
+
+
+def _train_splits(params: Params) -> list[str]:
+    return list(params.train.splits or ["train", "validation", "test"])
+
+
+def _property_values(rows: list[dict]) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        if row["task"] == "property_qa" and row["answer_value"] is not None:
+            values.setdefault(row["property"], []).append(row["answer_value"])
+    return values
+
+
+def _baseline(params: Params, shards: Path, pool_cids: set[int], query_cids: set[int]) -> dict:
+    """Retrieval for the molecules the model captioned, from the captioned training molecules."""
+    pool_cids = pool_cids - query_cids
+    molecules = {m.cid: m for m in read_molecules(shards) if m.cid in query_cids | pool_cids}
+    queries = [molecules[c] for c in sorted(query_cids) if c in molecules]
+    pool = [molecules[c] for c in sorted(pool_cids) if c in molecules]
+    if not queries:
+        return {"predictions": [], "pool": len(pool), "mean_similarity": None}
+    if not pool:
+        raise ValueError(f"no captioned training molecules (splits {params.train.splits}) to retrieve from")
+    cfg = params.eval.baseline
+    results = retrieve(queries, pool, kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)
+    return {"predictions": [p for p, _ in results], "pool": len(pool),
+            "mean_similarity": round(sum(s for _, s in results) / len(results), 4)}

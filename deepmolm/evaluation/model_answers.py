@@ -1,0 +1,77 @@
+"""A trained DeepMoLM answering the held-out instruction examples, in batches.
+
+The examples are the instruction set's rows of the evaluation splits, so the model sees exactly what
+training showed it for other molecules: the same drawing, E3FP identifiers, prompt template and
+tokenizer. Generation is `deepmolm predict`'s, in batches (prompts padded on the left).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from deepmolm.data.instructions import instruction_shards, read_instructions
+from deepmolm.evaluation.predictions import Prediction
+from deepmolm.models.deepmolm.generation import generate_answers, load_checkpoint
+from deepmolm.models.deepmolm.processing import cached_pixels
+
+EXAMPLE_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt", "response", "answer_value",
+                   "image_part", "image_row", "e3fp"]
+
+
+def examples_of_splits(instructions: Path, splits: list[str], tasks: list[str], max_per_task: int | None) -> list[dict]:
+    """Rows of `splits` and `tasks` (the held-out ones, or the training ones for the baseline's pool),
+    in table order (a molecule's examples stay together), the first `max_per_task` of each task when
+    capped."""
+    table = read_instructions(instructions).select(EXAMPLE_COLUMNS)
+    table = table.filter(pc.and_(pc.is_in(table.column("split"), value_set=pa.array(splits, type=pa.string())),
+                                 pc.is_in(table.column("task"), value_set=pa.array(tasks, type=pa.string()))))
+    return capped(table.to_pylist(), tasks, max_per_task)
+
+
+def capped(rows: list[dict], tasks: list[str], max_per_task: int | None) -> list[dict]:
+    """The first `max_per_task` rows of each task (all with None), in their order."""
+    out, taken = [], dict.fromkeys(tasks, 0)
+    for row in rows:
+        if max_per_task is None or taken[row["task"]] < max_per_task:
+            taken[row["task"]] += 1
+            out.append(row)
+    return out
+
+
+def _geometry(rows: list[dict], levels: int) -> torch.Tensor:
+    atoms = max([len(r["e3fp"]) for r in rows if r["e3fp"]] + [1])
+    e3fp = torch.full((len(rows), atoms, levels), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row["e3fp"]:
+            e3fp[i, : len(row["e3fp"])] = torch.as_tensor(row["e3fp"])
+    return e3fp
+
+
+def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, batch_size: int,
+                    lengths: Callable[[str], dict[str, int]], decoding: dict,
+                    advance: Callable[[int], None] = lambda n: None) -> list[Prediction]:
+    """One Prediction per row (id = example_id), in the rows' order. `lengths(task)` gives the length
+    bounds (predict.answer_lengths: a property answer is a sentence, a caption a paragraph);
+    `decoding` goes to `generate` as is."""
+    model, tokenizer = load_checkpoint(model_dir)
+    size, levels = model.config.encoder_spec().image_size, model.config.fusion_spec().e3fp_levels
+    shards = instruction_shards(instructions)
+    out: list[Prediction] = []
+    for task in sorted({r["task"] for r in rows}):
+        # one task per batch: its answers share a length budget
+        of_task = [r for r in rows if r["task"] == task]
+        for start in range(0, len(of_task), batch_size):
+            batch = of_task[start:start + batch_size]
+            pixels = torch.stack([cached_pixels(str(shards / r["image_part"]), r["image_row"], size) for r in batch])
+            answers = generate_answers(model, tokenizer, [r["prompt"] for r in batch], pixels, _geometry(batch, levels),
+                                       **lengths(task), **decoding)
+            out += [Prediction(id=row["example_id"], reference=row["response"], prediction=text, property=row["property"])
+                    for row, text in zip(batch, answers)]
+            advance(len(batch))
+    order = {r["example_id"]: i for i, r in enumerate(rows)}
+    return sorted(out, key=lambda p: order[p.id])

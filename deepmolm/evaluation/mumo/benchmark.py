@@ -1,0 +1,293 @@
+"""The driver side of MuMo: pretrain on the chebi20 shards, then the property benchmark, each one Ray
+Train TorchTrainer run through the same scaling, storage and failure settings as DeepMoLM's stages.
+
+`pretrain` exports `<mumo.models_dir>/pretrained` (safetensors, config, SMILES tokenizer, provenance).
+`benchmark` fine-tunes it on every dataset x split x seed of `mumo.finetune` (plus the injection-layer
+ablation), fits the random-forest baseline on the same molecules and splits, and writes
+`<mumo.reports_dir>/results.json` and `results.md` beside the published MuMo figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepmolm import __version__
+from deepmolm.config import Params
+from deepmolm.data.property_sets import PropertySet, random_split, read_property_set, scaffold_split
+from deepmolm.data.shards.parts import read_manifest, resolve_version
+from deepmolm.evaluation.mumo.baseline import molecule_features, random_forest
+from deepmolm.models.mumo.processing import property_molecules, shard_molecules, with_noisy_conformers
+from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
+from deepmolm.runtime.run_log import log_run, portable_path
+from deepmolm.training.metrics import regression_errors
+from deepmolm.training.mumo.loop import EXPORT, HISTORY, RESULTS, steps_per_epoch
+
+# The MuMo repository's results/ (random split, test RMSE mean and std over its seeds).
+PUBLISHED_RANDOM_RMSE = {"esol": (0.536, 0.061), "freesolv": (1.082, 0.088)}
+NOISE_SEED = 12345
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _property_sets(params: Params, *, whole: bool = False) -> dict[str, PropertySet]:
+    """The sets fine-tuned on (first finetune.max_molecules rows, unless `whole`)."""
+    sets = {}
+    limit = None if whole else params.mumo.finetune.max_molecules
+    for name in params.mumo.finetune.datasets + [params.mumo.ablation.dataset]:
+        data = read_property_set(name, params.mumo.property_dir)
+        if limit is not None:
+            data = PropertySet(data.name, data.unit, data.smiles[:limit], data.targets[:limit], data.rejected)
+        sets[name] = data
+    return sets
+
+
+def _fit(params: Params, worker, config: dict, run: str):
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    train = params.train
+    if not ray.is_initialized():
+        ray.init(address=train.ray_address, log_to_driver=True, configure_logging=False)
+    scaling = train.scaling
+    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
+    trainer = TorchTrainer(
+        worker, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=run, storage_path=train.runs_dir,
+                             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=train.max_failures)))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = None, progress: bool = False) -> dict:
+    import ray
+
+    from deepmolm.training.mumo.loop import pretrain_worker
+
+    version = resolve_version(Path(shards or params.paths.shards_dir / "chebi20"))
+    out = Path(out or params.mumo.models_dir / "pretrained").resolve()
+    molecules, rejected = shard_molecules(version)
+    vocabulary = [m.smiles for m in molecules] + [s for data in _property_sets(params, whole=True).values() for s in data.smiles]
+    tokenizer = build_smiles_tokenizer(vocabulary)
+    run = params.mumo.pretrain
+    total = run.max_steps or run.epochs * steps_per_epoch(len(molecules), run.batch_size)
+    name = "mumo-pretrain-" + _digest(params.sections("mumo.presets", "mumo.injection_layer", "mumo.max_length",
+                                                      "mumo.pretrain", "mumo.finetune.datasets", "mumo.ablation.dataset",
+                                                      "train.seed"), params.mumo.preset,
+                                      read_manifest(version)["version"], len(tokenizer), __version__)
+    plan = {"run": name, "total_steps": total, "shards": portable_path(version)}
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False)
+    result = _fit(params, pretrain_worker, {"params": params, "plan": plan, "tokenizer": tokenizer,
+                                            "molecules": ray.put(molecules)}, name)
+    with result.checkpoint.as_directory() as directory:
+        history = [json.loads(line) for line in (Path(directory) / HISTORY).read_text().splitlines() if line]
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(Path(directory) / EXPORT, staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    summary = {"run": name, "model": portable_path(out), "shards": plan["shards"], "molecules": len(molecules),
+               "rejected_by_reason": rejected, "vocab_size": len(tokenizer), "steps": total,
+               "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
+    metrics = params.mumo.reports_dir / "pretrain"
+    metrics.mkdir(parents=True, exist_ok=True)
+    with open(metrics / "steps.csv", "w", newline="") as handle:  # samples/s is the machine's: the run log's
+        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr", "grad_norm"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    (metrics / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    seconds = round(time.perf_counter() - started, 1)
+    log_run(params.paths.logs_dir, "mumo_pretrain", out, run=name, seconds=seconds,
+            samples_per_s=[round(row["samples_per_s"], 1) for row in history if "samples_per_s" in row])
+    return {**summary, "seconds": seconds}
+
+
+def benchmark_jobs(params: Params) -> list[dict]:
+    """Every fine-tuning run: the grid at mumo.injection_layer, then the ablation's other layers."""
+    run, ablation, layer = params.mumo.finetune, params.mumo.ablation, params.mumo.injection_layer
+    jobs = [{"dataset": d, "split": s, "seed": seed, "injection_layer": layer}
+            for d in run.datasets for s in run.splits for seed in run.seeds]
+    jobs += [{"dataset": ablation.dataset, "split": ablation.split, "seed": seed, "injection_layer": other}
+             for other in ablation.injection_layers if other != layer for seed in ablation.seeds]
+    return [{**job, "name": f"{job['dataset']}/{job['split']}/seed{job['seed']}/layer{job['injection_layer']}"} for job in jobs]
+
+
+def job_splits(smiles: list[str], jobs: list[dict]) -> dict[str, dict[str, list[int]]]:
+    """Each `split/seed` the jobs use, in the jobs' order: the baseline is reported in this order, and a
+    set of split names iterates in the order of that process's string hashes (PYTHONHASHSEED), which
+    reordered results.json between two runs of the same benchmark."""
+    out = {}
+    for kind, seed in dict.fromkeys((job["split"], job["seed"]) for job in jobs):
+        parts = random_split(len(smiles), seed) if kind == "random" else scaffold_split(smiles, seed)
+        out[f"{kind}/{seed}"] = {name: [int(i) for i in indices] for name, indices in parts.items()}
+    return out
+
+
+def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool = False) -> dict:
+    import ray
+
+    from deepmolm.training.mumo.loop import finetune_worker
+
+    pretrained = Path(pretrained or params.mumo.models_dir / "pretrained").resolve()
+    if not (pretrained / "config.json").is_file():
+        raise FileNotFoundError(f"no pretrained MuMo at {pretrained} (run `deepmolm mumo pretrain`)")
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(pretrained))
+    jobs = benchmark_jobs(params)
+    started = time.perf_counter()
+    data, accounting = {}, {}
+    for name, dataset in _property_sets(params).items():
+        molecules, rejected = property_molecules(dataset, params.featurize.conformer, progress=progress)
+        usable = [m for m in molecules if m is not None]
+        noisy_all = {}
+        for sigma in params.mumo.ablation.coordinate_noise:
+            shaken = iter(with_noisy_conformers(usable, sigma, NOISE_SEED))
+            noisy_all[sigma] = [None if m is None else next(shaken) for m in molecules]
+        wanted = [j for j in jobs if j["dataset"] == name]
+        data[name] = {"molecules": molecules, "noisy": noisy_all,
+                      "splits": job_splits(dataset.smiles, wanted)}
+        accounting[name] = {"rows": dataset.rows, "molecules": len(dataset.smiles), "with_conformer": len(usable),
+                            "rejected_rows": len(dataset.rejected), "rejected_by_reason": rejected}
+    prepare_s = time.perf_counter() - started
+    provenance = json.loads((pretrained / "provenance.json").read_text())
+    name = "mumo-benchmark-" + _digest(params.sections("mumo.finetune", "mumo.ablation", "mumo.max_length", "train.seed"),
+                                       provenance["run"], jobs, __version__)
+    if not ray.is_initialized():
+        ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False)
+    result = _fit(params, finetune_worker, {"params": params, "jobs": jobs, "tokenizer": tokenizer,
+                                            "pretrained": str(pretrained), "data": ray.put(data)}, name)
+    with result.checkpoint.as_directory() as directory:
+        runs = [json.loads(line) for line in (Path(directory) / RESULTS).read_text().splitlines() if line]
+    baseline = _baselines(params, data, jobs)
+    report = {
+        "pretrained": provenance, "run": name, "preset": params.mumo.preset, "injection_layer": params.mumo.injection_layer,
+        "datasets": accounting, "runs": [{k: v for k, v in r.items() if k != "seconds"} for r in runs],
+        "baseline": baseline, "table": results_table(params, runs, baseline), "published_random_rmse": PUBLISHED_RANDOM_RMSE,
+    }
+    seconds = {"prepare": round(prepare_s, 1), "total": round(time.perf_counter() - started, 1),
+               "runs": {r["name"]: r["seconds"] for r in runs}}
+    log_run(params.paths.logs_dir, "mumo_benchmark", params.mumo.reports_dir, run=name, seconds=seconds)
+    out = params.mumo.reports_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(report))
+    plot_results(report, out / "results.png")
+    return {"runs": len(runs), "out": str(out), "table": report["table"], "seconds": seconds}
+
+
+def _baselines(params: Params, data: dict, jobs: list[dict]) -> list[dict]:
+    """The random forest on the same molecules (those with a conformer) and splits as MuMo's runs."""
+    out = []
+    for name, sets in data.items():
+        keep = [i for i, m in enumerate(sets["molecules"]) if m is not None]
+        smiles = {i: sets["molecules"][i].smiles for i in keep}
+        targets = {i: sets["molecules"][i].target for i in keep}
+        features = dict(zip(keep, molecule_features([smiles[i] for i in keep]), strict=True))
+        for key, split in sets["splits"].items():
+            kind, seed = key.split("/")
+            part = {p: [i for i in split[p] if i in features] for p in ("train", "test")}
+            forest = random_forest(np.stack([features[i] for i in part["train"]]), np.array([targets[i] for i in part["train"]]),
+                                   int(seed), trees=params.mumo.baseline_trees, workers=2)
+            truth = np.array([targets[i] for i in part["test"]])
+            out.append({"dataset": name, "split": kind, "seed": int(seed),
+                        "test": regression_errors(truth, forest.predict(np.stack([features[i] for i in part["test"]])))})
+    return out
+
+
+def _mean_std(values: list[float]) -> list[float] | None:
+    return [round(float(np.mean(values)), 3), round(float(np.std(values)), 3)] if values else None
+
+
+def results_table(params: Params, runs: list[dict], baseline: list[dict]) -> list[dict]:
+    """One row per dataset x split at mumo.injection_layer, then one per ablation layer."""
+    rows = []
+    layer = params.mumo.injection_layer
+    keys = sorted({(r["dataset"], r["split"], r["injection_layer"]) for r in runs},
+                  key=lambda k: (k[2] != layer, k[0], k[1], k[2]))
+    for dataset, split, injected in keys:
+        chosen = [r for r in runs if (r["dataset"], r["split"], r["injection_layer"]) == (dataset, split, injected)]
+        forest = [b for b in baseline if (b["dataset"], b["split"]) == (dataset, split)
+                  and b["seed"] in {r["seed"] for r in chosen}]
+        row = {"dataset": dataset, "split": split, "injection_layer": injected, "seeds": sorted(r["seed"] for r in chosen),
+               "mumo_rmse": _mean_std([r["test"]["rmse"] for r in chosen]),
+               "mumo_mae": _mean_std([r["test"]["mae"] for r in chosen]),
+               "rf_rmse": _mean_std([b["test"]["rmse"] for b in forest]),
+               "rf_mae": _mean_std([b["test"]["mae"] for b in forest]),
+               "published_rmse": list(PUBLISHED_RANDOM_RMSE[dataset]) if split == "random" else None,
+               "test_molecules": chosen[0]["sizes"]["test"]}
+        for sigma in params.mumo.ablation.coordinate_noise:
+            row[f"mumo_rmse_noise_{sigma}"] = _mean_std([r[f"test_noise_{sigma}"]["rmse"] for r in chosen if f"test_noise_{sigma}" in r])
+        rows.append(row)
+    return rows
+
+
+def _pm(value: list[float] | None) -> str:
+    return "–" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
+
+
+def results_markdown(report: dict) -> str:
+    noise = [key.removeprefix("mumo_rmse_noise_") for key in (report["table"][0] if report["table"] else {})
+             if key.startswith("mumo_rmse_noise_")]
+    lines = [f"MuMo preset `{report['preset']}`, pretrained on {report['pretrained']['molecules']} ChEBI-20 molecules "
+             f"({report['pretrained']['steps']} steps); test RMSE and MAE, mean ± std over seeds.", "",
+             "| dataset | split | injection layer | seeds | MuMo RMSE | MuMo MAE | RF RMSE | RF MAE | published MuMo RMSE | "
+             + " | ".join(f"MuMo RMSE, noise {s} Å" for s in noise) + " |",
+             "| --- " * (9 + len(noise)) + "|"]
+    for row in report["table"]:
+        lines.append(f"| {row['dataset']} | {row['split']} | {row['injection_layer']} | {len(row['seeds'])} | "
+                     f"{_pm(row['mumo_rmse'])} | {_pm(row['mumo_mae'])} | {_pm(row['rf_rmse'])} | {_pm(row['rf_mae'])} | "
+                     f"{_pm(row['published_rmse'])} | " + " | ".join(_pm(row[f'mumo_rmse_noise_{s}']) for s in noise) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(report: dict, path: Path) -> None:
+    """Left: validation RMSE per epoch of every run at the default injection layer. Right: test RMSE
+    (mean over seeds) as the test conformers get noisier, per dataset and split, the forest dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, noise) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colours = {}
+    for run in report["runs"]:
+        if run["injection_layer"] != report["injection_layer"]:
+            continue
+        key = f"{run['dataset']} {run['split']}"
+        first = key not in colours
+        colour = colours.setdefault(key, f"C{len(colours)}")
+        curves.plot([row["epoch"] + 1 for row in run["curve"]], [row["valid_rmse"] for row in run["curve"]],
+                    color=colour, alpha=0.8, label=key if first else None)
+    curves.set(xlabel="epoch", ylabel="validation RMSE", title="fine-tuning (one line per seed)", yscale="log")
+    curves.legend(fontsize=8)
+    for row in report["table"]:
+        if row["injection_layer"] != report["injection_layer"]:
+            continue
+        key = f"{row['dataset']} {row['split']}"
+        sigmas = [0.0] + [float(k.removeprefix("mumo_rmse_noise_")) for k in row if k.startswith("mumo_rmse_noise_")]
+        values = [row["mumo_rmse"][0]] + [row[k][0] for k in row if k.startswith("mumo_rmse_noise_")]
+        noise.plot(sigmas, values, marker="o", color=colours.get(key, "k"), label=f"MuMo, {key}")
+        if row["rf_rmse"]:
+            noise.axhline(row["rf_rmse"][0], color=colours.get(key, "k"), linestyle="--", linewidth=0.8)
+    noise.set(xlabel="noise on test coordinates (Å, per coordinate)", ylabel="test RMSE",
+              title="robustness (dashed: random forest, no geometry)")
+    noise.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

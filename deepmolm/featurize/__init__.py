@@ -1,1 +1,0 @@
-"""Per-molecule featurizers: pure functions from a molecule and params to values or a rejection."""

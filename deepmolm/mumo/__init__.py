@@ -1,1 +1,0 @@
-"""MuMo: structural fusion of 2D topology and 3D geometry, injected late into a Mamba sequence stream."""

@@ -1,0 +1,277 @@
+"""The data-quality page of a shard version: counts, distributions, a gallery, the contract's verdict.
+
+Written to `<reports_dir>/data/index.html` with its plots and thumbnails as files beside it (no CDN,
+so it opens offline and from a CI artifact), plus `summary.json` with the same figures for DVC
+metrics and scripts. The page marks itself once its images have loaded (`data-images-loaded` on
+<body>, "loaded/total"), which is what the headless-browser test reads.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from deepmolm.config import Params
+from deepmolm.data.contracts.frames import PROPERTY_COLUMNS
+from deepmolm.data.contracts.gate import ContractResult
+from deepmolm.data.shards.parts import read_manifest, read_shard_rejects, read_shards
+
+SUMMARY_COLUMNS = ["cid", "split", "smiles", "description", "conformer_source", "properties", "e3fp", "flags"]
+
+
+def e3fp_usage(rows: list[dict], levels: int) -> list[Counter]:
+    """How many atoms use each E3FP identifier, per level."""
+    per_level = [Counter() for _ in range(levels)]
+    for r in rows:
+        for atom in r["e3fp"] or []:
+            for level, identifier in enumerate(atom):
+                if identifier >= 0:
+                    per_level[level][identifier] += 1
+    return per_level
+
+
+def distribution_series(rows: list[dict]) -> dict[str, list]:
+    """The values behind each distribution, computed once for the summary and the plots."""
+    return {
+        "smiles_length": [len(r["smiles"]) for r in rows],
+        "description_words": [len((r["description"] or "").split()) for r in rows],
+        **{name: [r["properties"][name] for r in rows if r["properties"][name] is not None] for name in PROPERTY_COLUMNS},
+    }
+
+
+def data_summary(rows: list[dict], rejects: pa.Table, manifest: dict, contract: ContractResult | None,
+                 usage: list[Counter], series: dict[str, list]) -> dict:
+    """The figures the page shows, as plain JSON data."""
+    levels = len(usage)
+    input_rows = manifest["counts"]["input_rows"]
+    summary = {
+        "dataset": manifest["dataset"],
+        "version": manifest["version"],
+        "counts": manifest["counts"],
+        "reject_rate": round(manifest["counts"]["rejected"] / input_rows, 6) if input_rows else 0.0,
+        "rejected_by_reason": manifest["rejected_by_reason"],
+        "conformer_sources": manifest["conformer_sources"],
+        "flags": manifest["flags"],
+        "splits": dict(sorted(Counter(r["split"] or "none" for r in rows).items())),
+        "distributions": {name: _stats(values) for name, values in series.items()},
+        "e3fp": {
+            "bits": manifest["params"]["featurize.e3fp"]["bits"],
+            "distinct_identifiers_per_level": [len(c) for c in usage],
+            "atoms_without_shell_per_level": [
+                sum(1 for r in rows for atom in (r["e3fp"] or []) if atom[level] < 0) for level in range(levels)
+            ],
+        },
+        "rejects": rejects.num_rows,
+    }
+    if contract is not None:
+        summary["contract"] = {key: getattr(contract, key) for key in ("success", "evaluated", "failed", "warnings")}
+    return summary
+
+
+def _stats(values: list) -> dict:
+    if not values:
+        return {"n": 0}
+    array = np.asarray(values, dtype=float)
+    q = np.percentile(array, [5, 50, 95])
+    return {"n": int(array.size), "min": float(array.min()), "p05": float(q[0]), "median": float(q[1]),
+            "p95": float(q[2]), "max": float(array.max()), "mean": round(float(array.mean()), 4)}
+
+
+def _plots(series: dict[str, list], summary: dict, manifest: dict, usage: list[Counter], out: Path) -> list[tuple[str, str]]:
+    """PNG files under out/plots/; returns (file, caption) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+
+    def save(fig, name: str, caption: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / "plots" / name, dpi=96)
+        plt.close(fig)
+        made.append((f"plots/{name}", caption))
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, (name, label) in zip(axes, [("heavy_atoms", "heavy atoms"), ("smiles_length", "SMILES length (characters)"),
+                                        ("description_words", "description length (words)")]):
+        ax.hist(series[name], bins=50, color="#3b6ea5")
+        ax.set_xlabel(label)
+        ax.set_ylabel("molecules")
+    save(fig, "sizes.png", "Molecule size, SMILES length and description length")
+
+    fig, axes = plt.subplots(2, 5, figsize=(15, 5.5))
+    for ax, name in zip(axes.flat, PROPERTY_COLUMNS):
+        ax.hist(series[name], bins=40, color="#5a9367")
+        ax.set_title(name, fontsize=10)
+    save(fig, "properties.png", "Computed properties (RDKit)")
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, (counts, title, colour) in zip(axes, [
+        (manifest["conformer_sources"], "conformer source", "#a56b3b"),
+        (manifest["flags"] or {"(none)": 0}, "flags", "#7a5aa5"),
+        (manifest["rejected_by_reason"] or {"(no rejects)": 0}, "reject reasons", "#a53b3b"),
+    ]):
+        ax.barh(list(counts), list(counts.values()), color=colour)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("molecules")
+    save(fig, "mix.png", "Conformer sources, flags and reject reasons")
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
+    levels = len(usage)
+    for level, counter in enumerate(usage):
+        frequencies = sorted(counter.values(), reverse=True)
+        if frequencies:
+            axes[0].loglog(range(1, len(frequencies) + 1), frequencies, label=f"level {level}")
+    axes[0].set_xlabel("identifier rank")
+    axes[0].set_ylabel("atoms using it")
+    axes[0].legend(fontsize=8)
+    axes[1].bar([f"level {i}" for i in range(levels)], summary["e3fp"]["distinct_identifiers_per_level"], color="#3b8ea5")
+    axes[1].axhline(summary["e3fp"]["bits"], color="grey", linestyle="--", linewidth=1)
+    axes[1].set_title(f"distinct identifiers of {summary['e3fp']['bits']} bits", fontsize=10)
+    save(fig, "e3fp.png", "E3FP identifier usage per level")
+    return made
+
+
+def _gallery(version_dir: Path, table: pa.Table, params: Params, out: Path) -> list[dict]:
+    """A seeded sample of molecules, flagged ones first, as thumbnails with their text."""
+    size = params.report.gallery_size
+    flag_lists = table.column("flags").to_pylist()
+    flagged = [i for i, flags in enumerate(flag_lists) if flags]
+    plain = [i for i, flags in enumerate(flag_lists) if not flags]
+    rng = random.Random(params.report.gallery_seed)
+    chosen = rng.sample(flagged, min(len(flagged), size // 3))
+    chosen += rng.sample(plain, min(len(plain), size - len(chosen)))
+    images = _images_at(version_dir, chosen)
+    items = []
+    for i in sorted(chosen):
+        row = table.slice(i, 1).to_pylist()[0]
+        name = f"gallery/{row['cid']}.png"
+        with Image.open(io.BytesIO(images[i])) as image:
+            image.thumbnail((params.report.thumbnail_px, params.report.thumbnail_px))
+            image.save(out / name, optimize=True)
+        items.append({"cid": row["cid"], "image": name, "smiles": row["smiles"], "description": row["description"] or "",
+                      "flags": row["flags"], "conformer_source": row["conformer_source"]})
+    return items
+
+
+def _images_at(version_dir: Path, indices: list[int]) -> dict[int, bytes]:
+    """PNGs of the given rows (indices over the whole version), reading only the parts that hold them."""
+    wanted, out, start = sorted(indices), {}, 0
+    for part in read_manifest(version_dir)["parts"]:
+        stop = start + part["rows"]
+        rows = [i - start for i in wanted if start <= i < stop]
+        if rows:
+            column = pq.read_table(Path(version_dir) / part["path"], columns=["image_png"]).column("image_png")
+            out.update({start + r: column[r].as_py() for r in rows})
+        start = stop
+    return out
+
+
+def write_data_report(version_dir: Path, params: Params, contract: ContractResult | None = None,
+                      out: Path | None = None) -> Path:
+    """Write the page and summary.json for one shard version; returns the page's path."""
+    version_dir = Path(version_dir)
+    out = Path(out) if out else params.paths.reports_dir / "data"
+    manifest = read_manifest(version_dir)
+    table = read_shards(version_dir, columns=SUMMARY_COLUMNS)
+    rejects = read_shard_rejects(version_dir)
+    for sub in ("plots", "gallery"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    rows = table.to_pylist()
+    usage = e3fp_usage(rows, manifest["params"]["featurize.e3fp"]["level"] + 1)
+    series = distribution_series(rows)
+    summary = data_summary(rows, rejects, manifest, contract, usage, series)
+    plots = _plots(series, summary, manifest, usage, out)
+    gallery = _gallery(version_dir, table, params, out)
+    summary["plots"] = [path for path, _ in plots]
+    summary["gallery"] = [item["cid"] for item in gallery]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    docs = _relative_docs(contract, out)
+    page = out / "index.html"
+    page.write_text(_page(summary, plots, gallery, rejects.slice(0, 50).to_pylist(), docs), encoding="utf-8")
+    return page
+
+
+def _relative_docs(contract: ContractResult | None, out: Path) -> str | None:
+    if contract is None or not contract.data_docs:
+        return None
+    target = Path(contract.data_docs.removeprefix("file://"))
+    try:
+        return str(target.relative_to(out.resolve()))
+    except ValueError:
+        return contract.data_docs
+
+
+PAGE_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1400px}
+h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table.counts td{padding:.2rem .8rem}.ok{color:#1a7f37}.bad{color:#b42318}.warn{color:#9a6700}
+figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1rem}
+.card{border:1px solid #ddd;border-radius:6px;padding:.5rem;font-size:.8rem;overflow-wrap:anywhere}
+.card img{width:100%;height:auto}.smiles{font-family:monospace;color:#555}.flag{background:#fff3cd;padding:0 .3rem;margin-right:.2rem}
+"""
+
+IMAGES_LOADED_SCRIPT = """
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images-loaded', loaded + '/' + images.length);
+});
+"""
+
+
+def _page(summary: dict, plots: list[tuple[str, str]], gallery: list[dict], rejects: list[dict], docs: str | None) -> str:
+    e = html.escape
+    counts = summary["counts"]
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>Data quality: {e(summary['dataset'])} {e(summary['version'])}</title><style>{PAGE_STYLE}</style></head><body>",
+             f"<h1>Data quality: {e(summary['dataset'])} shard version <code>{e(summary['version'])}</code></h1>"]
+    contract = summary.get("contract")
+    if contract:
+        verdict = "<span class='ok'>passed</span>" if contract["success"] else "<span class='bad'>failed</span>"
+        parts.append(f"<p>Data contract {verdict}: {contract['evaluated']} expectations evaluated, "
+                     f"{len(contract['failed'])} critical failures, {len(contract['warnings'])} warnings."
+                     + (f" <a href='{e(docs)}'>Great Expectations Data Docs</a>" if docs else "") + "</p>")
+        items = [f"<li class='bad'>{e(n)}</li>" for n in contract["failed"]]
+        items += [f"<li class='warn'>{e(n)} (warning)</li>" for n in contract["warnings"]]
+        if items:
+            parts.append(f"<ul id='failed-expectations'>{''.join(items)}</ul>")
+    parts.append("<h2>Counts</h2><table class='counts'>")
+    parts.append(f"<tr><td>input rows</td><td>{counts['input_rows']}</td></tr>"
+                 f"<tr><td>accepted</td><td>{counts['accepted']}</td></tr>"
+                 f"<tr><td>rejected</td><td>{counts['rejected']} ({summary['reject_rate']:.2%})</td></tr>")
+    for reason, count in summary["rejected_by_reason"].items():
+        parts.append(f"<tr><td>&nbsp;&nbsp;rejected: {e(reason)}</td><td>{count}</td></tr>")
+    for split, count in summary["splits"].items():
+        parts.append(f"<tr><td>split {e(split)}</td><td>{count}</td></tr>")
+    parts.append("</table><h2>Distributions</h2>")
+    for path, caption in plots:
+        parts.append(f"<figure><img src='{e(path)}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("<h2>Gallery</h2><div class='gallery' id='gallery'>")
+    for item in gallery:
+        flags = "".join(f"<span class='flag'>{e(f)}</span>" for f in item["flags"])
+        parts.append(f"<div class='card'><img src='{e(item['image'])}' alt='CID {item['cid']}'>"
+                     f"<div><b>CID {item['cid']}</b> · conformer {e(item['conformer_source'])} {flags}</div>"
+                     f"<div class='smiles'>{e(item['smiles'])}</div><div>{e(item['description'][:400])}</div></div>")
+    parts.append("</div>")
+    if rejects:
+        parts.append("<h2>Rejected molecules</h2><table class='counts'><tr><th>CID</th><th>reason</th><th>detail</th><th>SMILES</th></tr>")
+        for r in rejects:
+            parts.append(f"<tr><td>{r['cid']}</td><td>{e(r['reason'])}</td><td>{e(r['detail'][:200])}</td>"
+                         f"<td class='smiles'>{e((r['raw_smiles'] or '')[:120])}</td></tr>")
+        parts.append("</table>")
+    parts.append(f"<script>{IMAGES_LOADED_SCRIPT}</script></body></html>")
+    return "\n".join(parts)

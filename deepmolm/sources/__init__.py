@@ -1,1 +1,0 @@
-"""Sources: read or fetch molecules (ChEBI-20, PubChem, local TSV) into raw tables."""

@@ -1,0 +1,110 @@
+"""Instruction examples -> batches of model tensors, and the order in which a worker sees them.
+
+A row refers to its drawing by shard part and row; `processing` decodes and shrinks it, and it stays
+uint8 until `model_inputs` moves the batch to its device and normalises it with CLIP's mean and std
+there. Labels are -100 on the prompt and image positions and the response ids (end token included)
+after them (`processing.encode_example`). A batch pads token sequences on the right (pad id, label
+-100, attention 0) and E3FP arrays to the batch's largest molecule with -1, the projector's padding
+value.
+
+`epoch_batches` is the order: a seeded permutation of every row per epoch, dealt to the workers,
+so a molecule's examples are spread over the epoch and a resumed run sees exactly the batches an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepmolm.data.instructions import instruction_shards, read_instructions
+from deepmolm.models.deepmolm.processing import IGNORE, cached_pixels, encode_example, normalise_pixels
+
+
+def label_tokens(labels: torch.Tensor) -> int:
+    """The positions a causal LM's loss counts in a batch (its labels shifted by one)."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+def token_weight(labels: torch.Tensor, labels_per_batch: float) -> float:
+    """What a batch's mean token loss is multiplied by in its step: its label tokens over the mean per
+    batch of the whole training set. Summed over an epoch, the objective is then the total token loss
+    over a constant, whichever batches the rows fall in: grouping by length (short property
+    answers in one batch, long captions in another) reorders the rows but reweights no token."""
+    return label_tokens(labels) / labels_per_batch
+
+
+def epoch_batches(rows: int, *, seed: int, epoch: int, rank: int, world: int, batch_size: int,
+                  lengths: list[int] | None = None, group_steps: int = 0) -> list[list[int]]:
+    """The row indices of each of a worker's batches in one epoch, a function of these arguments only
+    (so a resume skips exactly the batches already trained on).
+
+    One seeded permutation of every row, cut into steps of `world * batch_size` rows, each step's rows
+    dealt round-robin to the workers; every worker gets `rows // world // batch_size` batches. With
+    `lengths` and `group_steps`, each run of `group_steps` steps of the permutation is sorted by length
+    and the steps are then shuffled: a batch pads to lengths like its own (a property answer is a
+    third of a caption), and the workers of one step wait on equally long batches."""
+    rng = np.random.default_rng([seed, epoch])
+    step_rows = world * batch_size
+    steps = rows // step_rows
+    order = rng.permutation(rows)[: steps * step_rows]
+    if lengths is not None and group_steps > 0:
+        size = np.asarray(lengths)
+        group = group_steps * step_rows
+        order = np.concatenate([chunk[np.argsort(-size[chunk], kind="stable")]
+                                for chunk in np.split(order, range(group, len(order), group))])
+        step_order = rng.permutation(steps)
+    else:
+        step_order = np.arange(steps)
+    return [order[s * step_rows:(s + 1) * step_rows][rank::world].tolist() for s in step_order]
+
+
+def collate(examples: list[dict], pad_id: int, e3fp_levels: int) -> dict[str, torch.Tensor]:
+    longest = max(len(e["input_ids"]) for e in examples)
+    atoms = max([len(e["e3fp"]) for e in examples if e["e3fp"] is not None] + [1])
+    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), longest), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(examples), longest), dtype=torch.long)
+    e3fp = torch.full((len(examples), atoms, e3fp_levels), -1, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        input_ids[i, :n] = torch.as_tensor(e["input_ids"])
+        labels[i, :n] = torch.as_tensor(e["labels"])
+        attention[i, :n] = 1
+        if e["e3fp"]:
+            e3fp[i, : len(e["e3fp"])] = torch.as_tensor(e["e3fp"])
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
+            "pixels": torch.stack([e["pixels"] for e in examples]), "e3fp": e3fp}
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A collated batch on `device`, its pixels normalised there: what the model's forward takes."""
+    moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    moved["pixel_values"] = normalise_pixels(moved.pop("pixels"))
+    return moved
+
+
+class InstructionDataset(torch.utils.data.Dataset):
+    """Instruction rows (all of an instruction set directory's, or the given ones) with the drawings
+    of its shard version."""
+
+    def __init__(self, directory: Path, tokenizer, *, image_size: int, image_tokens: int, max_length: int,
+                 rows: list[dict] | None = None):
+        self.directory = Path(directory)
+        self.shards = instruction_shards(self.directory)
+        self.rows = rows if rows is not None else read_instructions(self.directory).select(
+            ["prompt", "response", "image_part", "image_row", "e3fp"]).to_pylist()
+        self.tokenizer, self.image_size, self.image_tokens, self.max_length = tokenizer, image_size, image_tokens, max_length
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        return {**encode_example(row["prompt"], row["response"], self.tokenizer, self.image_tokens, self.max_length),
+                "pixels": cached_pixels(str(self.shards / row["image_part"]), row["image_row"], self.image_size),
+                "e3fp": row["e3fp"]}
+
+

@@ -1,0 +1,193 @@
+"""The driver side of training: plan a stage, run it as a Ray Train TorchTrainer, export its model.
+
+The run's name is a digest of everything that decides what is learned (stages.run_name), and its
+checkpoints live under `<train.runs_dir>/<name>/`. Ray Train (V2) reloads that directory's checkpoint
+list when a run of the same name starts, so running the same command again after a crash or a kill
+resumes from the last checkpoint instead of starting over; a worker that dies mid-run is replaced
+and the group restarts from the last checkpoint, up to `train.max_failures` times.
+
+Outputs: the exported model in `<models_dir>/stage<N>/` (safetensors, config, tokenizer,
+provenance.json) and the metrics in `<reports_dir>/train/stage<N>/`: steps.csv (one row per optimizer
+step, for `dvc plots`), epochs.csv (training and held-out loss per epoch) and summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.fs
+
+from deepmolm.config import ConfigError, Params
+from deepmolm.data.instructions import instruction_shards, resolve_instruction_set
+from deepmolm.runtime.run_log import log_run, portable_path
+from deepmolm.store.versions import MANIFEST
+from deepmolm.training.deepmolm.loop import EXPORT, HISTORY, STATE
+from deepmolm.training.deepmolm.rows import stage_rows
+from deepmolm.training.deepmolm.stages import PROVENANCE, run_name
+from deepmolm.training.strategy import deepspeed_config
+
+STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm")
+THROUGHPUT_COLUMNS = ("step", "samples_per_s", "tokens_per_s", "seconds")  # the run log's: the machine's speed
+RUN_FACTS = ("seconds", "checkpoint", "resumed_from")  # of this run, not of its inputs: the run log's
+EPOCH_COLUMNS = ("epoch", "step", "train_loss", "holdout_loss")
+
+
+def stage_paths(params: Params, stage: int, instructions: Path | None, tokenizer: Path | None,
+                init: Path | None, out: Path | None) -> dict[str, Path | None]:
+    """Defaults: the newest instruction set under paths.instructions_dir; stage 1 uses the tokenizer
+    artifact in <models_dir>/tokenizer, stage 2 starts from <models_dir>/stage1 and its tokenizer."""
+    models = params.train.models_dir
+    if stage == 2:
+        init = init or models / "stage1"
+    elif init is not None:
+        raise ConfigError("stage 1 starts from the preset and train.init's pretrained parts, not from --init")
+    paths = {
+        "instructions": resolve_instruction_set(instructions or params.paths.instructions_dir),
+        "tokenizer": tokenizer or (init if stage == 2 else models / "tokenizer"),
+        "init": init,
+        "out": out or models / f"stage{stage}",
+        "metrics": params.paths.reports_dir / "train" / f"stage{stage}",
+    }
+    return {key: None if path is None else Path(path).resolve() for key, path in paths.items()}  # workers have their own cwd
+
+
+def plan_stage(params: Params, stage: int, paths: dict) -> dict:
+    """Rows, steps and the run's name, decided on the driver before any worker starts."""
+    train, stage_params = params.train, params.train.stage(stage)
+    if not Path(paths["tokenizer"]).is_dir():
+        raise FileNotFoundError(f"no tokenizer at {paths['tokenizer']} (make one with `deepmolm model tokenizer`)")
+    instruction_shards(paths["instructions"])  # the drawings must be there before any worker starts
+    if stage == 2 and not (paths["init"] / "config.json").is_file():
+        raise FileNotFoundError(f"stage 2 starts from stage 1's exported model; none at {paths['init']}")
+    from deepmolm.models.deepmolm.presets import model_config
+    from deepmolm.models.deepmolm.tokenizer import load_tokenizer
+
+    selected = stage_rows(params, stage, paths["instructions"], load_tokenizer(paths["tokenizer"]),
+                          model_config(params).encoder_spec().tokens)
+    rows = selected["counts"]["train"]
+    per_worker = rows // train.scaling.workers
+    steps_per_epoch = per_worker // train.micro_batch_size // train.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{rows} training examples (splits {train.splits}, tasks {stage_params.tasks}, "
+                          f"train.holdout and too long ones left out) are not one step for "
+                          f"{train.scaling.workers} workers x micro_batch_size {train.micro_batch_size} x "
+                          f"grad_accum_steps {train.grad_accum_steps}")
+    manifest = json.loads((paths["instructions"] / MANIFEST).read_text())
+    name = run_name(stage, params, manifest.get("id", paths["instructions"].name), paths["tokenizer"], paths["init"])
+    bf16 = train.precision == "bf16" or (train.precision == "auto" and train.scaling.use_gpu)
+    local = None if "://" in train.runs_dir else str(Path(train.runs_dir) / name)
+    return {
+        "run": name, "rows": rows, "row_counts": selected["counts"], "selected_rows": selected,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": stage_params.max_steps or stage_params.epochs * steps_per_epoch,
+        "bf16": bf16, "instructions": str(paths["instructions"]), "local_run_dir": local,
+        "provenance": {"instructions": portable_path(paths["instructions"]),
+                       "init": portable_path(paths["init"]) if paths["init"] else None},
+        "deepspeed_config": deepspeed_config(params.train, bf16) if train.strategy == "deepspeed" else None,
+    }
+
+
+def up_to_date(out: Path, run: str) -> bool:
+    provenance = Path(out) / PROVENANCE
+    return provenance.is_file() and json.loads(provenance.read_text()).get("run") == run
+
+
+def run_stage(params: Params, stage: int, *, instructions: Path | None = None, tokenizer: Path | None = None,
+              init: Path | None = None, out: Path | None = None) -> dict:
+    """Train one stage (or find it already trained) and return its summary."""
+    paths = stage_paths(params, stage, instructions, tokenizer, init, out)
+    plan = plan_stage(params, stage, paths)
+    summary_path = paths["metrics"] / "summary.json"
+    if up_to_date(paths["out"], plan["run"]) and summary_path.is_file():
+        return {**json.loads(summary_path.read_text()), "up_to_date": True}
+    selected = plan.pop("selected_rows")
+    _write_run_file(params.train.runs_dir, plan["run"], "plan.json", plan)
+    if plan["deepspeed_config"] is not None:
+        _write_run_file(params.train.runs_dir, plan["run"], "deepspeed_config.json", plan["deepspeed_config"])
+    started = time.perf_counter()
+    result = _fit(params, stage, paths, plan, {part: selected[part] for part in ("train", "holdout")})
+    with result.checkpoint.as_directory() as directory:
+        directory = Path(directory)
+        history = [json.loads(line) for line in (directory / HISTORY).read_text().splitlines() if line]
+        state = json.loads((directory / STATE).read_text())
+        if not (directory / EXPORT).is_dir():
+            raise RuntimeError(f"the run's last checkpoint {result.checkpoint.path} holds no exported model")
+        staging = paths["out"].with_name(paths["out"].name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(directory / EXPORT, staging)
+    shutil.rmtree(paths["out"], ignore_errors=True)
+    staging.rename(paths["out"])
+    summary = {
+        "stage": stage, "run": plan["run"], "strategy": params.train.strategy, "workers": params.train.scaling.workers,
+        "rows": plan["rows"], "row_counts": plan["row_counts"], "steps": state["step"],
+        "total_steps": plan["total_steps"],
+        "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
+        "holdout_loss": state["epochs"][-1]["holdout_loss"] if state.get("epochs") else None,
+        "resumed_from": state["resumed_from"], "seconds": round(time.perf_counter() - started, 1),
+        "model": portable_path(paths["out"]), "checkpoint": result.checkpoint.path,
+        "instructions": plan["provenance"]["instructions"],
+        "precision": "bf16" if plan["bf16"] else "fp32", "up_to_date": False,
+    }
+    write_metrics(paths["metrics"], history, state.get("epochs", []), summary)
+    timing = params.paths.logs_dir / "train" / plan["run"]
+    _write_csv(timing / "throughput.csv", THROUGHPUT_COLUMNS, history)
+    log_run(params.paths.logs_dir, "train", paths["out"], stage=stage, run=plan["run"], throughput=str(timing),
+            **{key: summary[key] for key in RUN_FACTS})
+    return summary
+
+
+def write_metrics(directory: Path, history: list[dict], epochs: list[dict], summary: dict) -> None:
+    """The stage's DVC metrics and plots: what the inputs decide (the run log has the rest)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_csv(directory / "steps.csv", STEP_COLUMNS, history)
+    _write_csv(directory / "epochs.csv", EPOCH_COLUMNS, epochs)
+    recorded = {key: value for key, value in summary.items() if key not in RUN_FACTS}
+    (directory / "summary.json").write_text(json.dumps(recorded, indent=2) + "\n")
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_run_file(runs_dir: str, run: str, name: str, content: dict) -> None:
+    """Next to the run's checkpoints, on whatever filesystem `runs_dir` names."""
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(runs_dir)
+    filesystem.create_dir(f"{root}/{run}", recursive=True)
+    with filesystem.open_output_stream(f"{root}/{run}/{name}") as handle:
+        handle.write(json.dumps(content, indent=2).encode())
+
+
+def _fit(params: Params, stage: int, paths: dict, plan: dict, rows: dict[str, list[dict]]):
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from deepmolm.training.deepmolm.loop import train_worker
+
+    train = params.train
+    if not ray.is_initialized():
+        ray.init(address=train.ray_address, log_to_driver=True, configure_logging=False)
+    scaling = train.scaling
+    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"params": params, "stage": stage, "plan": plan, "tokenizer": str(paths["tokenizer"]),
+                           "init": str(paths["init"]) if paths["init"] else None, "rows": rows},
+        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=plan["run"], storage_path=train.runs_dir,
+                             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=train.max_failures)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result

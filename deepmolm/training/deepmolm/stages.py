@@ -1,0 +1,152 @@
+"""What each training stage starts from and what it trains.
+
+Stage 1 (alignment) builds the model from the preset, loads the pretrained parts named in
+`train.init` (random where null), and trains only what `train.stage1.trainable` lists (the Fusion
+Projector). Stage 2 (instruction tuning) starts from stage 1's exported model and trains the parts in
+`train.stage2.trainable`; with `lora.enabled`, the LLM's own weights stay frozen and peft's LoRA
+adapters on `target_modules` train instead, merged back into the LLM when the model is exported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from deepmolm.config import ConfigError, LoraParams, Params, StageParams
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.models.deepmolm.tokenizer import image_token_id
+from deepmolm.models.deepmolm.weights import load_pretrained_part
+
+PROVENANCE = "provenance.json"  # in an exported model: which run made it, from what
+
+
+def initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) -> DeepMoLMForCausalLM:
+    """Stage 1: the preset, random, with `train.init`'s pretrained parts; stage 2: `init_dir`.
+    In training mode: from_pretrained returns a model in eval mode, which would silently turn
+    dropout (LoRA's included) off for the whole of stage 2."""
+    return _initial_model(params, stage, tokenizer, init_dir).train()
+
+
+def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) -> DeepMoLMForCausalLM:
+    if stage == 2:
+        if init_dir is None or not (Path(init_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"stage 2 starts from stage 1's exported model; none at {init_dir}")
+        model = DeepMoLMForCausalLM.from_pretrained(init_dir, local_files_only=True)
+        if model.config.qwen2().vocab_size < len(tokenizer):
+            raise ConfigError(f"{init_dir} has {model.config.qwen2().vocab_size} token embeddings, "
+                              f"the tokenizer {len(tokenizer)}")
+        return model
+    init = params.train.init
+    preset_vocab = params.model.presets[params.model.preset].language.vocab_size
+    if init.language is not None and preset_vocab < len(tokenizer):
+        raise ConfigError(f"model.presets.{params.model.preset}.language.vocab_size ({preset_vocab}) is smaller than "
+                          f"the tokenizer ({len(tokenizer)}) and train.init.language fixes the embedding size")
+    vocab = preset_vocab if init.language is not None else len(tokenizer)
+    torch.manual_seed(params.train.seed)  # the same random start on every worker
+    model = DeepMoLMForCausalLM(model_config(params, vocab_size=vocab, image_token_id=image_token_id(tokenizer)))
+    for part in ("sam", "clip", "language"):
+        path = getattr(init, part)
+        if path is not None:
+            load_pretrained_part(model, part, path)
+    return model
+
+
+def random_parts(params: Params, stage: int) -> set[str]:
+    """The parts that start from random weights (no `train.init` file) and, with
+    `train.train_random_parts`, train in every stage. The paper freezes a pretrained DeepEncoder in
+    both stages and a pretrained LLM in stage 1; a random part that stays frozen only adds noise
+    (a random encoder's tokens, a random LM that the projector is aligned into)."""
+    if not params.train.train_random_parts:
+        return set()
+    init = params.train.init
+    parts = set()
+    if init.sam is None and init.clip is None:
+        parts.add("encoder")
+    if init.language is None:
+        parts.add("language_model")
+    return parts
+
+
+def set_trainable(model: torch.nn.Module, stage: StageParams, extra: set[str] = frozenset()) -> dict[str, int]:
+    """Freeze everything, then unfreeze the stage's parts and `extra` (only LoRA adapters of the LLM
+    when LoRA is on). Returns trainable and frozen parameter counts."""
+    model.requires_grad_(False)
+    lora = stage.lora is not None and stage.lora.enabled
+    for part in [*stage.trainable, *sorted(extra - set(stage.trainable))]:
+        if part == "language_model" and lora:
+            continue
+        getattr(model, part).requires_grad_(True)
+    if lora:
+        if "language_model" not in stage.trainable:
+            raise ConfigError("lora.enabled needs language_model in the stage's trainable parts")
+        for name, parameter in model.language_model.named_parameters():
+            parameter.requires_grad_("lora_" in name)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "frozen": sum(p.numel() for p in model.parameters()) - trainable}
+
+
+def add_lora(model: DeepMoLMForCausalLM, lora: LoraParams) -> None:
+    """Wrap the LLM in peft's LoRA (its weights frozen, adapters on `target_modules`)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    model.language_model = get_peft_model(model.language_model, config)
+
+
+def merge_lora(model: DeepMoLMForCausalLM) -> DeepMoLMForCausalLM:
+    """Fold the adapters into the LLM's weights, so the export is a plain DeepMoLM checkpoint."""
+    if hasattr(model.language_model, "merge_and_unload"):
+        model.language_model = model.language_model.merge_and_unload()
+    return model
+
+
+def lora_enabled(stage: StageParams) -> bool:
+    return stage.lora is not None and stage.lora.enabled
+
+
+def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Path, init_dir: Path | None) -> str:
+    """Same inputs, same name: Ray Train finds the run's checkpoints under it and resumes.
+
+    Not in the key: where the run is stored and the failure budget, which do not change what is
+    learned. The worker count and batch sizes are: they change the effective batch."""
+    train = params.train.model_dump(mode="json")
+    for key in ("runs_dir", "models_dir", "ray_address", "max_failures", "loader_batches_ahead", "loader_workers",
+                "cluster", "stage1", "stage2", "checkpoint_every_steps", "keep_checkpoints"):
+        train.pop(key)
+    key = {
+        "stage": stage,
+        "stage_params": params.train.stage(stage).model_dump(mode="json"),
+        "train": train,
+        "model": params.model.model_dump(mode="json", exclude={"generation"}),
+        "e3fp": params.featurize.e3fp.model_dump(mode="json"),
+        "instructions": instructions_id,
+        "tokenizer": _files_digest(Path(tokenizer_dir)),
+        "init": _init_identity(init_dir) if stage == 2 else None,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"stage{stage}-{digest}"
+
+
+def _init_identity(init_dir: Path | None) -> str | None:
+    """Stage 1's run name when its export says it (cheap), else a digest of its files."""
+    if init_dir is None:
+        return None
+    provenance = Path(init_dir) / PROVENANCE
+    if provenance.is_file():
+        return json.loads(provenance.read_text())["run"]
+    return _files_digest(Path(init_dir))
+
+
+def _files_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

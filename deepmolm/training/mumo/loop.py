@@ -1,0 +1,237 @@
+"""What MuMo's Ray Train workers run: MLM pretraining, and the fine-tuning grid of the benchmark.
+
+Both step the model through the DeepMoLM stages' DDP strategy (AdamW, warmup + cosine, clipping,
+all-reduced gradients) and report checkpoints through `ray.train.report`, so a killed worker group
+or a re-run of the same run name resumes: pretraining from its last step, the grid from its last
+finished fine-tuning run. Every rank takes its slice of each global batch of a seeded permutation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepmolm.models.mumo.processing import Molecule, mask_tokens, model_inputs
+from deepmolm.training.deepmolm.loop import optimizer_step, seed_everything
+from deepmolm.training.metrics import regression_errors
+
+STATE = "state.json"
+HISTORY = "history.jsonl"
+RESULTS = "results.jsonl"
+EXPORT = "model"
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[np.ndarray]:
+    """This rank's share of each full global batch of a seeded shuffle (the last partial one is dropped;
+    a set smaller than one batch is one batch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    size = min(batch_size, n)
+    return [order[start:start + size][rank::world] for start in range(0, n - size + 1, size)]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size)
+
+
+def _to(inputs: dict, device: torch.device) -> dict:
+    return {key: value.to(device) for key, value in inputs.items()}
+
+
+def _context():
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    return context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
+
+
+def _restore():
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        directory = Path(directory)
+        saved = {name: (directory / name).read_text() for name in (STATE, HISTORY, RESULTS) if (directory / name).is_file()}
+        weights = {p.name: p.read_bytes() for p in directory.iterdir() if p.suffix in (".safetensors", ".pt")}
+    return saved, weights
+
+
+def _report(files: dict[str, str], strategy, rank: int, metrics: dict, name: str, export=None) -> None:
+    """A checkpoint of the text files (and the strategy's state, and an exported model at the end)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        if strategy is not None:
+            strategy.save(directory, rank)
+        if rank == 0:
+            for filename, text in files.items():
+                (directory / filename).write_text(text)
+            if export is not None:
+                export(directory / EXPORT)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
+                         checkpoint_dir_name=name)
+
+
+def pretrain_worker(config: dict) -> None:
+    """Masked-language modelling on SMILES, with each molecule's structural prior injected."""
+    import ray
+
+    from deepmolm.models.mumo.modeling import MuMoForMaskedLM
+    from deepmolm.models.mumo.presets import mumo_config
+    from deepmolm.training.strategy import DDPStrategy
+
+    params, plan, tokenizer = config["params"], config["plan"], config["tokenizer"]
+    molecules: list[Molecule] = ray.get(config["molecules"])
+    rank, world, device = _context()
+    run = params.mumo.pretrain
+    seed_everything(params.train.seed)
+    model = MuMoForMaskedLM(mumo_config(params, vocab_size=len(tokenizer)))
+    strategy = DDPStrategy(model, params.train, run, plan["total_steps"], device, False)
+    state, history = {"step": 0, "epoch": 0, "resumed_from": []}, []
+    if (restored := _restore()) is not None:
+        files, weights = restored
+        saved = json.loads(files[STATE])
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in weights.items():
+                (Path(tmp) / name).write_bytes(data)
+            strategy.load(Path(tmp))
+        history = [json.loads(line) for line in files[HISTORY].splitlines() if line]
+        state = {**saved, "resumed_from": [*saved["resumed_from"], saved["step"]]}
+    total = plan["total_steps"]
+    generator = torch.Generator().manual_seed(params.train.seed * 7919 + rank)
+
+    def export(out: Path) -> None:
+        strategy.module.save_pretrained(str(out))
+        # the backend keeps the last call's truncation and padding and would save them: a run resumed
+        # at its final checkpoint encodes nothing first, and its tokenizer.json came out other bytes
+        tokenizer.backend_tokenizer.no_truncation()
+        tokenizer.backend_tokenizer.no_padding()
+        tokenizer.save_pretrained(str(out))
+        (out / "provenance.json").write_text(json.dumps({"run": plan["run"], "steps": state["step"],
+                                                         "shards": plan["shards"], "molecules": len(molecules)}, indent=2))
+
+    def files() -> dict[str, str]:
+        return {STATE: json.dumps(state), HISTORY: "".join(json.dumps(row) + "\n" for row in history)}
+
+    if rank == 0:
+        print(f"[mumo] pretraining: {total} steps on {world} worker(s), {len(molecules)} molecules", flush=True)
+    while state["step"] < total:
+        batches = epoch_batches(len(molecules), run.batch_size, params.train.seed, state["epoch"], rank, world)
+        skip = state["step"] - state["epoch"] * len(batches)
+        for index in batches[skip:]:
+            started = time.perf_counter()
+            chosen = [molecules[i] for i in index]
+            inputs = mask_tokens(model_inputs(tokenizer, chosen, params.mumo.max_length), tokenizer,
+                                 run.mask_ratio, generator)
+            row = optimizer_step(strategy, [_to(inputs, device)], world, started, state["epoch"])
+            state["step"] += 1
+            history.append({"step": state["step"], **row})
+            if rank == 0 and state["step"] % max(1, total // 20) == 0:
+                print(f"[mumo] pretrain step {state['step']}/{total} loss {row['loss']:.4f}", flush=True)
+            if state["step"] >= total:
+                break
+            if state["step"] % params.train.checkpoint_every_steps == 0:
+                _report(files(), strategy, rank, {"step": state["step"]}, f"checkpoint_{state['step']:07d}")
+        else:
+            state["epoch"] += 1
+    state["final"] = True
+    _report(files(), strategy, rank, {"step": state["step"], "final": True}, f"checkpoint_{state['step']:07d}_final",
+            export=export)
+
+
+def predict(module, tokenizer, molecules: list[Molecule], max_length: int, device, batch_size: int = 64) -> np.ndarray:
+    module.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(molecules), batch_size):
+            inputs = _to(model_inputs(tokenizer, molecules[start:start + batch_size], max_length), device)
+            out.append(module(**inputs).logits[:, 0].float().cpu().numpy())
+    module.train()
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def finetune_once(params, job: dict, parts: dict[str, list[Molecule]], noisy: dict[float, list[Molecule]],
+                  tokenizer, pretrained: str, rank: int, world: int, device) -> dict:
+    """One fine-tuning run: train on `train`, keep the epoch with the best validation RMSE, score
+    `test` (and the same test molecules with noisy conformers) with it."""
+    from deepmolm.models.mumo.modeling import MuMoForPropertyPrediction
+    from deepmolm.training.strategy import DDPStrategy
+
+    run, started = params.mumo.finetune, time.perf_counter()
+    seed_everything(job["seed"])
+    train, valid, test = parts["train"], parts["valid"], parts["test"]
+    targets = np.array([m.target for m in train])
+    mean, std = float(targets.mean()), float(targets.std() or 1.0)
+    model = MuMoForPropertyPrediction.from_pretrained(pretrained, injection_layer=job["injection_layer"],
+                                                      num_targets=1, target_kind="regression")
+    per_epoch = steps_per_epoch(len(train), run.batch_size)
+    total = run.max_steps or run.epochs * per_epoch
+    strategy = DDPStrategy(model, params.train, run, total, device, False)
+    best, best_state, curve, step, epoch = float("inf"), None, [], 0, 0
+    while step < total:
+        losses = []
+        for index in epoch_batches(len(train), run.batch_size, job["seed"], epoch, rank, world):
+            chosen = [train[i] for i in index]
+            inputs = model_inputs(tokenizer, chosen, params.mumo.max_length)
+            inputs["labels"] = torch.tensor([(m.target - mean) / std for m in chosen], dtype=torch.float32)
+            row = optimizer_step(strategy, [_to(inputs, device)], world, time.perf_counter(), epoch)
+            losses.append(row["loss"])
+            step += 1
+            if step >= total:
+                break
+        valid_rmse = float("nan")
+        if valid:  # a scaffold split of a tiny set can leave it empty: then the last epoch is kept
+            predicted = predict(strategy.module, tokenizer, valid, params.mumo.max_length, device) * std + mean
+            valid_rmse = regression_errors(np.array([m.target for m in valid]), predicted)["rmse"]
+        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_rmse": valid_rmse})
+        if not valid or valid_rmse < best:
+            best, best_state = valid_rmse, copy.deepcopy(strategy.module.state_dict())
+        epoch += 1
+    strategy.module.load_state_dict(best_state)
+    truth = np.array([m.target for m in test])
+    score = {"test": regression_errors(truth, predict(strategy.module, tokenizer, test, params.mumo.max_length, device) * std + mean)}
+    for sigma, molecules in noisy.items():
+        predicted = predict(strategy.module, tokenizer, molecules, params.mumo.max_length, device) * std + mean
+        score[f"test_noise_{sigma}"] = regression_errors(truth, predicted)
+    best_epoch = min(curve, key=lambda row: row["valid_rmse"])["epoch"] if valid else curve[-1]["epoch"]
+    return {**job, **score, "valid_rmse": best, "best_epoch": best_epoch, "steps": step,
+            "sizes": {name: len(part) for name, part in parts.items()}, "curve": curve,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def finetune_worker(config: dict) -> None:
+    """The benchmark's fine-tuning runs in order; a checkpoint after each holds the results so far."""
+    import ray
+
+    params, jobs, tokenizer = config["params"], config["jobs"], config["tokenizer"]
+    data = ray.get(config["data"])
+    rank, world, device = _context()
+    results: list[dict] = []
+    if (restored := _restore()) is not None:
+        results = [json.loads(line) for line in restored[0].get(RESULTS, "").splitlines() if line]
+    done = {r["name"] for r in results}
+    for job in jobs:
+        if job["name"] in done:
+            continue
+        sets = data[job["dataset"]]
+        split = sets["splits"][f"{job['split']}/{job['seed']}"]
+        parts = {part: [sets["molecules"][i] for i in split[part] if sets["molecules"][i] is not None]
+                 for part in ("train", "valid", "test")}
+        noisy = {sigma: [molecules[i] for i in split["test"] if molecules[i] is not None]
+                 for sigma, molecules in sets["noisy"].items()}
+        result = finetune_once(params, job, parts, noisy, tokenizer, config["pretrained"], rank, world, device)
+        results.append(result)
+        if rank == 0:
+            print(f"[mumo] {job['name']}: test RMSE {result['test']['rmse']:.3f} (best epoch {result['best_epoch']}, "
+                  f"{result['seconds']} s) [{len(results)}/{len(jobs)}]", flush=True)
+        text = "".join(json.dumps(r) + "\n" for r in results)
+        _report({RESULTS: text}, None, rank, {"finished": len(results)}, f"checkpoint_{len(results):04d}")
