@@ -1,16 +1,14 @@
 """Featurize as a Prefect flow: one task per part, spread over Dask worker processes.
 
-The work is deepmolm.data.shards.build's; this module only chooses the Dask cluster (a local one of
-`featurize.dask.workers` processes, or an existing scheduler), submits one task per missing part,
-shows progress over molecules and publishes. A task whose worker dies is re-run by Dask on another
-worker, and a task that fails is retried by Prefect (`featurize.task_retries`).
+The work and its order are deepmolm.data.shards.build's (`build_version`); this module only chooses
+the Dask cluster (a local one of `featurize.dask.workers` processes, or an existing scheduler), makes
+each part a Prefect task on it. A task whose worker dies is re-run by Dask on another worker, and a
+task that fails is retried by Prefect (`featurize.task_retries`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 from pathlib import Path
 
 import dask
@@ -20,11 +18,8 @@ from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from deepmolm.config import DaskParams, load_params
-from deepmolm.data.shards.build import Chunk, VersionPlan, build_part, finish_version, plan_version
-from deepmolm.data.shards.parts import PartResult
-from deepmolm.data.shards.sfp_table import SfpPart, pending_parts, publish_sfp, write_sfp_part
+from deepmolm.data.shards.build import build_version
 from deepmolm.data.sources.raw_table import resolve_snapshot
-from deepmolm.runtime.progress import progress_bar
 from flows.api import prefect_api, quiet_dask_logs
 
 SCHEDULER_ENV = "DEEPMOLM_DASK_SCHEDULER"
@@ -39,38 +34,23 @@ LOCAL_CLUSTER_CONFIG = {
 }
 
 
-@task(name="featurize-part", cache_policy=NO_CACHE)
-def featurize_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
-    return build_part(plan, chunk)
-
-
-@task(name="sfp-part", cache_policy=NO_CACHE)
-def sfp_part(version_dir: str, part: str) -> SfpPart:
-    return write_sfp_part(Path(version_dir), part)
+def prefect_tasks(retries: int, retry_delay_s: float):
+    """A PartRunner whose calls are Prefect tasks on the flow's task runner (Dask), retried by Prefect."""
+    def run(name, fn, calls):
+        part_task = task(fn, name=name, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=retry_delay_s)
+        for future in as_completed([part_task.submit(*args) for args in calls]):
+            yield future.result()
+    return run
 
 
 @flow(name="featurize", log_prints=True)
 def featurize_flow(raw: str, out_root: str | None = None, params_file: str = "params.yaml",
                    overrides: list[str] | None = None, progress: bool = False) -> dict:
-    started = time.perf_counter()
     params = load_params(Path(params_file), overrides or [])
-    plan = plan_version(Path(raw), Path(out_root) if out_root else params.paths.shards_dir, params)
-    missing = plan.missing()
-    slim = dataclasses.replace(plan, chunks=())  # each task carries its own chunk only
-    part_task = featurize_part.with_options(retries=params.featurize.task_retries,
-                                            retry_delay_seconds=params.featurize.task_retry_delay_s)
-    futures = [part_task.submit(slim, chunk) for chunk in missing]
-    results = []
-    total = sum(c.stop - c.start for c in missing)
-    with progress_bar(f"featurize {plan.dataset}", total, enabled=progress) as advance:
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            advance(result.rows + result.rejected)
-    summary = finish_version(plan, results, started)
-    if params.mumo.sfp and (pending := pending_parts(Path(summary.out))):
-        done = [future.result() for future in as_completed([sfp_part.submit(summary.out, p) for p in pending])]
-        sfp = publish_sfp(Path(summary.out), done)["counts"]
+    summary, sfp = build_version(Path(raw), Path(out_root) if out_root else params.paths.shards_dir, params,
+                                 run=prefect_tasks(params.featurize.task_retries, params.featurize.task_retry_delay_s),
+                                 progress=progress)
+    if sfp is not None:
         print(f"unified graphs (MuMo's SFP): {sfp['graphs']} molecules, {sfp['rejected']} without a usable conformer")
     print(
         f"{summary.dataset} version {summary.version}: {summary.input_rows} input rows = {summary.accepted} accepted "

@@ -65,13 +65,10 @@ def run_cli(*args: str, cwd: Path = REPO, check: bool = False) -> subprocess.Com
 
 @pytest.fixture(scope="session")
 def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
-    """Two shard versions built once per session with the library steps: 10 ChEBI-20 molecules in 2
-    parts, and the same plus 3 rows featurization rejects. Copy one before changing it."""
-    import time
-
+    """Two shard versions built once per session by the library, without Prefect: 10 ChEBI-20
+    molecules in 2 parts, and the same plus 3 rows featurization rejects. Copy one before changing it."""
     from deepmolm.data.ingest import ingest_tsv
-    from deepmolm.data.shards.build import build_part, finish_version, plan_version
-    from deepmolm.data.shards.sfp_table import pending_parts, publish_sfp, write_sfp_part
+    from deepmolm.data.shards.build import build_version
     from tests.featurize_inputs import small_chebi20_rows, write_table
 
     root = tmp_path_factory.mktemp("versions")
@@ -81,10 +78,8 @@ def small_versions(tmp_path_factory, shared) -> tuple[Path, Path, list[str]]:
     built = []
     for name, bad in (("valid", False), ("with-rejects", True)):
         raw = ingest_tsv(params, write_table(root / f"{name}.txt", lines, bad=bad), progress=False)
-        plan = plan_version(raw.out, root / f"shards-{name}", params)
-        version = Path(finish_version(plan, [build_part(plan, c) for c in plan.missing()], time.perf_counter()).out)
-        publish_sfp(version, [write_sfp_part(version, part) for part in pending_parts(version)])  # as featurize does
-        built.append(version)
+        summary, _ = build_version(raw.out, root / f"shards-{name}", params)
+        built.append(Path(summary.out))
     return built[0], built[1], overrides
 
 

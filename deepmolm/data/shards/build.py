@@ -3,14 +3,19 @@
 plan_version decides the version id, which parts are still missing (resume) and which molecules an
 earlier version with the same featurization params already holds (incremental refresh: the cache
 key is input hash + params hash, and the earlier versions are the cache). build_part featurizes one
-chunk into one part; it is what a Dask worker runs. finish_version publishes. No orchestration here.
+chunk into one part; it is what a Dask worker runs. finish_version publishes. build_version is the
+whole order (plan, the missing parts, publish, then MuMo's SFP table over the published parts),
+with the parallel steps handed to a `PartRunner`: in-process by default, Prefect tasks on Dask in
+flows/featurize.py. So the library builds, resumes and publishes a version without Prefect.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,8 +37,10 @@ from deepmolm.data.shards.parts import (
     version_id,
     write_part,
 )
+from deepmolm.data.shards.sfp_table import pending_parts, publish_sfp, write_sfp_part
 from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.data.sources.raw_table import read_raw_rows, resolve_snapshot
+from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run, portable_path
 from deepmolm.store.versions import MANIFEST, mark_latest
 
@@ -245,3 +252,34 @@ def finish_version(plan: VersionPlan, results: list[PartResult], started: float)
         resumed_parts=len(plan.done),
         seconds=seconds,
     )
+
+
+# How the parallel steps run: (step name, function, one argument tuple per call) -> the results, in
+# the order they finish. A scheduler may run the calls anywhere; each call is a pure library call.
+PartRunner = Callable[[str, Callable, list[tuple]], Iterable]
+
+
+def in_process(name: str, fn: Callable, calls: list[tuple]) -> Iterator:
+    for args in calls:
+        yield fn(*args)
+
+
+def build_version(raw: Path, shards_root: Path, params: Params, *, run: PartRunner = in_process,
+                  progress: bool = False) -> tuple[FeaturizeSummary, dict | None]:
+    """Plan, build the missing parts, publish, then the SFP table when `mumo.sfp` asks for it:
+    (the version's summary, the SFP table's counts or None)."""
+    started = time.perf_counter()
+    plan = plan_version(Path(raw), Path(shards_root), params)
+    slim = dataclasses.replace(plan, chunks=())  # each call carries its own chunk only
+    missing = plan.missing()
+    results = []
+    with progress_bar(f"featurize {plan.dataset}", sum(c.stop - c.start for c in missing), enabled=progress) as advance:
+        for result in run("featurize-part", build_part, [(slim, chunk) for chunk in missing]):
+            results.append(result)
+            advance(result.rows + result.rejected)
+    summary = finish_version(plan, results, started)
+    sfp = None
+    if params.mumo.sfp and (pending := pending_parts(Path(summary.out))):
+        done = list(run("sfp-part", write_sfp_part, [(Path(summary.out), part) for part in pending]))
+        sfp = publish_sfp(Path(summary.out), done)["counts"]
+    return summary, sfp
