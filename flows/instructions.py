@@ -20,10 +20,9 @@ def build_task(shards: str, out_root: str | None, params_file: str, overrides: l
 
 @task(name="run-instruction-contract")
 def contract_task(instructions: str, params_file: str, overrides: list[str]) -> dict:
-    from deepmolm.data.contracts.gate import validate_instructions
+    from deepmolm.data.contracts.gate import instruction_contract
 
-    result = validate_instructions(Path(instructions), load_params(Path(params_file), overrides)).as_dict()
-    return {k: result[k] for k in ("success", "evaluated", "failed", "warnings")}
+    return instruction_contract(Path(instructions), load_params(Path(params_file), overrides))
 
 
 @flow(name="instructions", log_prints=True)

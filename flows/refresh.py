@@ -15,8 +15,8 @@ import dask
 import yaml
 from prefect import flow, task
 
-from deepmolm.config import ConfigError, load_params
-from deepmolm.data.ingest import IngestRequest, read_cid_file
+from deepmolm.config import load_params
+from deepmolm.data.ingest import refresh_request
 from flows.api import prefect_api, quiet_dask_logs
 from flows.featurize import LOCAL_CLUSTER_CONFIG, featurize_flow, task_runner
 from flows.ingest import ingest_flow
@@ -24,16 +24,6 @@ from flows.validate import validate_flow
 
 # the dvc.yaml stages of one source, in order; a source without them is refreshed but not committed
 SOURCE_STAGES = ("ingest", "featurize", "validate")
-
-
-def ingest_request(source: str, params) -> IngestRequest:
-    if source == "chebi20":
-        return IngestRequest("chebi20")
-    if source == "pubchem":
-        if params.refresh.pubchem_cid_file is None:
-            raise ConfigError("refresh.sources has pubchem: set refresh.pubchem_cid_file to the CIDs to refresh")
-        return IngestRequest("pubchem", cid_tokens=tuple(read_cid_file(params.refresh.pubchem_cid_file)))
-    raise ConfigError(f"refresh.sources: unknown source {source!r}")
 
 
 def dvc_stages(project: Path, sources: list[str]) -> list[str]:
@@ -60,7 +50,7 @@ def refresh_dataset_flow(project: str = ".", params_file: str = "params.yaml", o
     params = load_params(Path(params_path), overrides)
     refreshed = {}
     for source in params.refresh.sources:
-        raw = ingest_flow(asdict(ingest_request(source, params)), params_path, overrides)
+        raw = ingest_flow(asdict(refresh_request(source, params)), params_path, overrides)
         quiet_dask_logs()
         with dask.config.set(LOCAL_CLUSTER_CONFIG):
             shards = featurize_flow.with_options(task_runner=task_runner(params.featurize.dask))(

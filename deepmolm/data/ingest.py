@@ -271,6 +271,49 @@ class IngestRequest:
     out_root: str | None = None
 
 
+SOURCES = ("chebi20", "tsv", "pubchem")
+
+
+class RequestError(ValueError):
+    """A source asked for with options it does not take, or without the ones it needs."""
+
+
+def ingest_request(source: str, *, splits: list[str] | None = None, path: Path | None = None, cids: str | None = None,
+                   cid_file: Path | None = None, out_root: Path | None = None) -> IngestRequest:
+    """The one place a source name and its options become a request (the CLI, the refresh flow)."""
+    given = {"split": splits, "path": path, "cids": cids, "cid_file": cid_file}
+    takes = {"chebi20": {"split"}, "tsv": {"split", "path"}, "pubchem": {"cids", "cid_file"}}
+    if source not in takes:
+        raise RequestError(f"unknown source {source!r}: expected {', '.join(SOURCES)}")
+    if extra := [f"--{k.replace('_', '-')}" for k, v in given.items() if v and k not in takes[source]]:
+        raise RequestError(f"--source {source} does not take {', '.join(extra)}")
+    out = str(out_root) if out_root else None
+    if source == "chebi20":
+        return IngestRequest("chebi20", splits=tuple(splits or ()), out_root=out)
+    if source == "tsv":
+        if path is None:
+            raise RequestError("--source tsv needs --path FILE")
+        if splits and len(splits) > 1:
+            raise RequestError("--source tsv takes at most one --split (the label of the file's rows)")
+        return IngestRequest("tsv", splits=tuple(splits or ()), path=str(Path(path).resolve()), out_root=out)
+    if (cids is None) == (cid_file is None):
+        raise RequestError("--source pubchem needs exactly one of --cids or --cid-file")
+    tokens = read_cid_file(cid_file) if cid_file else [(token, None) for token in cid_tokens(cids)]
+    if not tokens:
+        raise RequestError("no CIDs given")
+    return IngestRequest("pubchem", cid_tokens=tuple(tokens), out_root=out)
+
+
+def refresh_request(source: str, params: Params) -> IngestRequest:
+    """What the scheduled refresh ingests of a source: ChEBI-20 as configured, PubChem's CIDs from
+    refresh.pubchem_cid_file."""
+    if source == "pubchem" and params.refresh.pubchem_cid_file is None:
+        raise RequestError("refresh.sources has pubchem: set refresh.pubchem_cid_file to the CIDs to refresh")
+    if source not in ("chebi20", "pubchem"):
+        raise RequestError(f"refresh.sources: unknown source {source!r} (chebi20 | pubchem)")
+    return ingest_request(source, cid_file=params.refresh.pubchem_cid_file if source == "pubchem" else None)
+
+
 def run_ingest(params: Params, request: IngestRequest, *, progress: bool = True) -> IngestSummary:
     out_root = Path(request.out_root) if request.out_root else None
     if request.source == "chebi20":
@@ -280,4 +323,4 @@ def run_ingest(params: Params, request: IngestRequest, *, progress: bool = True)
         return ingest_tsv(params, Path(request.path), split=split, out_root=out_root, progress=progress)
     if request.source == "pubchem":
         return ingest_pubchem(params, list(request.cid_tokens), out_root=out_root, progress=progress)
-    raise ValueError(f"unknown source {request.source!r}")
+    raise RequestError(f"unknown source {request.source!r}: expected {', '.join(SOURCES)}")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from deepmolm.config import Params
 from deepmolm.data.contracts.frames import PROPERTY_COLUMNS
-from deepmolm.data.contracts.gate import ContractResult
+from deepmolm.data.contracts.gate import ContractResult, validate_shard_version
 from deepmolm.data.shards.parts import read_manifest, read_shard_rejects, read_shards
 
 SUMMARY_COLUMNS = ["cid", "split", "smiles", "description", "conformer_source", "properties", "e3fp", "flags"]
@@ -275,3 +275,12 @@ def _page(summary: dict, plots: list[tuple[str, str]], gallery: list[dict], reje
         parts.append("</table>")
     parts.append(f"<script>{IMAGES_LOADED_SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def validate_with_report(shards: Path, params: Params, *, report: bool = True) -> dict:
+    """The contract of a shard version, then (pass or fail: a failed refresh is when people look) its page."""
+    result = validate_shard_version(Path(shards), params)
+    summary = result.as_dict()
+    if report:
+        summary["report"] = str(write_data_report(Path(result.target), params, result))
+    return summary
