@@ -19,7 +19,7 @@ from deepmolm.data.ingest import ingest_chebi20
 from deepmolm.data.instructions import build_instructions, instruction_shards
 from deepmolm.runtime.run_log import portable_path, read_runs
 from tests.conftest import PARAMS, SHARED
-from tests.featurize.test_shard_build import build
+from tests.data.test_shard_build import build
 
 
 def project(root: Path) -> Path:

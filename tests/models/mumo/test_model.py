@@ -16,7 +16,7 @@ from deepmolm.data.featurize.sfp import structured_graph
 from deepmolm.models.mumo.modeling import MuMoConfig, MuMoForMaskedLM, MuMoForPropertyPrediction, collate_graphs
 from deepmolm.models.mumo.presets import mumo_config, mumo_summary
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer, smiles_pieces
-from tests.mumo.test_sfp import MOLECULES, conformer, random_rigid_motion
+from tests.data.featurize.test_sfp import MOLECULES, conformer, random_rigid_motion
 
 SMILES = list(MOLECULES.values())
 

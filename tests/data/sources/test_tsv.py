@@ -7,7 +7,7 @@ from deepmolm.data.ingest import ingest_tsv
 from deepmolm.data.sources.errors import LayoutError
 from deepmolm.data.sources.raw_table import read_manifest, read_raw_table, read_rejects
 from deepmolm.data.sources.tsv import count_rows
-from tests.sources import broken_rows
+from tests.data.sources import broken_rows
 
 
 @pytest.fixture

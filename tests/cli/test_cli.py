@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.conftest import run_cli, tmp_overrides
-from tests.sources import broken_rows
+from tests.data.sources import broken_rows
 
 
 def last_json(stdout: str) -> dict:
