@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from deepmolm.config import load_params
+from tests.browser import headless
 from tests.conftest import copy_repository, newcomer_env
-from tests.test_data_report import headless
 
 pytestmark = pytest.mark.slow
 ROWS_PER_SPLIT = 12

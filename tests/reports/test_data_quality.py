@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +13,8 @@ from PIL import Image
 from deepmolm.config import load_params
 from deepmolm.data.contracts.gate import validate_shard_version
 from deepmolm.reports.data_quality import write_data_report
+from tests.browser import headless
 from tests.conftest import PARAMS
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if found := shutil.which(name):
-            return found
-    raise AssertionError("headless Chromium is needed for the report test: `./dev setup` installs Debian's chromium")
-
-
-def headless(*args: str) -> subprocess.CompletedProcess:
-    # --no-sandbox: CI and containers run as root; --virtual-time-budget lets the page's load handler run
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--virtual-time-budget=10000", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from deepmolm.inference import molecule_from_smiles
 from deepmolm.runtime.run_log import portable_path
 from deepmolm.store.versions import MANIFEST
 from deepmolm.training.deepmolm.stages import initial_model
+from tests.browser import chromium
 from tests.conftest import PARAMS, run_cli, tmp_overrides
-from tests.test_data_report import chromium
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
