@@ -14,16 +14,21 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from deepmolm.config import load_params
+from deepmolm.data.shards.parts import read_manifest, resolve_version
+from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
+from deepmolm.data.sources.raw_table import resolve_snapshot
 from tests.browser import headless
 from tests.conftest import copy_repository, newcomer_env
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs the whole module: its checks share one demo run, in file order
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end")]
 ROWS_PER_SPLIT = 12
 STAGES = ["ingest_chebi20", "featurize_chebi20", "validate_chebi20", "instructions_chebi20", "tokenizer",
           "train_stage1", "train_stage2", "evaluate", "report"]
@@ -58,10 +63,6 @@ def ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def summaries(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-
-
 def lock_differences(ours: str, theirs: str) -> list[str]:
     """`stage: path` of every dependency or output whose hash differs between two dvc.lock texts."""
     def hashes(text: str) -> dict[str, str]:
@@ -72,67 +73,86 @@ def lock_differences(ours: str, theirs: str) -> list[str]:
     return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
 
 
-@pytest.mark.timeout(1800)  # two pipelines end to end, then a third partial one
-def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_param_touches(tmp_path: Path):
-    project = copy_repository(tmp_path, rows_per_split=ROWS_PER_SPLIT)
+@dataclass
+class Demo:
+    project: Path
+    output: str  # stdout and stderr of `./dev demo`
+    stdout: str
+
+    def json(self, *parts: str) -> dict:
+        return json.loads(self.project.joinpath(*parts).read_text())
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Demo:
+    """One `./dev demo` on a copy of the repository, shared by the checks below (in file order; one
+    xdist worker runs the whole module). The later checks push, pull and retrain it."""
+    project = copy_repository(tmp_path_factory.mktemp("demo"), rows_per_split=ROWS_PER_SPLIT)
     shrink(project / "params.yaml")
-    env = newcomer_env()
-    first = subprocess.run(["./dev", "demo"], cwd=project, capture_output=True, text=True, env=env, timeout=900)
-    output = first.stdout + first.stderr
-    assert first.returncode == 0, output[-6000:]
-    order = ran(output)
+    first = subprocess.run(["./dev", "demo"], cwd=project, capture_output=True, text=True, env=newcomer_env(), timeout=900)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-6000:]
+    return Demo(project, first.stdout + first.stderr, first.stdout)
+
+
+def test_every_stage_runs_in_order_as_a_prefect_flow(demo):
+    order = ran(demo.output)
     assert [stage for stage in order if stage in STAGES] == STAGES and sorted(order) == sorted(STAGES + MUMO_STAGES)
     assert order.index("validate_chebi20") < order.index("mumo_pretrain") < order.index("mumo_benchmark")
-    assert "Prefect server for this run: http://127.0.0.1:" in output and "Flow run" in output
+    assert "Prefect server for this run: http://127.0.0.1:" in demo.output and "Flow run" in demo.output
 
-    by_kind = {}
-    for s in summaries(first.stdout):
-        kind = ("mumo_pretrain" if str(s.get("run", "")).startswith("mumo-pretrain") else
-                "mumo_benchmark" if "table" in s and "runs" in s else
-                "raw" if "snapshot" in s and "source" in s else "shards" if "reused" in s else
-                "contract" if "evaluated" in s and "target" in s else "instructions" if "examples_by_task" in s else
-                "tokenizer" if "vocab_size" in s else f"stage{s['stage']}" if "stage" in s else
-                "metrics" if "baseline" in s else "report" if "report" in s else None)
-        by_kind.setdefault(kind, s)
+
+def test_every_input_row_is_accounted_for_and_the_contract_passes(demo):
     rows = 2 * ROWS_PER_SPLIT
-    assert (by_kind["raw"]["input_rows"], by_kind["raw"]["accepted"]) == (rows, rows)
-    assert by_kind["shards"]["accepted"] + by_kind["shards"]["rejected"] == rows
-    assert by_kind["contract"]["success"] is True
-    assert f"{rows} input = {rows} accepted + 0 rejected" in first.stdout
+    raw = read_raw_manifest(resolve_snapshot(demo.project / "data" / "raw" / "chebi20"))["counts"]
+    assert (raw["input_rows"], raw["accepted"]) == (rows, rows)
+    shards = read_manifest(resolve_version(demo.project / "data" / "shards" / "chebi20"))["counts"]
+    assert shards["accepted"] + shards["rejected"] == shards["input_rows"] == rows
+    quality = demo.json("reports", "data", "summary.json")
+    assert quality["contract"]["success"] is True and quality["counts"]["accepted"] == shards["accepted"]
+    assert f"{rows} input = {rows} accepted + 0 rejected" in demo.stdout  # `deepmolm data summary` at the end
 
-    stage1, stage2 = by_kind["stage1"], by_kind["stage2"]
+
+def test_both_training_stages_learn_and_record_a_held_out_loss_per_epoch(demo):
+    stage1, stage2 = demo.json("reports", "train", "stage1", "summary.json"), demo.json("reports", "train", "stage2", "summary.json")
     counts1, counts2 = stage1["row_counts"], stage2["row_counts"]
     assert counts1["train_molecules"] + counts1["holdout_molecules"] == ROWS_PER_SPLIT, "stage 1: validation captions"
     assert counts1["rows"] == ROWS_PER_SPLIT and counts2["rows"] == ROWS_PER_SPLIT * 5, "stage 2: a caption and 4 questions"
     assert counts2["train"] + counts2["holdout"] + counts2["too_long"] == counts2["rows"] and counts2["too_long"] == 0
     assert stage2["last_loss"] < stage2["first_loss"]
-    epochs = (project / "reports" / "train" / "stage2" / "epochs.csv").read_text().splitlines()
+    epochs = (demo.project / "reports" / "train" / "stage2" / "epochs.csv").read_text().splitlines()
     assert epochs[0] == "epoch,step,train_loss,holdout_loss"
-    assert len(epochs) - 1 == load_params(project / "params.yaml").train.stage2.epochs, "a held-out loss per epoch"
-    metrics = json.loads((project / "reports" / "eval" / "metrics.json").read_text())
+    assert len(epochs) - 1 == load_params(demo.project / "params.yaml").train.stage2.epochs, "a held-out loss per epoch"
+
+
+def test_evaluation_scores_the_model_beside_both_baselines_on_the_test_split(demo):
+    metrics = demo.json("reports", "eval", "metrics.json")
+    stage1, stage2 = demo.json("reports", "train", "stage1", "summary.json"), demo.json("reports", "train", "stage2", "summary.json")
     assert metrics["dataset"]["eval_splits"] == ["test"] and metrics["dataset"]["eval_molecules"] == ROWS_PER_SPLIT
     assert metrics["model"]["captions"]["n"] == metrics["baseline"]["captions"]["n"] == ROWS_PER_SPLIT
-    assert metrics["baseline"]["pool_molecules"] == counts1["train_molecules"], "retrieval from the trained-on molecules"
-    assert set(metrics["mean_baseline"]["properties"]) == {"mw", "logp", "tpsa", "complexity"}
-    assert set(metrics["model"]["properties"]) == {"mw", "logp", "tpsa", "complexity"}
+    assert metrics["baseline"]["pool_molecules"] == stage1["row_counts"]["train_molecules"], "retrieval from the trained-on molecules"
+    assert set(metrics["mean_baseline"]["properties"]) == set(metrics["model"]["properties"]) == {"mw", "logp", "tpsa", "complexity"}
     assert metrics["model"]["run"] == stage2["run"]
 
-    # MuMo: pretrained on the shards' graphs, then every run of the grid beside the forest
-    pretrained = by_kind["mumo_pretrain"]
-    assert pretrained["molecules"] + sum(pretrained["rejected_by_reason"].values()) == by_kind["shards"]["accepted"]
-    assert (project / "models" / "mumo" / "pretrained" / "model.safetensors").is_file()
-    results = json.loads((project / "reports" / "mumo" / "results.json").read_text())
+
+def test_mumo_pretrains_on_the_shards_graphs_and_runs_its_grid_beside_the_forest(demo):
+    pretrained = demo.json("reports", "mumo", "pretrain", "summary.json")
+    shards = read_manifest(resolve_version(demo.project / "data" / "shards" / "chebi20"))["counts"]
+    assert pretrained["molecules"] + sum(pretrained["rejected_by_reason"].values()) == shards["accepted"]
+    assert (demo.project / "models" / "mumo" / "pretrained" / "model.safetensors").is_file()
+    results = demo.json("reports", "mumo", "results.json")
     assert sorted(r["name"] for r in results["runs"]) == sorted(
         [f"{d}/{s}/seed0/layer9" for d in ("esol", "freesolv") for s in ("random", "scaffold")] + ["esol/random/seed0/layer16"])
     assert all("test_noise_0.5" in r for r in results["runs"])
     assert all(r["sizes"]["train"] == 24 for r in results["runs"] if r["split"] == "random")  # 80% of 30
     assert len(results["baseline"]) == 4 and results["datasets"]["esol"]["with_conformer"] == 30
-    assert "| esol | random | 9 | 1 |" in (project / "reports" / "mumo" / "results.md").read_text()
+    assert "| esol | random | 9 | 1 |" in (demo.project / "reports" / "mumo" / "results.md").read_text()
 
-    page = project / "reports" / "index.html"
-    assert f"report: {page}" in output
+
+def test_the_report_page_loads_every_image_in_headless_chromium(demo):
+    page = demo.project / "reports" / "index.html"
+    assert f"report: {page}" in demo.output
     text = page.read_text()
-    assert "href='data/index.html'" in text and (project / "reports" / "data" / "index.html").is_file()
+    assert "href='data/index.html'" in text and (demo.project / "reports" / "data" / "index.html").is_file()
     assert "id='caption-metrics'" in text and "retrieval baseline" in text
     gallery, inputs = min(ROWS_PER_SPLIT, 24), min(ROWS_PER_SPLIT, 6)
     dom = headless("--dump-dom", page.as_uri())
@@ -140,23 +160,28 @@ def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_para
     assert f'data-images-loaded="{images}/{images}"' in dom.stdout, "curves, the encoder's inputs, every molecule loaded"
     assert dom.stdout.count("class=\"card\"") == gallery + inputs
 
-    # a fresh clone elsewhere (another path, one level deeper) with our dvc.lock: its `./dev demo`
-    # runs every stage, since nothing is there yet, and writes the same dvc.lock back
-    lock = (project / "dvc.lock").read_text()
+
+@pytest.mark.timeout(1200)
+def test_a_second_clone_elsewhere_reproduces_the_same_dvc_lock(demo, tmp_path):
+    """Another path, one level deeper, given our dvc.lock: its `./dev demo` runs every stage (nothing
+    is there yet) and writes the same dvc.lock back: every output is the same bytes."""
+    lock = (demo.project / "dvc.lock").read_text()
     elsewhere = copy_repository(tmp_path / "elsewhere" / "deeper", rows_per_split=ROWS_PER_SPLIT)
     shrink(elsewhere / "params.yaml")
     (elsewhere / "dvc.lock").write_text(lock)
-    again = subprocess.run(["./dev", "demo"], cwd=elsewhere, capture_output=True, text=True, env=env, timeout=900)
+    again = subprocess.run(["./dev", "demo"], cwd=elsewhere, capture_output=True, text=True, env=newcomer_env(), timeout=900)
     assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
     assert sorted(ran(again.stdout + again.stderr)) == sorted(STAGES + MUMO_STAGES)
     differing = lock_differences(lock, (elsewhere / "dvc.lock").read_text())
     assert not differing, f"outputs that differ between two clones: {differing}"
     assert (elsewhere / "dvc.lock").read_text() == lock
 
-    # every artifact is DVC's: pushed to the default remote, pulled back into an empty cache
+
+def test_artifacts_go_through_the_default_remote_and_a_second_repro_does_nothing(demo):
+    project = demo.project
     pushed = dvc("push", cwd=project)
     assert pushed.returncode == 0, pushed.stderr
-    assert any((tmp_path / "deepmolm-dvc-storage").rglob("*")), "the default remote is beside the repository"
+    assert any((project.parent / "deepmolm-dvc-storage").rglob("*")), "the default remote is beside the repository"
     model = project / "models" / "stage2" / "model.safetensors"
     before = model.read_bytes()
     shutil.rmtree(project / ".dvc" / "cache")
@@ -164,14 +189,16 @@ def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_para
     pulled = dvc("pull", cwd=project)
     assert pulled.returncode == 0, pulled.stderr
     assert model.read_bytes() == before
-
     started = time.perf_counter()
     second = dvc("repro", cwd=project)
-    noop_s = time.perf_counter() - started
     assert second.returncode == 0, second.stderr
     assert ran(second.stdout) == [] and "didn't change, skipping" in second.stdout
-    print(f"no-op dvc repro: {noop_s:.1f} s")
+    print(f"no-op dvc repro: {time.perf_counter() - started:.1f} s")
 
+
+def test_a_stage2_param_reruns_stage2_and_what_follows_only(demo, tmp_path):
+    project = demo.project
+    stage2 = demo.json("reports", "train", "stage2", "summary.json")
     params = project / "params.yaml"
     text, count = re.subn(r"(stage2:.*?learning_rate: )1\.0e-3", r"\g<1>5.0e-4", params.read_text(), flags=re.S)
     assert count == 1
@@ -185,5 +212,5 @@ def test_demo_reproduces_every_stage_then_nothing_then_only_what_a_training_para
                            text=True, timeout=600, env=env)
     assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-4000:]
     assert ran(third.stdout) == ["train_stage2", "evaluate", "report"]
-    retrained = json.loads((project / "reports" / "train" / "stage2" / "summary.json").read_text())
+    retrained = demo.json("reports", "train", "stage2", "summary.json")
     assert retrained["run"] != stage2["run"] and retrained["up_to_date"] is False
