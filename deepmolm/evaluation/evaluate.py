@@ -32,7 +32,7 @@ from deepmolm.models.deepmolm.presets import model_summary
 from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run
 from deepmolm.store.versions import MANIFEST
-from deepmolm.training.deepmolm.stages import PROVENANCE
+from deepmolm.training.checkpoints import PROVENANCE
 
 MODEL_PREDICTIONS = "model_predictions.jsonl"
 BASELINE_PREDICTIONS = "baseline_predictions.jsonl"

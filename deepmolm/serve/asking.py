@@ -25,7 +25,7 @@ from deepmolm.evaluation.baseline import Molecule, RetrievalIndex
 from deepmolm.evaluation.evaluate import training_rows
 from deepmolm.evaluation.shard_molecules import read_molecules
 from deepmolm.inference import MoleculeInput, Predictor, molecule_from_drawing, molecule_from_smiles
-from deepmolm.training.deepmolm.stages import PROVENANCE
+from deepmolm.training.checkpoints import PROVENANCE
 
 
 class Refused(ValueError):

@@ -26,8 +26,9 @@ from deepmolm.evaluation.mumo.baseline import molecule_features, random_forest
 from deepmolm.models.mumo.processing import property_molecules, shard_molecules, with_noisy_conformers
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
 from deepmolm.runtime.run_log import log_run, portable_path
+from deepmolm.training.checkpoints import EXPORT, HISTORY, RESULTS
 from deepmolm.training.metrics import regression_errors
-from deepmolm.training.mumo.loop import EXPORT, HISTORY, RESULTS, steps_per_epoch
+from deepmolm.training.mumo.loop import steps_per_epoch
 
 # The MuMo repository's results/ (random split, test RMSE mean and std over its seeds).
 PUBLISHED_RANDOM_RMSE = {"esol": (0.536, 0.061), "freesolv": (1.082, 0.088)}

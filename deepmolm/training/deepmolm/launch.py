@@ -25,9 +25,9 @@ from deepmolm.config import ConfigError, Params
 from deepmolm.data.instructions import instruction_shards, resolve_instruction_set
 from deepmolm.runtime.run_log import log_run, portable_path
 from deepmolm.store.versions import MANIFEST
-from deepmolm.training.deepmolm.loop import EXPORT, HISTORY, STATE
+from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, STATE
 from deepmolm.training.deepmolm.rows import stage_rows
-from deepmolm.training.deepmolm.stages import PROVENANCE, run_name
+from deepmolm.training.deepmolm.stages import run_name
 from deepmolm.training.strategy import deepspeed_config
 
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, STATE
 from deepmolm.training.deepmolm.data import (
     InstructionDataset,
     collate,
@@ -35,7 +36,6 @@ from deepmolm.training.deepmolm.data import (
     token_weight,
 )
 from deepmolm.training.deepmolm.stages import (
-    PROVENANCE,
     add_lora,
     initial_model,
     lora_enabled,
@@ -43,10 +43,6 @@ from deepmolm.training.deepmolm.stages import (
     random_parts,
     set_trainable,
 )
-
-STATE = "state.json"
-HISTORY = "history.jsonl"
-EXPORT = "model"
 
 
 def seed_everything(seed: int) -> None:

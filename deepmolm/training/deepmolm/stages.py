@@ -20,8 +20,7 @@ from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.models.deepmolm.tokenizer import image_token_id
 from deepmolm.models.deepmolm.weights import load_pretrained_part
-
-PROVENANCE = "provenance.json"  # in an exported model: which run made it, from what
+from deepmolm.training.checkpoints import PROVENANCE
 
 
 def initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) -> DeepMoLMForCausalLM:

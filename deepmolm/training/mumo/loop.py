@@ -18,13 +18,9 @@ import numpy as np
 import torch
 
 from deepmolm.models.mumo.processing import Molecule, mask_tokens, model_inputs
+from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, RESULTS, STATE
 from deepmolm.training.deepmolm.loop import optimizer_step, seed_everything
 from deepmolm.training.metrics import regression_errors
-
-STATE = "state.json"
-HISTORY = "history.jsonl"
-RESULTS = "results.jsonl"
-EXPORT = "model"
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[np.ndarray]:
@@ -116,7 +112,7 @@ def pretrain_worker(config: dict) -> None:
         tokenizer.backend_tokenizer.no_truncation()
         tokenizer.backend_tokenizer.no_padding()
         tokenizer.save_pretrained(str(out))
-        (out / "provenance.json").write_text(json.dumps({"run": plan["run"], "steps": state["step"],
+        (out / PROVENANCE).write_text(json.dumps({"run": plan["run"], "steps": state["step"],
                                                          "shards": plan["shards"], "molecules": len(molecules)}, indent=2))
 
     def files() -> dict[str, str]:
