@@ -29,6 +29,7 @@ from deepmolm.evaluation.evaluate import METRICS as METRICS_FILE
 from deepmolm.evaluation.model_answers import examples_of_splits
 from deepmolm.reports.data_quality import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 from deepmolm.runtime.run_log import portable_path
+from deepmolm.training.driver import stage_metrics_dir
 
 ASSETS = "pipeline"  # the page's plot and thumbnails: <reports_dir>/pipeline/
 
@@ -41,10 +42,10 @@ def _predictions(path: Path) -> dict[str, dict]:
     return {row["id"]: row for row in map(json.loads, path.read_text().splitlines()) if row} if path.is_file() else {}
 
 
-def training_curves(reports: Path, out: Path, epochs: dict[int, list[dict]]) -> tuple[str, dict[int, dict]] | None:
+def training_curves(params: Params, out: Path, epochs: dict[int, list[dict]]) -> tuple[str, dict[int, dict]] | None:
     """One PNG with each stage's loss (and a smoothed line) and learning rate per step, and the
     held-out loss of each epoch (`epochs`, per stage)."""
-    stages = {stage: rows for stage in (1, 2) if (rows := _csv_rows(reports / "train" / f"stage{stage}" / "steps.csv"))}
+    stages = {stage: rows for stage in (1, 2) if (rows := _csv_rows(stage_metrics_dir(params, stage) / "steps.csv"))}
     if not stages:
         return None
     import matplotlib
@@ -136,13 +137,13 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
     if metrics is None:
         raise FileNotFoundError(f"no evaluation at {evaluation / METRICS_FILE}: run the evaluate stage first")
     model, baseline = _predictions(evaluation / MODEL_PREDICTIONS), _predictions(evaluation / BASELINE_PREDICTIONS)
-    epochs = {n: _csv_rows(reports / "train" / f"stage{n}" / "epochs.csv") for n in (1, 2)}
-    curves = training_curves(reports, out, epochs)
+    epochs = {n: _csv_rows(stage_metrics_dir(params, n) / "epochs.csv") for n in (1, 2)}
+    curves = training_curves(params, out, epochs)
     context = {
         "metrics": metrics,
         "data": _read_json(reports / "data" / "summary.json"),
         "data_page": _relative(reports / "data" / "index.html", out),
-        "stages": {n: _read_json(reports / "train" / f"stage{n}" / "summary.json") for n in (1, 2)},
+        "stages": {n: _read_json(stage_metrics_dir(params, n) / "summary.json") for n in (1, 2)},
         "curves": curves[0] if curves else None,
         "gallery": _gallery(params, Path(instructions), model, baseline, out),
         "epochs": epochs,

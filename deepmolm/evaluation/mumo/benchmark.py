@@ -9,10 +9,8 @@ ablation), fits the random-forest baseline on the same molecules and splits, and
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +24,8 @@ from deepmolm.evaluation.mumo.baseline import molecule_features, random_forest
 from deepmolm.models.mumo.processing import property_molecules, shard_molecules, with_noisy_conformers
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
 from deepmolm.runtime.run_log import log_run, portable_path
-from deepmolm.training.checkpoints import EXPORT, HISTORY, RESULTS
+from deepmolm.training.checkpoints import PROVENANCE, RESULTS
+from deepmolm.training.driver import connect, export_model, fit, read_jsonl, write_csv
 from deepmolm.training.metrics import regression_errors
 from deepmolm.training.mumo.loop import steps_per_epoch
 
@@ -51,28 +50,6 @@ def _property_sets(params: Params, *, whole: bool = False) -> dict[str, Property
     return sets
 
 
-def _fit(params: Params, worker, config: dict, run: str):
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    train = params.train
-    if not ray.is_initialized():
-        ray.init(address=train.ray_address, log_to_driver=True, configure_logging=False)
-    scaling = train.scaling
-    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
-    trainer = TorchTrainer(
-        worker, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=run, storage_path=train.runs_dir,
-                             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=train.max_failures)))
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    return result
-
-
 def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = None, progress: bool = False) -> dict:
     import ray
 
@@ -91,26 +68,15 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
                                       read_manifest(version)["version"], len(tokenizer), __version__)
     plan = {"run": name, "total_steps": total, "shards": portable_path(version)}
     started = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False)
-    result = _fit(params, pretrain_worker, {"params": params, "plan": plan, "tokenizer": tokenizer,
-                                            "molecules": ray.put(molecules)}, name)
-    with result.checkpoint.as_directory() as directory:
-        history = [json.loads(line) for line in (Path(directory) / HISTORY).read_text().splitlines() if line]
-        staging = out.with_name(out.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(Path(directory) / EXPORT, staging)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    connect(params)
+    result = fit(params, pretrain_worker, {"params": params, "plan": plan, "tokenizer": tokenizer,
+                                           "molecules": ray.put(molecules)}, name)
+    history, _ = export_model(result, out)
     summary = {"run": name, "model": portable_path(out), "shards": plan["shards"], "molecules": len(molecules),
                "rejected_by_reason": rejected, "vocab_size": len(tokenizer), "steps": total,
                "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
     metrics = params.mumo.reports_dir / "pretrain"
-    metrics.mkdir(parents=True, exist_ok=True)
-    with open(metrics / "steps.csv", "w", newline="") as handle:  # samples/s is the machine's: the run log's
-        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr", "grad_norm"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
+    write_csv(metrics / "steps.csv", ("step", "loss", "lr", "grad_norm"), history)  # samples/s is the machine's: the run log's
     (metrics / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     seconds = round(time.perf_counter() - started, 1)
     log_run(params.paths.logs_dir, "mumo_pretrain", out, run=name, seconds=seconds,
@@ -166,15 +132,14 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
         accounting[name] = {"rows": dataset.rows, "molecules": len(dataset.smiles), "with_conformer": len(usable),
                             "rejected_rows": len(dataset.rejected), "rejected_by_reason": rejected}
     prepare_s = time.perf_counter() - started
-    provenance = json.loads((pretrained / "provenance.json").read_text())
+    provenance = json.loads((pretrained / PROVENANCE).read_text())
     name = "mumo-benchmark-" + _digest(params.sections("mumo.finetune", "mumo.ablation", "mumo.max_length", "train.seed"),
                                        provenance["run"], jobs, __version__)
-    if not ray.is_initialized():
-        ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False)
-    result = _fit(params, finetune_worker, {"params": params, "jobs": jobs, "tokenizer": tokenizer,
-                                            "pretrained": str(pretrained), "data": ray.put(data)}, name)
+    connect(params)
+    result = fit(params, finetune_worker, {"params": params, "jobs": jobs, "tokenizer": tokenizer,
+                                           "pretrained": str(pretrained), "data": ray.put(data)}, name)
     with result.checkpoint.as_directory() as directory:
-        runs = [json.loads(line) for line in (Path(directory) / RESULTS).read_text().splitlines() if line]
+        runs = read_jsonl(Path(directory) / RESULTS)
     baseline = _baselines(params, data, jobs)
     report = {
         "pretrained": provenance, "run": name, "preset": params.mumo.preset, "injection_layer": params.mumo.injection_layer,

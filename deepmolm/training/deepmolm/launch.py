@@ -1,4 +1,4 @@
-"""The driver side of training: plan a stage, run it as a Ray Train TorchTrainer, export its model.
+"""A DeepMoLM stage on the driver: plan it (rows, steps, name), run it through training/driver.py, export its model.
 
 The run's name is a digest of everything that decides what is learned (stages.run_name), and its
 checkpoints live under `<train.runs_dir>/<name>/`. Ray Train (V2) reloads that directory's checkpoint
@@ -13,21 +13,18 @@ step, for `dvc plots`), epochs.csv (training and held-out loss per epoch) and su
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 import time
 from pathlib import Path
-
-import pyarrow.fs
 
 from deepmolm.config import ConfigError, Params
 from deepmolm.data.instructions import instruction_shards, resolve_instruction_set
 from deepmolm.runtime.run_log import log_run, portable_path
 from deepmolm.store.versions import MANIFEST
-from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, STATE
+from deepmolm.training.checkpoints import PROVENANCE
 from deepmolm.training.deepmolm.rows import stage_rows
 from deepmolm.training.deepmolm.stages import run_name
+from deepmolm.training.driver import export_model, fit, stage_metrics_dir, write_csv, write_run_file
 from deepmolm.training.strategy import deepspeed_config
 
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm")
@@ -50,7 +47,7 @@ def stage_paths(params: Params, stage: int, instructions: Path | None, tokenizer
         "tokenizer": tokenizer or (init if stage == 2 else models / "tokenizer"),
         "init": init,
         "out": out or models / f"stage{stage}",
-        "metrics": params.paths.reports_dir / "train" / f"stage{stage}",
+        "metrics": stage_metrics_dir(params, stage),
     }
     return {key: None if path is None else Path(path).resolve() for key, path in paths.items()}  # workers have their own cwd
 
@@ -105,22 +102,16 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     if up_to_date(paths["out"], plan["run"]) and summary_path.is_file():
         return {**json.loads(summary_path.read_text()), "up_to_date": True}
     selected = plan.pop("selected_rows")
-    _write_run_file(params.train.runs_dir, plan["run"], "plan.json", plan)
+    write_run_file(params.train.runs_dir, plan["run"], "plan.json", plan)
     if plan["deepspeed_config"] is not None:
-        _write_run_file(params.train.runs_dir, plan["run"], "deepspeed_config.json", plan["deepspeed_config"])
+        write_run_file(params.train.runs_dir, plan["run"], "deepspeed_config.json", plan["deepspeed_config"])
     started = time.perf_counter()
-    result = _fit(params, stage, paths, plan, {part: selected[part] for part in ("train", "holdout")})
-    with result.checkpoint.as_directory() as directory:
-        directory = Path(directory)
-        history = [json.loads(line) for line in (directory / HISTORY).read_text().splitlines() if line]
-        state = json.loads((directory / STATE).read_text())
-        if not (directory / EXPORT).is_dir():
-            raise RuntimeError(f"the run's last checkpoint {result.checkpoint.path} holds no exported model")
-        staging = paths["out"].with_name(paths["out"].name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(directory / EXPORT, staging)
-    shutil.rmtree(paths["out"], ignore_errors=True)
-    staging.rename(paths["out"])
+    from deepmolm.training.deepmolm.loop import train_worker
+
+    result = fit(params, train_worker, {"params": params, "stage": stage, "plan": plan, "tokenizer": str(paths["tokenizer"]),
+                                        "init": str(paths["init"]) if paths["init"] else None,
+                                        "rows": {part: selected[part] for part in ("train", "holdout")}}, plan["run"])
+    history, state = export_model(result, paths["out"])
     summary = {
         "stage": stage, "run": plan["run"], "strategy": params.train.strategy, "workers": params.train.scaling.workers,
         "rows": plan["rows"], "row_counts": plan["row_counts"], "steps": state["step"],
@@ -134,7 +125,7 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     }
     write_metrics(paths["metrics"], history, state.get("epochs", []), summary)
     timing = params.paths.logs_dir / "train" / plan["run"]
-    _write_csv(timing / "throughput.csv", THROUGHPUT_COLUMNS, history)
+    write_csv(timing / "throughput.csv", THROUGHPUT_COLUMNS, history)
     log_run(params.paths.logs_dir, "train", paths["out"], stage=stage, run=plan["run"], throughput=str(timing),
             **{key: summary[key] for key in RUN_FACTS})
     return summary
@@ -143,51 +134,9 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
 def write_metrics(directory: Path, history: list[dict], epochs: list[dict], summary: dict) -> None:
     """The stage's DVC metrics and plots: what the inputs decide (the run log has the rest)."""
     directory.mkdir(parents=True, exist_ok=True)
-    _write_csv(directory / "steps.csv", STEP_COLUMNS, history)
-    _write_csv(directory / "epochs.csv", EPOCH_COLUMNS, epochs)
+    write_csv(directory / "steps.csv", STEP_COLUMNS, history)
+    write_csv(directory / "epochs.csv", EPOCH_COLUMNS, epochs)
     recorded = {key: value for key, value in summary.items() if key not in RUN_FACTS}
     (directory / "summary.json").write_text(json.dumps(recorded, indent=2) + "\n")
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _write_run_file(runs_dir: str, run: str, name: str, content: dict) -> None:
-    """Next to the run's checkpoints, on whatever filesystem `runs_dir` names."""
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(runs_dir)
-    filesystem.create_dir(f"{root}/{run}", recursive=True)
-    with filesystem.open_output_stream(f"{root}/{run}/{name}") as handle:
-        handle.write(json.dumps(content, indent=2).encode())
-
-
-def _fit(params: Params, stage: int, paths: dict, plan: dict, rows: dict[str, list[dict]]):
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from deepmolm.training.deepmolm.loop import train_worker
-
-    train = params.train
-    if not ray.is_initialized():
-        ray.init(address=train.ray_address, log_to_driver=True, configure_logging=False)
-    scaling = train.scaling
-    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"params": params, "stage": stage, "plan": plan, "tokenizer": str(paths["tokenizer"]),
-                           "init": str(paths["init"]) if paths["init"] else None, "rows": rows},
-        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=plan["run"], storage_path=train.runs_dir,
-                             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=train.max_failures)),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    return result

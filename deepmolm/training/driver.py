@@ -1,0 +1,93 @@
+"""The Ray Train driver both model families use: connect to Ray, fit a TorchTrainer whose run name
+decides where its checkpoints live (so the same command resumes), read the last checkpoint's records,
+export its model atomically, and write step metrics for `dvc plots`.
+
+What a run trains is the family's (training/deepmolm/launch.py, evaluation/mumo/benchmark.py); how
+it runs, resumes and leaves its outputs is here, once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.fs
+
+from deepmolm.config import Params
+from deepmolm.training.checkpoints import EXPORT, HISTORY, STATE
+
+
+def connect(params: Params) -> None:
+    """Ray at train.ray_address, or a local one; once per process."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False)
+
+
+def fit(params: Params, worker, config: dict, run: str):
+    """`worker(config)` on train.scaling's workers as the run `run` under train.runs_dir; a run of
+    that name started again resumes from its last checkpoint. Raises the run's error."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    connect(params)
+    train, scaling = params.train, params.train.scaling
+    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
+    trainer = TorchTrainer(
+        worker, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=run, storage_path=train.runs_dir,
+                             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=train.max_failures)))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+def export_model(result, out: Path) -> tuple[list[dict], dict]:
+    """Copy the final checkpoint's exported model to `out` (whole or not at all: it is staged beside
+    it and renamed); returns the checkpoint's step history and state."""
+    out = Path(out)
+    with result.checkpoint.as_directory() as directory:
+        directory = Path(directory)
+        if not (directory / EXPORT).is_dir():
+            raise RuntimeError(f"the run's last checkpoint {result.checkpoint.path} holds no exported model")
+        history = read_jsonl(directory / HISTORY)
+        state = json.loads((directory / STATE).read_text()) if (directory / STATE).is_file() else {}
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(directory / EXPORT, staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return history, state
+
+
+def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    """One row per record (a step, an epoch), the named columns only: DVC plots read these."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_run_file(runs_dir: str, run: str, name: str, content: dict) -> None:
+    """Next to the run's checkpoints, on whatever filesystem `runs_dir` names."""
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(runs_dir)
+    filesystem.create_dir(f"{root}/{run}", recursive=True)
+    with filesystem.open_output_stream(f"{root}/{run}/{name}") as handle:
+        handle.write(json.dumps(content, indent=2).encode())
+
+
+def stage_metrics_dir(params: Params, stage: int) -> Path:
+    """`<reports_dir>/train/stage<N>/`: a DeepMoLM stage's steps.csv, epochs.csv and summary.json."""
+    return params.paths.reports_dir / "train" / f"stage{stage}"
