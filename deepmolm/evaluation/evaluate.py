@@ -26,8 +26,8 @@ from deepmolm.evaluation.model_answers import answer_examples, capped, examples_
 from deepmolm.evaluation.predictions import write_jsonl
 from deepmolm.evaluation.properties import mean_baseline, score_properties
 from deepmolm.evaluation.shard_molecules import read_molecules
+from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.generation import answer_lengths
-from deepmolm.models.deepmolm.modeling import DeepMoLMConfig
 from deepmolm.models.deepmolm.presets import model_summary
 from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run

@@ -10,6 +10,7 @@ excluded. Frozen weights come back from the run's starting point, which is part 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -129,10 +130,12 @@ class DeepSpeedStrategy:
     saves_on_every_rank = True
 
     def __init__(self, model: torch.nn.Module, train: TrainParams, stage: StageParams, total_steps: int,
-                 device: torch.device, bf16: bool, config: dict):
+                 device: torch.device, bf16: bool, config: dict, rebuild: Callable[[], torch.nn.Module]):
+        """`rebuild()`: a new module shaped like `model` (its wrappers included), for ZeRO-3's
+        consolidated weights; the strategy knows no model family."""
         import deepspeed
 
-        self.device, self.bf16, self.config = device, bf16, config
+        self.device, self.bf16, self.config, self.rebuild = device, bf16, config, rebuild
         if device.type == "cuda":
             torch.cuda.set_device(device)
         optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay), lr=stage.learning_rate,
@@ -145,9 +148,7 @@ class DeepSpeedStrategy:
     def step(self, micro_batches: list[dict], weights: list[float]) -> tuple[float, float]:
         losses = []
         for inputs, weight in zip(micro_batches, weights):
-            if self.bf16:
-                inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}
-            loss = self.engine(**inputs).loss
+            loss = self.engine(**self._precision(inputs)).loss
             self.engine.backward(loss * weight)  # DeepSpeed divides by the accumulation steps itself
             self.engine.step()  # applies the update at the accumulation boundary only
             losses.append(loss.detach().float())
@@ -161,11 +162,15 @@ class DeepSpeedStrategy:
     def eval_loss(self, inputs: dict) -> float:
         self.engine.eval()
         try:
-            if self.bf16:
-                inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}
-            return float(self.engine(**inputs).loss)
+            return float(self.engine(**self._precision(inputs)).loss)
         finally:
             self.engine.train()
+
+    def _precision(self, inputs: dict) -> dict:
+        """Floating inputs in bf16 when the engine is (ids and masks stay integers)."""
+        if not self.bf16:
+            return inputs
+        return {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
 
     def save(self, directory: Path, rank: int) -> None:
         self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True)
@@ -178,17 +183,10 @@ class DeepSpeedStrategy:
     def full_module(self) -> torch.nn.Module | None:
         if self.config["zero_optimization"]["stage"] < 3:
             return self.module
-        from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
-
         state = self.engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls
         if state is None:
             return None
-        fresh = DeepMoLMForCausalLM(self.module.config)
-        if hasattr(self.module.language_model, "peft_config"):
-            from peft import get_peft_model
-
-            fresh.language_model = get_peft_model(fresh.language_model,
-                                                  next(iter(self.module.language_model.peft_config.values())))
+        fresh = self.rebuild()
         fresh.load_state_dict(state, strict=True)
         return fresh
 

@@ -20,9 +20,11 @@ SIZE_SCALE): TPSA and Crippen's logP are sums of per-atom contributions by atom 
 is what a sum of per-atom identifiers encodes and a mean (attention) divides away. Not in the paper
 either; the `cpu` preset uses it.
 
-Variants for the paper's ablations: `fusion` (default), `fusion_zero_e3fp` (the same module with
-every E3FP token replaced by padding), `concat` (the masked mean of the E3FP tokens concatenated to
-each visual token), `linear` (image only).
+Variants for the paper's ablations, one class each (`build_projector` picks it from the spec):
+`fusion` (default: CrossAttentionProjector), `fusion_zero_e3fp` (the same module with every E3FP token
+replaced by padding), `concat` (the masked mean of the E3FP tokens concatenated to each visual token),
+`linear` (image only). Every variant is built in the same order under the same attribute names, so
+a checkpoint's weights and a seeded initialisation do not depend on how the classes are arranged.
 """
 
 from __future__ import annotations
@@ -57,43 +59,13 @@ class FusionSpec:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
 
 
-class FusionProjector(nn.Module):
+class LinearProjector(nn.Module):
+    """`linear`: the visual tokens projected to the LLM's width, no geometry."""
+
     def __init__(self, spec: FusionSpec):
         super().__init__()
         self.spec = spec
-        h = spec.hidden_size
-        self.visual_in = nn.Linear(spec.visual_dim, h)
-        if spec.variant == "linear":
-            return
-        self.pad_id = spec.e3fp_bits
-        self.e3fp_embed = nn.Embedding(spec.e3fp_bits + 1, h, padding_idx=self.pad_id)
-        self.level_embed = nn.Embedding(spec.e3fp_levels, h)
-        if spec.size_features:
-            self.size_in = nn.Linear(2 * (1 + 2 * SIZE_FREQUENCIES), h)
-        if spec.e3fp_sum:
-            self.sum_in = nn.Linear(h, h)
-        if spec.variant == "concat":
-            self.merge = nn.Linear(2 * h, h)
-            return
-        self.null_kv = nn.Parameter(torch.randn(1, 1, h) * 0.02)
-        self.norm_q, self.norm_kv, self.norm_ffn = nn.LayerNorm(h), nn.LayerNorm(h), nn.LayerNorm(h)
-        self.attn = nn.MultiheadAttention(h, spec.num_heads, dropout=spec.dropout, batch_first=True)
-        self.ffn = nn.Sequential(nn.Linear(h, spec.ffn_mult * h), nn.GELU(), nn.Dropout(spec.dropout),
-                                 nn.Linear(spec.ffn_mult * h, h))
-
-    def e3fp_tokens(self, e3fp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, atoms, levels] identifiers (-1: none or padding) -> ([B, atoms*levels, H], padding mask)."""
-        batch, atoms, levels = e3fp.shape
-        if levels != self.spec.e3fp_levels:
-            raise ValueError(f"E3FP has {levels} levels per atom, the projector expects {self.spec.e3fp_levels}")
-        ids = e3fp.reshape(batch, atoms * levels).long()
-        padding = ids < 0
-        if self.spec.variant == "fusion_zero_e3fp":
-            padding = torch.ones_like(padding)
-        ids = ids.masked_fill(padding, self.pad_id)
-        level = torch.arange(levels, device=e3fp.device).repeat(atoms)
-        tokens = self.e3fp_embed(ids) + self.level_embed(level)[None]
-        return tokens.masked_fill(padding[..., None], 0.0), padding
+        self.visual_in = nn.Linear(spec.visual_dim, spec.hidden_size)
 
     @staticmethod
     def size_features(atoms: torch.Tensor) -> torch.Tensor:
@@ -106,9 +78,45 @@ class FusionProjector(nn.Module):
 
     def forward(self, visual: torch.Tensor, e3fp: torch.Tensor | None = None) -> torch.Tensor:
         """visual [B, N, visual_dim], e3fp [B, atoms, levels] -> [B, N, hidden_size]."""
+        return self.visual_in(visual)
+
+
+class _GeometryProjector(LinearProjector):
+    """What the geometric variants share: E3FP tokens (identifier + level embeddings) and the
+    optional size and sum features added to every query."""
+
+    zero_e3fp = False
+
+    def __init__(self, spec: FusionSpec):
+        super().__init__(spec)
+        h = spec.hidden_size
+        self.pad_id = spec.e3fp_bits
+        self.e3fp_embed = nn.Embedding(spec.e3fp_bits + 1, h, padding_idx=self.pad_id)
+        self.level_embed = nn.Embedding(spec.e3fp_levels, h)
+        if spec.size_features:
+            self.size_in = nn.Linear(2 * (1 + 2 * SIZE_FREQUENCIES), h)
+        if spec.e3fp_sum:
+            self.sum_in = nn.Linear(h, h)
+
+    def e3fp_tokens(self, e3fp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, atoms, levels] identifiers (-1: none or padding) -> ([B, atoms*levels, H], padding mask)."""
+        batch, atoms, levels = e3fp.shape
+        if levels != self.spec.e3fp_levels:
+            raise ValueError(f"E3FP has {levels} levels per atom, the projector expects {self.spec.e3fp_levels}")
+        ids = e3fp.reshape(batch, atoms * levels).long()
+        padding = ids < 0
+        if self.zero_e3fp:
+            padding = torch.ones_like(padding)
+        ids = ids.masked_fill(padding, self.pad_id)
+        level = torch.arange(levels, device=e3fp.device).repeat(atoms)
+        tokens = self.e3fp_embed(ids) + self.level_embed(level)[None]
+        return tokens.masked_fill(padding[..., None], 0.0), padding
+
+    def queries_and_tokens(self, visual: torch.Tensor, e3fp: torch.Tensor | None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The projected visual tokens with the molecule's size and sum features added, its E3FP
+        tokens and their padding mask (no E3FP at all: one padding atom)."""
         queries = self.visual_in(visual)
-        if self.spec.variant == "linear":
-            return queries
         if e3fp is None:
             e3fp = torch.full((visual.shape[0], 1, self.spec.e3fp_levels), -1, device=visual.device)
         tokens, padding = self.e3fp_tokens(e3fp)
@@ -117,12 +125,60 @@ class FusionProjector(nn.Module):
             queries = queries + self.size_in(self.size_features(atoms))[:, None]
         if self.spec.e3fp_sum:  # padding tokens are zero: a sum over the molecule's own tokens only
             queries = queries + self.sum_in(tokens.sum(dim=1) / SIZE_SCALE)[:, None]
-        if self.spec.variant == "concat":
-            count = (~padding).sum(dim=1, keepdim=True).clamp(min=1)
-            pooled = tokens.sum(dim=1, keepdim=True) / count[..., None]
-            return self.merge(torch.cat([queries, pooled.expand_as(queries)], dim=-1))
+        return queries, tokens, padding
+
+
+class ConcatProjector(_GeometryProjector):
+    """`concat`: each visual token concatenated with the masked mean of the E3FP tokens."""
+
+    def __init__(self, spec: FusionSpec):
+        super().__init__(spec)
+        self.merge = nn.Linear(2 * spec.hidden_size, spec.hidden_size)
+
+    def forward(self, visual: torch.Tensor, e3fp: torch.Tensor | None = None) -> torch.Tensor:
+        queries, tokens, padding = self.queries_and_tokens(visual, e3fp)
+        count = (~padding).sum(dim=1, keepdim=True).clamp(min=1)
+        pooled = tokens.sum(dim=1, keepdim=True) / count[..., None]
+        return self.merge(torch.cat([queries, pooled.expand_as(queries)], dim=-1))
+
+
+class CrossAttentionProjector(_GeometryProjector):
+    """`fusion`, the paper's Fusion Projector: cross-attention from the visual tokens to the E3FP
+    tokens and a null key, then a feed-forward block, both pre-norm with residuals."""
+
+    def __init__(self, spec: FusionSpec):
+        super().__init__(spec)
+        h = spec.hidden_size
+        self.null_kv = nn.Parameter(torch.randn(1, 1, h) * 0.02)
+        self.norm_q, self.norm_kv, self.norm_ffn = nn.LayerNorm(h), nn.LayerNorm(h), nn.LayerNorm(h)
+        self.attn = nn.MultiheadAttention(h, spec.num_heads, dropout=spec.dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(h, spec.ffn_mult * h), nn.GELU(), nn.Dropout(spec.dropout),
+                                 nn.Linear(spec.ffn_mult * h, h))
+
+    def forward(self, visual: torch.Tensor, e3fp: torch.Tensor | None = None) -> torch.Tensor:
+        queries, tokens, padding = self.queries_and_tokens(visual, e3fp)
         keys = self.norm_kv(torch.cat([self.null_kv.expand(len(tokens), -1, -1), tokens], dim=1))
         mask = torch.cat([torch.zeros_like(padding[:, :1]), padding], dim=1)
         attended, _ = self.attn(self.norm_q(queries), keys, keys, key_padding_mask=mask, need_weights=False)
         hidden = queries + attended
         return hidden + self.ffn(self.norm_ffn(hidden))
+
+
+class ZeroE3fpProjector(CrossAttentionProjector):
+    """`fusion_zero_e3fp`: the Fusion Projector with every E3FP token replaced by padding (the
+    paper's "without 3D" ablation: the same parameters, no geometry reaches them)."""
+
+    zero_e3fp = True
+
+
+PROJECTORS: dict[str, type[LinearProjector]] = {
+    "fusion": CrossAttentionProjector,
+    "fusion_zero_e3fp": ZeroE3fpProjector,
+    "concat": ConcatProjector,
+    "linear": LinearProjector,
+}
+assert tuple(PROJECTORS) == VARIANTS
+
+
+def build_projector(spec: FusionSpec) -> LinearProjector:
+    return PROJECTORS[spec.variant](spec)

@@ -3,8 +3,8 @@
 The prompt holds one `<image>` placeholder token per visual token (the loader expands the single
 `<image>` of the template to `encoder tokens` copies); their input embeddings are replaced by the
 projected visual tokens, everything else is the LM's own embedding. Labels are the loader's (-100 on
-prompt and image positions). `DeepMoLMConfig` / `save_pretrained` / `from_pretrained` follow
-transformers' conventions, so checkpoints are safetensors plus config.json.
+prompt and image positions). `DeepMoLMConfig` (configuration.py) / `save_pretrained` /
+`from_pretrained` follow transformers' conventions, so checkpoints are safetensors plus config.json.
 """
 
 from __future__ import annotations
@@ -14,40 +14,14 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    PreTrainedConfig,
     PreTrainedModel,
-    Qwen2Config,
     Qwen2ForCausalLM,
 )
 from transformers.generation import GenerationMixin
 
-from deepmolm.models.deepmolm.deep_encoder import DeepEncoder, DeepEncoderSpec
-from deepmolm.models.deepmolm.fusion import FusionProjector, FusionSpec
-
-
-class DeepMoLMConfig(PreTrainedConfig):
-    model_type = "deepmolm"
-
-    def __init__(self, encoder: dict | None = None, fusion: dict | None = None, language: dict | None = None,
-                 image_token_id: int = 0, **kwargs):
-        self.encoder = dict(encoder or {})
-        self.fusion = dict(fusion or {})
-        self.language = dict(language or {})  # Qwen2Config fields (not `text_config`: transformers expects a config object there)
-        self.image_token_id = image_token_id
-        super().__init__(**kwargs)
-
-    def encoder_spec(self) -> DeepEncoderSpec:
-        spec = dict(self.encoder)
-        for key in ("sam_global_layers", "compressor"):
-            if key in spec:
-                spec[key] = tuple(spec[key])
-        return DeepEncoderSpec(**spec)
-
-    def fusion_spec(self) -> FusionSpec:
-        return FusionSpec(visual_dim=self.encoder_spec().out_dim, hidden_size=self.qwen2().hidden_size, **self.fusion)
-
-    def qwen2(self) -> Qwen2Config:
-        return Qwen2Config(**self.language)
+from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
+from deepmolm.models.deepmolm.deep_encoder import DeepEncoder
+from deepmolm.models.deepmolm.fusion import build_projector
 
 
 class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
@@ -58,7 +32,7 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: DeepMoLMConfig):
         super().__init__(config)
         self.encoder = DeepEncoder(config.encoder_spec())
-        self.projector = FusionProjector(config.fusion_spec())
+        self.projector = build_projector(config.fusion_spec())
         self.language_model = Qwen2ForCausalLM(config.qwen2())
         self.post_init()
 

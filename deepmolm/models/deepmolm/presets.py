@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from deepmolm.config import ConfigError, Params
+from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.deep_encoder import parameter_counts
-from deepmolm.models.deepmolm.modeling import DeepMoLMConfig, DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 
 
 def model_config(params: Params, preset: str | None = None, *, vocab_size: int | None = None,

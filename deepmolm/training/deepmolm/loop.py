@@ -55,6 +55,16 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _same_shape(config, stage) -> torch.nn.Module:
+    """A new DeepMoLM shaped like the trained one (LoRA-wrapped when the stage is)."""
+    from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+
+    model = DeepMoLMForCausalLM(config)
+    if lora_enabled(stage):
+        add_lora(model, stage.lora)
+    return model
+
+
 def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -78,7 +88,8 @@ def train_worker(config: dict) -> None:
     seed_everything(train.seed + rank)
     total = plan["total_steps"]
     if train.strategy == "deepspeed":
-        strategy = DeepSpeedStrategy(model, train, stage, total, device, bf16, plan["deepspeed_config"])
+        strategy = DeepSpeedStrategy(model, train, stage, total, device, bf16, plan["deepspeed_config"],
+                                     rebuild=functools.partial(_same_shape, model.config, stage))
     else:
         strategy = DDPStrategy(model, train, stage, total, device, bf16)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepmolm.models.deepmolm.fusion import VARIANTS, FusionProjector, FusionSpec
+from deepmolm.models.deepmolm.fusion import PROJECTORS, VARIANTS, FusionSpec, LinearProjector, build_projector
 
 
-def projector(variant: str = "fusion", seed: int = 0, size_features: bool = False, e3fp_sum: bool = False) -> FusionProjector:
+def projector(variant: str = "fusion", seed: int = 0, size_features: bool = False, e3fp_sum: bool = False) -> LinearProjector:
     torch.manual_seed(seed)
     spec = FusionSpec(visual_dim=24, hidden_size=32, e3fp_bits=64, num_heads=4, variant=variant,
                       size_features=size_features, e3fp_sum=e3fp_sum)
-    return FusionProjector(spec).eval()
+    return build_projector(spec).eval()
 
 
 def molecule(atoms: int, seed: int) -> torch.Tensor:
@@ -77,7 +77,7 @@ def test_size_features_tell_a_molecule_from_itself_repeated():
     plain_gap = (plain(visual, batch([once])) - plain(visual, batch([twice]))).abs().mean()
     sized_gap = (sized(visual, batch([once])) - sized(visual, batch([twice]))).abs().mean()
     assert sized_gap > 5 * plain_gap
-    features = FusionProjector.size_features(torch.tensor([10, 11, 100, 101]))
+    features = LinearProjector.size_features(torch.tensor([10, 11, 100, 101]))
     assert features.shape == (4, 34)
     step_small, step_large = (features[1] - features[0]).norm(), (features[3] - features[2]).norm()
     assert step_large > 0.1 and step_large > 0.5 * step_small
@@ -107,7 +107,7 @@ def test_size_features_count_atoms_not_shell_identifiers():
     counted = {}
     model.size_in.register_forward_hook(lambda module, args, out: counted.update(x=args[0]))
     model(torch.randn(2, 16, 24), e3fp)
-    torch.testing.assert_close(counted["x"], FusionProjector.size_features(torch.tensor([5, 3])))
+    torch.testing.assert_close(counted["x"], LinearProjector.size_features(torch.tensor([5, 3])))
 
 
 @pytest.mark.parametrize("extras", [{}, {"size_features": True}, {"e3fp_sum": True}])
@@ -122,3 +122,21 @@ def test_bad_specs_are_refused():
         FusionSpec(visual_dim=8, hidden_size=8, e3fp_bits=4, variant="attention")
     with pytest.raises(ValueError, match="levels per atom"):
         projector()(torch.randn(1, 4, 24), torch.zeros(1, 3, 5, dtype=torch.long))
+
+
+def test_each_variant_is_its_own_class_with_the_checkpoint_keys_of_the_format():
+    """A variant's parameter names are the checkpoint format: moving code between the classes must
+    not rename them (the exported models of earlier runs load by these keys)."""
+    shared = {"visual_in.weight", "visual_in.bias"}
+    geometry = shared | {"e3fp_embed.weight", "level_embed.weight", "size_in.weight", "size_in.bias",
+                         "sum_in.weight", "sum_in.bias"}
+    attention = geometry | {"null_kv", "norm_q.weight", "norm_q.bias", "norm_kv.weight", "norm_kv.bias",
+                            "norm_ffn.weight", "norm_ffn.bias", "attn.in_proj_weight", "attn.in_proj_bias",
+                            "attn.out_proj.weight", "attn.out_proj.bias", "ffn.0.weight", "ffn.0.bias",
+                            "ffn.3.weight", "ffn.3.bias"}
+    expected = {"linear": shared, "concat": geometry | {"merge.weight", "merge.bias"}, "fusion": attention,
+                "fusion_zero_e3fp": attention}
+    for variant in VARIANTS:
+        model = projector(variant, size_features=True, e3fp_sum=True)
+        assert type(model) is PROJECTORS[variant]
+        assert set(model.state_dict()) == expected[variant], variant
