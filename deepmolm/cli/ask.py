@@ -41,8 +41,8 @@ def predict(
             raise Exit(1, f"cannot read the molecule: {exc}") from None
         text = Predictor(checkpoint).answer(molecule, prompt, cfg, task)
     common.emit({"prompt": prompt, "answer": text, "geometry": molecule.e3fp is not None,
-           "conformer_source": molecule.conformer_source}, common.as_json,
-          lambda s: stdout.print(s["answer"], highlight=False, markup=False))
+                 "conformer_source": molecule.conformer_source},
+                lambda s: stdout.print(s["answer"], highlight=False, markup=False))
 
 
 @command(app, "serve")
