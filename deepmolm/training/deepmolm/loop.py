@@ -55,6 +55,20 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def start_state(saved: dict | None) -> dict:
+    """The bookkeeping a worker starts from: a fresh run's, or a checkpoint's with this resume noted.
+    `batches_in_epoch` counts micro-batches, so a resume skips exactly the ones already stepped on."""
+    if saved is None:
+        return {"step": 0, "epoch": 0, "batches_in_epoch": 0, "resumed_from": []}
+    return {**saved, "resumed_from": [*saved["resumed_from"], saved["step"]]}
+
+
+def remaining(order: list, batches_in_epoch: int) -> list:
+    """This epoch's micro-batches not yet stepped on: the epoch's order is a function of (seed,
+    epoch, rank), so the rest of an interrupted epoch is the rest of the same list."""
+    return order[batches_in_epoch:]
+
+
 def _same_shape(config, stage) -> torch.nn.Module:
     """A new DeepMoLM shaped like the trained one (LoRA-wrapped when the stage is)."""
     from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
@@ -93,15 +107,14 @@ def train_worker(config: dict) -> None:
     else:
         strategy = DDPStrategy(model, train, stage, total, device, bf16)
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "resumed_from": []}
-    history: list[dict] = []
+    state, history = start_state(None), []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             saved = json.loads((Path(directory) / STATE).read_text())
             strategy.load(Path(directory))
             history = [json.loads(line) for line in (Path(directory) / HISTORY).read_text().splitlines() if line]
-        state = {**saved, "resumed_from": [*saved["resumed_from"], saved["step"]]}
+        state = start_state(saved)
         if rank == 0:
             print(f"[train] stage {stage_number}: resuming at step {state['step']} of {total}", flush=True)
     if state.get("final"):
@@ -133,7 +146,7 @@ def train_worker(config: dict) -> None:
         if len(order) < batches_per_epoch:
             raise RuntimeError(f"worker {rank} got {len(order)} batches of {train.micro_batch_size}, "
                                f"the plan {batches_per_epoch}")
-        loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=order[skip:], **loader_options)
+        loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=remaining(order, skip), **loader_options)
         for index, batch in enumerate(loader, start=skip):
             pending.append(model_inputs(batch, device))
             if len(pending) < accum:
