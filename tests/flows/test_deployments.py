@@ -16,8 +16,8 @@ import yaml
 from flows.local_server import local_prefect_server
 from tests.conftest import copy_repository, newcomer_env
 
-# about a minute: outside CI's run, whose flows run under a real server through tests/test_end_to_end.py
-pytestmark = [pytest.mark.slow, pytest.mark.extended]
+# about a minute; in the default run (the deployments are what a scheduled refresh uses)
+pytestmark = pytest.mark.slow
 ROWS_PER_SPLIT = 4
 
 
