@@ -27,7 +27,7 @@ from deepmolm.evaluation.captions import METRICS
 from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluation_dir
 from deepmolm.evaluation.evaluate import METRICS as METRICS_FILE
 from deepmolm.evaluation.model_answers import examples_of_splits
-from deepmolm.reports.data_quality import IMAGES_LOADED_SCRIPT, PAGE_STYLE
+from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 from deepmolm.runtime.run_log import portable_path
 from deepmolm.training.driver import stage_metrics_dir
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from deepmolm.config import ConfigError, Params
-from deepmolm.models.mumo.modeling import MuMoConfig, MuMoForPropertyPrediction
+from deepmolm.models.mumo.configuration import MuMoConfig
+from deepmolm.models.mumo.modeling import MuMoForPropertyPrediction
 
 # The SMILES vocabulary is learnt from the data; a summary without a tokenizer counts this many
 # tokens (ChEBI-20 and MoleculeNet together have under 200 distinct pieces).

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from deepmolm.cli import app
 from deepmolm.data.featurize.sfp import structured_graph
-from deepmolm.models.mumo.modeling import MuMoConfig, MuMoForMaskedLM, MuMoForPropertyPrediction, collate_graphs
+from deepmolm.models.mumo.configuration import MuMoConfig
+from deepmolm.models.mumo.modeling import MuMoForMaskedLM, MuMoForPropertyPrediction, collate_graphs
 from deepmolm.models.mumo.presets import mumo_config, mumo_summary
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer, smiles_pieces
 from tests.data.featurize.test_sfp import MOLECULES, conformer, random_rigid_motion
