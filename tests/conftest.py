@@ -17,6 +17,16 @@ SHARED = Path(os.environ.get("DEEPMOLM_SHARED", REPO.parent / "shared")).resolve
 PARAMS = REPO / "params.yaml"
 
 
+def pytest_configure(config):
+    """Each pytest process (an xdist worker, or the only one) gets its own Prefect home: the temporary
+    API servers the flows start keep their SQLite database there, and two workers must not share one."""
+    if "PREFECT_HOME" not in os.environ or os.environ.get("DEEPMOLM_TEST_PREFECT_HOME") == os.environ["PREFECT_HOME"]:
+        import tempfile
+
+        home = tempfile.mkdtemp(prefix=f"deepmolm-prefect-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+        os.environ["PREFECT_HOME"] = os.environ["DEEPMOLM_TEST_PREFECT_HOME"] = home
+
+
 def pytest_addoption(parser):
     parser.addoption("--extended", action="store_true",
                      help="also run the tests marked extended (long fault-tolerance scenarios; CI leaves them out)")
