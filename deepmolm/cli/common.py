@@ -80,8 +80,7 @@ class Common:
     @contextmanager
     def errors(self) -> Iterator[None]:
         """Turn the library's errors into a clear message and an exit code (and a JSON error object)."""
-        from deepmolm.data.ingest import RequestError
-        from deepmolm.data.sources.errors import SourceError
+        from deepmolm.data.sources.errors import RequestError, SourceError
 
         try:
             try:

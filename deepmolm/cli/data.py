@@ -50,14 +50,11 @@ def data_ingest(
 ) -> None:
     """Read a source into a raw-table snapshot: <out>/<source>/<snapshot>/ with Parquet parts,
     rejects.parquet and manifest.json. Every input row is accepted or rejected with a reason."""
-    from deepmolm.data.ingest import RequestError, ingest_request, run_ingest
+    from deepmolm.data.ingest import ingest_request, run_ingest
 
     with common.errors():
         cfg = common.params
-        try:
-            request = ingest_request(source, splits=split, path=path, cids=cids, cid_file=cid_file, out_root=out)
-        except RequestError as exc:
-            raise Exit(2, str(exc)) from None
+        request = ingest_request(source, splits=split, path=path, cids=cids, cid_file=cid_file, out_root=out)
         summary = common.run(prefect, "flows.ingest:run_request", request, progress=common.progress,
                              inline=lambda: run_ingest(cfg, request, progress=common.progress).as_dict())
     common.emit(summary, _render_counts)

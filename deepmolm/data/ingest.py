@@ -15,7 +15,7 @@ from pathlib import Path
 
 from deepmolm.config import Params
 from deepmolm.data.sources import chebi20, pubchem, tsv
-from deepmolm.data.sources.errors import BatchFetchError, LayoutError
+from deepmolm.data.sources.errors import BatchFetchError, LayoutError, RequestError
 from deepmolm.data.sources.raw_table import RawTableWriter
 from deepmolm.data.sources.records import InputRef, RawRecord, Reason, Rejection, cid_problem
 from deepmolm.runtime.progress import progress_bar
@@ -272,10 +272,6 @@ class IngestRequest:
 
 
 SOURCES = ("chebi20", "tsv", "pubchem")
-
-
-class RequestError(ValueError):
-    """A source asked for with options it does not take, or without the ones it needs."""
 
 
 def ingest_request(source: str, *, splits: list[str] | None = None, path: Path | None = None, cids: str | None = None,

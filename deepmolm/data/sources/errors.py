@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class RequestError(ValueError):
+    """A source asked for with options it does not take, or without the ones it needs (usage, exit 2)."""
+
+
 class SourceError(Exception):
     """An input that cannot be used at all; the CLI prints the message and exits non-zero."""
 
