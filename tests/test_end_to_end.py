@@ -3,8 +3,8 @@ stage (ingest, featurize on Dask, validate, instructions, tokenizer, both traini
 evaluation, the report, and MuMo's pretraining and benchmark), each a Prefect flow on one local server; the report opens in headless
 Chromium; `dvc push` / `dvc pull` move the artifacts through the default remote; a second
 `dvc repro` has nothing to do; a stage-2 param reruns stage 2 and what follows it, nothing before.
-A second copy in another directory, given the first one's dvc.lock, runs every stage again and
-leaves that dvc.lock unchanged: every output is the same bytes (issue 17's promise)."""
+A second copy in another directory runs every stage at the same time and writes the same dvc.lock:
+every output is the same bytes (issue 17's promise)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from tests.browser import headless
 from tests.conftest import copy_repository, newcomer_env
 
 # one xdist worker runs the whole module: its checks share one demo run, in file order
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end"),
+              pytest.mark.timeout(1800)]  # the first check waits for the two demos
 ROWS_PER_SPLIT = 12
 STAGES = ["ingest_chebi20", "featurize_chebi20", "validate_chebi20", "instructions_chebi20", "tokenizer",
           "train_stage1", "train_stage2", "evaluate", "report"]
@@ -83,15 +84,32 @@ class Demo:
         return json.loads(self.project.joinpath(*parts).read_text())
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Demo:
-    """One `./dev demo` on a copy of the repository, shared by the checks below (in file order; one
-    xdist worker runs the whole module). The later checks push, pull and retrain it."""
-    project = copy_repository(tmp_path_factory.mktemp("demo"), rows_per_split=ROWS_PER_SPLIT)
+def _start_demo(dest: Path) -> tuple[Path, subprocess.Popen]:
+    project = copy_repository(dest, rows_per_split=ROWS_PER_SPLIT)
     shrink(project / "params.yaml")
-    first = subprocess.run(["./dev", "demo"], cwd=project, capture_output=True, text=True, env=newcomer_env(), timeout=900)
-    assert first.returncode == 0, (first.stdout + first.stderr)[-6000:]
-    return Demo(project, first.stdout + first.stderr, first.stdout)
+    return project, subprocess.Popen(["./dev", "demo"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=newcomer_env())
+
+
+@pytest.fixture(scope="session")
+def demos(tmp_path_factory) -> tuple[Demo, Demo]:
+    """Two `./dev demo` runs from scratch, at once, on two copies of the repository (the second at
+    another path, one level deeper), shared by the checks below (in file order, on one xdist worker).
+    Session-scoped: a module fixture would be torn down and built again whenever the worker runs
+    another module's test between two of these. The later checks push, pull and retrain the first."""
+    started = [_start_demo(tmp_path_factory.mktemp("demo")),
+               _start_demo(tmp_path_factory.mktemp("elsewhere") / "deeper")]
+    finished = []
+    for project, process in started:
+        stdout, stderr = process.communicate(timeout=1500)
+        assert process.returncode == 0, f"./dev demo in {project}:\n{(stdout + stderr)[-6000:]}"
+        finished.append(Demo(project, stdout + stderr, stdout))
+    return finished[0], finished[1]
+
+
+@pytest.fixture(scope="session")
+def demo(demos) -> Demo:
+    return demos[0]
 
 
 def test_every_stage_runs_in_order_as_a_prefect_flow(demo):
@@ -161,20 +179,15 @@ def test_the_report_page_loads_every_image_in_headless_chromium(demo):
     assert dom.stdout.count("class=\"card\"") == gallery + inputs
 
 
-@pytest.mark.timeout(1200)
-def test_a_second_clone_elsewhere_reproduces_the_same_dvc_lock(demo, tmp_path):
-    """Another path, one level deeper, given our dvc.lock: its `./dev demo` runs every stage (nothing
-    is there yet) and writes the same dvc.lock back: every output is the same bytes."""
-    lock = (demo.project / "dvc.lock").read_text()
-    elsewhere = copy_repository(tmp_path / "elsewhere" / "deeper", rows_per_split=ROWS_PER_SPLIT)
-    shrink(elsewhere / "params.yaml")
-    (elsewhere / "dvc.lock").write_text(lock)
-    again = subprocess.run(["./dev", "demo"], cwd=elsewhere, capture_output=True, text=True, env=newcomer_env(), timeout=900)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
-    assert sorted(ran(again.stdout + again.stderr)) == sorted(STAGES + MUMO_STAGES)
-    differing = lock_differences(lock, (elsewhere / "dvc.lock").read_text())
+def test_a_second_clone_elsewhere_writes_the_same_dvc_lock(demos):
+    """Two clones at different paths, each running every stage from nothing: the same dvc.lock, so
+    every output is the same bytes wherever the project lives."""
+    first, second = demos
+    assert sorted(ran(second.output)) == sorted(STAGES + MUMO_STAGES)
+    lock = (first.project / "dvc.lock").read_text()
+    differing = lock_differences(lock, (second.project / "dvc.lock").read_text())
     assert not differing, f"outputs that differ between two clones: {differing}"
-    assert (elsewhere / "dvc.lock").read_text() == lock
+    assert (second.project / "dvc.lock").read_text() == lock
 
 
 def test_artifacts_go_through_the_default_remote_and_a_second_repro_does_nothing(demo):
