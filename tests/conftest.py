@@ -33,8 +33,8 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    # the longest group first, so an xdist worker starts on it at once (a stable sort keeps file order)
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+    # the longest file first, so an xdist worker starts on it at once (a stable sort keeps the rest in order)
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
     if config.getoption("--extended"):
         return
     skip = pytest.mark.skip(reason="extended scenario: run with `./dev test --extended`")

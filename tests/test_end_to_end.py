@@ -27,9 +27,9 @@ from deepmolm.data.sources.raw_table import resolve_snapshot
 from tests.browser import headless
 from tests.conftest import copy_repository, newcomer_env
 
-# one xdist worker runs the whole module: its checks share one demo run, in file order
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("end_to_end"),
-              pytest.mark.timeout(1800)]  # the first check waits for the two demos
+# `./dev test` deals whole files to its xdist workers (--dist loadfile), so one worker runs this
+# module and its checks share one pair of demo runs, in file order; `longest`: collected first
+pytestmark = [pytest.mark.slow, pytest.mark.longest, pytest.mark.timeout(1800)]  # the first check waits for the demos
 ROWS_PER_SPLIT = 12
 STAGES = ["ingest_chebi20", "featurize_chebi20", "validate_chebi20", "instructions_chebi20", "tokenizer",
           "train_stage1", "train_stage2", "evaluate", "report"]
@@ -94,9 +94,8 @@ def _start_demo(dest: Path) -> tuple[Path, subprocess.Popen]:
 @pytest.fixture(scope="session")
 def demos(tmp_path_factory) -> tuple[Demo, Demo]:
     """Two `./dev demo` runs from scratch, at once, on two copies of the repository (the second at
-    another path, one level deeper), shared by the checks below (in file order, on one xdist worker).
-    Session-scoped: a module fixture would be torn down and built again whenever the worker runs
-    another module's test between two of these. The later checks push, pull and retrain the first."""
+    another path, one level deeper), shared by the checks below. The later checks push, pull and
+    retrain the first."""
     started = [_start_demo(tmp_path_factory.mktemp("demo")),
                _start_demo(tmp_path_factory.mktemp("elsewhere") / "deeper")]
     finished = []
