@@ -150,5 +150,7 @@ def newcomer_env(**extra: str) -> dict[str, str]:
     editable package there), with a newcomer's PATH that does not have the environment on it."""
     venv = Path(sys.prefix)
     path = ":".join(p for p in os.environ["PATH"].split(":") if not p.startswith(str(venv)))
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    # no Prefect server or home of the test process: a newcomer's demo keeps its runs in the project's .prefect/
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PREFECT_API_URL", "PREFECT_HOME", "DEEPMOLM_TEST_PREFECT_HOME")}
     return {**env, "DEEPMOLM_VENV": str(venv), "DEEPMOLM_NO_INSTALL": "1", "PATH": path, **extra}
