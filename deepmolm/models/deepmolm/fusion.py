@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-VARIANTS = ("fusion", "fusion_zero_e3fp", "concat", "linear")
 SIZE_SCALE = 256  # atoms at which the linear size feature reaches 1 (featurize.conformer.max_heavy_atoms is 250)
 SIZE_FREQUENCIES = 8  # sines and cosines at pi * 2**k, k < 8, of each scale: one atom apart is a quarter turn
 
@@ -59,6 +58,15 @@ class FusionSpec:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
 
 
+def size_features(atoms: torch.Tensor) -> torch.Tensor:
+    """[B] heavy-atom counts -> [B, 34]: the count on a linear and a log scale, each with sines and
+    cosines, so 100 and 101 atoms differ as clearly as 10 and 11."""
+    atoms = atoms.float()
+    scales = torch.stack([atoms / SIZE_SCALE, torch.log1p(atoms) / torch.log1p(torch.tensor(SIZE_SCALE))], dim=-1)
+    angles = scales[..., None] * (torch.pi * 2.0 ** torch.arange(SIZE_FREQUENCIES, device=atoms.device))
+    return torch.cat([scales, angles.sin().flatten(1), angles.cos().flatten(1)], dim=-1)
+
+
 class LinearProjector(nn.Module):
     """`linear`: the visual tokens projected to the LLM's width, no geometry."""
 
@@ -66,15 +74,6 @@ class LinearProjector(nn.Module):
         super().__init__()
         self.spec = spec
         self.visual_in = nn.Linear(spec.visual_dim, spec.hidden_size)
-
-    @staticmethod
-    def size_features(atoms: torch.Tensor) -> torch.Tensor:
-        """[B] heavy-atom counts -> [B, 34]: the count on a linear and a log scale, each with sines and
-        cosines, so 100 and 101 atoms differ as clearly as 10 and 11."""
-        atoms = atoms.float()
-        scales = torch.stack([atoms / SIZE_SCALE, torch.log1p(atoms) / torch.log1p(torch.tensor(SIZE_SCALE))], dim=-1)
-        angles = scales[..., None] * (torch.pi * 2.0 ** torch.arange(SIZE_FREQUENCIES, device=atoms.device))
-        return torch.cat([scales, angles.sin().flatten(1), angles.cos().flatten(1)], dim=-1)
 
     def forward(self, visual: torch.Tensor, e3fp: torch.Tensor | None = None) -> torch.Tensor:
         """visual [B, N, visual_dim], e3fp [B, atoms, levels] -> [B, N, hidden_size]."""
@@ -122,7 +121,7 @@ class _GeometryProjector(LinearProjector):
         tokens, padding = self.e3fp_tokens(e3fp)
         if self.spec.size_features:
             atoms = (~padding.reshape(len(padding), -1, self.spec.e3fp_levels)).any(dim=-1).sum(dim=1)
-            queries = queries + self.size_in(self.size_features(atoms))[:, None]
+            queries = queries + self.size_in(size_features(atoms))[:, None]
         if self.spec.e3fp_sum:  # padding tokens are zero: a sum over the molecule's own tokens only
             queries = queries + self.sum_in(tokens.sum(dim=1) / SIZE_SCALE)[:, None]
         return queries, tokens, padding
@@ -177,7 +176,7 @@ PROJECTORS: dict[str, type[LinearProjector]] = {
     "concat": ConcatProjector,
     "linear": LinearProjector,
 }
-assert tuple(PROJECTORS) == VARIANTS
+VARIANTS = tuple(PROJECTORS)
 
 
 def build_projector(spec: FusionSpec) -> LinearProjector:

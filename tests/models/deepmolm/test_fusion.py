@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepmolm.models.deepmolm.fusion import PROJECTORS, VARIANTS, FusionSpec, LinearProjector, build_projector
+from deepmolm.models.deepmolm.fusion import (
+    PROJECTORS,
+    VARIANTS,
+    FusionSpec,
+    LinearProjector,
+    build_projector,
+    size_features,
+)
 
 
 def projector(variant: str = "fusion", seed: int = 0, size_features: bool = False, e3fp_sum: bool = False) -> LinearProjector:
@@ -77,7 +84,7 @@ def test_size_features_tell_a_molecule_from_itself_repeated():
     plain_gap = (plain(visual, batch([once])) - plain(visual, batch([twice]))).abs().mean()
     sized_gap = (sized(visual, batch([once])) - sized(visual, batch([twice]))).abs().mean()
     assert sized_gap > 5 * plain_gap
-    features = LinearProjector.size_features(torch.tensor([10, 11, 100, 101]))
+    features = size_features(torch.tensor([10, 11, 100, 101]))
     assert features.shape == (4, 34)
     step_small, step_large = (features[1] - features[0]).norm(), (features[3] - features[2]).norm()
     assert step_large > 0.1 and step_large > 0.5 * step_small
@@ -107,7 +114,7 @@ def test_size_features_count_atoms_not_shell_identifiers():
     counted = {}
     model.size_in.register_forward_hook(lambda module, args, out: counted.update(x=args[0]))
     model(torch.randn(2, 16, 24), e3fp)
-    torch.testing.assert_close(counted["x"], LinearProjector.size_features(torch.tensor([5, 3])))
+    torch.testing.assert_close(counted["x"], size_features(torch.tensor([5, 3])))
 
 
 @pytest.mark.parametrize("extras", [{}, {"size_features": True}, {"e3fp_sum": True}])
