@@ -61,7 +61,7 @@ def export_model(result, out: Path) -> tuple[list[dict], dict]:
         if not (directory / EXPORT).is_dir():
             raise RuntimeError(f"the run's last checkpoint {result.checkpoint.path} holds no exported model")
         history = read_jsonl(directory / HISTORY)
-        state = json.loads((directory / STATE).read_text()) if (directory / STATE).is_file() else {}
+        state = json.loads((directory / STATE).read_text())
         staging = out.with_name(out.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(directory / EXPORT, staging)

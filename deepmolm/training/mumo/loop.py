@@ -113,7 +113,7 @@ def pretrain_worker(config: dict) -> None:
         tokenizer.backend_tokenizer.no_padding()
         tokenizer.save_pretrained(str(out))
         (out / PROVENANCE).write_text(json.dumps({"run": plan["run"], "steps": state["step"],
-                                                         "shards": plan["shards"], "molecules": len(molecules)}, indent=2))
+                                                  "shards": plan["shards"], "molecules": len(molecules)}, indent=2))
 
     def files() -> dict[str, str]:
         return {STATE: json.dumps(state), HISTORY: "".join(json.dumps(row) + "\n" for row in history)}
