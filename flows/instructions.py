@@ -10,26 +10,18 @@ from deepmolm.config import load_params
 from flows.api import prefect_api
 
 
-@task(name="build-instruction-examples")
-def build_task(shards: str, out_root: str | None, params_file: str, overrides: list[str]) -> dict:
-    from deepmolm.data.instructions import build_instructions
+@task(name="build-and-check-instructions")
+def instructions_task(shards: str, out_root: str | None, params_file: str, overrides: list[str]) -> dict:
+    from deepmolm.data.contracts.gate import build_checked_instructions
 
     params = load_params(Path(params_file), overrides)
-    return build_instructions(Path(shards), Path(out_root) if out_root else params.paths.instructions_dir, params.instructions)
-
-
-@task(name="run-instruction-contract")
-def contract_task(instructions: str, params_file: str, overrides: list[str]) -> dict:
-    from deepmolm.data.contracts.gate import instruction_contract
-
-    return instruction_contract(Path(instructions), load_params(Path(params_file), overrides))
+    return build_checked_instructions(Path(shards), Path(out_root) if out_root else params.paths.instructions_dir, params)
 
 
 @flow(name="instructions", log_prints=True)
 def instructions_flow(shards: str, out_root: str | None = None, params_file: str = "params.yaml",
                       overrides: list[str] | None = None) -> dict:
-    summary = build_task(shards, out_root, params_file, overrides or [])
-    summary["contract"] = contract_task(summary["out"], params_file, overrides or [])
+    summary = instructions_task(shards, out_root, params_file, overrides or [])
     print(f"instruction set {summary['out']}: {summary['examples_by_task']}, contract "
           f"{'passed' if summary['contract']['success'] else 'FAILED: ' + ', '.join(summary['contract']['failed'])}")
     return summary

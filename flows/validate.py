@@ -11,8 +11,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from deepmolm.config import load_params
-from deepmolm.data.contracts.gate import ContractResult, validate_shard_version
-from deepmolm.reports.data_quality import write_data_report
+from deepmolm.reports.data_quality import validate_with_report
 from flows.api import prefect_api
 
 
@@ -20,28 +19,19 @@ class ContractFailed(RuntimeError):
     pass
 
 
-@task(name="run-data-contract")
-def contract_task(shards: str, params_file: str, overrides: list[str]) -> ContractResult:
-    return validate_shard_version(Path(shards), load_params(Path(params_file), overrides))
-
-
-@task(name="write-data-report")
-def report_task(result: ContractResult, params_file: str, overrides: list[str]) -> str:
-    return str(write_data_report(Path(result.target), load_params(Path(params_file), overrides), result))
+@task(name="validate-shard-version")
+def validate_task(shards: str, params_file: str, overrides: list[str], report: bool) -> dict:
+    return validate_with_report(Path(shards), load_params(Path(params_file), overrides), report=report)
 
 
 @flow(name="validate", log_prints=True)
 def validate_flow(shards: str, params_file: str = "params.yaml", overrides: list[str] | None = None,
                   report: bool = True, raise_on_failure: bool = True) -> dict:
-    overrides = overrides or []
-    result = contract_task(shards, params_file, overrides)
-    summary = result.as_dict()
-    if report:
-        summary["report"] = report_task(result, params_file, overrides)
-    print(f"data contract of {result.target}: {'passed' if result.success else 'FAILED'}, "
-          f"{result.evaluated} evaluated, failed {result.failed or 'none'}, warnings {result.warnings or 'none'}")
-    if raise_on_failure and not result.success:
-        raise ContractFailed(f"critical expectations failed: {', '.join(result.failed)}")
+    summary = validate_task(shards, params_file, overrides or [], report)
+    print(f"data contract of {summary['target']}: {'passed' if summary['success'] else 'FAILED'}, "
+          f"{summary['evaluated']} evaluated, failed {summary['failed'] or 'none'}, warnings {summary['warnings'] or 'none'}")
+    if raise_on_failure and not summary["success"]:
+        raise ContractFailed(f"critical expectations failed: {', '.join(summary['failed'])}")
     return summary
 
 

@@ -220,16 +220,12 @@ def validate_instructions(directory: Path, params: Params, *, gx_root: Path | No
     return runner.run({"instruction_examples": frame}, {}, target=str(directory))
 
 
-def instruction_contract(directory: Path, params: Params) -> dict:
-    """The instruction_examples contract of one set, as its summary records it."""
-    result = validate_instructions(Path(directory), params).as_dict()
-    return {k: result[k] for k in ("success", "evaluated", "failed", "warnings")}
-
-
 def build_checked_instructions(shards: Path, out_root: Path, params: Params) -> dict:
-    """Build (or reuse) the instruction set of a shard version, then check it: its summary with "contract"."""
+    """Build (or reuse) the instruction set of a shard version, then check it: its summary with
+    "contract" (success, evaluated, failed, warnings)."""
     from deepmolm.data.instructions import build_instructions
 
     summary = build_instructions(Path(shards), Path(out_root), params.instructions)
-    summary["contract"] = instruction_contract(Path(summary["out"]), params)
+    contract = validate_instructions(Path(summary["out"]), params).as_dict()
+    summary["contract"] = {k: contract[k] for k in ("success", "evaluated", "failed", "warnings")}
     return summary
