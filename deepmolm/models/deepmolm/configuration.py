@@ -33,7 +33,7 @@ class DeepMoLMConfig(PreTrainedConfig):
 
     def fusion_spec(self) -> FusionSpec:
         return _fusion_spec(json.dumps(self.encoder, sort_keys=True), json.dumps(self.fusion, sort_keys=True),
-                            self.qwen2().hidden_size)
+                            json.dumps(self.language, sort_keys=True))
 
     def qwen2(self) -> Qwen2Config:
         return Qwen2Config(**self.language)
@@ -49,5 +49,6 @@ def _encoder_spec(encoder: str) -> DeepEncoderSpec:
 
 
 @functools.lru_cache(maxsize=64)
-def _fusion_spec(encoder: str, fusion: str, hidden_size: int) -> FusionSpec:
-    return FusionSpec(visual_dim=_encoder_spec(encoder).out_dim, hidden_size=hidden_size, **json.loads(fusion))
+def _fusion_spec(encoder: str, fusion: str, language: str) -> FusionSpec:
+    return FusionSpec(visual_dim=_encoder_spec(encoder).out_dim, hidden_size=Qwen2Config(**json.loads(language)).hidden_size,
+                      **json.loads(fusion))
