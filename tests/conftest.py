@@ -20,11 +20,13 @@ PARAMS = REPO / "params.yaml"
 def pytest_configure(config):
     """Each pytest process (an xdist worker, or the only one) gets its own Prefect home: the temporary
     API servers the flows start keep their SQLite database there, and two workers must not share one."""
-    if "PREFECT_HOME" not in os.environ or os.environ.get("DEEPMOLM_TEST_PREFECT_HOME") == os.environ["PREFECT_HOME"]:
+    if os.environ.get("PREFECT_HOME") in (None, os.environ.get("DEEPMOLM_TEST_PREFECT_HOME")):  # unset, or a parent's
+        import shutil
         import tempfile
 
         home = tempfile.mkdtemp(prefix=f"deepmolm-prefect-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
         os.environ["PREFECT_HOME"] = os.environ["DEEPMOLM_TEST_PREFECT_HOME"] = home
+        config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
 
 
 def pytest_addoption(parser):
