@@ -271,17 +271,18 @@ class IngestRequest:
     out_root: str | None = None
 
 
-SOURCES = ("chebi20", "tsv", "pubchem")
+# The options each source takes on the command line; its names are the sources there are.
+SOURCE_OPTIONS = {"chebi20": {"split"}, "tsv": {"split", "path"}, "pubchem": {"cids", "cid_file"}}
+SOURCES = tuple(SOURCE_OPTIONS)
 
 
 def ingest_request(source: str, *, splits: list[str] | None = None, path: Path | None = None, cids: str | None = None,
                    cid_file: Path | None = None, out_root: Path | None = None) -> IngestRequest:
     """The one place a source name and its options become a request (the CLI, the refresh flow)."""
     given = {"split": splits, "path": path, "cids": cids, "cid_file": cid_file}
-    takes = {"chebi20": {"split"}, "tsv": {"split", "path"}, "pubchem": {"cids", "cid_file"}}
-    if source not in takes:
+    if source not in SOURCE_OPTIONS:
         raise RequestError(f"unknown source {source!r}: expected {', '.join(SOURCES)}")
-    if extra := [f"--{k.replace('_', '-')}" for k, v in given.items() if v and k not in takes[source]]:
+    if extra := [f"--{k.replace('_', '-')}" for k, v in given.items() if v and k not in SOURCE_OPTIONS[source]]:
         raise RequestError(f"--source {source} does not take {', '.join(extra)}")
     out = str(out_root) if out_root else None
     if source == "chebi20":
