@@ -4,11 +4,12 @@ micro-batches it still owes, checked against an uninterrupted run of the same bo
 from __future__ import annotations
 
 from deepmolm.training.deepmolm.data import epoch_batches
-from deepmolm.training.deepmolm.loop import remaining, start_state
+from deepmolm.training.deepmolm.loop import after_step, next_epoch, remaining, start_state
 
 
 def _run(rows: int, epochs: int, accum: int, *, stop_after: int | None = None, state: dict | None = None):
-    """The loop's bookkeeping over its micro-batches (no model): the batches stepped on, in order."""
+    """The worker loop's walk over its micro-batches with its own bookkeeping calls (no model, no
+    Ray): the batches stepped on, in order."""
     state = start_state(state)
     batches_per_epoch = len(epoch_batches(rows, seed=3, epoch=0, rank=0, world=1, batch_size=2)) // accum * accum
     total, seen = epochs * batches_per_epoch // accum, []
@@ -20,13 +21,14 @@ def _run(rows: int, epochs: int, accum: int, *, stop_after: int | None = None, s
             seen.append(tuple(batch))
             if pending < accum:
                 continue
-            state["step"], state["batches_in_epoch"], pending = state["step"] + 1, index + 1, 0
+            after_step(state, index)
+            pending = 0
             if stop_after is not None and state["step"] == stop_after:
                 return seen, dict(state)
             if state["step"] >= total:
                 break
         if state["step"] < total:
-            state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
+            next_epoch(state)
     return seen, state
 
 

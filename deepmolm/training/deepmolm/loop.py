@@ -69,6 +69,15 @@ def remaining(order: list, batches_in_epoch: int) -> list:
     return order[batches_in_epoch:]
 
 
+def after_step(state: dict, index: int) -> None:
+    """An optimizer step done on the epoch's micro-batches up to `index`: a checkpoint now resumes after it."""
+    state["step"], state["batches_in_epoch"] = state["step"] + 1, index + 1
+
+
+def next_epoch(state: dict) -> None:
+    state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
+
+
 def _same_shape(config, stage) -> torch.nn.Module:
     """A new DeepMoLM shaped like the trained one (LoRA-wrapped when the stage is)."""
     from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
@@ -153,7 +162,7 @@ def train_worker(config: dict) -> None:
                 continue
             row = optimizer_step(strategy, pending, world, started, state["epoch"],
                                  weights=[token_weight(b["labels"], labels_per_batch) for b in pending])
-            state["step"], state["batches_in_epoch"] = state["step"] + 1, index + 1
+            after_step(state, index)
             history.append({"step": state["step"], **row})
             pending, started = [], time.perf_counter()
             if rank == 0 and (state["step"] % log_every == 0 or state["step"] == total):
@@ -174,7 +183,7 @@ def train_worker(config: dict) -> None:
                 print(f"[train] stage {stage_number} epoch {state['epoch']}: held-out loss "
                       f"{state['epochs'][-1]['holdout_loss']}", flush=True)
         if state["step"] < total:
-            state["epoch"], state["batches_in_epoch"] = state["epoch"] + 1, 0
+            next_epoch(state)
     state["final"] = True
     _report(strategy, tokenizer, config, state, history, rank, final=True)
 
