@@ -24,6 +24,7 @@ from deepmolm.config import load_params
 from deepmolm.data.shards.parts import read_manifest, resolve_version
 from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.data.sources.raw_table import resolve_snapshot
+from deepmolm.training.driver import SUMMARY, read_metric
 from tests.browser import headless
 from tests.conftest import copy_repository, newcomer_env
 
@@ -130,20 +131,22 @@ def test_every_input_row_is_accounted_for_and_the_contract_passes(demo):
 
 
 def test_both_training_stages_learn_and_record_a_held_out_loss_per_epoch(demo):
-    stage1, stage2 = demo.json("reports", "train", "stage1", "summary.json"), demo.json("reports", "train", "stage2", "summary.json")
+    stage1, stage2 = demo.json("reports", "train", "stage1", SUMMARY), demo.json("reports", "train", "stage2", SUMMARY)
     counts1, counts2 = stage1["row_counts"], stage2["row_counts"]
     assert counts1["train_molecules"] + counts1["holdout_molecules"] == ROWS_PER_SPLIT, "stage 1: validation captions"
     assert counts1["rows"] == ROWS_PER_SPLIT and counts2["rows"] == ROWS_PER_SPLIT * 5, "stage 2: a caption and 4 questions"
     assert counts2["train"] + counts2["holdout"] + counts2["too_long"] == counts2["rows"] and counts2["too_long"] == 0
     assert stage2["last_loss"] < stage2["first_loss"]
-    epochs = (demo.project / "reports" / "train" / "stage2" / "epochs.csv").read_text().splitlines()
-    assert epochs[0] == "epoch,step,train_loss,holdout_loss"
-    assert len(epochs) - 1 == load_params(demo.project / "params.yaml").train.stage2.epochs, "a held-out loss per epoch"
+    logged = demo.project / "reports" / "train" / "stage2"  # dvclive's directory
+    epochs, held = read_metric(logged, "epoch/train_loss"), read_metric(logged, "holdout/loss")
+    assert len(epochs) == len(held) == load_params(demo.project / "params.yaml").train.stage2.epochs, "a held-out loss per epoch"
+    assert [step for step, _ in read_metric(logged, "train/loss")] == list(range(1, stage2["steps"] + 1)), "a row per step"
+    assert [step for step, _ in held] == [step for step, _ in epochs] and held[-1][0] == stage2["steps"]
 
 
 def test_evaluation_scores_the_model_beside_both_baselines_on_the_test_split(demo):
     metrics = demo.json("reports", "eval", "metrics.json")
-    stage1, stage2 = demo.json("reports", "train", "stage1", "summary.json"), demo.json("reports", "train", "stage2", "summary.json")
+    stage1, stage2 = demo.json("reports", "train", "stage1", SUMMARY), demo.json("reports", "train", "stage2", SUMMARY)
     assert metrics["dataset"]["eval_splits"] == ["test"] and metrics["dataset"]["eval_molecules"] == ROWS_PER_SPLIT
     assert metrics["model"]["captions"]["n"] == metrics["baseline"]["captions"]["n"] == ROWS_PER_SPLIT
     assert metrics["baseline"]["pool_molecules"] == stage1["row_counts"]["train_molecules"], "retrieval from the trained-on molecules"
@@ -152,7 +155,7 @@ def test_evaluation_scores_the_model_beside_both_baselines_on_the_test_split(dem
 
 
 def test_mumo_pretrains_on_the_shards_graphs_and_runs_its_grid_beside_the_forest(demo):
-    pretrained = demo.json("reports", "mumo", "pretrain", "summary.json")
+    pretrained = demo.json("reports", "mumo", "pretrain", SUMMARY)
     shards = read_manifest(resolve_version(demo.project / "data" / "shards" / "chebi20"))["counts"]
     assert pretrained["molecules"] + sum(pretrained["rejected_by_reason"].values()) == shards["accepted"]
     assert (demo.project / "models" / "mumo" / "pretrained" / "model.safetensors").is_file()
@@ -210,7 +213,7 @@ def test_artifacts_go_through_the_default_remote_and_a_second_repro_does_nothing
 
 def test_a_stage2_param_reruns_stage2_and_what_follows_only(demo, tmp_path):
     project = demo.project
-    stage2 = demo.json("reports", "train", "stage2", "summary.json")
+    stage2 = demo.json("reports", "train", "stage2", SUMMARY)
     params = project / "params.yaml"
     text, count = re.subn(r"(stage2:.*?learning_rate: )1\.0e-3", r"\g<1>5.0e-4", params.read_text(), flags=re.S)
     assert count == 1
@@ -224,5 +227,5 @@ def test_a_stage2_param_reruns_stage2_and_what_follows_only(demo, tmp_path):
                            text=True, timeout=600, env=env)
     assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-4000:]
     assert ran(third.stdout) == ["train_stage2", "evaluate", "report"]
-    retrained = demo.json("reports", "train", "stage2", "summary.json")
+    retrained = demo.json("reports", "train", "stage2", SUMMARY)
     assert retrained["run"] != stage2["run"] and retrained["up_to_date"] is False

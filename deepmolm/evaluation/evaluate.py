@@ -33,10 +33,11 @@ from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run
 from deepmolm.store.versions import MANIFEST
 from deepmolm.training.checkpoints import PROVENANCE
+from deepmolm.training.driver import SUMMARY, log_metrics
 
 MODEL_PREDICTIONS = "model_predictions.jsonl"
 BASELINE_PREDICTIONS = "baseline_predictions.jsonl"
-METRICS = "metrics.json"
+METRICS = SUMMARY
 
 
 def evaluation_dir(params: Params) -> Path:
@@ -96,7 +97,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
         "mean_baseline": {"properties": mean_baseline(_property_values(train_rows), properties)},
         "references": {"degenerate": degenerate_share([p.reference for p in captions])},
     }
-    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    log_metrics(out, [], metrics)  # through dvclive, as training's: METRICS is its summary file
     seconds = round(time.perf_counter() - started, 1)
     log_run(params.paths.logs_dir, "evaluate", out, model=str(model_dir), seconds=seconds)
     return {**metrics, "seconds": seconds}

@@ -1,15 +1,14 @@
 """The pipeline's front page, reports/index.html: what the run learned from, how training went, how the
 model compares with the retrieval baseline, and what it wrote for some held-out molecules.
 
-It reads only the artifacts of earlier stages (the data-quality summary, each stage's steps.csv and
-summary.json, the evaluation's metrics and prediction files, the shard version's drawings) and writes
+It reads only the artifacts of earlier stages (the data-quality summary, each stage's dvclive
+metrics, the evaluation's metrics and prediction files, the shard version's drawings) and writes
 its plot and thumbnails beside it under <reports_dir>/pipeline/, so it opens offline. Like the
 data-quality page it marks `data-images-loaded` on <body> for the headless-browser check.
 """
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import json
@@ -29,7 +28,7 @@ from deepmolm.evaluation.evaluate import METRICS as METRICS_FILE
 from deepmolm.evaluation.model_answers import examples_of_splits
 from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 from deepmolm.runtime.run_log import portable_path
-from deepmolm.training.driver import stage_metrics_dir
+from deepmolm.training.driver import SUMMARY, read_metric, stage_metrics_dir
 
 ASSETS = "pipeline"  # the page's plot and thumbnails: <reports_dir>/pipeline/
 
@@ -42,10 +41,24 @@ def _predictions(path: Path) -> dict[str, dict]:
     return {row["id"]: row for row in map(json.loads, path.read_text().splitlines()) if row} if path.is_file() else {}
 
 
+def stage_epochs(params: Params, stage: int) -> list[dict]:
+    """A stage's epochs as dvclive logged them: the step each ended at, its mean training loss, and
+    the held-out loss when there was a held-out split."""
+    directory = stage_metrics_dir(params, stage)
+    held = dict(read_metric(directory, "holdout/loss"))
+    return [{"epoch": epoch, "step": step, "train_loss": loss, "holdout_loss": held.get(step)}
+            for epoch, (step, loss) in enumerate(read_metric(directory, "epoch/train_loss"))]
+
+
 def training_curves(params: Params, out: Path, epochs: dict[int, list[dict]]) -> tuple[str, dict[int, dict]] | None:
     """One PNG with each stage's loss (and a smoothed line) and learning rate per step, and the
     held-out loss of each epoch (`epochs`, per stage)."""
-    stages = {stage: rows for stage in (1, 2) if (rows := _csv_rows(stage_metrics_dir(params, stage) / "steps.csv"))}
+    stages = {}
+    for stage in (1, 2):
+        directory = stage_metrics_dir(params, stage)
+        if loss := read_metric(directory, "train/loss"):
+            lr = dict(read_metric(directory, "train/lr"))
+            stages[stage] = [{"step": step, "loss": value, "lr": lr.get(step)} for step, value in loss]
     if not stages:
         return None
     import matplotlib
@@ -55,7 +68,7 @@ def training_curves(params: Params, out: Path, epochs: dict[int, list[dict]]) ->
 
     fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 3.6), squeeze=False)
     for ax, (stage, rows) in zip(axes[0], stages.items()):
-        held = [r for r in epochs.get(stage, []) if "holdout_loss" in r]
+        held = [r for r in epochs.get(stage, []) if r["holdout_loss"] is not None]
         if held:
             ax.plot([r["step"] for r in held], [r["holdout_loss"] for r in held], "o-", color="#238b45", linewidth=2,
                     label="held-out loss (end of epoch)")
@@ -77,13 +90,6 @@ def training_curves(params: Params, out: Path, epochs: dict[int, list[dict]]) ->
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return name, stages
-
-
-def _csv_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
 def model_inputs_strip(rows: list[dict], shards: Path, size: int, out: Path, count: int = 6) -> list[dict]:
@@ -137,13 +143,13 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
     if metrics is None:
         raise FileNotFoundError(f"no evaluation at {evaluation / METRICS_FILE}: run the evaluate stage first")
     model, baseline = _predictions(evaluation / MODEL_PREDICTIONS), _predictions(evaluation / BASELINE_PREDICTIONS)
-    epochs = {n: _csv_rows(stage_metrics_dir(params, n) / "epochs.csv") for n in (1, 2)}
+    epochs = {n: stage_epochs(params, n) for n in (1, 2)}
     curves = training_curves(params, out, epochs)
     context = {
         "metrics": metrics,
         "data": _read_json(reports / "data" / "summary.json"),
         "data_page": _relative(reports / "data" / "index.html", out),
-        "stages": {n: _read_json(stage_metrics_dir(params, n) / "summary.json") for n in (1, 2)},
+        "stages": {n: _read_json(stage_metrics_dir(params, n) / SUMMARY) for n in (1, 2)},
         "curves": curves[0] if curves else None,
         "gallery": _gallery(params, Path(instructions), model, baseline, out),
         "epochs": epochs,

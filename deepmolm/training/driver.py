@@ -1,6 +1,7 @@
 """The Ray Train driver both model families use: connect to Ray, fit a TorchTrainer whose run name
 decides where its checkpoints live (so the same command resumes), read the last checkpoint's records,
-export its model atomically, and write step metrics for `dvc plots`.
+export its model atomically, and log the run's metrics through dvclive for `dvc exp show` and
+`dvc plots`.
 
 What a run trains is the family's (training/deepmolm/launch.py, evaluation/mumo/benchmark.py); how
 it runs, resumes and leaves its outputs is here, once.
@@ -70,8 +71,42 @@ def export_model(result, out: Path) -> tuple[list[dict], dict]:
     return history, state
 
 
+SUMMARY = "metrics.json"  # dvclive's summary of a metrics directory: what `dvc exp show` lists
+PER_STEP = ("loss", "lr", "grad_norm")  # logged as train/<name> at every optimizer step
+
+
+def log_metrics(directory: Path, history: list[dict], summary: dict, *, epochs: list[dict] = ()) -> None:
+    """A run's metrics through dvclive, replayed from its last checkpoint's records instead of logged
+    as the workers go: a resumed run still has exactly one row per optimizer step. `train/<name>` of
+    PER_STEP at every step; `epoch/train_loss` and `holdout/loss` at the step each epoch ended;
+    `summary` (with dvclive's last values) as SUMMARY. Files only: no dvc.yaml, no experiment of
+    its own (the stage is one of the pipeline's, and `dvc exp run` records it)."""
+    from dvclive import Live
+
+    steps, ended = {row["step"]: row for row in history}, {row["step"]: row for row in epochs}
+    with Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        for step in sorted(steps.keys() | ended.keys()):
+            live.step = step
+            for name in PER_STEP if step in steps else ():
+                live.log_metric(f"train/{name}", steps[step][name])
+            if step in ended:
+                live.log_metric("epoch/train_loss", ended[step]["train_loss"])
+                if ended[step].get("holdout_loss") is not None:
+                    live.log_metric("holdout/loss", ended[step]["holdout_loss"])
+        live.summary.update(summary)
+
+
+def read_metric(directory: Path, name: str) -> list[tuple[int, float]]:
+    """(step, value) of every row dvclive wrote for `name` ("train/loss") under `directory`."""
+    path = Path(directory) / "plots" / "metrics" / f"{name}.tsv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [(int(row["step"]), float(row[name.rsplit("/", 1)[-1]])) for row in csv.DictReader(handle, delimiter="\t")]
+
+
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    """One row per record (a step, an epoch), the named columns only: DVC plots read these."""
+    """One row per record, the named columns only (the run log's throughput)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
@@ -89,5 +124,5 @@ def write_run_file(runs_dir: str, run: str, name: str, content: dict) -> None:
 
 
 def stage_metrics_dir(params: Params, stage: int) -> Path:
-    """`<reports_dir>/train/stage<N>/`: a DeepMoLM stage's steps.csv, epochs.csv and summary.json."""
+    """`<reports_dir>/train/stage<N>/`: a DeepMoLM stage's dvclive directory (`log_metrics`)."""
     return params.paths.reports_dir / "train" / f"stage{stage}"

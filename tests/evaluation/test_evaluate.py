@@ -22,7 +22,7 @@ from deepmolm.models.deepmolm.tokenizer import build_tokenizer
 from deepmolm.reports.pipeline import write_pipeline_report
 from deepmolm.runtime.run_log import portable_path, read_runs
 from deepmolm.store.versions import MANIFEST
-from deepmolm.training.deepmolm.launch import write_metrics
+from deepmolm.training.driver import log_metrics
 from deepmolm.training.deepmolm.stages import initial_model
 from tests.conftest import PARAMS, run_cli, tmp_overrides
 
@@ -110,8 +110,8 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
     assert set(means) == set(metrics["model"]["properties"])
 
     reports = params.paths.reports_dir
-    write_metrics(reports / "train" / "stage2", [{"step": s, "epoch": 0, "loss": 5.0 - s / 10, "lr": 1e-4} for s in range(1, 11)],
-                  [{"epoch": 0, "step": 10, "train_loss": 4.5, "holdout_loss": 4.75}], {"stage": 2, "steps": 10, "rows": 25})
+    log_metrics(reports / "train" / "stage2", [{"step": s, "loss": 5.0 - s / 10, "lr": 1e-4, "grad_norm": 1.0} for s in range(1, 11)],
+                {"stage": 2, "steps": 10, "rows": 25}, epochs=[{"epoch": 0, "step": 10, "train_loss": 4.5, "holdout_loss": 4.75}])
     page = write_pipeline_report(params, directory)
     text = page.read_text()
     sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", text)

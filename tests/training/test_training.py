@@ -6,7 +6,6 @@ so a test can kill processes without touching the test runner."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from deepmolm.config import load_params
 from deepmolm.inference import Predictor, molecule_from_smiles
 from deepmolm.runtime.run_log import read_runs
 from deepmolm.training.deepmolm.launch import RUN_FACTS
+from deepmolm.training.driver import SUMMARY, read_metric
 from tests.conftest import PARAMS
 
 BIN = Path(sys.executable).parent
@@ -95,8 +95,8 @@ def _train(stage: int, overrides: list[str], env: dict, *extra: str) -> dict:
 
 
 def _steps(reports: Path, stage: int) -> list[dict]:
-    with open(reports / "train" / f"stage{stage}" / "steps.csv") as handle:
-        return list(csv.DictReader(handle))
+    """The stage's loss per optimizer step, as dvclive wrote it for `dvc plots`."""
+    return [{"step": step, "loss": loss} for step, loss in read_metric(reports / "train" / f"stage{stage}", "train/loss")]
 
 
 def _falls(rows: list[dict]) -> tuple[float, float]:
@@ -188,7 +188,7 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     assert "[train] stage 1 step 40/40" in submitted.stderr, "the job's logs are streamed back"
     assert "resuming at step" in submitted.stderr
 
-    summary = json.loads((tmp_path / "reports" / "train" / "stage1" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "reports" / "train" / "stage1" / SUMMARY).read_text())
     assert summary["run"] == run_dir.name and summary["steps"] == 40 and summary["workers"] == 2
     assert summary["strategy"] == "ddp" and summary["rows"] == 10
     assert not set(RUN_FACTS) & set(summary), "when, how long and what was resumed are the run log's, not the metrics'"

@@ -25,7 +25,7 @@ from deepmolm.models.mumo.processing import property_molecules, shard_molecules,
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
 from deepmolm.runtime.run_log import log_run, portable_path
 from deepmolm.training.checkpoints import PROVENANCE, RESULTS
-from deepmolm.training.driver import connect, export_model, fit, read_jsonl, write_csv
+from deepmolm.training.driver import connect, export_model, fit, log_metrics, read_jsonl
 from deepmolm.training.metrics import regression_errors
 from deepmolm.training.mumo.loop import steps_per_epoch
 
@@ -75,9 +75,7 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
     summary = {"run": name, "model": portable_path(out), "shards": plan["shards"], "molecules": len(molecules),
                "rejected_by_reason": rejected, "vocab_size": len(tokenizer), "steps": total,
                "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
-    metrics = params.mumo.reports_dir / "pretrain"
-    write_csv(metrics / "steps.csv", ("step", "loss", "lr", "grad_norm"), history)  # samples/s is the machine's: the run log's
-    (metrics / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log_metrics(params.mumo.reports_dir / "pretrain", history, summary)  # samples/s is the machine's: the run log's
     seconds = round(time.perf_counter() - started, 1)
     log_run(params.paths.logs_dir, "mumo_pretrain", out, run=name, seconds=seconds,
             samples_per_s=[round(row["samples_per_s"], 1) for row in history if "samples_per_s" in row])

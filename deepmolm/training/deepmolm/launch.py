@@ -7,8 +7,9 @@ resumes from the last checkpoint instead of starting over; a worker that dies mi
 and the group restarts from the last checkpoint, up to `train.max_failures` times.
 
 Outputs: the exported model in `<models_dir>/stage<N>/` (safetensors, config, tokenizer,
-provenance.json) and the metrics in `<reports_dir>/train/stage<N>/`: steps.csv (one row per optimizer
-step, for `dvc plots`), epochs.csv (training and held-out loss per epoch) and summary.json.
+provenance.json) and the metrics in `<reports_dir>/train/stage<N>/`, written by dvclive
+(training/driver.py's `log_metrics`): loss, lr and grad norm per optimizer step, training and
+held-out loss per epoch, and the stage's summary as metrics.json.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from deepmolm.store.versions import MANIFEST
 from deepmolm.training.checkpoints import PROVENANCE
 from deepmolm.training.deepmolm.rows import stage_rows
 from deepmolm.training.deepmolm.stages import run_name
-from deepmolm.training.driver import export_model, fit, stage_metrics_dir, write_csv, write_run_file
+from deepmolm.training.driver import SUMMARY, export_model, fit, log_metrics, stage_metrics_dir, write_csv, write_run_file
 from deepmolm.training.strategy import deepspeed_config
 
-STEP_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm")
 THROUGHPUT_COLUMNS = ("step", "samples_per_s", "tokens_per_s", "seconds")  # the run log's: the machine's speed
 RUN_FACTS = ("seconds", "checkpoint", "resumed_from")  # of this run, not of its inputs: the run log's
-EPOCH_COLUMNS = ("epoch", "step", "train_loss", "holdout_loss")
 
 
 def stage_paths(params: Params, stage: int, instructions: Path | None, tokenizer: Path | None,
@@ -98,7 +97,7 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     """Train one stage (or find it already trained) and return its summary."""
     paths = stage_paths(params, stage, instructions, tokenizer, init, out)
     plan = plan_stage(params, stage, paths)
-    summary_path = paths["metrics"] / "summary.json"
+    summary_path = paths["metrics"] / SUMMARY
     if up_to_date(paths["out"], plan["run"]) and summary_path.is_file():
         return {**json.loads(summary_path.read_text()), "up_to_date": True}
     selected = plan.pop("selected_rows")
@@ -123,20 +122,11 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
         "instructions": plan["provenance"]["instructions"],
         "precision": "bf16" if plan["bf16"] else "fp32", "up_to_date": False,
     }
-    write_metrics(paths["metrics"], history, state.get("epochs", []), summary)
+    # what the inputs decide; when, how long and what was resumed are the run log's
+    log_metrics(paths["metrics"], history, {key: value for key, value in summary.items() if key not in RUN_FACTS},
+                epochs=state.get("epochs", []))
     timing = params.paths.logs_dir / "train" / plan["run"]
     write_csv(timing / "throughput.csv", THROUGHPUT_COLUMNS, history)
     log_run(params.paths.logs_dir, "train", paths["out"], stage=stage, run=plan["run"], throughput=str(timing),
             **{key: summary[key] for key in RUN_FACTS})
     return summary
-
-
-def write_metrics(directory: Path, history: list[dict], epochs: list[dict], summary: dict) -> None:
-    """The stage's DVC metrics and plots: what the inputs decide (the run log has the rest)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    write_csv(directory / "steps.csv", STEP_COLUMNS, history)
-    write_csv(directory / "epochs.csv", EPOCH_COLUMNS, epochs)
-    recorded = {key: value for key, value in summary.items() if key not in RUN_FACTS}
-    (directory / "summary.json").write_text(json.dumps(recorded, indent=2) + "\n")
-
-
