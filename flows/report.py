@@ -11,21 +11,24 @@ from flows.api import prefect_api
 
 
 @task(name="write-pipeline-report")
-def report_task(instructions: str, params_file: str, overrides: list[str]) -> str:
+def report_task(instructions: str, params_file: str, overrides: list[str], robustness: str | None = None) -> str:
     from deepmolm.data.instructions import resolve_instruction_set
     from deepmolm.reports.pipeline import write_pipeline_report
 
     params = load_params(Path(params_file), overrides)
-    return str(write_pipeline_report(params, resolve_instruction_set(Path(instructions))))
+    return str(write_pipeline_report(params, resolve_instruction_set(Path(instructions)),
+                                     robustness=Path(robustness) if robustness else None))
 
 
 @flow(name="report", log_prints=True)
-def report_flow(instructions: str, params_file: str = "params.yaml", overrides: list[str] | None = None) -> str:
-    page = report_task(instructions, params_file, overrides or [])
+def report_flow(instructions: str, params_file: str = "params.yaml", overrides: list[str] | None = None,
+                robustness: str | None = None) -> str:
+    page = report_task(instructions, params_file, overrides or [], robustness)
     print(f"report: {page}")
     return page
 
 
-def run_report(instructions: Path, params_file: Path, overrides: list[str]) -> str:
+def run_report(instructions: Path, params_file: Path, overrides: list[str], robustness: Path | None = None) -> str:
     with prefect_api():
-        return report_flow(str(Path(instructions).resolve()), str(Path(params_file).resolve()), list(overrides))
+        return report_flow(str(Path(instructions).resolve()), str(Path(params_file).resolve()), list(overrides),
+                           str(Path(robustness).resolve()) if robustness else None)

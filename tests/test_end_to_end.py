@@ -152,6 +152,7 @@ def test_evaluation_scores_the_model_beside_both_baselines_on_the_test_split(dem
     assert metrics["baseline"]["pool_molecules"] == stage1["row_counts"]["train_molecules"], "retrieval from the trained-on molecules"
     assert set(metrics["mean_baseline"]["properties"]) == set(metrics["model"]["properties"]) == {"mw", "logp", "tpsa", "complexity"}
     assert metrics["model"]["run"] == stage2["run"]
+    assert metrics["grounding"]["molecules"] == 3 and (demo.project / "reports" / "eval" / "grounding.png").is_file()
 
 
 def test_mumo_pretrains_on_the_shards_graphs_and_runs_its_grid_beside_the_forest(demo):
@@ -175,9 +176,10 @@ def test_the_report_page_loads_every_image_in_headless_chromium(demo):
     assert "href='data/index.html'" in text and (demo.project / "reports" / "data" / "index.html").is_file()
     assert "id='caption-metrics'" in text and "retrieval baseline" in text
     gallery, inputs = min(ROWS_PER_SPLIT, 24), min(ROWS_PER_SPLIT, 6)
+    assert "id='grounding'" in text
     dom = headless("--dump-dom", page.as_uri())
-    images = gallery + inputs + 1
-    assert f'data-images-loaded="{images}/{images}"' in dom.stdout, "curves, the encoder's inputs, every molecule loaded"
+    images = gallery + inputs + 2
+    assert f'data-images-loaded="{images}/{images}"' in dom.stdout, "curves, grounding, the encoder's inputs, every molecule loaded"
     assert dom.stdout.count("class=\"card\"") == gallery + inputs
 
 

@@ -1,4 +1,4 @@
-"""`deepmolm eval`: the evaluate stage, its metrics table, and scoring of prediction files."""
+"""`deepmolm eval`: the evaluate stage, its metrics table, robustness to worse inputs, and scoring of prediction files."""
 
 from __future__ import annotations
 
@@ -38,6 +38,43 @@ def eval_run(
             raise Exit(1, str(exc)) from None
 
     common.emit(metrics, _render_metrics)
+
+
+@command(eval_app, "robustness")
+def eval_robustness(
+    common: Common,
+    model: Annotated[Path | None, typer.Option(help="the trained model (default: <models_dir>/stage2).")] = None,
+    instructions: InstructionsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="where robustness.json and .md go (default: <reports_dir>/eval/robustness).")] = None,
+) -> None:
+    """The evaluate stage's held-out examples answered from perturbed inputs (eval.robustness): E3FP
+    from noisy and unoptimised conformers, JPEG-compressed, blurred and restyled drawings; the same
+    metrics per perturbation. `deepmolm report pipeline --robustness <out>/robustness.json` shows them."""
+    from deepmolm.data.instructions import resolve_instruction_set
+    from deepmolm.evaluation.robustness import robustness
+
+    with common.errors():
+        cfg = common.params
+        model = model or cfg.train.models_dir / "stage2"
+        if not (Path(model) / "config.json").is_file():
+            raise Exit(1, f"{model} is not a DeepMoLM checkpoint (no config.json): train one first")
+        try:
+            report = robustness(cfg, model, resolve_instruction_set(instructions or cfg.paths.instructions_dir), out=out,
+                                progress=common.progress)
+        except ValueError as exc:
+            raise Exit(1, str(exc)) from None
+    common.emit(report, _render_robustness)
+
+
+def _render_robustness(report: dict) -> None:
+    from deepmolm.evaluation.robustness import ROBUSTNESS_COLUMNS, robustness_rows
+
+    table = Table(title=f"robustness: {report['molecules']} molecules, {report['examples']} examples ({report['out']})")
+    for column in ("perturbation", *ROBUSTNESS_COLUMNS, "valid answers", "property MAE", "E3FP changed"):
+        table.add_column(column, justify="left" if column in ("perturbation", "property MAE") else "right")
+    for row in robustness_rows(report):
+        table.add_row(*row)
+    stdout.print(table)
 
 
 @command(eval_app, "show")

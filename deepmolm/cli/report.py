@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from deepmolm.cli.common import Common, InstructionsOpt, PrefectOpt, command, stdout
@@ -16,6 +19,7 @@ report_app = typer.Typer(
 def report_pipeline(
     common: Common,
     instructions: InstructionsOpt = None,
+    robustness: Annotated[Path | None, typer.Option(help="a `deepmolm eval robustness` result (robustness.json) to show too.")] = None,
     prefect: PrefectOpt = False,
 ) -> None:
     """The pipeline's front page <reports_dir>/index.html: data-quality link, training curves, the
@@ -26,6 +30,7 @@ def report_pipeline(
     with common.errors():
         cfg = common.params
         instructions = instructions or cfg.paths.instructions_dir
-        page = common.run(prefect, "flows.report:run_report", instructions,
-                          inline=lambda: str(write_pipeline_report(cfg, resolve_instruction_set(instructions))))
+        page = common.run(prefect, "flows.report:run_report", instructions, robustness=robustness,
+                          inline=lambda: str(write_pipeline_report(cfg, resolve_instruction_set(instructions),
+                                                                   robustness=robustness)))
     common.emit({"report": page}, lambda s: stdout.print(f"report: {s['report']}"))

@@ -39,7 +39,7 @@ from deepmolm.config.data import (
     ReportParams,
     SourcesParams,
 )
-from deepmolm.config.evaluation import BaselineParams, EvalParams, ServeParams
+from deepmolm.config.evaluation import BaselineParams, EvalParams, RestyleParams, RobustnessParams, ServeParams
 from deepmolm.config.loading import RECIPE_SECTIONS, Params, load_params, parse_override
 from deepmolm.config.models import (
     EncoderParams,
@@ -109,7 +109,9 @@ __all__ = [
     "REJECT_REASONS",
     "RefreshParams",
     "RenderParams",
+    "RestyleParams",
     "ReportParams",
+    "RobustnessParams",
     "ScalingParams",
     "ServeParams",
     "SourcesParams",

@@ -19,6 +19,29 @@ class BaselineParams(_Section):
     morgan_bits: int = Field(ge=64, le=1 << 16)
 
 
+class RestyleParams(_Section):
+    bond_line_width: float = Field(gt=0, description="px of the 1024-px drawing (training's: featurize.render)")
+    font_size: int = Field(ge=6, le=200, description="atom labels at this fixed size in px")
+    stereo_wedges: bool = Field(description="false: stereo bonds drawn as plain lines")
+
+
+class RobustnessParams(_Section):
+    max_molecules: int | None = Field(ge=1, description="the first N molecules of eval.splits, all their examples; "
+                                                        "null: every one")
+    seed: int = Field(ge=0, description="of the coordinate noise (drawn per molecule)")
+    coordinate_noise: list[float] = Field(description="sigmas in Angstrom of Gaussian noise on every coordinate")
+    jpeg_quality: int = Field(ge=1, le=95)
+    blur_radius: float = Field(gt=0, description="Gaussian blur radius in px of the 1024-px drawing")
+    restyle: RestyleParams
+
+    @field_validator("coordinate_noise")
+    @classmethod
+    def _positive(cls, sigmas: list[float]) -> list[float]:
+        if any(s <= 0 for s in sigmas) or len(set(sigmas)) != len(sigmas):
+            raise ValueError(f"coordinate_noise {sigmas}: distinct sigmas above 0 (0 is the 'coords_recomputed' row)")
+        return sigmas
+
+
 class EvalParams(_Section):
     tokenizer: ProjectPath = Field(description="local Hugging Face tokenizer directory for the caption metrics")
     max_tokens: int = Field(ge=1, description="tokens per caption kept for the metrics (MolT5: 512)")
@@ -33,6 +56,7 @@ class EvalParams(_Section):
     max_examples_per_task: int | None = Field(ge=1, description="cap per task (a quick look); null: every example")
     batch_size: int = Field(ge=1, description="prompts generated together")
     property_max_new_tokens: int = Field(ge=1, description="answer length budget of a property question")
+    robustness: RobustnessParams = Field(description="`deepmolm eval robustness`: answers from perturbed inputs")
 
     @field_validator("property_ranges")
     @classmethod

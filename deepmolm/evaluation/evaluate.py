@@ -5,8 +5,9 @@ default), or with `eval.on_holdout` the molecules `train.holdout` kept out of tr
 recipe is tuned on). The retrieval pool is the training molecules (`train.splits` without the
 holdout), so neither has seen the answers; the mean baseline answers every property question with
 the training molecules' mean. Captions also get the share that is degenerate (a loop). Writes, under
-`<reports_dir>/eval/`: the two prediction files (JSON lines, readable by `deepmolm eval captions`)
-and metrics.json with the scores and the sizes they rest on, which DVC shows as metrics.
+`<reports_dir>/eval/`: the two prediction files (JSON lines, readable by `deepmolm eval captions`),
+metrics.json with the scores and the sizes they rest on, which DVC shows as metrics, and
+grounding.png, what the Fusion Projector's cross-attention looks at (evaluation/grounding.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from deepmolm.data.shards.parts import read_manifest
 from deepmolm.evaluation.baseline import retrieve
 from deepmolm.evaluation.captions import load_metric_tokenizer, score_captions
 from deepmolm.evaluation.degenerate import degenerate_share
+from deepmolm.evaluation.grounding import write_grounding
 from deepmolm.evaluation.model_answers import answer_examples, capped, examples_of_splits
-from deepmolm.evaluation.predictions import write_jsonl
+from deepmolm.evaluation.predictions import Prediction, write_jsonl
 from deepmolm.evaluation.properties import mean_baseline, score_properties
 from deepmolm.evaluation.shard_molecules import read_molecules
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
@@ -61,14 +63,8 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     captions = [p for p in answers if tasks[p.id] == "caption"]
     properties = [p for p in answers if tasks[p.id] == "property_qa"]
     write_jsonl(answers, out / MODEL_PREDICTIONS)
-
+    grounding = write_grounding(params, model_dir, instructions, rows, out)
     metric_tokenizer = load_metric_tokenizer(cfg.tokenizer)
-
-    def score(pairs: list) -> dict | None:
-        if not pairs:
-            return None
-        scores = score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens, nltk_data=cfg.nltk_data).as_dict()
-        return {**scores, "degenerate": degenerate_share([p.prediction for p in pairs])}
 
     shards = instruction_shards(instructions)
     train_rows = training_rows(params, instructions)
@@ -90,17 +86,40 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
         },
         "model": {"run": _trained_by(model_dir), "preset": params.model.preset,
                   "parameters": summary["total"], "image_size": summary["image_size"],
-                  "visual_tokens": summary["visual_tokens"], "captions": score(captions),
-                  "properties": {k: v.as_dict() for k, v in score_properties(properties, cfg.property_ranges).items()}},
+                  "visual_tokens": summary["visual_tokens"], **scored(params, tasks, answers, metric_tokenizer)},
         "baseline": {"fingerprint": params.eval.baseline.fingerprint, "pool_molecules": baseline["pool"],
-                     "mean_similarity": baseline["mean_similarity"], "captions": score(baseline["predictions"])},
+                     "mean_similarity": baseline["mean_similarity"],
+                     "captions": caption_scores(params, baseline["predictions"], metric_tokenizer)},
         "mean_baseline": {"properties": mean_baseline(_property_values(train_rows), properties)},
         "references": {"degenerate": degenerate_share([p.reference for p in captions])},
+        "grounding": {"molecules": len(grounding["molecules"]),
+                      "null_share": _mean([m["null_share"] for m in grounding["molecules"]])},
     }
     log_metrics(out, [], metrics)  # through dvclive, as training's: METRICS is its summary file
     seconds = round(time.perf_counter() - started, 1)
     log_run(params.paths.logs_dir, "evaluate", out, model=str(model_dir), seconds=seconds)
     return {**metrics, "seconds": seconds}
+
+
+def caption_scores(params: Params, pairs: list[Prediction], metric_tokenizer) -> dict | None:
+    """The MolT5 protocol's metrics of caption predictions and the share that is degenerate."""
+    if not pairs:
+        return None
+    cfg = params.eval
+    scores = score_captions(pairs, metric_tokenizer, max_tokens=cfg.max_tokens, nltk_data=cfg.nltk_data).as_dict()
+    return {**scores, "degenerate": degenerate_share([p.prediction for p in pairs])}
+
+
+def scored(params: Params, tasks: dict[str, str], answers: list[Prediction], metric_tokenizer) -> dict:
+    """A model's answers scored: "captions" (caption_scores) and "properties" (per property, valid
+    ratio and MAE); `tasks` maps an answer's id to its task."""
+    properties = [p for p in answers if tasks[p.id] == "property_qa"]
+    return {"captions": caption_scores(params, [p for p in answers if tasks[p.id] == "caption"], metric_tokenizer),
+            "properties": {k: v.as_dict() for k, v in score_properties(properties, params.eval.property_ranges).items()}}
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def _trained_by(model_dir: Path) -> str | None:

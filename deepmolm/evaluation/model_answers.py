@@ -54,10 +54,12 @@ def _geometry(rows: list[dict], levels: int) -> torch.Tensor:
 
 def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, batch_size: int,
                     lengths: Callable[[str], dict[str, int]], decoding: dict,
-                    advance: Callable[[int], None] = lambda n: None) -> list[Prediction]:
+                    advance: Callable[[int], None] = lambda n: None,
+                    drawing: Callable[[dict], torch.Tensor] | None = None) -> list[Prediction]:
     """One Prediction per row (id = example_id), in the rows' order. `lengths(task)` gives the length
     bounds (predict.answer_lengths: a property answer is a sentence, a caption a paragraph);
-    `decoding` goes to `generate` as is."""
+    `decoding` goes to `generate` as is. The geometry is each row's `e3fp`; the drawing its shard
+    image, or `drawing(row)` ([3, S, S] uint8) when given (evaluation/robustness.py's)."""
     model, tokenizer = load_checkpoint(model_dir)
     size, levels = model.config.encoder_spec().image_size, model.config.fusion_spec().e3fp_levels
     shards = instruction_shards(instructions)
@@ -67,7 +69,8 @@ def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, ba
         of_task = [r for r in rows if r["task"] == task]
         for start in range(0, len(of_task), batch_size):
             batch = of_task[start:start + batch_size]
-            pixels = torch.stack([cached_pixels(str(shards / r["image_part"]), r["image_row"], size) for r in batch])
+            pixels = torch.stack([drawing(r) if drawing else cached_pixels(str(shards / r["image_part"]), r["image_row"], size)
+                                  for r in batch])
             answers = generate_answers(model, tokenizer, [r["prompt"] for r in batch], pixels, _geometry(batch, levels),
                                        **lengths(task), **decoding)
             out += [Prediction(id=row["example_id"], reference=row["response"], prediction=text, property=row["property"])

@@ -39,6 +39,7 @@ from deepmolm.runtime.run_log import log_run, portable_path
 
 RESULTS = "robustness.json"
 TABLE = "robustness.md"
+DRAWINGS = "drawings"  # one molecule's drawing under each drawing perturbation, 384 px
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,13 @@ def _png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def _thumbnail(png: bytes, path: Path) -> str:
+    """A 384-px copy of a drawing (a box filter, so JPEG blocks and blur stay visible); its file name."""
+    with Image.open(io.BytesIO(png)) as image:
+        image.convert("RGB").resize((384, 384), Image.Resampling.BOX).save(path)
+    return f"{DRAWINGS}/{path.name}"
+
+
 def changed_share(ours: list | None, theirs: list | None) -> float | None:
     """Share of (atom, level) identifiers that differ between two E3FP tables of one molecule."""
     if ours is None or theirs is None:
@@ -153,7 +161,8 @@ def robustness(params: Params, model_dir: Path, instructions: Path, out: Path | 
     molecules = {r["cid"]: r for r in table.to_pylist() if r["cid"] in set(cids)}
     size = DeepMoLMConfig.from_pretrained(model_dir).encoder_spec().image_size
     metric_tokenizer = load_metric_tokenizer(params.eval.tokenizer)
-    results = []
+    results, drawings = [], {}
+    (out / DRAWINGS).mkdir(parents=True, exist_ok=True)
     for perturbation in perturbations(cfg):
         inputs = perturbed_molecules(params, perturbation, molecules)
         drawing: Callable[[dict], object] | None = None
@@ -165,14 +174,15 @@ def robustness(params: Params, model_dir: Path, instructions: Path, out: Path | 
                                       decoding=params.model.generation.decoding(),
                                       lengths=lambda task: answer_lengths(params, task), advance=advance, drawing=drawing)
         changed = [c for cid in cids if (c := changed_share(inputs[cid]["e3fp"], molecules[cid]["e3fp"])) is not None]
+        if perturbation.kind in ("none", "drawing"):  # what the first molecule's drawing became, for the page
+            drawings[perturbation.name] = _thumbnail(inputs[cids[0]]["image_png"], out / DRAWINGS / f"{perturbation.name}.png")
         results.append({"name": perturbation.name, "kind": perturbation.kind, "description": perturbation.description,
                          **scored(params, {r["example_id"]: r["task"] for r in rows}, answers, metric_tokenizer),
                          "e3fp_changed": round(sum(changed) / len(changed), 4) if changed else None,
                          "without_geometry": sum(inputs[cid]["e3fp"] is None for cid in cids)})
     report = {"model": portable_path(model_dir), "instructions": portable_path(instructions),
               "eval_splits": list(params.eval.splits), "molecules": len(cids), "examples": len(rows),
-              "seed": cfg.seed, "perturbations": results}
-    out.mkdir(parents=True, exist_ok=True)
+              "seed": cfg.seed, "perturbations": results, "drawings": {"cid": cids[0], **drawings}}
     (out / RESULTS).write_text(json.dumps(report, indent=2) + "\n")
     (out / TABLE).write_text(robustness_markdown(report))
     seconds = round(time.perf_counter() - started, 1)

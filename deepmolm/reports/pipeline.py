@@ -24,6 +24,7 @@ from deepmolm.data.instructions import instruction_shards
 from deepmolm.data.shards.parts import read_shards
 from deepmolm.evaluation.captions import METRICS
 from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluation_dir
+from deepmolm.evaluation.grounding import GROUNDING
 from deepmolm.evaluation.evaluate import METRICS as METRICS_FILE
 from deepmolm.evaluation.model_answers import examples_of_splits
 from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
@@ -131,8 +132,11 @@ def _gallery(params: Params, instructions: Path, model: dict[str, dict], baselin
     return sorted(items, key=lambda item: item["cid"])
 
 
-def write_pipeline_report(params: Params, instructions: Path, out: Path | None = None) -> Path:
-    """Write <reports_dir>/index.html (or <out>/index.html) from the stages' artifacts; returns it."""
+def write_pipeline_report(params: Params, instructions: Path, out: Path | None = None,
+                          robustness: Path | None = None) -> Path:
+    """Write <reports_dir>/index.html (or <out>/index.html) from the stages' artifacts; returns it.
+    `robustness`: a `deepmolm eval robustness` result (robustness.json) to show as well; never
+    looked for, so the report stage's page depends only on its declared inputs."""
     reports = params.paths.reports_dir
     out = Path(out) if out else reports
     shutil.rmtree(out / ASSETS, ignore_errors=True)
@@ -153,6 +157,8 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
         "curves": curves[0] if curves else None,
         "gallery": _gallery(params, Path(instructions), model, baseline, out),
         "epochs": epochs,
+        "robustness": _robustness(Path(robustness), out) if robustness else None,
+        "grounding": _copied(evaluation / GROUNDING, out / ASSETS / GROUNDING),
     }
     image_size = metrics["model"].get("image_size")
     captioned = [r for r in examples_of_splits(Path(instructions), params.eval.splits, ["caption"], None)]
@@ -161,6 +167,29 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
     page = out / "index.html"
     page.write_text(_page(context), encoding="utf-8")
     return page
+
+
+def _copied(source: Path, target: Path) -> str | None:
+    """`source` copied to `target` (under the page's assets); its path from the page, None if absent."""
+    if not source.is_file():
+        return None
+    shutil.copyfile(source, target)
+    return f"{ASSETS}/{target.name}"
+
+
+def _robustness(path: Path, out: Path) -> dict:
+    """The robustness result, its drawings copied beside the page."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no robustness result at {path}: run `deepmolm eval robustness` first")
+    report = json.loads(path.read_text())
+    drawings = {}
+    for name, relative in report.get("drawings", {}).items():
+        if name != "cid":
+            target = out / ASSETS / "robustness" / Path(relative).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path.parent / relative, target)
+            drawings[name] = f"{ASSETS}/robustness/{target.name}"
+    return {**report, "drawings": drawings, "cid": report.get("drawings", {}).get("cid")}
 
 
 def _relative(target: Path, out: Path) -> str | None:
@@ -244,6 +273,17 @@ def _page(c: dict) -> str:
                                for i in c["inputs"])
                      + "</div><p>Held-out drawings as the model gets them (1024-px renders shrunk to the preset's "
                        "image size, ink thickened first), enlarged without smoothing.</p>")
+    if c["grounding"]:
+        parts.append("<h2>Grounding: what the Fusion Projector attends to</h2>"
+                     f"<figure id='grounding'><img src='{e(c['grounding'])}' alt='cross-attention of visual tokens to atoms' "
+                     "style='max-width:100%'><figcaption>For three held-out molecules: the drawing with its atoms "
+                     "numbered, then the three atoms whose E3FP tokens draw the most attention, each as a map over the "
+                     "model's input drawing (one cell per visual token; bright: the token attends to that atom), and "
+                     "every atom together. Grounded attention lights up where the atom is drawn; the same map for "
+                     "every atom, or attention left on the null key, means the geometry is not tied to the picture."
+                     "</figcaption></figure>")
+    if c["robustness"]:
+        parts.append(_robustness_section(c["robustness"]))
     parts.append("<h2>Held-out molecules</h2><div class='gallery' id='gallery'>")
     for item in c["gallery"]:
         parts.append(
@@ -255,3 +295,20 @@ def _page(c: dict) -> str:
             + "</div>")
     parts.append(f"</div><script>{IMAGES_LOADED_SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def _robustness_section(r: dict) -> str:
+    from deepmolm.evaluation.robustness import ROBUSTNESS_COLUMNS, robustness_rows
+
+    e = html.escape
+    head = ["perturbation", *ROBUSTNESS_COLUMNS, "valid answers", "property MAE", "E3FP changed"]
+    rows = "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in robustness_rows(r))
+    described = "".join(f"<li><code>{e(p['name'])}</code>: {e(p['description'])}</li>" for p in r["perturbations"])
+    cards = "".join(f"<div class='card'><img src='{e(src)}' alt='CID {r['cid']}, {e(name)}' style='width:192px'>"
+                    f"<div>{e(name)}</div></div>" for name, src in r["drawings"].items())
+    return (f"<h2>Robustness to worse inputs</h2><p>The held-out examples of {r['molecules']} molecules "
+            f"({r['examples']} examples, {e(', '.join(r['eval_splits']))}) answered again from perturbed inputs "
+            f"(`deepmolm eval robustness`, noise seed {r['seed']}).</p><table class='metrics' id='robustness'><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr>{rows}</table><ul>{described}</ul>"
+            f"<div class='gallery' id='robustness-drawings'>{cards}</div>"
+            f"<p>CID {r['cid']}'s drawing as each drawing perturbation leaves it (shrunk for the page).</p>")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from deepmolm.config import ConfigError, load_params
 from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
@@ -211,3 +212,76 @@ def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget(sp
     assert calls == [(7, 9) if task == "caption" else (0, 5) for task in sorted(r["task"] for r in rows)]
     with pytest.raises(ValueError, match="unknown task 'poem'"):
         answer_lengths(params, "poem")
+
+
+def test_robustness_answers_the_same_examples_under_every_perturbation_and_the_report_shows_it(split_set, setting, tmp_path):
+    from deepmolm.evaluation.robustness import RESULTS, TABLE, robustness
+
+    directory, held = split_set
+    params, model = setting
+    two = params.eval.robustness.model_copy(update={"max_molecules": 2})
+    report = robustness(params.model_copy(update={"eval": params.eval.model_copy(update={"robustness": two})}), model,
+                        directory, out=tmp_path)
+    names = [p["name"] for p in report["perturbations"]]
+    assert names == ["none", "coords_recomputed", "coords_noise_0.1", "coords_noise_0.5", "etkdg_no_mmff", "jpeg_q20",
+                     "blur_3px", "restyled"]
+    assert report["molecules"] == 2 and report["examples"] == 2 * 5, "a caption and four property questions each"
+    by_name = {p["name"]: p for p in report["perturbations"]}
+    assert all(by_name[n]["captions"]["n"] == 2 for n in names) and all(
+        sum(s["n"] for s in by_name[n]["properties"].values()) == 8 for n in names)
+    assert by_name["none"]["e3fp_changed"] == by_name["jpeg_q20"]["e3fp_changed"] == 0.0, "a drawing leaves the geometry"
+    assert by_name["coords_noise_0.5"]["e3fp_changed"] > by_name["coords_noise_0.1"]["e3fp_changed"]
+    written = json.loads((tmp_path / RESULTS).read_text())
+    assert written["perturbations"] == report["perturbations"] and written["drawings"]["cid"] in held
+    assert sorted(written["drawings"]) == ["blur_3px", "cid", "jpeg_q20", "none", "restyled"]
+    assert all((tmp_path / path).is_file() for name, path in written["drawings"].items() if name != "cid")
+    table = (tmp_path / TABLE).read_text()
+    assert all(f"| {name} |" in table for name in names)
+
+    if not (params.paths.reports_dir / "eval" / "metrics.json").is_file():  # this test alone: the page needs an evaluation
+        evaluate(params, model, directory)
+    page = write_pipeline_report(params, directory, out=tmp_path / "page", robustness=tmp_path / RESULTS)
+    text = page.read_text()
+    assert "id='robustness'" in text and text.count("<tr><td>") >= len(names)
+    sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", text)
+    assert sum("robustness/" in s for s in sources) == 4 and all((page.parent / s).is_file() for s in sources)
+    with pytest.raises(FileNotFoundError, match="deepmolm eval robustness"):
+        write_pipeline_report(params, directory, out=tmp_path / "page", robustness=tmp_path / "missing.json")
+
+
+def test_the_evaluate_stage_draws_where_the_fusion_projectors_attention_goes(split_set, setting, tmp_path):
+    from PIL import Image
+
+    from deepmolm.evaluation.grounding import GROUNDING, atom_attention, write_grounding
+    from deepmolm.evaluation.model_answers import examples_of_splits as examples
+    from deepmolm.models.deepmolm.generation import load_checkpoint
+    from deepmolm.models.deepmolm.processing import cached_pixels
+
+    directory, _ = split_set
+    params, model_dir = setting
+    rows = examples(directory, ["test"], ["caption"], None)
+    model, _ = load_checkpoint(model_dir)
+    row = rows[0]
+    e3fp = torch.as_tensor(row["e3fp"], dtype=torch.long)
+    e3fp[-1, 1:] = -1  # an atom with only its first level: the missing levels get no attention
+    pixels = cached_pixels(str(instruction_shards(directory) / row["image_part"]), row["image_row"],
+                           model.config.encoder_spec().image_size)
+    per_atom, null = atom_attention(model, pixels, e3fp)
+    grid = int(model.config.encoder_spec().tokens ** 0.5)
+    assert per_atom.shape == (grid, grid, len(row["e3fp"])) and null.shape == (grid, grid)
+    assert abs((per_atom.sum(axis=-1) + null) - 1).max() < 1e-5, "each visual token's attention sums to one"
+    assert (per_atom >= 0).all() and (null > 0).all()
+
+    shown = write_grounding(params, model_dir, directory, rows, tmp_path)
+    assert [m["cid"] for m in shown["molecules"]] == list(dict.fromkeys(r["cid"] for r in rows))[:3]
+    assert all(len(m["atoms"]) == 3 and m["shares"] == sorted(m["shares"], reverse=True) for m in shown["molecules"])
+    with Image.open(tmp_path / GROUNDING) as figure:
+        assert figure.size[0] > 1000 and figure.size[1] > 600, "three molecules, five panels each"
+
+    linear = params.model_copy(update={"model": params.model.model_copy(update={"fusion_variant": "linear"})})
+    tokenizer = load_checkpoint(model_dir)[1]
+    initial_model(linear, 1, tokenizer, None).save_pretrained(tmp_path / "linear")
+    tokenizer.save_pretrained(tmp_path / "linear")
+    empty = write_grounding(linear, tmp_path / "linear", directory, rows, tmp_path / "linear")
+    assert empty["molecules"] == [] and "linear projector has no cross-attention" in empty["why_empty"]
+    assert (tmp_path / "linear" / GROUNDING).is_file()

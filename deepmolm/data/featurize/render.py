@@ -18,10 +18,11 @@ def render_png(mol: Chem.Mol, params: RenderParams) -> bytes:
 
 
 def draw_png(mol: Chem.Mol, *, size: int, bond_line_width: float, padding: float, font_size: int | None = None,
-             stereo_wedges: bool = True) -> bytes:
+             stereo_wedges: bool = True, atom_indices: bool = False) -> bytes:
     """The drawing with its style spelled out: the training images' (`render_png`), or another one
-    for robustness checks (thicker bonds, larger labels, stereo as plain bonds). `font_size`: atom
-    labels at a fixed size in pixels; None: RDKit scales them with the drawing."""
+    for robustness checks (thicker bonds, larger labels, stereo as plain bonds) and figures (atoms
+    numbered as the per-atom arrays are). `font_size`: atom labels at a fixed size in pixels; None:
+    RDKit scales them with the drawing."""
     drawn = Chem.Mol(mol)
     rdDepictor.Compute2DCoords(drawn, canonOrient=True)
     if stereo_wedges:
@@ -35,6 +36,8 @@ def draw_png(mol: Chem.Mol, *, size: int, bond_line_width: float, padding: float
     options.addStereoAnnotation = False
     if font_size is not None:
         options.fixedFontSize = font_size
+    if atom_indices:
+        options.addAtomIndices = True
     if stereo_wedges:
         rdMolDraw2D.PrepareAndDrawMolecule(drawer, drawn, kekulize=True)
     else:

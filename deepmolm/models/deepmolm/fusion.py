@@ -155,12 +155,21 @@ class CrossAttentionProjector(_GeometryProjector):
                                  nn.Linear(spec.ffn_mult * h, h))
 
     def forward(self, visual: torch.Tensor, e3fp: torch.Tensor | None = None) -> torch.Tensor:
+        queries, attended, _ = self._attend(visual, e3fp, weights=False)
+        hidden = queries + attended
+        return hidden + self.ffn(self.norm_ffn(hidden))
+
+    def attention(self, visual: torch.Tensor, e3fp: torch.Tensor | None = None) -> torch.Tensor:
+        """What each visual token attends to, averaged over heads: [B, tokens, 1 + atoms * levels],
+        the null key first, then the E3FP tokens atom by atom (levels innermost); padding gets 0."""
+        return self._attend(visual, e3fp, weights=True)[2]
+
+    def _attend(self, visual: torch.Tensor, e3fp: torch.Tensor | None, *, weights: bool):
         queries, tokens, padding = self.queries_and_tokens(visual, e3fp)
         keys = self.norm_kv(torch.cat([self.null_kv.expand(len(tokens), -1, -1), tokens], dim=1))
         mask = torch.cat([torch.zeros_like(padding[:, :1]), padding], dim=1)
-        attended, _ = self.attn(self.norm_q(queries), keys, keys, key_padding_mask=mask, need_weights=False)
-        hidden = queries + attended
-        return hidden + self.ffn(self.norm_ffn(hidden))
+        attended, attention = self.attn(self.norm_q(queries), keys, keys, key_padding_mask=mask, need_weights=weights)
+        return queries, attended, attention
 
 
 class ZeroE3fpProjector(CrossAttentionProjector):
