@@ -61,6 +61,8 @@ def test_human_output_states_the_row_balance(tmp_path):
         (["config", "show", "-S", "sources.pubchem.batchsize=3"], 2, "unknown key 'sources.pubchem.batchsize'"),
         (["data", "featurize", "--input", "/nowhere"], 1, "no raw-table snapshot in /nowhere"),
         (["data", "featurize", "--input", "/nowhere", "-S", "featurize.dask.workers=0"], 2, "featurize.dask.workers"),
+        (["eval", "robustness", "--model", "/nowhere"], 1, "/nowhere is not a DeepMoLM checkpoint"),
+        (["eval", "robustness", "-S", "eval.robustness.coordinate_noise=[0.1,0.1]"], 2, "eval.robustness.coordinate_noise"),
     ],
 )
 def test_unusable_input_exits_non_zero_with_a_message(tmp_path, args, code, message):
