@@ -95,9 +95,11 @@ def _plot(shown: list[dict], params: Params, path: Path) -> None:
         ax_row[0].set_title(f"CID {m['cid']}: atoms numbered", fontsize=9)
         drawing = m["pixels"].permute(1, 2, 0).numpy()
         size = drawing.shape[0]
+        brightest = max(float(m["maps"][:, :, atom].max()) for atom in m["atoms"])  # one scale for a molecule's atoms
         for ax, atom, share in zip(ax_row[1:-1], m["atoms"], m["shares"]):
             ax.imshow(drawing, cmap="gray")
-            ax.imshow(m["maps"][:, :, atom], cmap="magma", alpha=0.55, extent=(0, size, size, 0), interpolation="nearest")
+            ax.imshow(m["maps"][:, :, atom], cmap="magma", alpha=0.55, extent=(0, size, size, 0), interpolation="nearest",
+                      vmin=0.0, vmax=brightest)
             ax.set_title(f"atom {atom}: {share:.1%} of the attention", fontsize=9)
         for ax in ax_row[1 + len(m["atoms"]):-1]:  # a molecule of fewer atoms
             ax.axis("off")

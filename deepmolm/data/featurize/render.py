@@ -38,6 +38,7 @@ def draw_png(mol: Chem.Mol, *, size: int, bond_line_width: float, padding: float
         options.fixedFontSize = font_size
     if atom_indices:
         options.addAtomIndices = True
+        options.annotationFontScale = 0.9  # readable when the figure is shrunk
     if stereo_wedges:
         rdMolDraw2D.PrepareAndDrawMolecule(drawer, drawn, kekulize=True)
     else:
