@@ -4,7 +4,8 @@ Geometry: the E3FP identifiers recomputed from each molecule's own conformer (th
 coordinates) as they are, with Gaussian noise of each `coordinate_noise` sigma on every coordinate,
 and from a fresh ETKDG embedding without the MMFF optimisation. Drawings: the training drawing
 JPEG-compressed, blurred, and the molecule drawn again in another style (thicker bonds, larger
-labels, stereo as plain bonds). Every perturbation answers the same held-out examples as the
+labels, stereo as plain bonds). Two controls measure what each input is worth at all: no E3FP, and
+a white picture. Every perturbation answers the same held-out examples as the
 evaluate stage (the first `max_molecules` molecules of eval.splits) and gets the same metrics, beside
 the unperturbed inputs; "recomputed" separates what recomputing E3FP changes from what the noise does.
 """
@@ -56,6 +57,8 @@ def perturbations(cfg: RobustnessParams) -> list[Perturbation]:
             Perturbation("coords_recomputed", "geometry", "E3FP recomputed from the conformer's heavy-atom coordinates"),
             *noisy,
             Perturbation("etkdg_no_mmff", "geometry", "E3FP from a new ETKDG conformer, not MMFF-optimised"),
+            Perturbation("no_geometry", "geometry", "no E3FP at all (a control: what the geometry is worth)"),
+            Perturbation("blank_drawing", "drawing", "a white picture (a control: what the drawing is worth)"),
             Perturbation(f"jpeg_q{cfg.jpeg_quality}", "drawing", f"the drawing as a JPEG of quality {cfg.jpeg_quality}"),
             Perturbation(f"blur_{cfg.blur_radius:g}px", "drawing", f"the drawing under a Gaussian blur of {cfg.blur_radius:g} px"),
             Perturbation("restyled", "drawing", f"drawn again: bonds {cfg.restyle.bond_line_width:g} px, labels "
@@ -88,6 +91,11 @@ def jpeg_png(png: bytes, quality: int) -> bytes:
         compressed = io.BytesIO()
         image.convert("RGB").save(compressed, format="JPEG", quality=quality)
     return _png(Image.open(compressed))
+
+
+def blank_png(png: bytes) -> bytes:
+    with Image.open(io.BytesIO(png)) as image:
+        return _png(Image.new("RGB", image.size, (255, 255, 255)))
 
 
 def blurred_png(png: bytes, radius: float) -> bytes:
@@ -136,6 +144,10 @@ def perturbed_molecules(params: Params, perturbation: Perturbation, molecules: d
             e3fp = e3fp_from_coordinates(row["smiles"], row["coords"], sigma, rng, featurize.conformer, featurize.e3fp)
         elif perturbation.name == "etkdg_no_mmff":
             e3fp = e3fp_without_mmff(row["smiles"], featurize.conformer, featurize.e3fp)
+        elif perturbation.name == "no_geometry":
+            e3fp = None
+        elif perturbation.name == "blank_drawing":
+            png = blank_png(png)
         elif perturbation.name.startswith("jpeg_q"):
             png = jpeg_png(png, cfg.jpeg_quality)
         elif perturbation.name.startswith("blur_"):

@@ -223,8 +223,8 @@ def test_robustness_answers_the_same_examples_under_every_perturbation_and_the_r
     report = robustness(params.model_copy(update={"eval": params.eval.model_copy(update={"robustness": two})}), model,
                         directory, out=tmp_path)
     names = [p["name"] for p in report["perturbations"]]
-    assert names == ["none", "coords_recomputed", "coords_noise_0.1", "coords_noise_0.5", "etkdg_no_mmff", "jpeg_q20",
-                     "blur_3px", "restyled"]
+    assert names == ["none", "coords_recomputed", "coords_noise_0.1", "coords_noise_0.5", "etkdg_no_mmff", "no_geometry",
+                     "blank_drawing", "jpeg_q20", "blur_3px", "restyled"]
     assert report["molecules"] == 2 and report["examples"] == 2 * 5, "a caption and four property questions each"
     by_name = {p["name"]: p for p in report["perturbations"]}
     assert all(by_name[n]["captions"]["n"] == 2 for n in names) and all(
@@ -233,7 +233,8 @@ def test_robustness_answers_the_same_examples_under_every_perturbation_and_the_r
     assert by_name["coords_noise_0.5"]["e3fp_changed"] > by_name["coords_noise_0.1"]["e3fp_changed"]
     written = json.loads((tmp_path / RESULTS).read_text())
     assert written["perturbations"] == report["perturbations"] and written["drawings"]["cid"] in held
-    assert sorted(written["drawings"]) == ["blur_3px", "cid", "jpeg_q20", "none", "restyled"]
+    assert sorted(written["drawings"]) == ["blank_drawing", "blur_3px", "cid", "jpeg_q20", "none", "restyled"]
+    assert by_name["no_geometry"]["without_geometry"] == 2 and by_name["none"]["without_geometry"] == 0
     assert all((tmp_path / path).is_file() for name, path in written["drawings"].items() if name != "cid")
     table = (tmp_path / TABLE).read_text()
     assert all(f"| {name} |" in table for name in names)
@@ -244,7 +245,7 @@ def test_robustness_answers_the_same_examples_under_every_perturbation_and_the_r
     text = page.read_text()
     assert "id='robustness'" in text and text.count("<tr><td>") >= len(names)
     sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", text)
-    assert sum("robustness/" in s for s in sources) == 4 and all((page.parent / s).is_file() for s in sources)
+    assert sum("robustness/" in s for s in sources) == 5 and all((page.parent / s).is_file() for s in sources)
     with pytest.raises(FileNotFoundError, match="deepmolm eval robustness"):
         write_pipeline_report(params, directory, out=tmp_path / "page", robustness=tmp_path / "missing.json")
 
