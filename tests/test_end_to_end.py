@@ -40,7 +40,7 @@ MUMO_STAGES = ["mumo_pretrain", "mumo_benchmark"]
 MUMO_SIZE = {"max_steps: null\n    batch_size: 32\n    learning_rate: 1.0e-3\n    weight_decay: 0.01\n    warmup_ratio: 0.05\n    min_lr_ratio: 0.1\n    mask_ratio":
              "max_steps: 1\n    batch_size: 32\n    learning_rate: 1.0e-3\n    weight_decay: 0.01\n    warmup_ratio: 0.05\n    min_lr_ratio: 0.1\n    mask_ratio",
              "max_molecules: 150": "max_molecules: 30", "epochs: 4 ": "epochs: 1 ",
-             "injection_layers: [1, 8, 16]": "injection_layers: [16]", "coordinate_noise: [0.1, 0.5]": "coordinate_noise: [0.5]"}
+             "injection_layers: [1, 8, 16]": "injection_layers: [16]", "coordinate_noise: [0.1, 0.5]\n  baseline_trees": "coordinate_noise: [0.5]\n  baseline_trees"}  # MuMo's, not eval.robustness's
 
 
 # DeepMoLM's training at the test's 12 molecules per split: batches that fit, two epochs a stage
