@@ -10,6 +10,7 @@ it runs, resumes and leaves its outputs is here, once.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -81,10 +82,8 @@ def log_metrics(directory: Path, history: list[dict], summary: dict, *, epochs: 
     PER_STEP at every step; `epoch/train_loss` and `holdout/loss` at the step each epoch ended;
     `summary` (with dvclive's last values) as SUMMARY. Files only: no dvc.yaml, no experiment of
     its own (the stage is one of the pipeline's, and `dvc exp run` records it)."""
-    from dvclive import Live
-
     steps, ended = {row["step"]: row for row in history}, {row["step"]: row for row in epochs}
-    with Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with _files_only_live()(dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         for step in sorted(steps.keys() | ended.keys()):
             live.step = step
             for name in PER_STEP if step in steps else ():
@@ -94,6 +93,21 @@ def log_metrics(directory: Path, history: list[dict], summary: dict, *, epochs: 
                 if ended[step].get("holdout_loss") is not None:
                     live.log_metric("holdout/loss", ended[step]["holdout_loss"])
         live.summary.update(summary)
+
+
+@functools.cache
+def _files_only_live():
+    """dvclive's Live without its repository integration (`_init_dvc`): nothing here uses it (no
+    experiment of its own, no dvc.yaml), and it fails in a Git repository with no commit yet
+    (dvclive 3.49: scmrepo's "Empty git repo", which its own error handling does not catch), as a
+    fresh `git init` project has."""
+    from dvclive import Live
+
+    class FilesOnlyLive(Live):
+        def _init_dvc(self) -> None:
+            pass
+
+    return FilesOnlyLive
 
 
 def read_metric(directory: Path, name: str) -> list[tuple[int, float]]:

@@ -41,3 +41,14 @@ def test_two_loggings_of_the_same_records_are_the_same_bytes(tmp_path):
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 6  # three step metrics, two epoch metrics, the summary
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / "deeper" / f).read_bytes() for f in files)
+
+
+def test_a_git_repository_without_a_commit_is_no_obstacle(tmp_path, monkeypatch):
+    """A project just made with `git init` (as the end-to-end test's copies are): dvclive's own
+    repository checks would fail there with "Empty git repo"."""
+    import subprocess
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    log_metrics(tmp_path / "reports" / "train" / "stage1", history(3), {"stage": 1})
+    assert [step for step, _ in read_metric(tmp_path / "reports" / "train" / "stage1", "train/loss")] == [1, 2, 3]
