@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageFilter
 from rdkit import Chem
 
@@ -48,21 +49,41 @@ class Perturbation:
     name: str
     kind: str  # none | geometry | drawing
     description: str
+    # (cid, the shard row: smiles, coords, e3fp, image_png) -> the new E3FP (geometry) or PNG (drawing)
+    change: Callable[[int, dict], object] | None = None
 
 
-def perturbations(cfg: RobustnessParams) -> list[Perturbation]:
-    noisy = [Perturbation(f"coords_noise_{sigma:g}", "geometry", f"E3FP from the conformer with {sigma:g} A Gaussian noise")
-             for sigma in cfg.coordinate_noise]
-    return [Perturbation("none", "none", "the inputs training saw"),
-            Perturbation("coords_recomputed", "geometry", "E3FP recomputed from the conformer's heavy-atom coordinates"),
-            *noisy,
-            Perturbation("etkdg_no_mmff", "geometry", "E3FP from a new ETKDG conformer, not MMFF-optimised"),
-            Perturbation("no_geometry", "geometry", "no E3FP at all (a control: what the geometry is worth)"),
-            Perturbation("blank_drawing", "drawing", "a white picture (a control: what the drawing is worth)"),
-            Perturbation(f"jpeg_q{cfg.jpeg_quality}", "drawing", f"the drawing as a JPEG of quality {cfg.jpeg_quality}"),
-            Perturbation(f"blur_{cfg.blur_radius:g}px", "drawing", f"the drawing under a Gaussian blur of {cfg.blur_radius:g} px"),
-            Perturbation("restyled", "drawing", f"drawn again: bonds {cfg.restyle.bond_line_width:g} px, labels "
-                         f"{cfg.restyle.font_size} px, stereo wedges {'on' if cfg.restyle.stereo_wedges else 'off'}")]
+def perturbations(params: Params) -> list[Perturbation]:
+    """The grid, each with what it does to one molecule."""
+    cfg, featurize = params.eval.robustness, params.featurize
+    conformer, e3fp = featurize.conformer, featurize.e3fp
+
+    def from_coordinates(sigma: float) -> Callable[[int, dict], object]:
+        # per molecule: the same noise in any order or subset of molecules
+        return lambda cid, row: e3fp_from_coordinates(row["smiles"], row["coords"], sigma,
+                                                      np.random.default_rng([cfg.seed, cid]), conformer, e3fp)
+
+    style = cfg.restyle
+    return [
+        Perturbation("none", "none", "the inputs training saw"),
+        Perturbation("coords_recomputed", "geometry", "E3FP recomputed from the conformer's heavy-atom coordinates",
+                     from_coordinates(0.0)),
+        *(Perturbation(f"coords_noise_{sigma:g}", "geometry", f"E3FP from the conformer with {sigma:g} A Gaussian noise",
+                       from_coordinates(sigma)) for sigma in cfg.coordinate_noise),
+        Perturbation("etkdg_no_mmff", "geometry", "E3FP from a new ETKDG conformer, not MMFF-optimised",
+                     lambda cid, row: e3fp_without_mmff(row["smiles"], conformer, e3fp)),
+        Perturbation("no_geometry", "geometry", "no E3FP at all (a control: what the geometry is worth)",
+                     lambda cid, row: None),
+        Perturbation("blank_drawing", "drawing", "a white picture (a control: what the drawing is worth)",
+                     lambda cid, row: blank_png(row["image_png"])),
+        Perturbation(f"jpeg_q{cfg.jpeg_quality}", "drawing", f"the drawing as a JPEG of quality {cfg.jpeg_quality}",
+                     lambda cid, row: jpeg_png(row["image_png"], cfg.jpeg_quality)),
+        Perturbation(f"blur_{cfg.blur_radius:g}px", "drawing", f"the drawing under a Gaussian blur of {cfg.blur_radius:g} px",
+                     lambda cid, row: blurred_png(row["image_png"], cfg.blur_radius)),
+        Perturbation("restyled", "drawing", f"drawn again: bonds {style.bond_line_width:g} px, labels {style.font_size} px, "
+                     f"stereo wedges {'on' if style.stereo_wedges else 'off'}",
+                     lambda cid, row: restyled_png(row["smiles"], featurize.render, cfg)),
+    ]
 
 
 # --- the perturbations themselves: one molecule in, its perturbed input out ----------------------------------
@@ -132,29 +153,13 @@ def changed_share(ours: list | None, theirs: list | None) -> float | None:
 
 # --- the run --------------------------------------------------------------------------------------------------
 
-def perturbed_molecules(params: Params, perturbation: Perturbation, molecules: dict[int, dict]) -> dict[int, dict]:
+def perturbed_molecules(perturbation: Perturbation, molecules: dict[int, dict]) -> dict[int, dict]:
     """cid -> {"e3fp", "image_png"} as `perturbation` changes them (the shard's where it does not)."""
-    cfg, featurize = params.eval.robustness, params.featurize
     out = {}
     for cid, row in molecules.items():
-        e3fp, png = row["e3fp"], row["image_png"]
-        if perturbation.name == "coords_recomputed" or perturbation.name.startswith("coords_noise_"):
-            sigma = 0.0 if perturbation.name == "coords_recomputed" else float(perturbation.name.removeprefix("coords_noise_"))
-            rng = np.random.default_rng([cfg.seed, cid])  # per molecule: the same noise in any order or subset
-            e3fp = e3fp_from_coordinates(row["smiles"], row["coords"], sigma, rng, featurize.conformer, featurize.e3fp)
-        elif perturbation.name == "etkdg_no_mmff":
-            e3fp = e3fp_without_mmff(row["smiles"], featurize.conformer, featurize.e3fp)
-        elif perturbation.name == "no_geometry":
-            e3fp = None
-        elif perturbation.name == "blank_drawing":
-            png = blank_png(png)
-        elif perturbation.name.startswith("jpeg_q"):
-            png = jpeg_png(png, cfg.jpeg_quality)
-        elif perturbation.name.startswith("blur_"):
-            png = blurred_png(png, cfg.blur_radius)
-        elif perturbation.name == "restyled":
-            png = restyled_png(row["smiles"], featurize.render, cfg)
-        out[cid] = {"e3fp": e3fp, "image_png": png}
+        changed = perturbation.change(cid, row) if perturbation.change else None
+        out[cid] = {"e3fp": changed if perturbation.kind == "geometry" else row["e3fp"],
+                    "image_png": changed if perturbation.kind == "drawing" else row["image_png"]}
     return out
 
 
@@ -175,9 +180,9 @@ def robustness(params: Params, model_dir: Path, instructions: Path, out: Path | 
     metric_tokenizer = load_metric_tokenizer(params.eval.tokenizer)
     results, drawings = [], {}
     (out / DRAWINGS).mkdir(parents=True, exist_ok=True)
-    for perturbation in perturbations(cfg):
-        inputs = perturbed_molecules(params, perturbation, molecules)
-        drawing: Callable[[dict], object] | None = None
+    for perturbation in perturbations(params):
+        inputs = perturbed_molecules(perturbation, molecules)
+        drawing: Callable[[dict], torch.Tensor] | None = None
         if perturbation.kind == "drawing":
             drawing = lambda row, inputs=inputs: image_pixels(inputs[row["cid"]]["image_png"], size)  # noqa: E731
         asked = [{**r, "e3fp": inputs[r["cid"]]["e3fp"]} for r in rows]
@@ -206,8 +211,8 @@ ROBUSTNESS_COLUMNS = ("BLEU-2", "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L", "METE
 
 
 def robustness_rows(report: dict) -> list[list[str]]:
-    """One row per perturbation: the caption metrics, the share of valid property answers, the mean
-    MAE over properties answered, and how much of the E3FP changed."""
+    """One row per perturbation: the caption metrics, the share of valid property answers, the MAE
+    of each property, and how much of the E3FP changed."""
     def fmt(value, digits=3):
         return "-" if value is None else f"{value:.{digits}f}"
 

@@ -36,7 +36,7 @@ def shard_geometry(smiles: str) -> tuple[list, list]:
 
 
 def test_the_grid_names_every_perturbation_once_with_its_kind():
-    names = {p.name: p.kind for p in perturbations(PARAMS_.eval.robustness)}
+    names = {p.name: p.kind for p in perturbations(PARAMS_)}
     assert names == {"none": "none", "coords_recomputed": "geometry", "coords_noise_0.1": "geometry",
                      "coords_noise_0.5": "geometry", "etkdg_no_mmff": "geometry", "no_geometry": "geometry",
                      "blank_drawing": "drawing", "jpeg_q20": "drawing",
