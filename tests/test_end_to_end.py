@@ -139,9 +139,10 @@ def test_both_training_stages_learn_and_record_a_held_out_loss_per_epoch(demo):
     assert stage2["last_loss"] < stage2["first_loss"]
     logged = demo.project / "reports" / "train" / "stage2"  # dvclive's directory
     epochs, held = read_metric(logged, "epoch/train_loss"), read_metric(logged, "holdout/loss")
-    assert len(epochs) == len(held) == load_params(demo.project / "params.yaml").train.stage2.epochs, "a held-out loss per epoch"
+    assert len(epochs) == load_params(demo.project / "params.yaml").train.stage2.epochs and epochs[-1][0] == stage2["steps"]
     assert [step for step, _ in read_metric(logged, "train/loss")] == list(range(1, stage2["steps"] + 1)), "a row per step"
-    assert [step for step, _ in held] == [step for step, _ in epochs] and held[-1][0] == stage2["steps"]
+    # a held-out loss at each epoch's end when the stage held molecules out (5% of 12 molecules may be none)
+    assert [step for step, _ in held] == ([step for step, _ in epochs] if counts2["holdout"] else [])
 
 
 def test_evaluation_scores_the_model_beside_both_baselines_on_the_test_split(demo):
