@@ -24,8 +24,8 @@ from deepmolm.data.instructions import instruction_shards
 from deepmolm.data.shards.parts import read_shards
 from deepmolm.evaluation.captions import METRICS
 from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluation_dir
-from deepmolm.evaluation.grounding import GROUNDING
 from deepmolm.evaluation.evaluate import METRICS as METRICS_FILE
+from deepmolm.evaluation.grounding import GROUNDING
 from deepmolm.evaluation.model_answers import examples_of_splits
 from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 from deepmolm.runtime.run_log import portable_path
@@ -158,7 +158,7 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
         "gallery": _gallery(params, Path(instructions), model, baseline, out),
         "epochs": epochs,
         "robustness": _robustness(Path(robustness), out) if robustness else None,
-        "grounding": _copied(evaluation / GROUNDING, out / ASSETS / GROUNDING),
+        "grounding": _copied(evaluation / GROUNDING, out, GROUNDING),
     }
     image_size = metrics["model"].get("image_size")
     captioned = [r for r in examples_of_splits(Path(instructions), params.eval.splits, ["caption"], None)]
@@ -169,12 +169,14 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
     return page
 
 
-def _copied(source: Path, target: Path) -> str | None:
-    """`source` copied to `target` (under the page's assets); its path from the page, None if absent."""
+def _copied(source: Path, out: Path, name: str) -> str | None:
+    """`source` copied to the page's assets as `name`; its path from the page, None if absent."""
     if not source.is_file():
         return None
+    target = out / ASSETS / name
+    target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
-    return f"{ASSETS}/{target.name}"
+    return f"{ASSETS}/{name}"
 
 
 def _robustness(path: Path, out: Path) -> dict:
@@ -182,13 +184,8 @@ def _robustness(path: Path, out: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no robustness result at {path}: run `deepmolm eval robustness` first")
     report = json.loads(path.read_text())
-    drawings = {}
-    for name, relative in report.get("drawings", {}).items():
-        if name != "cid":
-            target = out / ASSETS / "robustness" / Path(relative).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path.parent / relative, target)
-            drawings[name] = f"{ASSETS}/robustness/{target.name}"
+    drawings = {name: _copied(path.parent / relative, out, f"robustness/{Path(relative).name}")
+                for name, relative in report.get("drawings", {}).items() if name != "cid"}
     return {**report, "drawings": drawings, "cid": report.get("drawings", {}).get("cid")}
 
 
