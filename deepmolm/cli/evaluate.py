@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from deepmolm.cli.common import Common, Exit, InstructionsOpt, PrefectOpt, command, stdout
+from deepmolm.cli.common import Common, Exit, InstructionsOpt, PrefectOpt, command, stderr, stdout
 
 eval_app = typer.Typer(help="Caption metrics (MolT5 protocol), property QA and the retrieval baseline.", no_args_is_help=True)
 
@@ -75,6 +75,46 @@ def _render_robustness(report: dict) -> None:
     for row in robustness_rows(report):
         table.add_row(*row)
     stdout.print(table)
+
+
+@command(eval_app, "ablation")
+def eval_ablation(
+    common: Common,
+    force: Annotated[bool, typer.Option(help="run every cell again, finished ones too.")] = False,
+) -> None:
+    """The paper's ablations (eval.ablation): one queued DVC experiment per projector variant and
+    seed, and the fusion model without stage 1; runs the cells not finished yet, one at a time, then
+    writes the table of mean and spread over seeds beside the paper's directions (<out>/ablation.md).
+    `./dev ablation` runs it with a local Prefect server; `dvc exp show` lists the experiments."""
+    from deepmolm.evaluation.ablation import cells, run_grid, summarize, write_summary
+
+    with common.errors():
+        cfg = common.params
+        grid = cells(cfg.eval.ablation)
+        try:
+            metrics = run_grid(Path.cwd(), grid, force=force, echo=lambda line: stderr.print(line, highlight=False))
+        except RuntimeError as exc:
+            raise Exit(1, str(exc)) from None
+        summary = summarize(grid, metrics)
+        path = write_summary(summary, cfg.eval.ablation.out)
+    common.emit({**summary, "out": str(path)}, _render_ablation)
+
+
+def _render_ablation(summary: dict) -> None:
+    from deepmolm.evaluation.ablation import COLUMNS, direction_rows, table_rows
+
+    table = Table(title=f"ablation grid: mean (min-max over seeds) on the held-out molecules ({summary['out']})")
+    for column in ("row", "seeds", *COLUMNS):
+        table.add_column(column, justify="left" if column == "row" else "right")
+    for row in table_rows(summary):
+        table.add_row(*row)
+    stdout.print(table)
+    paper = Table(title="the paper's directions")
+    for column in ("the paper", "ours (closest case)", "verdict"):
+        paper.add_column(column)
+    for row in direction_rows(summary):
+        paper.add_row(*row)
+    stdout.print(paper)
 
 
 @command(eval_app, "show")

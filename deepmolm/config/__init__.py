@@ -39,7 +39,7 @@ from deepmolm.config.data import (
     ReportParams,
     SourcesParams,
 )
-from deepmolm.config.evaluation import BaselineParams, EvalParams, RestyleParams, RobustnessParams, ServeParams
+from deepmolm.config.evaluation import AblationParams, BaselineParams, EvalParams, RestyleParams, RobustnessParams, ServeParams
 from deepmolm.config.loading import RECIPE_SECTIONS, Params, load_params, parse_override
 from deepmolm.config.models import (
     EncoderParams,
@@ -112,6 +112,7 @@ __all__ = [
     "RestyleParams",
     "ReportParams",
     "RobustnessParams",
+    "AblationParams",
     "ScalingParams",
     "ServeParams",
     "SourcesParams",

@@ -11,6 +11,7 @@ from pydantic import (
 
 from deepmolm.config.base import ProjectPath, Split, _Section
 from deepmolm.config.data import PropertyName
+from deepmolm.config.models import FusionVariant
 
 
 class BaselineParams(_Section):
@@ -42,6 +43,21 @@ class RobustnessParams(_Section):
         return sigmas
 
 
+class AblationParams(_Section):
+    variants: list[FusionVariant] = Field(min_length=1, description="model.fusion_variant values, each trained through both stages")
+    without_stage1: list[FusionVariant] = Field(description="variants trained once more with stage 1 skipped "
+                                                            "(train.stage1.epochs=0)")
+    seeds: list[int] = Field(min_length=1, description="train.seed of every cell: the spread over seeds")
+    out: ProjectPath = Field(description="ablation.json and ablation.md: the grid's table")
+
+    @field_validator("variants", "without_stage1", "seeds")
+    @classmethod
+    def _distinct(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"{values}: each at most once")
+        return values
+
+
 class EvalParams(_Section):
     tokenizer: ProjectPath = Field(description="local Hugging Face tokenizer directory for the caption metrics")
     max_tokens: int = Field(ge=1, description="tokens per caption kept for the metrics (MolT5: 512)")
@@ -57,6 +73,7 @@ class EvalParams(_Section):
     batch_size: int = Field(ge=1, description="prompts generated together")
     property_max_new_tokens: int = Field(ge=1, description="answer length budget of a property question")
     robustness: RobustnessParams = Field(description="`deepmolm eval robustness`: answers from perturbed inputs")
+    ablation: AblationParams = Field(description="`deepmolm eval ablation`: the paper's ablations as queued DVC experiments")
 
     @field_validator("property_ranges")
     @classmethod

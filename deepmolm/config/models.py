@@ -13,6 +13,9 @@ from pydantic import (
 from deepmolm.config.base import ProjectPath, _Section
 
 
+
+FusionVariant = Literal["fusion", "fusion_zero_e3fp", "concat", "linear"]  # the Fusion Projector and the paper's ablations
+
 class EncoderParams(_Section):
     image_size: int = Field(ge=16, description="drawings are resized to this square size for the encoder")
     patch_size: int = Field(ge=2)
@@ -83,7 +86,7 @@ class ModelParams(_Section):
     bpe_vocab_size: int = Field(ge=300, description="vocabulary of the trained byte-level BPE")
     max_length: int = Field(ge=16, description="tokens per training example, image placeholders included")
     generation: GenerationParams
-    fusion_variant: Literal["fusion", "fusion_zero_e3fp", "concat", "linear"] = Field(
+    fusion_variant: FusionVariant = Field(
         description="fusion (default); the paper's ablations: fusion_zero_e3fp, concat, linear"
     )
     presets: dict[str, PresetParams]

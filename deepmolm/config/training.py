@@ -36,7 +36,7 @@ class StageParams(_Section):
     tasks: list[Task] = Field(min_length=1, description="instruction tasks trained on")
     trainable: list[Literal["encoder", "projector", "language_model"]] = Field(
         min_length=1, description="parts that train; the rest are frozen")
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=0, description="0 (stage 1 only): exported untrained, the 'without stage 1' ablation")
     max_steps: int | None = Field(ge=1, description="optimizer steps; null: epochs over the examples")
     learning_rate: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -98,6 +98,15 @@ class TrainParams(_Section):
     def _no_lora_in_stage1(cls, stage: StageParams) -> StageParams:
         if stage.lora is not None and stage.lora.enabled:
             raise ValueError("LoRA is for stage 2 (stage 1 trains the projector only)")
+        if stage.epochs == 0 and stage.max_steps is not None:
+            raise ValueError(f"epochs 0 skips stage 1, max_steps {stage.max_steps} would train it: set one")
+        return stage
+
+    @field_validator("stage2")
+    @classmethod
+    def _stage2_trains(cls, stage: StageParams) -> StageParams:
+        if stage.epochs == 0 and stage.max_steps is None:
+            raise ValueError("epochs 0: stage 2 would train nothing (only stage 1 can be skipped)")
         return stage
 
     def stage(self, number: int) -> StageParams:

@@ -207,3 +207,34 @@ def test_infra_manifests_run_the_train_command():
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "8"
     cluster = yaml.safe_load((ROOT / "infra" / "ray" / "cluster.yaml").read_text())
     assert cluster["head_node_type"] in cluster["available_node_types"]
+
+
+def test_stage1_with_0_epochs_exports_the_random_start_without_ray(instruction_set, tokenizer_dir, tmp_path):
+    """The paper's "without stage 1": stage 2 then starts from the preset's seeded random weights."""
+    import json
+
+    import ray
+
+    from deepmolm.training.deepmolm.launch import run_stage
+    from deepmolm.training.driver import read_metric
+
+    overrides = ["train.splits=null", "train.micro_batch_size=2", "train.holdout.fraction=0", "model.preset=tiny",
+                 "train.stage1.epochs=0", f"train.models_dir={tmp_path / 'models'}", f"paths.reports_dir={tmp_path / 'r'}",
+                 f"paths.logs_dir={tmp_path / 'logs'}", f"train.runs_dir={tmp_path / 'runs'}"]
+    params = load_params(PARAMS, overrides)
+    summary = run_stage(params, 1, instructions=instruction_set, tokenizer=tokenizer_dir)
+    assert not ray.is_initialized()
+    assert summary["steps"] == 0 and summary["skipped"] and not summary["up_to_date"]
+    out = tmp_path / "models" / "stage1"
+    exported = DeepMoLMForCausalLM.from_pretrained(out)
+    from deepmolm.models.deepmolm.tokenizer import load_tokenizer
+
+    fresh = initial_model(params, 1, load_tokenizer(tokenizer_dir), None)
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), fresh.state_dict().values()))
+    assert json.loads((out / "provenance.json").read_text())["steps"] == 0
+    metrics = tmp_path / "r" / "train" / "stage1"
+    assert json.loads((metrics / "metrics.json").read_text())["skipped"] is True
+    assert (metrics / "plots" / "metrics").is_dir() and read_metric(metrics, "train/loss") == []
+    assert run_stage(params, 1, instructions=instruction_set, tokenizer=tokenizer_dir)["up_to_date"]  # found, not redone
+    trained = load_params(PARAMS, [o for o in overrides if "epochs" not in o])
+    assert plan_stage(trained, 1, stage_paths(trained, 1, instruction_set, tokenizer_dir, None, None))["run"] != summary["run"]

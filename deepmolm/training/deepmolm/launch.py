@@ -15,6 +15,7 @@ held-out loss per epoch, and the stage's summary as metrics.json.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     if up_to_date(paths["out"], plan["run"]) and summary_path.is_file():
         return {**json.loads(summary_path.read_text()), "up_to_date": True}
     selected = plan.pop("selected_rows")
+    if plan["total_steps"] == 0:
+        return _untrained(params, stage, plan, paths)
     write_run_file(params.train.runs_dir, plan["run"], "plan.json", plan)
     if plan["deepspeed_config"] is not None:
         write_run_file(params.train.runs_dir, plan["run"], "deepspeed_config.json", plan["deepspeed_config"])
@@ -129,4 +132,35 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     write_csv(timing / "throughput.csv", THROUGHPUT_COLUMNS, history)
     log_run(params.paths.logs_dir, "train", paths["out"], stage=stage, run=plan["run"], throughput=str(timing),
             **{key: summary[key] for key in RUN_FACTS})
+    return summary
+
+
+def _untrained(params: Params, stage: int, plan: dict, paths: dict) -> dict:
+    """Stage 1 skipped (`train.stage1.epochs` 0, the paper's "without stage 1" ablation): the stage's
+    starting model exported as it is, so stage 2 starts from the random (or `train.init`) weights
+    through the same path as always. No Ray run; the metrics directory holds the summary and an
+    empty curve."""
+    from deepmolm.models.deepmolm.tokenizer import load_tokenizer
+    from deepmolm.training.deepmolm.loop import save_export
+    from deepmolm.training.deepmolm.stages import initial_model
+
+    out = paths["out"]
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = load_tokenizer(paths["tokenizer"])
+    save_export(initial_model(params, stage, tokenizer, paths["init"]), tokenizer, {"plan": plan, "stage": stage},
+                {"step": 0}, staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    summary = {
+        "stage": stage, "run": plan["run"], "strategy": params.train.strategy, "workers": params.train.scaling.workers,
+        "rows": plan["rows"], "row_counts": plan["row_counts"], "steps": 0, "total_steps": 0,
+        "first_loss": None, "last_loss": None, "holdout_loss": None, "model": portable_path(out),
+        "instructions": plan["provenance"]["instructions"], "precision": "bf16" if plan["bf16"] else "fp32",
+        "up_to_date": False, "skipped": True,
+    }
+    log_metrics(paths["metrics"], [], summary)
+    (paths["metrics"] / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # a declared output, empty
+    log_run(params.paths.logs_dir, "train", out, stage=stage, run=plan["run"], seconds=0.0, checkpoint=None,
+            resumed_from=None, skipped=True)
     return summary

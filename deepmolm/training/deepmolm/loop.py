@@ -234,14 +234,14 @@ def _report(strategy, tokenizer, config: dict, state: dict, history: list[dict],
             (directory / STATE).write_text(json.dumps(state))
             (directory / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in history))
             if final:
-                _export(module, tokenizer, config, state, directory / EXPORT)
+                save_export(module, tokenizer, config, state, directory / EXPORT)
         metrics = {**(history[-1] if history else {}), "step": state["step"], "final": final}
         keep = rank == 0 or strategy.saves_on_every_rank
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if keep else None,
                          checkpoint_dir_name=f"checkpoint_{state['step']:07d}" + ("_final" if final else ""))
 
 
-def _export(module, tokenizer, config: dict, state: dict, out: Path) -> None:
+def save_export(module, tokenizer, config: dict, state: dict, out: Path) -> None:
     """The trained model as a plain DeepMoLM checkpoint: LoRA merged, in the training precision."""
     model = merge_lora(module).cpu()  # the run is over: the training copy can be changed
     if config["plan"]["bf16"]:

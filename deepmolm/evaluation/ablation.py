@@ -1,0 +1,269 @@
+"""The paper's ablations as a grid of queued DVC experiments, and their table beside what the paper reports.
+
+One experiment per cell (a projector variant, or a variant without stage 1, at one seed): `dvc exp
+run --queue report -S ...`, then `dvc queue start`, so every cell is the pipeline itself with a few
+params changed, reproducible from its experiment ref, listed by `dvc exp show` and comparable with
+`dvc plots diff`. The stages up to the tokenizer do not depend on the changed params, so DVC restores
+them from its cache and each cell trains, evaluates and reports only.
+
+DVC runs a queued experiment in a copy of the repository under `.dvc/tmp/exps/<tmpdir>/`, where a
+dependency outside the project (`../shared/...`) would name a directory that is not there; the grid
+links each such top-level directory next to the copies before the queue starts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from deepmolm.config import AblationParams
+
+RESULTS = "ablation.json"
+TABLE = "ablation.md"
+EXPERIMENT_PREFIX = "ablation"
+TARGET = "report"  # what each experiment reproduces: training, evaluation and the page, not MuMo
+METRICS_FILE = "reports/eval/metrics.json"
+CAPTION_METRICS = ("bleu2", "bleu4", "rougeL", "meteor")
+PROPERTIES = ("mw", "logp", "tpsa", "complexity")
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str  # the DVC experiment's name
+    row: str  # the table row it counts towards: a variant, or "<variant> without stage 1"
+    variant: str
+    stage1: bool
+    seed: int
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        values = [f"model.fusion_variant={self.variant}", f"train.seed={self.seed}"]
+        return tuple(values if self.stage1 else [*values, "train.stage1.epochs=0"])
+
+
+def row_name(variant: str, stage1: bool) -> str:
+    return variant if stage1 else f"{variant} without stage 1"
+
+
+def cells(ablation: AblationParams) -> list[Cell]:
+    """Seed by seed, so a grid stopped half-way has every row at its first seed."""
+    grid = []
+    for seed in ablation.seeds:
+        for variant, stage1 in [*((v, True) for v in ablation.variants), *((v, False) for v in ablation.without_stage1)]:
+            tag = variant if stage1 else f"{variant}-nostage1"
+            grid.append(Cell(f"{EXPERIMENT_PREFIX}-{tag.replace('_', '-')}-s{seed}", row_name(variant, stage1),
+                             variant, stage1, seed))
+    return grid
+
+
+# ---------------------------------------------------------------- running the grid with DVC
+
+
+def link_external_dependencies(root: Path) -> list[Path]:
+    """For each top-level directory outside the project that dvc.yaml depends on (`../shared`),
+    a link of the same name beside DVC's experiment copies, pointing at the real one."""
+    root = Path(root).resolve()
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    outside = sorted({Path(dep).parts[1] for stage in stages.values() for dep in stage.get("deps", [])
+                      if Path(dep).parts[:1] == ("..",) and len(Path(dep).parts) > 1})
+    copies = root / ".dvc" / "tmp" / "exps"
+    copies.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for name in outside:
+        target, link = (root.parent / name).resolve(), copies / name
+        if not target.exists():
+            raise FileNotFoundError(f"dvc.yaml depends on ../{name}, which is not at {target}")
+        if link.is_symlink() and link.resolve() == target:
+            linked.append(link)
+            continue
+        if link.is_symlink() or link.exists():
+            raise FileExistsError(f"{link} is in the way of the link to {target}: remove it")
+        link.symlink_to(target, target_is_directory=True)
+        linked.append(link)
+    return linked
+
+
+def _dvc(root: Path, *args: str, capture: bool = True) -> str:
+    result = subprocess.run(["dvc", *args], cwd=root, text=True, capture_output=capture)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout or "").strip().splitlines()[-5:] if capture else []
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({result.returncode})" + (": " + " | ".join(detail) if detail else ""))
+    return result.stdout or ""
+
+
+def experiments(root: Path) -> dict[str, dict]:
+    """Every local experiment by name, with its metrics and params files as `dvc exp show --json`
+    reports them ({"data": ...} per file), whichever commit it was run from (`dvc exp ls -A` names
+    the baselines; showing all commits would read every commit's metrics)."""
+    baselines = [line.rstrip(":").strip() for line in _dvc(root, "exp", "ls", "--all-commits").splitlines()
+                 if line.strip() and not line[0].isspace()]
+    found = {}
+    for baseline in dict.fromkeys(baselines):
+        for commit in json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]"):
+            for experiment in commit.get("experiments") or []:
+                for rev in experiment.get("revs") or []:
+                    if rev.get("name") and not rev.get("error"):
+                        found[rev["name"]] = rev.get("data") or {}
+    return found
+
+
+def metrics_of(data: dict, metrics_file: str = METRICS_FILE) -> dict | None:
+    entry = (data.get("metrics") or {}).get(metrics_file) or {}
+    return entry.get("data")
+
+
+def run_grid(root: Path, grid: list[Cell], *, target: str = TARGET, metrics_file: str = METRICS_FILE,
+             force: bool = False, echo: Callable[[str], None] = print) -> dict[str, dict]:
+    """Queue the cells that have no finished experiment yet (every cell with `force`), run the queue
+    one experiment at a time (two cores: a second would only halve the first's speed), follow each
+    experiment's log, and return every cell's metrics by name. A rerun after a kill queues only what
+    is missing."""
+    root = Path(root).resolve()
+    link_external_dependencies(root)
+    done = {name for name, data in experiments(root).items() if metrics_of(data, metrics_file)}
+    queued = [cell for cell in grid if force or cell.name not in done]
+    for cell in queued:
+        args = [arg for value in cell.overrides for arg in ("-S", value)]
+        _dvc(root, "exp", "run", "--queue", target, "--name", cell.name, *(["--force"] if force else []), *args)
+        echo(f"queued {cell.name}: {' '.join(cell.overrides)}")
+    if queued:
+        started = time.monotonic()
+        _dvc(root, "queue", "start", "--jobs", "1")
+        for number, cell in enumerate(queued, 1):
+            echo(f"[{number}/{len(queued)}] {cell.name} ({(time.monotonic() - started) / 60:.1f} min into the grid)")
+            subprocess.run(["dvc", "queue", "logs", "--follow", cell.name], cwd=root, check=False)
+    found = experiments(root)
+    missing = [cell.name for cell in grid if not metrics_of(found.get(cell.name, {}), metrics_file)]
+    if missing:
+        raise RuntimeError(f"no metrics for {', '.join(missing)}: `dvc queue status` and `dvc queue logs NAME` say why")
+    return {cell.name: metrics_of(found[cell.name], metrics_file) for cell in grid}
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _metric(metrics: dict, name: str) -> float | None:
+    if name in CAPTION_METRICS:
+        return ((metrics.get("model") or {}).get("captions") or {}).get(name)
+    return (((metrics.get("model") or {}).get("properties") or {}).get(name) or {}).get("mae")
+
+
+def summarize(grid: list[Cell], metrics: dict[str, dict]) -> dict:
+    """Per row: every seed's value of each metric, their mean, min and max; then the paper's
+    directions checked against the means and the spread."""
+    rows = {}
+    for cell in grid:
+        row = rows.setdefault(cell.row, {"row": cell.row, "variant": cell.variant, "stage1": cell.stage1,
+                                         "seeds": [], "experiments": [], "values": {}})
+        row["seeds"].append(cell.seed)
+        row["experiments"].append(cell.name)
+        for name in (*CAPTION_METRICS, *PROPERTIES):
+            row["values"].setdefault(name, []).append(_metric(metrics[cell.name], name))
+    for row in rows.values():
+        row["stats"] = {name: _stats(values) for name, values in row["values"].items()}
+    return {"rows": list(rows.values()), "directions": directions(rows)}
+
+
+def _stats(values: list[float | None]) -> dict | None:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return {"mean": statistics.fmean(present), "min": min(present), "max": max(present), "n": len(present)}
+
+
+# What the DeepMoLM paper reports for its ablations (lower is worse for the text metrics).
+PAPER_DIRECTIONS = (
+    {"id": "no_stage1", "claim": "without stage-1 pretraining METEOR falls by more than 10 points",
+     "worse": "fusion without stage 1", "than": "fusion", "metric": "meteor", "by_at_least": 0.10},
+    {"id": "concat_vs_linear", "claim": "concatenation does worse than a plain linear projector",
+     "worse": "concat", "than": "linear", "metric": "meteor", "by_at_least": 0.0},
+    {"id": "no_e3fp", "claim": "removing the 3D fingerprint gives the weakest ROUGE-L",
+     "worse": "fusion_zero_e3fp", "than": "*", "metric": "rougeL", "by_at_least": 0.0},
+    {"id": "fusion_best", "claim": "the full model (cross-attention fusion) scores best",
+     "worse": "*", "than": "fusion", "metric": "meteor", "by_at_least": 0.0},
+)
+
+
+def directions(rows: dict[str, dict]) -> list[dict]:
+    """Each claim against our means: "agrees" when the difference has the paper's sign and is larger
+    than the seeds' spread (the widest min-max range of the rows compared), "agrees within the seed
+    spread" when the sign is right but the seeds overlap, "disagrees" (or "... within the seed spread")
+    otherwise. "*" compares against every other row: the paper's worst (or best) must be ours."""
+    checks = []
+    for claim in PAPER_DIRECTIONS:
+        metric = claim["metric"]
+        if claim["worse"] == "*":
+            pairs = [(name, claim["than"]) for name in rows if name != claim["than"]]
+        elif claim["than"] == "*":
+            pairs = [(claim["worse"], name) for name in rows if name != claim["worse"]]
+        else:
+            pairs = [(claim["worse"], claim["than"])]
+        pairs = [(w, t) for w, t in pairs if w in rows and t in rows and rows[w]["stats"][metric] and rows[t]["stats"][metric]]
+        if not pairs:
+            checks.append({**claim, "verdict": "not run", "ours": None})
+            continue
+        gaps = []
+        for worse, than in pairs:
+            a, b = rows[worse]["stats"][metric], rows[than]["stats"][metric]
+            spread = max(a["max"] - a["min"], b["max"] - b["min"])
+            gaps.append({"worse": worse, "than": than, "difference": b["mean"] - a["mean"], "spread": spread})
+        tightest = min(gaps, key=lambda gap: gap["difference"] - claim["by_at_least"])
+        sign_right = tightest["difference"] > claim["by_at_least"]
+        clear = abs(tightest["difference"] - claim["by_at_least"]) > tightest["spread"]
+        verdict = ("agrees" if sign_right else "disagrees") + ("" if clear else " within the seed spread")
+        checks.append({**claim, "verdict": verdict, "ours": tightest, "pairs": gaps})
+    return checks
+
+
+def _fmt(stats: dict | None, digits: int) -> str:
+    if stats is None:
+        return "-"
+    if stats["n"] == 1:
+        return f"{stats['mean']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f} ({stats['min']:.{digits}f}-{stats['max']:.{digits}f})"
+
+
+COLUMNS = ("BLEU-2", "BLEU-4", "ROUGE-L", "METEOR", "MAE mw", "MAE logp", "MAE tpsa", "MAE complexity")
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    """Row, seeds, then mean (min-max over seeds) of each metric."""
+    return [[row["row"], ", ".join(map(str, row["seeds"])),
+             *(_fmt(row["stats"][name], 3) for name in CAPTION_METRICS),
+             *(_fmt(row["stats"][name], 3 if name == "logp" else 1) for name in PROPERTIES)]
+            for row in summary["rows"]]
+
+
+def direction_rows(summary: dict) -> list[list[str]]:
+    def ours(check: dict) -> str:
+        gap = check["ours"]
+        if gap is None:
+            return "-"
+        return (f"{gap['worse']} {check['metric']} {gap['difference']:+.3f} below {gap['than']} "
+                f"(seed spread {gap['spread']:.3f})")
+    return [[check["claim"], ours(check), check["verdict"]] for check in summary["directions"]]
+
+
+def markdown(summary: dict) -> str:
+    head = ["row", "seeds", *COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
+    lines += ["", "| the paper | ours (closest case) | verdict |", "| --- | --- | --- |"]
+    lines += ["| " + " | ".join(row) + " |" for row in direction_rows(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(summary: dict, out: Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
+    (out / TABLE).write_text(markdown(summary))
+    return out / RESULTS
+
