@@ -20,6 +20,7 @@ def report_pipeline(
     common: Common,
     instructions: InstructionsOpt = None,
     robustness: Annotated[Path | None, typer.Option(help="a `deepmolm eval robustness` result (robustness.json) to show too.")] = None,
+    ablation: Annotated[Path | None, typer.Option(help="a `deepmolm eval ablation` table (ablation.json) to show too.")] = None,
     prefect: PrefectOpt = False,
 ) -> None:
     """The pipeline's front page <reports_dir>/index.html: data-quality link, training curves, the
@@ -30,7 +31,7 @@ def report_pipeline(
     with common.errors():
         cfg = common.params
         instructions = instructions or cfg.paths.instructions_dir
-        page = common.run(prefect, "flows.report:run_report", instructions, robustness=robustness,
+        page = common.run(prefect, "flows.report:run_report", instructions, robustness=robustness, ablation=ablation,
                           inline=lambda: str(write_pipeline_report(cfg, resolve_instruction_set(instructions),
-                                                                   robustness=robustness)))
+                                                                   robustness=robustness, ablation=ablation)))
     common.emit({"report": page}, lambda s: stdout.print(f"report: {s['report']}"))

@@ -90,12 +90,12 @@ def link_external_dependencies(root: Path) -> list[Path]:
     return linked
 
 
-def _dvc(root: Path, *args: str, capture: bool = True) -> str:
-    result = subprocess.run(["dvc", *args], cwd=root, text=True, capture_output=capture)
+def _dvc(root: Path, *args: str) -> str:
+    result = subprocess.run(["dvc", *args], cwd=root, text=True, capture_output=True)
     if result.returncode != 0:
-        detail = (result.stderr or result.stdout or "").strip().splitlines()[-5:] if capture else []
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({result.returncode})" + (": " + " | ".join(detail) if detail else ""))
-    return result.stdout or ""
+        detail = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({result.returncode}): " + " | ".join(detail))
+    return result.stdout
 
 
 def experiments(root: Path) -> dict[str, dict]:
@@ -114,20 +114,20 @@ def experiments(root: Path) -> dict[str, dict]:
     return found
 
 
-def metrics_of(data: dict, metrics_file: str = METRICS_FILE) -> dict | None:
-    entry = (data.get("metrics") or {}).get(metrics_file) or {}
-    return entry.get("data")
+def metrics_of(data: dict) -> dict[str, dict]:
+    """An experiment's metrics files ({path: content}) from its `dvc exp show` data."""
+    return {path: entry["data"] for path, entry in (data.get("metrics") or {}).items() if entry.get("data")}
 
 
 def run_grid(root: Path, grid: list[Cell], *, target: str = TARGET, metrics_file: str = METRICS_FILE,
-             force: bool = False, echo: Callable[[str], None] = print) -> dict[str, dict]:
-    """Queue the cells that have no finished experiment yet (every cell with `force`), run the queue
-    one experiment at a time (two cores: a second would only halve the first's speed), follow each
-    experiment's log, and return every cell's metrics by name. A rerun after a kill queues only what
-    is missing."""
+             force: bool = False, echo: Callable[[str], None] = print) -> dict[str, dict[str, dict]]:
+    """Queue the cells without a finished experiment (one whose `metrics_file` DVC can read; every
+    cell with `force`), run the queue one experiment at a time (on two cores a second would only
+    halve the first's speed), follow each experiment's log, and return every cell's metrics files by
+    name. A rerun after a kill queues only what is missing."""
     root = Path(root).resolve()
     link_external_dependencies(root)
-    done = {name for name, data in experiments(root).items() if metrics_of(data, metrics_file)}
+    done = {name for name, data in experiments(root).items() if metrics_file in metrics_of(data)}
     queued = [cell for cell in grid if force or cell.name not in done]
     for cell in queued:
         args = [arg for value in cell.overrides for arg in ("-S", value)]
@@ -135,15 +135,18 @@ def run_grid(root: Path, grid: list[Cell], *, target: str = TARGET, metrics_file
         echo(f"queued {cell.name}: {' '.join(cell.overrides)}")
     if queued:
         started = time.monotonic()
-        _dvc(root, "queue", "start", "--jobs", "1")
+        # the worker it starts outlives the command and keeps its output streams: not captured
+        subprocess.run(["dvc", "queue", "start", "--jobs", "1"], cwd=root, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for number, cell in enumerate(queued, 1):
             echo(f"[{number}/{len(queued)}] {cell.name} ({(time.monotonic() - started) / 60:.1f} min into the grid)")
             subprocess.run(["dvc", "queue", "logs", "--follow", cell.name], cwd=root, check=False)
-    found = experiments(root)
-    missing = [cell.name for cell in grid if not metrics_of(found.get(cell.name, {}), metrics_file)]
+        echo(f"{len(queued)} experiments in {(time.monotonic() - started) / 60:.1f} min")
+    found = {name: metrics_of(data) for name, data in experiments(root).items()}
+    missing = [cell.name for cell in grid if metrics_file not in found.get(cell.name, {})]
     if missing:
         raise RuntimeError(f"no metrics for {', '.join(missing)}: `dvc queue status` and `dvc queue logs NAME` say why")
-    return {cell.name: metrics_of(found[cell.name], metrics_file) for cell in grid}
+    return {cell.name: found[cell.name] for cell in grid}
 
 
 # ---------------------------------------------------------------- the table
@@ -155,20 +158,29 @@ def _metric(metrics: dict, name: str) -> float | None:
     return (((metrics.get("model") or {}).get("properties") or {}).get(name) or {}).get("mae")
 
 
-def summarize(grid: list[Cell], metrics: dict[str, dict]) -> dict:
-    """Per row: every seed's value of each metric, their mean, min and max; then the paper's
-    directions checked against the means and the spread."""
+STAGE_METRICS = "reports/train/stage{}/metrics.json"
+
+
+def summarize(grid: list[Cell], results: dict[str, dict[str, dict]], metrics_file: str = METRICS_FILE) -> dict:
+    """Per row: every seed's value of each metric, their mean, min and max, and the optimizer steps
+    of each stage; then the paper's directions checked against the means and the spread."""
     rows = {}
     for cell in grid:
+        files = results[cell.name]
         row = rows.setdefault(cell.row, {"row": cell.row, "variant": cell.variant, "stage1": cell.stage1,
-                                         "seeds": [], "experiments": [], "values": {}})
+                                         "seeds": [], "experiments": [], "steps": [], "values": {}})
         row["seeds"].append(cell.seed)
         row["experiments"].append(cell.name)
+        row["steps"].append([(files.get(STAGE_METRICS.format(n)) or {}).get("steps") for n in (1, 2)])
         for name in (*CAPTION_METRICS, *PROPERTIES):
-            row["values"].setdefault(name, []).append(_metric(metrics[cell.name], name))
+            row["values"].setdefault(name, []).append(_metric(files[metrics_file], name))
     for row in rows.values():
         row["stats"] = {name: _stats(values) for name, values in row["values"].items()}
-    return {"rows": list(rows.values()), "directions": directions(rows)}
+    first = results[grid[0].name]
+    evaluated, trained = first[metrics_file].get("dataset", {}), first.get(STAGE_METRICS.format(2)) or {}
+    return {"rows": list(rows.values()), "directions": directions(rows),
+            "train_molecules": (trained.get("row_counts") or {}).get("train_molecules"),
+            "eval_molecules": evaluated.get("eval_molecules"), "eval_splits": evaluated.get("eval_splits")}
 
 
 def _stats(values: list[float | None]) -> dict | None:

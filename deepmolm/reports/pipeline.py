@@ -133,10 +133,11 @@ def _gallery(params: Params, instructions: Path, model: dict[str, dict], baselin
 
 
 def write_pipeline_report(params: Params, instructions: Path, out: Path | None = None,
-                          robustness: Path | None = None) -> Path:
+                          robustness: Path | None = None, ablation: Path | None = None) -> Path:
     """Write <reports_dir>/index.html (or <out>/index.html) from the stages' artifacts; returns it.
-    `robustness`: a `deepmolm eval robustness` result (robustness.json) to show as well; never
-    looked for, so the report stage's page depends only on its declared inputs."""
+    `robustness`, `ablation`: a `deepmolm eval robustness` result (robustness.json) and a `deepmolm
+    eval ablation` table (ablation.json) to show as well; never looked for, so the report stage's
+    page depends only on its declared inputs."""
     reports = params.paths.reports_dir
     out = Path(out) if out else reports
     shutil.rmtree(out / ASSETS, ignore_errors=True)
@@ -158,6 +159,7 @@ def write_pipeline_report(params: Params, instructions: Path, out: Path | None =
         "gallery": _gallery(params, Path(instructions), model, baseline, out),
         "epochs": epochs,
         "robustness": _robustness(Path(robustness), out) if robustness else None,
+        "ablation": _result(Path(ablation), "an ablation table", "deepmolm eval ablation") if ablation else None,
         "grounding": _copied(evaluation / GROUNDING, out, GROUNDING),
     }
     image_size = metrics["model"].get("image_size")
@@ -179,11 +181,15 @@ def _copied(source: Path, out: Path, name: str) -> str | None:
     return f"{ASSETS}/{name}"
 
 
+def _result(path: Path, what: str, command: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}: run `{command}` first")
+    return json.loads(path.read_text())
+
+
 def _robustness(path: Path, out: Path) -> dict:
     """The robustness result, its drawings copied beside the page."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no robustness result at {path}: run `deepmolm eval robustness` first")
-    report = json.loads(path.read_text())
+    report = _result(path, "robustness result", "deepmolm eval robustness")
     drawings = {name: _copied(path.parent / relative, out, f"robustness/{Path(relative).name}")
                 for name, relative in report.get("drawings", {}).items() if name != "cid"}
     return {**report, "drawings": drawings, "cid": report.get("drawings", {}).get("cid")}
@@ -279,6 +285,8 @@ def _page(c: dict) -> str:
                      "every atom together. Grounded attention lights up where the atom is drawn; the same map for "
                      "every atom, or attention left on the null key, means the geometry is not tied to the picture."
                      "</figcaption></figure>")
+    if c["ablation"]:
+        parts.append(_ablation_section(c["ablation"]))
     if c["robustness"]:
         parts.append(_robustness_section(c["robustness"]))
     parts.append("<h2>Held-out molecules</h2><div class='gallery' id='gallery'>")
@@ -309,3 +317,26 @@ def _robustness_section(r: dict) -> str:
             + "".join(f"<th>{e(h)}</th>" for h in head) + f"</tr>{rows}</table><ul>{described}</ul>"
             f"<div class='gallery' id='robustness-drawings'>{cards}</div>"
             f"<p>CID {r['cid']}'s drawing as each drawing perturbation leaves it (shrunk for the page).</p>")
+
+
+def _ablation_section(a: dict) -> str:
+    from deepmolm.evaluation.ablation import COLUMNS, direction_rows, table_rows
+
+    e = html.escape
+
+    def table(head, rows, name):
+        return (f"<table class='metrics' id='{name}'><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in rows) + "</table>")
+
+    steps = sorted({tuple(s) for row in a["rows"] for s in row["steps"]})
+    budget = ", ".join(f"{s1} + {s2}" for s1, s2 in steps)
+    return ("<h2>Ablations: the paper's grid</h2>"
+            f"<p>One DVC experiment per cell (`./dev ablation`; `dvc exp show` lists them): each row trained "
+            f"on {a.get('train_molecules') or '?'} molecules with stage 1 + stage 2 optimizer steps of "
+            f"{e(budget)}, scored on {a.get('eval_molecules') or '?'} held-out molecules; mean (min-max) over "
+            "the seeds.</p>"
+            + table(["row", "seeds", *COLUMNS], table_rows(a), "ablation")
+            + table(["the paper", "ours (closest case)", "verdict"], direction_rows(a), "ablation-directions")
+            + "<p>\"Agrees\": the paper's sign, by more than the seeds' spread. The CPU recipe's randomly "
+              "initialised encoder barely depends on the drawing (see Robustness), so these rows compare how "
+              "each projector passes the E3FP tokens on rather than how it grounds a picture.</p>")

@@ -66,16 +66,28 @@ def _metrics(meteor: float, rouge: float, mw: float = 100.0) -> dict:
                       "properties": {"mw": {"mae": mw}, "logp": {"mae": 2.0}, "tpsa": {"mae": None}}}}
 
 
+def _files(metrics: dict[str, dict], steps=None) -> dict[str, dict[str, dict]]:
+    """As run_grid returns them: each experiment's metrics files by path."""
+    steps = list(steps) if steps is not None else [45] * len(metrics)
+    return {name: {"reports/eval/metrics.json": {**m, "dataset": {"eval_molecules": 150, "eval_splits": ["test"]}},
+                   "reports/train/stage1/metrics.json": {"steps": first},
+                   "reports/train/stage2/metrics.json": {"steps": 352}}
+            for (name, m), first in zip(metrics.items(), steps)}
+
+
 def test_summary_means_spread_and_the_papers_directions():
     grid = _grid()
     by_row = {"fusion": (0.30, 0.36), "concat": (0.25, 0.34), "linear": (0.27, 0.35),
               "fusion_zero_e3fp": (0.26, 0.30), "fusion without stage 1": (0.28, 0.35)}
     metrics = {cell.name: _metrics(by_row[cell.row][0] + 0.004 * cell.seed, by_row[cell.row][1], mw=100 + cell.seed)
                for cell in grid}
-    summary = summarize(grid, metrics)
+    summary = summarize(grid, _files(metrics, steps=(0 if "nostage1" in name else 45 for name in metrics)))
     fusion = next(row for row in summary["rows"] if row["row"] == "fusion")
     assert fusion["stats"]["meteor"] == pytest.approx({"mean": 0.302, "min": 0.30, "max": 0.304, "n": 2})
     assert fusion["stats"]["tpsa"] is None and fusion["stats"]["complexity"] is None
+    assert fusion["steps"] == [[45, 352], [45, 352]]
+    assert next(row for row in summary["rows"] if not row["stage1"])["steps"] == [[0, 352], [0, 352]]
+    assert summary["eval_molecules"] == 150
     verdicts = {check["id"]: check["verdict"] for check in summary["directions"]}
     # 0.02 METEOR lower without stage 1: the paper's sign, far from its 10 points
     assert verdicts["no_stage1"] == "disagrees"
@@ -88,14 +100,15 @@ def test_summary_means_spread_and_the_papers_directions():
     assert "| fusion without stage 1 | 0, 1 |" in markdown(summary)
 
     metrics["ablation-linear-s1"] = _metrics(0.20, 0.35)  # linear's seeds now straddle concat
-    closer = {check["id"]: check["verdict"] for check in summarize(grid, metrics)["directions"]}
-    assert closer["concat_vs_linear"] == "disagrees within the seed spread"
-    assert "seed spread" in direction_rows(summarize(grid, metrics))[1][1]
+    closer = summarize(grid, _files(metrics))
+    assert {check["id"]: check["verdict"] for check in closer["directions"]}["concat_vs_linear"] == \
+        "disagrees within the seed spread"
+    assert "seed spread" in direction_rows(closer)[1][1]
 
 
 def test_missing_cells_are_not_run_directions():
     grid = _grid(variants=["fusion"], without_stage1=[])
-    summary = summarize(grid, {cell.name: _metrics(0.3, 0.3) for cell in grid})
+    summary = summarize(grid, _files({cell.name: _metrics(0.3, 0.3) for cell in grid}))
     assert {check["id"]: check["verdict"] for check in summary["directions"]}["concat_vs_linear"] == "not run"
 
 
@@ -153,8 +166,10 @@ def test_run_grid_queues_dvc_experiments_and_a_rerun_queues_nothing(tmp_path):
     os.environ["PATH"] = env["PATH"]
     try:
         results = run_grid(project, grid, metrics_file="metrics.json", echo=lines.append)
-        assert [results[cell.name]["model"]["captions"]["meteor"] for cell in grid] == pytest.approx([0.3, 0.25, 0.31, 0.26])
+        assert [results[cell.name]["metrics.json"]["model"]["captions"]["meteor"] for cell in grid] == \
+            pytest.approx([0.3, 0.25, 0.31, 0.26])
         assert sum(line.startswith("queued") for line in lines) == 4
+        assert lines[-1].startswith("4 experiments in")
         lines.clear()
         again = run_grid(project, grid, metrics_file="metrics.json", echo=lines.append)
     finally:

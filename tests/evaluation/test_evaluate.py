@@ -286,3 +286,30 @@ def test_the_evaluate_stage_draws_where_the_fusion_projectors_attention_goes(spl
     empty = write_grounding(linear, tmp_path / "linear", directory, rows, tmp_path / "linear")
     assert empty["molecules"] == [] and "linear projector has no cross-attention" in empty["why_empty"]
     assert (tmp_path / "linear" / GROUNDING).is_file()
+
+
+def test_the_report_page_shows_an_ablation_table_beside_the_papers_directions(split_set, setting, tmp_path):
+    from deepmolm.config import AblationParams
+    from deepmolm.evaluation.ablation import cells, summarize, write_summary
+
+    directory, _ = split_set
+    params, model = setting
+    grid = cells(AblationParams(variants=["fusion", "linear"], without_stage1=["fusion"], seeds=[0, 1], out="x"))
+    files = {cell.name: {"reports/eval/metrics.json": {
+        "model": {"captions": {"bleu2": 0.2, "bleu4": 0.1, "rougeL": 0.3, "meteor": 0.25 + 0.01 * cell.stage1},
+                  "properties": {"mw": {"mae": 50.0 + cell.seed}}}, "dataset": {"eval_molecules": 150}},
+        "reports/train/stage1/metrics.json": {"steps": 45 * cell.stage1},
+        "reports/train/stage2/metrics.json": {"steps": 352, "row_counts": {"train_molecules": 143}}} for cell in grid}
+    path = write_summary(summarize(grid, files), tmp_path / "ablation")
+    if not (params.paths.reports_dir / "eval" / "metrics.json").is_file():  # this test alone: the page needs an evaluation
+        evaluate(params, model, directory)
+    text = write_pipeline_report(params, directory, out=tmp_path / "page", ablation=path).read_text()
+    table = text[text.index("id='ablation'"):text.index("id='ablation-directions'")]
+    assert [r.split("</td>")[0] for r in table.split("<tr><td>")[1:]] == ["fusion", "linear", "fusion without stage 1"]
+    assert "50.500 (50.000-51.000)" not in table and "50.5 (50.0-51.0)" in table
+    assert "on 143 molecules" in text and "0 + 352, 45 + 352" in text
+    directions = text[text.index("id='ablation-directions'"):]
+    assert "METEOR falls by more than 10 points" in directions and "disagrees" in directions
+    assert "not run" in directions  # concat and fusion_zero_e3fp are not in this grid
+    with pytest.raises(FileNotFoundError, match="deepmolm eval ablation"):
+        write_pipeline_report(params, directory, out=tmp_path / "page", ablation=tmp_path / "missing.json")
