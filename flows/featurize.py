@@ -15,11 +15,13 @@ import dask
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
 
 from deepmolm.config import DaskParams, load_params
 from deepmolm.data.shards.build import build_version
 from deepmolm.data.sources.raw_table import resolve_snapshot
+from deepmolm.store.files import StorageError
 from flows.api import prefect_api, quiet_dask_logs
 
 SCHEDULER_ENV = "DEEPMOLM_DASK_SCHEDULER"
@@ -47,9 +49,12 @@ def prefect_tasks(retries: int, retry_delay_s: float):
 def featurize_flow(raw: str, out_root: str | None = None, params_file: str = "params.yaml",
                    overrides: list[str] | None = None, progress: bool = False) -> dict:
     params = load_params(Path(params_file), overrides or [])
-    summary, sfp = build_version(Path(raw), Path(out_root) if out_root else params.paths.shards_dir, params,
-                                 run=prefect_tasks(params.featurize.task_retries, params.featurize.task_retry_delay_s),
-                                 progress=progress)
+    try:
+        summary, sfp = build_version(Path(raw), Path(out_root) if out_root else params.paths.shards_dir, params,
+                                     run=prefect_tasks(params.featurize.task_retries, params.featurize.task_retry_delay_s),
+                                     progress=progress)
+    except StorageError as exc:  # the run fails with the library's one line, not a logged traceback
+        return Failed(message=str(exc), data=exc)
     if sfp is not None:
         print(f"unified graphs (MuMo's SFP): {sfp['graphs']} molecules, {sfp['rejected']} without a usable conformer")
     print(

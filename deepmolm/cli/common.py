@@ -22,6 +22,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from deepmolm.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 
@@ -81,16 +82,22 @@ class Common:
     def errors(self) -> Iterator[None]:
         """Turn the library's errors into a clear message and an exit code (and a JSON error object)."""
         from deepmolm.data.sources.errors import RequestError, SourceError
+        from deepmolm.store.files import StorageError, storage_problem
 
         try:
             try:
                 yield
             except (ConfigError, RequestError) as exc:
                 raise Exit(2, str(exc)) from None
-            except (SourceError, FileNotFoundError) as exc:
+            except (SourceError, FileNotFoundError, StorageError) as exc:
                 raise Exit(1, str(exc)) from None
+            except OSError as exc:
+                if (problem := storage_problem(exc)) is None:
+                    raise
+                raise Exit(1, f"{problem}: {exc.filename or exc}. Outputs are written whole or not at all; make room "
+                              "(or make it writable) and run the same command again") from None
         except Exit as exc:
-            stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             if self.as_json:
                 print(json.dumps({"success": False, "error": exc.message}))
             raise typer.Exit(exc.code) from None

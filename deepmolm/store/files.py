@@ -4,6 +4,7 @@ reader never sees half a file), and checksummed in chunks."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -27,5 +28,30 @@ def write_parquet(table: pa.Table, path: Path, *, compression: str = "zstd") -> 
 def write_parquet_atomic(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:
     path = Path(path)
     temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    write_parquet(table, temporary, compression=compression)
+    try:
+        write_parquet(table, temporary, compression=compression)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # half a file would keep taking the space that ran out
+        raise
     os.replace(temporary, path)
+
+
+# What the storage itself refuses: a retry cannot help, a person has to make room or fix permissions.
+STORAGE_PROBLEMS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+class StorageError(Exception):
+    """Output that the storage cannot take (full, read-only, not writable), said once with what is
+    kept and how to go on, instead of retried and reported as a traceback."""
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """STORAGE_PROBLEMS' words for `exc`, or None when it is another kind of error (pyarrow's
+    OSErrors carry the errno too)."""
+    return STORAGE_PROBLEMS.get(exc.errno) if isinstance(exc, OSError) else None

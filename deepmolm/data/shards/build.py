@@ -12,10 +12,12 @@ flows/featurize.py. So the library builds, resumes and publishes a version witho
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.data.sources.raw_table import read_raw_rows, resolve_snapshot
 from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run, portable_path
+from deepmolm.store.files import StorageError, storage_problem
 from deepmolm.store.versions import MANIFEST, mark_latest
 
 # The params a record depends on. rows_per_part changes only how records are cut into parts, so it
@@ -267,19 +270,68 @@ def in_process(name: str, fn: Callable, calls: list[tuple]) -> Iterator:
 def build_version(raw: Path, shards_root: Path, params: Params, *, run: PartRunner = in_process,
                   progress: bool = False) -> tuple[FeaturizeSummary, dict | None]:
     """Plan, build the missing parts, publish, then the SFP table when `mumo.sfp` asks for it:
-    (the version's summary, the SFP table's counts or None)."""
+    (the version's summary, the SFP table's counts or None). Storage that cannot take the version
+    (full, read-only) raises one StorageError that says what is kept; its parts are not retried."""
     started = time.perf_counter()
-    plan = plan_version(Path(raw), Path(shards_root), params)
+    with _storage(f"under {shards_root}: no shard version could be started, nothing was written"):
+        plan = plan_version(Path(raw), Path(shards_root), params)
     slim = dataclasses.replace(plan, chunks=())  # each call carries its own chunk only
     missing = plan.missing()
-    results = []
+    results, failures = [], []
     with progress_bar(f"featurize {plan.dataset}", sum(c.stop - c.start for c in missing), enabled=progress) as advance:
-        for result in run("featurize-part", build_part, [(slim, chunk) for chunk in missing]):
+        for result in run("featurize-part", functools.partial(_storage_guarded, build_part), [(slim, c) for c in missing]):
+            if isinstance(result, StorageFailure):
+                failures.append(result)
+                continue
             results.append(result)
             advance(result.rows + result.rejected)
-    summary = finish_version(plan, results, started)
+
+    def kept() -> str:
+        return (f"{len(finished_parts(Path(plan.building)))} of {len(plan.chunks)} parts are written and kept in "
+                f"{plan.building}, nothing is published; make room and run the same command again: it resumes from them")
+
+    if failures:
+        raise StorageError(f"{failures[0].problem} while writing shard version {plan.dataset}/{plan.version} "
+                           f"({failures[0].detail}): {kept()}")
+    with _storage(f"while publishing shard version {plan.dataset}/{plan.version}", kept):
+        summary = finish_version(plan, results, started)
     sfp = None
     if params.mumo.sfp and (pending := pending_parts(Path(summary.out))):
-        done = list(run("sfp-part", write_sfp_part, [(Path(summary.out), part) for part in pending]))
-        sfp = publish_sfp(Path(summary.out), done)["counts"]
+        def sfp_kept() -> str:
+            return "the version is published and the table's finished parts are kept; make room and run it again"
+
+        with _storage(f"while writing the SFP table of {summary.out}", sfp_kept):
+            done = list(run("sfp-part", functools.partial(_storage_guarded, write_sfp_part),
+                            [(Path(summary.out), part) for part in pending]))
+            if failure := next((d for d in done if isinstance(d, StorageFailure)), None):
+                raise OSError(failure.errno, failure.detail)
+            sfp = publish_sfp(Path(summary.out), done)["counts"]
     return summary, sfp
+
+
+@dataclass(frozen=True)
+class StorageFailure:
+    """A part that the storage refused, returned instead of raised: a scheduler would retry an
+    exception (and log its traceback), and a full disk stays full."""
+    errno: int
+    problem: str
+    detail: str
+
+
+def _storage_guarded(fn: Callable, *args):
+    try:
+        return fn(*args)
+    except OSError as exc:
+        if (problem := storage_problem(exc)) is None:
+            raise
+        return StorageFailure(exc.errno, problem, str(exc))
+
+
+@contextmanager
+def _storage(what: str, kept: Callable[[], str] | None = None) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if (problem := storage_problem(exc)) is None:
+            raise
+        raise StorageError(f"{problem} {what} ({exc})" + (f": {kept()}" if kept else "")) from None
