@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 
+import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
@@ -56,3 +57,26 @@ def test_reject_rates_have_a_row_for_all_reasons_and_one_per_reason_with_its_thr
     assert frame.loc["unparseable_smiles", "max_rate"] == expected
     empty = reject_rates_frame(pa.table({"reason": pa.array([], pa.string())}), input_rows=0, params=contracts)
     assert list(empty["reason"]) == ["*all*"] and float(empty["rate"].iloc[0]) == 0.0
+
+
+def test_the_molecule_frame_is_the_same_built_part_by_part(small_versions):
+    """Streaming: the frame of the version's parts one at a time equals the frame of them all at once,
+    the SELFIES sample included, and it keeps no drawing, E3FP or coordinates."""
+    from deepmolm.data.contracts.frames import molecule_frame, roundtrip_sample
+    from deepmolm.data.shards.parts import iter_shard_parts, read_shards
+
+    version = small_versions[1]
+    contracts = load_params(PARAMS, ["contracts.selfies_sample=4"]).contracts
+    whole = read_shards(version)
+    chosen = roundtrip_sample(whole.column("selfies").to_pylist(), contracts)
+    assert len(chosen) == 4
+    parts = list(iter_shard_parts(version))
+    assert len(parts) > 1 and sum(p.num_rows for p in parts) == whole.num_rows
+    streamed = molecule_frame(iter(parts), contracts, 3, chosen)
+    at_once = molecule_frame([whole], contracts, 3, chosen)
+    pd.testing.assert_frame_equal(streamed, at_once)
+    assert len(streamed) == whole.num_rows
+    assert streamed["selfies_roundtrip_ok"].notna().sum() == 4
+    assert set(streamed["image_png"].dropna()) == {"present"}
+    assert {"e3fp", "coords"}.isdisjoint(streamed.columns)
+    assert molecule_frame([], contracts, 3).empty

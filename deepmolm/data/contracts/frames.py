@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -76,44 +77,60 @@ def selfies_roundtrip(selfies: str, inchikey: str) -> bool:
         return mol is not None and Chem.MolToInchiKey(mol) == inchikey
 
 
-def molecule_frame(table: pa.Table, params: ContractsParams, level: int) -> pd.DataFrame:
-    """The molecule shards with the derived columns the molecule_shards suite checks."""
-    rows = table.to_pylist()
-    frame = pd.DataFrame({c: [r[c] for r in rows] for c in MOLECULE_COLUMNS})
+def molecule_frame(parts: Iterable[pa.Table], params: ContractsParams, level: int,
+                   roundtrip: set[int] = frozenset()) -> pd.DataFrame:
+    """The molecule shards with the derived columns the molecule_shards suite checks, read one part
+    at a time: the frame keeps facts about the drawing, the E3FP and the coordinates, never them, so
+    its memory is a part's plus about a kilobyte a molecule. `roundtrip`: the row numbers (over the
+    whole version) whose SELFIES is decoded (roundtrip_sample)."""
+    columns: dict[str, list] = {}
+    offset = 0
+    for part in parts:
+        for name, values in _part_columns(part.to_pylist(), level, roundtrip, offset, params).items():
+            columns.setdefault(name, []).extend(values)
+        offset += part.num_rows
+    frame = pd.DataFrame(columns or _part_columns([], level, roundtrip, 0, params))
     frame["cid"] = frame["cid"].astype("int64")
-    frame["image_png"] = [None if r["image_png"] is None else "present" for r in rows]
-    frame["selfies_atom_index"] = [None if r["selfies_atom_index"] is None else len(r["selfies_atom_index"]) for r in rows]
-    frame["flags"] = [None if r["flags"] is None else ",".join(r["flags"]) for r in rows]
-    for name in PROPERTY_COLUMNS:
-        frame[name] = [None if r["properties"] is None else r["properties"][name] for r in rows]
-
-    png = [png_facts(r["image_png"]) for r in rows]
-    frame["png_format"], frame["png_width"], frame["png_height"], frame["png_mode"] = zip(*png) if png else ([],) * 4
-    e3fp = [e3fp_facts(r["e3fp"], level) for r in rows]
-    frame["e3fp_rows"], frame["e3fp_width_ok"], frame["e3fp_min"], frame["e3fp_max"] = zip(*e3fp) if e3fp else ([],) * 4
-    coords = [coords_facts(r["coords"]) for r in rows]
-    frame["coords_rows"], frame["coords_ok"] = zip(*coords) if coords else ([],) * 2
-    # geometry (coords and E3FP) exactly when there is a conformer
-    frame["geometry_present_ok"] = [
-        (r["coords"] is not None and r["e3fp"] is not None) == (r["conformer_source"] != "none") for r in rows
-    ]
-    frame["selfies_index_ok"] = [
-        selfies_index_ok(r["selfies"], r["selfies_atom_index"], (r["properties"] or {}).get("heavy_atoms")) for r in rows
-    ]
-    frame["selfies_roundtrip_ok"] = _sampled_roundtrip(rows, params)
-    frame["description_ok"] = [
-        r["split"] not in params.caption_splits or bool((r["description"] or "").strip()) for r in rows
-    ]
     for column in ("png_width", "png_height", "e3fp_rows", "e3fp_min", "e3fp_max", "coords_rows", "heavy_atoms"):
         frame[column] = frame[column].astype("Int64")
     return frame
 
 
-def _sampled_roundtrip(rows: list[dict], params: ContractsParams) -> list[bool | None]:
-    """Decoding every SELFIES costs about a millisecond each: check a seeded sample, None elsewhere."""
-    candidates = [i for i, r in enumerate(rows) if r["selfies"] is not None]
-    chosen = set(random.Random(params.sample_seed).sample(candidates, min(params.selfies_sample, len(candidates))))
-    return [selfies_roundtrip(r["selfies"], r["inchikey"]) if i in chosen else None for i, r in enumerate(rows)]
+def _part_columns(rows: list[dict], level: int, roundtrip: set[int], offset: int, params: ContractsParams) -> dict:
+    columns = {c: [r[c] for r in rows] for c in MOLECULE_COLUMNS}
+    columns["image_png"] = [None if r["image_png"] is None else "present" for r in rows]
+    columns["selfies_atom_index"] = [None if r["selfies_atom_index"] is None else len(r["selfies_atom_index"]) for r in rows]
+    columns["flags"] = [None if r["flags"] is None else ",".join(r["flags"]) for r in rows]
+    for name in PROPERTY_COLUMNS:
+        columns[name] = [None if r["properties"] is None else r["properties"][name] for r in rows]
+    facts = {
+        ("png_format", "png_width", "png_height", "png_mode"): [png_facts(r["image_png"]) for r in rows],
+        ("e3fp_rows", "e3fp_width_ok", "e3fp_min", "e3fp_max"): [e3fp_facts(r["e3fp"], level) for r in rows],
+        ("coords_rows", "coords_ok"): [coords_facts(r["coords"]) for r in rows],
+    }
+    for names, values in facts.items():
+        for name, column in zip(names, zip(*values) if values else ([],) * len(names), strict=True):
+            columns[name] = list(column)
+    # geometry (coords and E3FP) exactly when there is a conformer
+    columns["geometry_present_ok"] = [
+        (r["coords"] is not None and r["e3fp"] is not None) == (r["conformer_source"] != "none") for r in rows
+    ]
+    columns["selfies_index_ok"] = [
+        selfies_index_ok(r["selfies"], r["selfies_atom_index"], (r["properties"] or {}).get("heavy_atoms")) for r in rows
+    ]
+    columns["selfies_roundtrip_ok"] = [selfies_roundtrip(r["selfies"], r["inchikey"]) if offset + i in roundtrip else None
+                                       for i, r in enumerate(rows)]
+    columns["description_ok"] = [
+        r["split"] not in params.caption_splits or bool((r["description"] or "").strip()) for r in rows
+    ]
+    return columns
+
+
+def roundtrip_sample(selfies: list[str | None], params: ContractsParams) -> set[int]:
+    """Decoding every SELFIES costs about a millisecond each: a seeded sample of the rows that have
+    one (row numbers over the whole version) is checked, the rest left None."""
+    candidates = [i for i, s in enumerate(selfies) if s is not None]
+    return set(random.Random(params.sample_seed).sample(candidates, min(params.selfies_sample, len(candidates))))
 
 
 def rejects_frame(table: pa.Table) -> pd.DataFrame:
@@ -188,8 +205,9 @@ SFP_FRAME_COLUMNS = ("cid", "table_present", "accounted", "reason", "atoms_match
 
 
 def sfp_frame(version_dir: Path, molecules: pa.Table) -> pd.DataFrame:
-    """One row per accepted molecule of the version: is it a graph xor a recorded rejection, and do
-    its graph's atoms and geometry make chemical sense. No table at all is one row that says so."""
+    """One row per accepted molecule of the version (`molecules`: its cid and smiles columns): is it
+    a graph xor a recorded rejection, and do its graph's atoms and geometry make chemical sense. No
+    table at all is one row that says so."""
     from deepmolm.data.shards.sfp_table import read_sfp, sfp_manifest
 
     if sfp_manifest(version_dir) is None:

@@ -24,9 +24,10 @@ from deepmolm.data.contracts.frames import (
     raw_frame,
     reject_rates_frame,
     rejects_frame,
+    roundtrip_sample,
     sfp_frame,
 )
-from deepmolm.data.shards.parts import read_manifest, read_shard_rejects, read_shards, resolve_version
+from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects, read_shards, resolve_version
 from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.data.sources.raw_table import read_raw_table
 from deepmolm.runtime.run_log import resolve_recorded
@@ -175,9 +176,10 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
     level = manifest["params"]["featurize.e3fp"]["level"]
     bits = manifest["params"]["featurize.e3fp"]["bits"]
     rejects = read_shard_rejects(version_dir)
-    molecules = read_shards(version_dir)
+    molecules = read_shards(version_dir, columns=["cid", "smiles", "selfies"])  # the rest part by part
     frames = {
-        "molecule_shards": molecule_frame(molecules, contracts, level),
+        "molecule_shards": molecule_frame(iter_shard_parts(version_dir), contracts, level,
+                                          roundtrip_sample(molecules.column("selfies").to_pylist(), contracts)),
         "shard_rejects": rejects_frame(rejects),
         "reject_rates": reject_rates_frame(rejects, manifest["counts"]["input_rows"], contracts),
         "shard_parts": parts_frame(version_dir, manifest),

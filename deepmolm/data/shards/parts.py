@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -204,10 +205,20 @@ def resolve_version(path: Path) -> Path:
 
 
 def read_shards(version_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    manifest = read_manifest(version_dir)
-    schema = SHARD_SCHEMA if columns is None else pa.schema([SHARD_SCHEMA.field(c) for c in columns])
-    tables = [pq.read_table(Path(version_dir) / p["path"], columns=columns, schema=schema) for p in manifest["parts"]]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    tables = list(iter_shard_parts(version_dir, columns))
+    return pa.concat_tables(tables) if tables else _schema(columns).empty_table()
+
+
+def iter_shard_parts(version_dir: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The version's parts one at a time, in manifest order: what holds one part at a time in memory
+    (the drawings are most of a part's bytes) stays flat as the version grows."""
+    schema = _schema(columns)
+    for part in read_manifest(version_dir)["parts"]:
+        yield pq.read_table(Path(version_dir) / part["path"], columns=columns, schema=schema)
+
+
+def _schema(columns: list[str] | None) -> pa.Schema:
+    return SHARD_SCHEMA if columns is None else pa.schema([SHARD_SCHEMA.field(c) for c in columns])
 
 
 def read_shard_rejects(version_dir: Path) -> pa.Table:
