@@ -14,6 +14,7 @@ import json
 import random
 import shutil
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,36 +25,59 @@ from PIL import Image
 from deepmolm.config import Params
 from deepmolm.data.contracts.frames import PROPERTY_COLUMNS
 from deepmolm.data.contracts.gate import ContractResult, validate_shard_version
-from deepmolm.data.shards.parts import read_manifest, read_shard_rejects, read_shards
+from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects, read_shards
 from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 
-SUMMARY_COLUMNS = ["cid", "split", "smiles", "description", "conformer_source", "properties", "e3fp", "flags"]
+TEXT_COLUMNS = ["cid", "split", "smiles", "description", "conformer_source", "flags"]  # a few hundred bytes a molecule
+GEOMETRY_COLUMNS = ["e3fp", "properties"]  # read one part at a time
 
 
-def e3fp_usage(rows: list[dict], levels: int) -> list[Counter]:
-    """How many atoms use each E3FP identifier, per level."""
-    per_level = [Counter() for _ in range(levels)]
-    for r in rows:
-        for atom in r["e3fp"] or []:
-            for level, identifier in enumerate(atom):
-                if identifier >= 0:
-                    per_level[level][identifier] += 1
-    return per_level
+@dataclass
+class VersionFacts:
+    """What the page needs from a version's E3FP and properties, gathered one part at a time so
+    memory stays flat as the version grows."""
+    levels: int
+    usage: list[Counter] = field(default_factory=list)  # atoms per E3FP identifier, per level
+    without_shell: list[int] = field(default_factory=list)  # atoms with no identifier at a level
+    properties: dict[str, list] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.usage = [Counter() for _ in range(self.levels)]
+        self.without_shell = [0] * self.levels
+        self.properties = {name: [] for name in PROPERTY_COLUMNS}
+
+    def add(self, rows: list[dict]) -> None:
+        for r in rows:
+            for atom in r["e3fp"] or []:
+                for level, identifier in enumerate(atom):
+                    if identifier >= 0:
+                        self.usage[level][identifier] += 1
+                    else:
+                        self.without_shell[level] += 1
+            for name, values in self.properties.items():
+                if r["properties"][name] is not None:
+                    values.append(r["properties"][name])
 
 
-def distribution_series(rows: list[dict]) -> dict[str, list]:
+def version_facts(version_dir: Path, levels: int) -> VersionFacts:
+    facts = VersionFacts(levels)
+    for part in iter_shard_parts(version_dir, columns=GEOMETRY_COLUMNS):
+        facts.add(part.to_pylist())
+    return facts
+
+
+def distribution_series(rows: list[dict], facts: VersionFacts) -> dict[str, list]:
     """The values behind each distribution, computed once for the summary and the plots."""
     return {
         "smiles_length": [len(r["smiles"]) for r in rows],
         "description_words": [len((r["description"] or "").split()) for r in rows],
-        **{name: [r["properties"][name] for r in rows if r["properties"][name] is not None] for name in PROPERTY_COLUMNS},
+        **facts.properties,
     }
 
 
 def data_summary(rows: list[dict], rejects: pa.Table, manifest: dict, contract: ContractResult | None,
-                 usage: list[Counter], series: dict[str, list]) -> dict:
+                 facts: VersionFacts, series: dict[str, list]) -> dict:
     """The figures the page shows, as plain JSON data."""
-    levels = len(usage)
     input_rows = manifest["counts"]["input_rows"]
     summary = {
         "dataset": manifest["dataset"],
@@ -67,10 +91,8 @@ def data_summary(rows: list[dict], rejects: pa.Table, manifest: dict, contract: 
         "distributions": {name: _stats(values) for name, values in series.items()},
         "e3fp": {
             "bits": manifest["params"]["featurize.e3fp"]["bits"],
-            "distinct_identifiers_per_level": [len(c) for c in usage],
-            "atoms_without_shell_per_level": [
-                sum(1 for r in rows for atom in (r["e3fp"] or []) if atom[level] < 0) for level in range(levels)
-            ],
+            "distinct_identifiers_per_level": [len(c) for c in facts.usage],
+            "atoms_without_shell_per_level": list(facts.without_shell),
         },
         "rejects": rejects.num_rows,
     }
@@ -185,16 +207,16 @@ def write_data_report(version_dir: Path, params: Params, contract: ContractResul
     version_dir = Path(version_dir)
     out = Path(out) if out else params.paths.reports_dir / "data"
     manifest = read_manifest(version_dir)
-    table = read_shards(version_dir, columns=SUMMARY_COLUMNS)
+    table = read_shards(version_dir, columns=TEXT_COLUMNS)
     rejects = read_shard_rejects(version_dir)
     for sub in ("plots", "gallery"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows = table.to_pylist()
-    usage = e3fp_usage(rows, manifest["params"]["featurize.e3fp"]["level"] + 1)
-    series = distribution_series(rows)
-    summary = data_summary(rows, rejects, manifest, contract, usage, series)
-    plots = _plots(series, summary, manifest, usage, out)
+    facts = version_facts(version_dir, manifest["params"]["featurize.e3fp"]["level"] + 1)
+    series = distribution_series(rows, facts)
+    summary = data_summary(rows, rejects, manifest, contract, facts, series)
+    plots = _plots(series, summary, manifest, facts.usage, out)
     gallery = _gallery(version_dir, table, params, out)
     summary["plots"] = [path for path, _ in plots]
     summary["gallery"] = [item["cid"] for item in gallery]
