@@ -30,7 +30,7 @@ TABLE = "ablation.md"
 EXPERIMENT_PREFIX = "ablation"
 TARGET = "report"  # what each experiment reproduces: training, evaluation and the page, not MuMo
 METRICS_FILE = "reports/eval/metrics.json"
-CAPTION_METRICS = ("bleu2", "bleu4", "rougeL", "meteor")
+CAPTION_METRICS = ("bleu2", "bleu4", "rougeL", "meteor", "degenerate")  # degenerate: share of looping captions
 PROPERTIES = ("mw", "logp", "tpsa", "complexity")
 
 
@@ -242,7 +242,7 @@ def _fmt(stats: dict | None, digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ({stats['min']:.{digits}f}-{stats['max']:.{digits}f})"
 
 
-COLUMNS = ("BLEU-2", "BLEU-4", "ROUGE-L", "METEOR", "MAE mw", "MAE logp", "MAE tpsa", "MAE complexity")
+COLUMNS = ("BLEU-2", "BLEU-4", "ROUGE-L", "METEOR", "degenerate", "MAE mw", "MAE logp", "MAE tpsa", "MAE complexity")
 
 
 def table_rows(summary: dict) -> list[list[str]]:

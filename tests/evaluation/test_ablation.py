@@ -62,7 +62,8 @@ def test_skipping_stage1_is_a_stage1_setting_only():
 
 
 def _metrics(meteor: float, rouge: float, mw: float = 100.0) -> dict:
-    return {"model": {"captions": {"bleu2": meteor - 0.05, "bleu4": meteor - 0.1, "rougeL": rouge, "meteor": meteor},
+    return {"model": {"captions": {"bleu2": meteor - 0.05, "bleu4": meteor - 0.1, "rougeL": rouge, "meteor": meteor,
+                                   "degenerate": 0.1},
                       "properties": {"mw": {"mae": mw}, "logp": {"mae": 2.0}, "tpsa": {"mae": None}}}}
 
 
@@ -96,7 +97,8 @@ def test_summary_means_spread_and_the_papers_directions():
     assert verdicts["fusion_best"] == "agrees"
     table = table_rows(summary)
     assert table[0][:2] == ["fusion", "0, 1"] and table[0][5] == "0.302 (0.300-0.304)"
-    assert table[0][6] == "100.5 (100.0-101.0)" and table[0][8] == "-"
+    assert table[0][6] == "0.100 (0.100-0.100)"
+    assert table[0][7] == "100.5 (100.0-101.0)" and table[0][9] == "-"
     assert "| fusion without stage 1 | 0, 1 |" in markdown(summary)
 
     metrics["ablation-linear-s1"] = _metrics(0.20, 0.35)  # linear's seeds now straddle concat
