@@ -99,18 +99,28 @@ def _dvc(root: Path, *args: str) -> str:
 
 
 def experiments(root: Path) -> dict[str, dict]:
-    """Every local experiment by name, with its metrics and params files as `dvc exp show --json`
-    reports them ({"data": ...} per file), whichever commit it was run from (`dvc exp ls -A` names
-    the baselines; showing all commits would read every commit's metrics)."""
+    """Every finished local experiment by name, with its metrics and params files as `dvc exp show
+    --json` reports them ({"data": ...} per file), whichever commit it was run from (`dvc exp ls -A`
+    names the baselines; showing all commits would read every commit's metrics)."""
     baselines = [line.rstrip(":").strip() for line in _dvc(root, "exp", "ls", "--all-commits").splitlines()
                  if line.strip() and not line[0].isspace()]
     found = {}
     for baseline in dict.fromkeys(baselines):
-        for commit in json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]"):
-            for experiment in commit.get("experiments") or []:
-                for rev in experiment.get("revs") or []:
-                    if rev.get("name") and not rev.get("error"):
-                        found[rev["name"]] = rev.get("data") or {}
+        found.update(finished(json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]")))
+    return found
+
+
+def finished(shown: list[dict]) -> dict[str, dict]:
+    """The named, finished experiments of one `dvc exp show --json`: a queued or running one is
+    listed with its baseline's metrics, which are not its results."""
+    found = {}
+    for commit in shown:
+        for experiment in commit.get("experiments") or []:
+            if (experiment.get("executor") or {}).get("state", "success") != "success":
+                continue
+            for rev in experiment.get("revs") or []:
+                if rev.get("name") and not rev.get("error"):
+                    found[rev["name"]] = rev.get("data") or {}
     return found
 
 

@@ -114,6 +114,20 @@ def test_missing_cells_are_not_run_directions():
     assert {check["id"]: check["verdict"] for check in summary["directions"]}["concat_vs_linear"] == "not run"
 
 
+def test_only_finished_experiments_count_a_running_one_shows_its_baselines_metrics():
+    from deepmolm.evaluation.ablation import finished
+
+    def experiment(name, state):
+        return {"name": name, "executor": state and {"state": state},
+                "revs": [{"name": name, "error": None, "data": {"metrics": {"m.json": {"data": {"x": 1}}}}}]}
+
+    shown = [{"rev": "workspace", "experiments": None},
+             {"rev": "abc", "experiments": [experiment("done", "success"), experiment("old", None),
+                                            experiment("busy", "running"), experiment("waiting", "queued"),
+                                            experiment("broken", "failed")]}]
+    assert sorted(finished(shown)) == ["done", "old"]
+
+
 def test_external_dependencies_are_linked_beside_the_experiment_copies(tmp_path):
     project, shared = tmp_path / "project", tmp_path / "shared"
     (shared / "data").mkdir(parents=True)
