@@ -98,29 +98,30 @@ def _dvc(root: Path, *args: str) -> str:
     return result.stdout
 
 
-def experiments(root: Path) -> dict[str, dict]:
-    """Every finished local experiment by name, with its metrics and params files as `dvc exp show
-    --json` reports them ({"data": ...} per file), whichever commit it was run from (`dvc exp ls -A`
-    names the baselines; showing all commits would read every commit's metrics)."""
+def experiments(root: Path) -> dict[str, tuple[str, dict]]:
+    """Every local experiment by name: its state (queued, running, success, failed) and its data
+    as `dvc exp show --json` reports it (metrics and params files, {"data": ...} each), whichever
+    commit it was run from (`dvc exp ls -A` names the baselines; showing all commits would read every
+    commit's metrics)."""
     baselines = [line.rstrip(":").strip() for line in _dvc(root, "exp", "ls", "--all-commits").splitlines()
                  if line.strip() and not line[0].isspace()]
     found = {}
     for baseline in dict.fromkeys(baselines):
-        found.update(finished(json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]")))
+        found.update(experiment_states(json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]")))
     return found
 
 
-def finished(shown: list[dict]) -> dict[str, dict]:
-    """The named, finished experiments of one `dvc exp show --json`: a queued or running one is
-    listed with its baseline's metrics, which are not its results."""
+def experiment_states(shown: list[dict]) -> dict[str, tuple[str, dict]]:
+    """The named experiments of one `dvc exp show --json`, with their state; one without an executor
+    record finished in an earlier queue. A queued or running one is listed with its baseline's
+    metrics, which are not its results."""
     found = {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
-            if (experiment.get("executor") or {}).get("state", "success") != "success":
-                continue
+            state = (experiment.get("executor") or {}).get("state", "success")
             for rev in experiment.get("revs") or []:
-                if rev.get("name") and not rev.get("error"):
-                    found[rev["name"]] = rev.get("data") or {}
+                if rev.get("name"):
+                    found[rev["name"]] = ("failed" if rev.get("error") else state, rev.get("data") or {})
     return found
 
 
@@ -131,32 +132,39 @@ def metrics_of(data: dict) -> dict[str, dict]:
 
 def run_grid(root: Path, grid: list[Cell], *, target: str = TARGET, metrics_file: str = METRICS_FILE,
              force: bool = False, echo: Callable[[str], None] = print) -> dict[str, dict[str, dict]]:
-    """Queue the cells without a finished experiment (one whose `metrics_file` DVC can read; every
-    cell with `force`), run the queue one experiment at a time (on two cores a second would only
-    halve the first's speed), follow each experiment's log, and return every cell's metrics files by
-    name. A rerun after a kill queues only what is missing."""
+    """Queue the cells without a finished experiment (every cell with `force`), run the queue one
+    experiment at a time (on two cores a second would only halve the first's speed), follow each
+    experiment's log, and return every cell's metrics files by name. A rerun after a kill queues only
+    what is missing: finished cells are kept, and cells still queued or running are waited for."""
     root = Path(root).resolve()
     link_external_dependencies(root)
-    done = {name for name, data in experiments(root).items() if metrics_file in metrics_of(data)}
-    queued = [cell for cell in grid if force or cell.name not in done]
+    states = experiments(root)
+    pending = [cell for cell in grid if not force and states.get(cell.name, ("",))[0] in ("queued", "running")]
+    queued = [cell for cell in grid if cell not in pending and (force or not _finished(states.get(cell.name), metrics_file))]
     for cell in queued:
         args = [arg for value in cell.overrides for arg in ("-S", value)]
-        _dvc(root, "exp", "run", "--queue", target, "--name", cell.name, *(["--force"] if force else []), *args)
+        again = force or cell.name in states  # a failed cell's name is taken
+        _dvc(root, "exp", "run", "--queue", target, "--name", cell.name, *(["--force"] if again else []), *args)
         echo(f"queued {cell.name}: {' '.join(cell.overrides)}")
-    if queued:
+    waiting = pending + queued
+    if waiting:
         started = time.monotonic()
         # the worker it starts outlives the command and keeps its output streams: not captured
         subprocess.run(["dvc", "queue", "start", "--jobs", "1"], cwd=root, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for number, cell in enumerate(queued, 1):
-            echo(f"[{number}/{len(queued)}] {cell.name} ({(time.monotonic() - started) / 60:.1f} min into the grid)")
+        for number, cell in enumerate(waiting, 1):
+            echo(f"[{number}/{len(waiting)}] {cell.name} ({(time.monotonic() - started) / 60:.1f} min into the grid)")
             subprocess.run(["dvc", "queue", "logs", "--follow", cell.name], cwd=root, check=False)
-        echo(f"{len(queued)} experiments in {(time.monotonic() - started) / 60:.1f} min")
-    found = {name: metrics_of(data) for name, data in experiments(root).items()}
-    missing = [cell.name for cell in grid if metrics_file not in found.get(cell.name, {})]
+        echo(f"{len(waiting)} experiments in {(time.monotonic() - started) / 60:.1f} min")
+    states = experiments(root)
+    missing = [cell.name for cell in grid if not _finished(states.get(cell.name), metrics_file)]
     if missing:
         raise RuntimeError(f"no metrics for {', '.join(missing)}: `dvc queue status` and `dvc queue logs NAME` say why")
-    return {cell.name: found[cell.name] for cell in grid}
+    return {cell.name: metrics_of(states[cell.name][1]) for cell in grid}
+
+
+def _finished(entry: tuple[str, dict] | None, metrics_file: str) -> bool:
+    return entry is not None and entry[0] == "success" and metrics_file in metrics_of(entry[1])
 
 
 # ---------------------------------------------------------------- the table

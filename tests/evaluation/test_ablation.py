@@ -114,8 +114,8 @@ def test_missing_cells_are_not_run_directions():
     assert {check["id"]: check["verdict"] for check in summary["directions"]}["concat_vs_linear"] == "not run"
 
 
-def test_only_finished_experiments_count_a_running_one_shows_its_baselines_metrics():
-    from deepmolm.evaluation.ablation import finished
+def test_experiment_states_a_running_one_is_not_a_result():
+    from deepmolm.evaluation.ablation import _finished, experiment_states
 
     def experiment(name, state):
         return {"name": name, "executor": state and {"state": state},
@@ -125,7 +125,11 @@ def test_only_finished_experiments_count_a_running_one_shows_its_baselines_metri
              {"rev": "abc", "experiments": [experiment("done", "success"), experiment("old", None),
                                             experiment("busy", "running"), experiment("waiting", "queued"),
                                             experiment("broken", "failed")]}]
-    assert sorted(finished(shown)) == ["done", "old"]
+    states = experiment_states(shown)
+    assert {name: state for name, (state, _) in states.items()} == {
+        "done": "success", "old": "success", "busy": "running", "waiting": "queued", "broken": "failed"}
+    assert [name for name in states if _finished(states[name], "m.json")] == ["done", "old"]
+    assert not _finished(states["done"], "other.json") and not _finished(None, "m.json")
 
 
 def test_external_dependencies_are_linked_beside_the_experiment_copies(tmp_path):
