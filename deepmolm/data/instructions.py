@@ -176,7 +176,8 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
     }
     (staging / MANIFEST).write_text(json.dumps({
         "schema_version": SCHEMA_VERSION, "table": "instruction_examples", "code_version": __version__,
-        "params": params.model_dump(mode="json"), "shards": portable_path(version_dir, start=final),
+        # relative to the set itself, whatever directory the command ran in
+        "params": params.model_dump(mode="json"), "shards": portable_path(Path(version_dir).absolute(), start=final),
         "examples": {"path": EXAMPLES, "rows": len(examples), "sha256": sha256_file(staging / EXAMPLES)},
         "summary": summary,
     }, indent=2, sort_keys=True) + "\n")

@@ -99,3 +99,15 @@ def test_a_directory_of_sets_resolves_to_the_one_the_last_build_produced(small_v
     assert build_instructions(small_versions[0], tmp_path / "out", params.instructions)["out"] == first
     assert resolve_instruction_set(sets) == Path(first)
     assert resolve_instruction_set(Path(second)) == Path(second), "a set directory is itself"
+
+
+def test_a_set_built_from_a_relative_shard_path_points_at_its_shards_from_anywhere(small_versions, params, tmp_path,
+                                                                                     monkeypatch):
+    """The CLI without --prefect passes the path as typed: the manifest must still record it relative
+    to the set, not to the directory the command ran in."""
+    from deepmolm.data.instructions import instruction_shards
+
+    monkeypatch.chdir(small_versions[0].parent)
+    build_instructions(Path(small_versions[0].name), tmp_path / "out", params.instructions)
+    monkeypatch.chdir(tmp_path)
+    assert instruction_shards(resolve_instruction_set(tmp_path / "out" / "tsv")) == small_versions[0]

@@ -1,0 +1,211 @@
+"""Time and memory of the data stages as the corpus grows, in one run.
+
+`python -m benchmarks.scale [--sizes 6601 30000 100000] [--out DIR] [--no-conformers-above 6601]`
+builds, per size N, a corpus in ChEBI-20's layout (N = 6,601 is the offline corpus itself, larger
+sizes add molecules of deepmolm/data/synthetic.py), then runs each stage as the CLI does in its own
+process: ingest -> featurize -> validate -> instructions -> tokenizer -> one epoch of the training
+data loader -> the retrieval baseline, and an incremental refresh (+1% new and 0.1% edited rows,
+featurized again against the full run). Per stage and N it prints wall seconds, seconds per 1,000
+molecules and the peak RSS of the stage's process tree (Dask workers included), sampled every 0.2 s.
+Above `--no-conformers-above` molecules featurization runs with `featurize.conformer.method=none`
+(no conformer, so no E3FP), as the issue allows; the table says so per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DEEPMOLM_SHARED", REPO.parent / "shared")).resolve()
+SPLITS = ("validation", "test")
+
+
+def corpus(out: Path, size: int, seed: int = 0) -> Path:
+    """The offline corpus, or its first `size` rows, plus synthetic molecules beyond 6,601."""
+    from deepmolm.data.synthetic import HEADER, generate, read_parents
+
+    mirror = SHARED / "data" / "chebi20"
+    out.mkdir(parents=True, exist_ok=True)
+    lines = {split: (mirror / f"{split}.txt").read_text(encoding="utf-8").splitlines()[1:] for split in SPLITS}
+    offline = sum(len(v) for v in lines.values())
+    keep = {split: lines[split][: max(0, min(len(lines[split]), size * len(lines[split]) // offline))] for split in SPLITS}
+    extra = max(0, size - sum(len(v) for v in keep.values()))
+    molecules = generate(read_parents(mirror), extra, seed=seed) if extra else iter(())
+    for index, molecule in enumerate(molecules):
+        keep[SPLITS[index % 2]].append(f"{molecule.cid}\t{molecule.smiles}\t{molecule.description}")
+    for split in SPLITS:
+        (out / f"{split}.txt").write_text(HEADER + "".join(line + "\n" for line in keep[split]), encoding="utf-8")
+    return out
+
+
+def grown(source: Path, out: Path, new: float = 0.01, edited: float = 0.001, seed: int = 1) -> Path:
+    """`source` with `new` of its size in new synthetic molecules and every 1/`edited`-th row's
+    description changed (a refreshed source: what the incremental featurization must recompute)."""
+    from deepmolm.data.synthetic import CID_BASE, HEADER, generate, read_parents
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {split: (source / f"{split}.txt").read_text(encoding="utf-8").splitlines()[1:] for split in SPLITS}
+    total = sum(len(v) for v in rows.values())
+    every = max(1, int(1 / edited))
+    for split in SPLITS:
+        rows[split] = [line + " Revised." if i % every == every - 1 else line for i, line in enumerate(rows[split])]
+    taken = {line.split("\t", 2)[1] for lines in rows.values() for line in lines}
+    parents = read_parents(SHARED / "data" / "chebi20")
+    added = 0
+    for molecule in generate(parents, int(total * new) * 2, seed=seed):
+        if added == int(total * new):
+            break
+        if molecule.smiles in taken:
+            continue
+        rows[SPLITS[added % 2]].append(f"{CID_BASE // 2 + added}\t{molecule.smiles}\t{molecule.description}")
+        added += 1
+    for split in SPLITS:
+        (out / f"{split}.txt").write_text(HEADER + "".join(line + "\n" for line in rows[split]), encoding="utf-8")
+    return out
+
+
+def measured(command: list[str], cwd: Path, env: dict) -> dict:
+    """Wall seconds and the peak summed RSS of the process and its descendants."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(process.pid)
+        while not done.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = process.communicate()
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} exited {process.returncode}:\n{err[-3000:]}")
+    return {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak / 2**20, 1),
+            "summary": _last_json(out)}
+
+
+def _last_json(text: str) -> dict | None:
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return None
+
+
+def stage_commands(project: Path, mirror: Path, conformers: bool) -> list[tuple[str, list[str]]]:
+    common = ["-S", f"sources.chebi20.mirror={mirror}", "-S", "sources.chebi20.max_rows_per_split=null",
+              "-S", "sources.chebi20.sha256.validation=null", "-S", "sources.chebi20.sha256.test=null",
+              *(["-S", "featurize.conformer.method=none"] if not conformers else [])]
+    deepmolm = str(Path(sys.executable).with_name("deepmolm"))
+    loader = [sys.executable, "-m", "benchmarks.scale", "--loader-epoch", "data/instructions/chebi20", "models/tokenizer"]
+    return [
+        ("ingest", [deepmolm, "data", "ingest", "--source", "chebi20", "--quiet", "--json", *common]),
+        ("featurize", [deepmolm, "data", "featurize", "--input", "data/raw/chebi20", "--out", "data/shards", "--quiet",
+                       "--json", *common]),
+        ("validate", [deepmolm, "data", "validate", "--shards", "data/shards/chebi20", "--quiet", "--json", *common]),
+        ("instructions", [deepmolm, "data", "instructions", "--shards", "data/shards/chebi20", "--json", *common]),
+        ("tokenizer", [deepmolm, "model", "tokenizer", "--instructions", "data/instructions/chebi20", "--out",
+                       "models/tokenizer", "--json", *common]),
+        ("loader epoch", loader),
+        ("baseline", [deepmolm, "eval", "baseline", "--train", "data/shards/chebi20", "--test", "data/shards/chebi20",
+                      "--out", "reports/baseline.jsonl", "--train-split", "validation", "--test-split", "test",
+                      "--json", *common]),
+    ]
+
+
+def loader_epoch(instructions: Path, tokenizer: Path) -> None:
+    """One pass of the training data path over every stage-2 training row, as a worker reads it."""
+    from deepmolm.config import load_params
+    from deepmolm.data.instructions import resolve_instruction_set
+    from deepmolm.models.deepmolm.presets import model_config
+    from deepmolm.models.deepmolm.tokenizer import load_tokenizer
+    from deepmolm.training.deepmolm.data import InstructionDataset
+    from deepmolm.training.deepmolm.rows import stage_rows
+
+    params = load_params(Path("params.yaml"), [])
+    spec = model_config(params).encoder_spec()
+    tok = load_tokenizer(tokenizer)
+    instructions = resolve_instruction_set(Path(instructions).resolve())
+    rows = stage_rows(params, 2, instructions, tok, spec.tokens)
+    dataset = InstructionDataset(instructions, tok, image_size=spec.image_size, image_tokens=spec.tokens,
+                                 max_length=params.model.max_length, rows=rows["train"])
+    for index in range(len(dataset)):
+        dataset[index]
+    print(json.dumps({"rows": len(dataset)}))
+
+
+def project_at(root: Path) -> Path:
+    """A project as a clone has it, with ../shared beside it: params.yaml's relative paths resolve."""
+    shutil.rmtree(root, ignore_errors=True)
+    project = root / "main"
+    project.mkdir(parents=True)
+    (root / "shared").symlink_to(SHARED)
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    shutil.copytree(REPO / "data_contracts", project / "data_contracts")
+    return project
+
+
+def run_size(size: int, work: Path, conformers: bool, env: dict) -> list[dict]:
+    project = project_at(work / f"n{size}")
+    mirror = corpus(project / "corpus", size)
+    results = []
+    for name, command in stage_commands(project, mirror, conformers):
+        result = measured(command, project, env)
+        results.append({"stage": name, "n": size, "conformers": conformers, **result,
+                        "s_per_1000": round(result["seconds"] / size * 1000, 2)})
+        print(f"N={size:>7,} {name:<13} {result['seconds']:>8.1f} s {results[-1]['s_per_1000']:>7.2f} s/1k "
+              f"{result['peak_rss_mb']:>8.1f} MB", flush=True)
+    refreshed = grown(mirror, project / "corpus-grown")
+    full_featurize = next(r for r in results if r["stage"] == "featurize")
+    commands = dict(stage_commands(project, refreshed, conformers))
+    measured(commands["ingest"], project, env)
+    again = measured(commands["featurize"], project, env)
+    results.append({"stage": "refresh +1% new, 0.1% edited", "n": size, "conformers": conformers, **again,
+                    "s_per_1000": round(again["seconds"] / size * 1000, 2),
+                    "share_of_full": round(again["seconds"] / full_featurize["seconds"], 3)})
+    print(f"N={size:>7,} refresh: {again['seconds']:.1f} s = {results[-1]['share_of_full']:.1%} of the full featurization",
+          flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[6601, 30000, 100000])
+    parser.add_argument("--out", type=Path, default=None, help="working directory (default: a temporary one, removed)")
+    parser.add_argument("--no-conformers-above", type=int, default=6601)
+    parser.add_argument("--loader-epoch", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loader_epoch:
+        loader_epoch(*args.loader_epoch)
+        return
+    work = args.out or Path(os.environ.get("TMPDIR", "/tmp")) / f"deepmolm-scale-{os.getpid()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    print(f"{platform.node()}: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    results = []
+    for size in args.sizes:
+        results += run_size(size, work, size <= args.no_conformers_above, env)
+    print(json.dumps(results))
+    if args.out is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
