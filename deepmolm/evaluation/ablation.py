@@ -276,7 +276,8 @@ def direction_rows(summary: dict) -> list[list[str]]:
         gap = check["ours"]
         if gap is None:
             return "-"
-        return (f"{gap['worse']} {check['metric']} {gap['difference']:+.3f} below {gap['than']} "
+        side = "lower" if gap["difference"] >= 0 else "higher"
+        return (f"{gap['worse']}: {check['metric']} {abs(gap['difference']):.3f} {side} than {gap['than']} "
                 f"(seed spread {gap['spread']:.3f})")
     return [[check["claim"], ours(check), check["verdict"]] for check in summary["directions"]]
 

@@ -324,19 +324,26 @@ def _ablation_section(a: dict) -> str:
 
     e = html.escape
 
-    def table(head, rows, name):
-        return (f"<table class='metrics' id='{name}'><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in rows) + "</table>")
+    def cell(text: str) -> str:  # "mean (min-max)": the range on a line of its own, smaller
+        mean, _, spread = text.partition(" (")
+        return f"{e(mean)}<br><small>({e(spread)}</small>" if spread else e(mean)
 
+    scores = "".join(f"<tr><td style='text-align:left'>{e(row[0])}</td><td>{e(row[1])}</td>"
+                     + "".join(f"<td style='white-space:nowrap'>{cell(value)}</td>" for value in row[2:]) + "</tr>"
+                     for row in table_rows(a))
+    claims = "".join("<tr>" + "".join(f"<td style='text-align:left'>{e(value)}</td>" for value in row) + "</tr>"
+                     for row in direction_rows(a))
     steps = sorted({tuple(s) for row in a["rows"] for s in row["steps"]})
     budget = ", ".join(f"{s1} + {s2}" for s1, s2 in steps)
     return ("<h2>Ablations: the paper's grid</h2>"
-            f"<p>One DVC experiment per cell (`./dev ablation`; `dvc exp show` lists them): each row trained "
-            f"on {a.get('train_molecules') or '?'} molecules with stage 1 + stage 2 optimizer steps of "
-            f"{e(budget)}, scored on {a.get('eval_molecules') or '?'} held-out molecules; mean (min-max) over "
-            "the seeds.</p>"
-            + table(["row", "seeds", *COLUMNS], table_rows(a), "ablation")
-            + table(["the paper", "ours (closest case)", "verdict"], direction_rows(a), "ablation-directions")
-            + "<p>\"Agrees\": the paper's sign, by more than the seeds' spread. The CPU recipe's randomly "
-              "initialised encoder barely depends on the drawing (see Robustness), so these rows compare how "
-              "each projector passes the E3FP tokens on rather than how it grounds a picture.</p>")
+            f"<p>One DVC experiment per cell (<code>./dev ablation</code>; <code>dvc exp show</code> lists them): "
+            f"each row trained on {a.get('train_molecules') or '?'} molecules with stage 1 + stage 2 optimizer steps "
+            f"of {e(budget)}, scored on {a.get('eval_molecules') or '?'} held-out molecules; mean and (min-max) over "
+            "the seeds.</p><table class='metrics' id='ablation'><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in ("row", "seeds", *COLUMNS)) + f"</tr>{scores}</table>"
+            "<table class='metrics' id='ablation-directions'><tr>"
+            + "".join(f"<th style='text-align:left'>{h}</th>" for h in ("the paper", "ours (closest case)", "verdict"))
+            + f"</tr>{claims}</table>"
+            "<p>\"Agrees\": the paper's sign, by more than the seeds' spread. The CPU recipe's randomly "
+            "initialised encoder barely depends on the drawing (see Robustness), so these rows compare how "
+            "each projector passes the E3FP tokens on rather than how it grounds a picture.</p>")

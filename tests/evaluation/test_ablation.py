@@ -100,6 +100,7 @@ def test_summary_means_spread_and_the_papers_directions():
     assert table[0][6] == "0.100 (0.100-0.100)"
     assert table[0][7] == "100.5 (100.0-101.0)" and table[0][9] == "-"
     assert "| fusion without stage 1 | 0, 1 |" in markdown(summary)
+    assert direction_rows(summary)[0][1] == "fusion without stage 1: meteor 0.020 lower than fusion (seed spread 0.004)"
 
     metrics["ablation-linear-s1"] = _metrics(0.20, 0.35)  # linear's seeds now straddle concat
     closer = summarize(grid, _files(metrics))
