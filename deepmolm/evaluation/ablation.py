@@ -105,9 +105,11 @@ def experiments(root: Path) -> dict[str, tuple[str, dict]]:
     commit's metrics)."""
     baselines = [line.rstrip(":").strip() for line in _dvc(root, "exp", "ls", "--all-commits").splitlines()
                  if line.strip() and not line[0].isspace()]
-    found = {}
+    found: dict[str, tuple[str, dict]] = {}
     for baseline in dict.fromkeys(baselines):
-        found.update(experiment_states(json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]")))
+        for name, entry in experiment_states(json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]")).items():
+            if name not in found or (entry[1].get("timestamp") or "") >= (found[name][1].get("timestamp") or ""):
+                found[name] = entry  # the same name run again from a newer commit (--force): the newest counts
     return found
 
 
