@@ -101,10 +101,11 @@ def _dvc(root: Path, *args: str) -> str:
 def experiments(root: Path) -> dict[str, tuple[str, dict]]:
     """Every local experiment by name: its state (queued, running, success, failed) and its data
     as `dvc exp show --json` reports it (metrics and params files, {"data": ...} each), whichever
-    commit it was run from (`dvc exp ls -A` names the baselines; showing all commits would read every
-    commit's metrics)."""
-    baselines = [line.rstrip(":").strip() for line in _dvc(root, "exp", "ls", "--all-commits").splitlines()
-                 if line.strip() and not line[0].isspace()]
+    commit it was run from (showing all commits would read every commit's metrics)."""
+    # HEAD first: `dvc exp ls` names only experiments that have finished, `dvc exp show` of HEAD also
+    # the ones queued or running from it
+    baselines = ["HEAD", *(line.rstrip(":").strip() for line in _dvc(root, "exp", "ls", "--all-commits").splitlines()
+                           if line.strip() and not line[0].isspace())]
     found: dict[str, tuple[str, dict]] = {}
     for baseline in dict.fromkeys(baselines):
         for name, entry in experiment_states(json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]")).items():
@@ -156,13 +157,28 @@ def run_grid(root: Path, grid: list[Cell], *, target: str = TARGET, metrics_file
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for number, cell in enumerate(waiting, 1):
             echo(f"[{number}/{len(waiting)}] {cell.name} ({(time.monotonic() - started) / 60:.1f} min into the grid)")
-            subprocess.run(["dvc", "queue", "logs", "--follow", cell.name], cwd=root, check=False)
+            state = _follow(root, cell.name)
+            echo(f"{cell.name}: {state}")
         echo(f"{len(waiting)} experiments in {(time.monotonic() - started) / 60:.1f} min")
     states = experiments(root)
     missing = [cell.name for cell in grid if not _finished(states.get(cell.name), metrics_file)]
     if missing:
         raise RuntimeError(f"no metrics for {', '.join(missing)}: `dvc queue status` and `dvc queue logs NAME` say why")
     return {cell.name: metrics_of(states[cell.name][1]) for cell in grid}
+
+
+def _follow(root: Path, name: str, poll_s: float = 3.0) -> str:
+    """Wait for one queued experiment, showing its log while it runs (`dvc queue logs --follow`
+    refuses an experiment that has not started yet); its final state."""
+    followed = False
+    while True:
+        state = experiments(root).get(name, ("missing", {}))[0]
+        if state not in ("queued", "running"):
+            return state
+        if state == "running" and not followed:
+            followed = subprocess.run(["dvc", "queue", "logs", "--follow", name], cwd=root, check=False).returncode == 0
+            continue
+        time.sleep(poll_s)
 
 
 def _finished(entry: tuple[str, dict] | None, metrics_file: str) -> bool:
