@@ -108,10 +108,22 @@ def experiments(root: Path) -> dict[str, tuple[str, dict]]:
                            if line.strip() and not line[0].isspace())]
     found: dict[str, tuple[str, dict]] = {}
     for baseline in dict.fromkeys(baselines):
-        for name, entry in experiment_states(json.loads(_dvc(root, "exp", "show", "--json", "--rev", baseline) or "[]")).items():
+        for name, entry in experiment_states(json.loads(_shown(root, baseline) or "[]")).items():
             if name not in found or (entry[1].get("timestamp") or "") >= (found[name][1].get("timestamp") or ""):
                 found[name] = entry  # the same name run again from a newer commit (--force): the newest counts
     return found
+
+
+def _shown(root: Path, baseline: str) -> str:
+    """`dvc exp show --json --rev baseline`, tried again: read while an experiment finishes, DVC can
+    fail on the temporary copy it is removing at that moment (a race, gone a second later)."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+    for attempt in Retrying(retry=retry_if_exception_type(RuntimeError), stop=stop_after_attempt(4), wait=wait_fixed(1),
+                            reraise=True):
+        with attempt:
+            return _dvc(root, "exp", "show", "--json", "--rev", baseline)
+    raise AssertionError("unreachable")
 
 
 def experiment_states(shown: list[dict]) -> dict[str, tuple[str, dict]]:
