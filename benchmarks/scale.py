@@ -110,7 +110,7 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def stage_commands(project: Path, mirror: Path, conformers: bool) -> list[tuple[str, list[str]]]:
+def stage_commands(mirror: Path, conformers: bool) -> list[tuple[str, list[str]]]:
     common = ["-S", f"sources.chebi20.mirror={mirror}", "-S", "sources.chebi20.max_rows_per_split=null",
               "-S", "sources.chebi20.sha256.validation=null", "-S", "sources.chebi20.sha256.test=null",
               *(["-S", "featurize.conformer.method=none"] if not conformers else [])]
@@ -167,7 +167,7 @@ def run_size(size: int, work: Path, conformers: bool, env: dict) -> list[dict]:
     project = project_at(work / f"n{size}")
     mirror = corpus(project / "corpus", size)
     results = []
-    for name, command in stage_commands(project, mirror, conformers):
+    for name, command in stage_commands(mirror, conformers):
         result = measured(command, project, env)
         results.append({"stage": name, "n": size, "conformers": conformers, **result,
                         "s_per_1000": round(result["seconds"] / size * 1000, 2)})
@@ -175,7 +175,7 @@ def run_size(size: int, work: Path, conformers: bool, env: dict) -> list[dict]:
               f"{result['peak_rss_mb']:>8.1f} MB", flush=True)
     refreshed = grown(mirror, project / "corpus-grown")
     full_featurize = next(r for r in results if r["stage"] == "featurize")
-    commands = dict(stage_commands(project, refreshed, conformers))
+    commands = dict(stage_commands(refreshed, conformers))
     measured(commands["ingest"], project, env)
     again = measured(commands["featurize"], project, env)
     results.append({"stage": "refresh +1% new, 0.1% edited", "n": size, "conformers": conformers, **again,
