@@ -6,9 +6,11 @@ sizes add molecules of deepmolm/data/synthetic.py), then runs each stage as the 
 process: ingest -> featurize -> validate -> instructions -> tokenizer -> one epoch of the training
 data loader -> the retrieval baseline, and an incremental refresh (+1% new and 0.1% edited rows,
 featurized again against the full run). Per stage and N it prints wall seconds, seconds per 1,000
-molecules and the peak RSS of the stage's process tree (Dask workers included), sampled every 0.2 s.
-Above `--no-conformers-above` molecules featurization runs with `featurize.conformer.method=none`
-(no conformer, so no E3FP), as the issue allows; the table says so per row.
+molecules (of examples read, for the loader; the baseline answers `--queries` fixed queries from a
+pool that grows with N) and the peak RSS of the stage's process tree (Dask workers included),
+sampled every 0.2 s. Above `--no-conformers-above` molecules featurization runs with
+`featurize.conformer.method=none` (no conformer, so no E3FP), as the issue allows; the table says
+so per row (`--no-conformers-above 0`: every size alike, so the ratios compare like with like).
 """
 
 from __future__ import annotations
@@ -110,12 +112,14 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def stage_commands(mirror: Path, conformers: bool) -> list[tuple[str, list[str]]]:
+def stage_commands(mirror: Path, conformers: bool, loader_rows: int | None = None,
+                   queries: int = 1000) -> list[tuple[str, list[str]]]:
     common = ["-S", f"sources.chebi20.mirror={mirror}", "-S", "sources.chebi20.max_rows_per_split=null",
               "-S", "sources.chebi20.sha256.validation=null", "-S", "sources.chebi20.sha256.test=null",
               *(["-S", "featurize.conformer.method=none"] if not conformers else [])]
     deepmolm = str(Path(sys.executable).with_name("deepmolm"))
-    loader = [sys.executable, "-m", "benchmarks.scale", "--loader-epoch", "data/instructions/chebi20", "models/tokenizer"]
+    loader = [sys.executable, "-m", "benchmarks.scale", "--loader-epoch", "data/instructions/chebi20", "models/tokenizer",
+              *(["--loader-rows", str(loader_rows)] if loader_rows else [])]
     return [
         ("ingest", [deepmolm, "data", "ingest", "--source", "chebi20", "--quiet", "--json", *common]),
         ("featurize", [deepmolm, "data", "featurize", "--input", "data/raw/chebi20", "--out", "data/shards", "--quiet",
@@ -127,17 +131,19 @@ def stage_commands(mirror: Path, conformers: bool) -> list[tuple[str, list[str]]
         ("loader epoch", loader),
         ("baseline", [deepmolm, "eval", "baseline", "--train", "data/shards/chebi20", "--test", "data/shards/chebi20",
                       "--out", "reports/baseline.jsonl", "--train-split", "validation", "--test-split", "test",
-                      "--json", *common]),
+                      "--max-queries", str(queries), "--json", *common]),
     ]
 
 
-def loader_epoch(instructions: Path, tokenizer: Path) -> None:
-    """One pass of the training data path over every stage-2 training row, as a worker reads it."""
+def loader_epoch(instructions: Path, tokenizer: Path, limit: int | None) -> None:
+    """One pass of the training data path over the stage-2 training rows in the order of a worker's
+    first epoch (a seeded permutation: what the row-group and drawing caches really see), the first
+    `limit` rows of it when given."""
     from deepmolm.config import load_params
     from deepmolm.data.instructions import resolve_instruction_set
     from deepmolm.models.deepmolm.presets import model_config
     from deepmolm.models.deepmolm.tokenizer import load_tokenizer
-    from deepmolm.training.deepmolm.data import InstructionDataset
+    from deepmolm.training.deepmolm.data import InstructionDataset, epoch_batches
     from deepmolm.training.deepmolm.rows import stage_rows
 
     params = load_params(Path("params.yaml"), [])
@@ -147,9 +153,11 @@ def loader_epoch(instructions: Path, tokenizer: Path) -> None:
     rows = stage_rows(params, 2, instructions, tok, spec.tokens)
     dataset = InstructionDataset(instructions, tok, image_size=spec.image_size, image_tokens=spec.tokens,
                                  max_length=params.model.max_length, rows=rows["train"])
-    for index in range(len(dataset)):
+    order = [i for batch in epoch_batches(len(dataset), seed=params.train.seed, epoch=0, rank=0, world=1,
+                                          batch_size=params.train.micro_batch_size) for i in batch][:limit]
+    for index in order:
         dataset[index]
-    print(json.dumps({"rows": len(dataset)}))
+    print(json.dumps({"rows": len(dataset), "read": len(order)}))
 
 
 def project_at(root: Path) -> Path:
@@ -163,14 +171,17 @@ def project_at(root: Path) -> Path:
     return project
 
 
-def run_size(size: int, work: Path, conformers: bool, env: dict) -> list[dict]:
+def run_size(size: int, work: Path, conformers: bool, env: dict, loader_rows: int | None) -> list[dict]:
     project = project_at(work / f"n{size}")
     mirror = corpus(project / "corpus", size)
     results = []
-    for name, command in stage_commands(mirror, conformers):
+    for name, command in stage_commands(mirror, conformers, loader_rows):
         result = measured(command, project, env)
+        # the loader reads examples (a capped epoch reads fewer than 5 a molecule): per 1,000 examples read
+        units = result["summary"]["read"] if name == "loader epoch" else size
         results.append({"stage": name, "n": size, "conformers": conformers, **result,
-                        "s_per_1000": round(result["seconds"] / size * 1000, 2)})
+                        "per": "examples read" if name == "loader epoch" else "molecules",
+                        "s_per_1000": round(result["seconds"] / units * 1000, 2)})
         print(f"N={size:>7,} {name:<13} {result['seconds']:>8.1f} s {results[-1]['s_per_1000']:>7.2f} s/1k "
               f"{result['peak_rss_mb']:>8.1f} MB", flush=True)
     refreshed = grown(mirror, project / "corpus-grown")
@@ -191,17 +202,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[6601, 30000, 100000])
     parser.add_argument("--out", type=Path, default=None, help="working directory (default: a temporary one, removed)")
     parser.add_argument("--no-conformers-above", type=int, default=6601)
+    parser.add_argument("--loader-rows", type=int, default=None,
+                        help="read only the first N rows of the loader's epoch (default: all of it)")
     parser.add_argument("--loader-epoch", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loader_epoch:
-        loader_epoch(*args.loader_epoch)
+        loader_epoch(*args.loader_epoch, args.loader_rows)
         return
     work = args.out or Path(os.environ.get("TMPDIR", "/tmp")) / f"deepmolm-scale-{os.getpid()}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     print(f"{platform.node()}: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
     results = []
     for size in args.sizes:
-        results += run_size(size, work, size <= args.no_conformers_above, env)
+        results += run_size(size, work, size <= args.no_conformers_above, env, args.loader_rows)
     print(json.dumps(results))
     if args.out is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -234,6 +234,7 @@ def eval_baseline(
     out: Annotated[Path, typer.Option(help="prediction file to write (JSON lines).")],
     train_split: Annotated[str | None, typer.Option(help="only pool rows of this split (e.g. validation).")] = None,
     test_split: Annotated[str | None, typer.Option(help="only query rows of this split (e.g. test).")] = None,
+    max_queries: Annotated[int | None, typer.Option(min=1, help="only the first N queries by CID (each query is compared with the whole pool).")] = None,
 ) -> None:
     """The retrieval baseline: each query gets the description of its most similar pool molecule."""
     from deepmolm.evaluation.baseline import retrieve
@@ -242,8 +243,9 @@ def eval_baseline(
 
     with common.errors():
         cfg = common.params.eval.baseline
-        queries = read_molecules(test, test_split)
-        pool = read_molecules(train, train_split)
+        e3fp = cfg.fingerprint == "e3fp"
+        queries = sorted(read_molecules(test, test_split, e3fp=e3fp), key=lambda m: m.cid)[:max_queries]
+        pool = read_molecules(train, train_split, e3fp=e3fp)
         if not queries or not pool:
             raise Exit(1, f"no molecules with a description to {'query' if not queries else 'retrieve from'}")
         results = retrieve(queries, pool, kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)

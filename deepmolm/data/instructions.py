@@ -25,11 +25,14 @@ from deepmolm.config import InstructionsParams
 from deepmolm.data.shards.parts import SHARD_SCHEMA, read_manifest, resolve_version
 from deepmolm.runtime.run_log import portable_path, resolve_recorded
 from deepmolm.store import versions
-from deepmolm.store.files import sha256_file, write_parquet
+from deepmolm.store.files import parquet_writer, sha256_file
 from deepmolm.store.versions import MANIFEST, mark_latest
 
 SCHEMA_VERSION = 1
 EXAMPLES = "examples.parquet"
+# Examples per Parquet row group: what the builder holds before writing, and what the training
+# loader decodes to read one example (data.ExampleRows), whatever the size of the set.
+EXAMPLES_PER_GROUP = 8192
 
 INSTRUCTION_SCHEMA = pa.schema(
     [
@@ -149,36 +152,46 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
         return json.loads((final / MANIFEST).read_text())["summary"]
     columns = ["cid", "split", "description", "properties", "e3fp"]
     schema = pa.schema([SHARD_SCHEMA.field(c) for c in columns])
-    examples, skipped = [], {"no_description_and_no_properties": 0}
-    for part in manifest["parts"]:
-        rows = pq.read_table(version_dir / part["path"], columns=columns, schema=schema).to_pylist()
-        for index, row in enumerate(rows):
-            made = examples_for(row, params)
-            if not made:
-                skipped["no_description_and_no_properties"] += 1
-            for example in made:
-                example.update(shard_version=manifest["version"], image_part=part["path"], image_row=index)
-            examples += made
-    assert len({e["cid"] for e in examples}) + sum(skipped.values()) == manifest["counts"]["accepted"]
     staging = final.with_name(f".building-{final.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    write_parquet(pa.Table.from_pylist(examples, schema=INSTRUCTION_SCHEMA), staging / EXAMPLES)
-    by_task: dict[str, int] = {}
-    for example in examples:
-        key = example["task"] if example["task"] == "caption" else f"property_qa.{example['property']}"
-        by_task[key] = by_task.get(key, 0) + 1
+    skipped, by_task, molecules, written = {"no_description_and_no_properties": 0}, {}, set(), 0
+    pending: list[dict] = []
+    with parquet_writer(staging / EXAMPLES, INSTRUCTION_SCHEMA) as writer:
+
+        def flush(rows: int) -> None:
+            nonlocal pending, written
+            writer.write_table(pa.Table.from_pylist(pending[:rows], schema=INSTRUCTION_SCHEMA))
+            pending, written = pending[rows:], written + rows
+
+        for part in manifest["parts"]:  # one part's rows and one row group's examples in memory
+            rows = pq.read_table(version_dir / part["path"], columns=columns, schema=schema).to_pylist()
+            for index, row in enumerate(rows):
+                made = examples_for(row, params)
+                if not made:
+                    skipped["no_description_and_no_properties"] += 1
+                for example in made:
+                    example.update(shard_version=manifest["version"], image_part=part["path"], image_row=index)
+                    key = example["task"] if example["task"] == "caption" else f"property_qa.{example['property']}"
+                    by_task[key] = by_task.get(key, 0) + 1
+                    molecules.add(example["cid"])
+                pending += made
+            while len(pending) >= EXAMPLES_PER_GROUP:
+                flush(EXAMPLES_PER_GROUP)
+        if pending or not written:
+            flush(len(pending))
+    assert len(molecules) + sum(skipped.values()) == manifest["counts"]["accepted"]
     summary = {
         "dataset": manifest["dataset"], "shard_version": manifest["version"], "out": portable_path(final),
-        "molecules": manifest["counts"]["accepted"], "molecules_with_examples": len({e["cid"] for e in examples}),
-        "examples": len(examples),
+        "molecules": manifest["counts"]["accepted"], "molecules_with_examples": len(molecules),
+        "examples": written,
         "examples_by_task": dict(sorted(by_task.items())), "skipped_molecules": skipped,
     }
     (staging / MANIFEST).write_text(json.dumps({
         "schema_version": SCHEMA_VERSION, "table": "instruction_examples", "code_version": __version__,
         # relative to the set itself, whatever directory the command ran in
         "params": params.model_dump(mode="json"), "shards": portable_path(Path(version_dir).absolute(), start=final),
-        "examples": {"path": EXAMPLES, "rows": len(examples), "sha256": sha256_file(staging / EXAMPLES)},
+        "examples": {"path": EXAMPLES, "rows": written, "sha256": sha256_file(staging / EXAMPLES)},
         "summary": summary,
     }, indent=2, sort_keys=True) + "\n")
     if final.exists():

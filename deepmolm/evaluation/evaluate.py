@@ -161,7 +161,8 @@ def _property_values(rows: list[dict]) -> dict[str, list[float]]:
 def _baseline(params: Params, shards: Path, pool_cids: set[int], query_cids: set[int]) -> dict:
     """Retrieval for the molecules the model captioned, from the captioned training molecules."""
     pool_cids = pool_cids - query_cids
-    molecules = {m.cid: m for m in read_molecules(shards) if m.cid in query_cids | pool_cids}
+    molecules = {m.cid: m for m in read_molecules(shards, cids=query_cids | pool_cids,
+                                                  e3fp=params.eval.baseline.fingerprint == "e3fp")}
     queries = [molecules[c] for c in sorted(query_cids) if c in molecules]
     pool = [molecules[c] for c in sorted(pool_cids) if c in molecules]
     if not queries:

@@ -73,7 +73,7 @@ def training_pool(params: Params, instructions: Path) -> list[Molecule]:
     """The captioned molecules training learned from: the retrieval baseline's pool, as in the evaluate stage."""
     instructions = resolve_instruction_set(instructions)
     cids = {r["cid"] for r in training_rows(params, instructions) if r["task"] == "caption"}
-    return [m for m in read_molecules(instruction_shards(instructions)) if m.cid in cids]
+    return read_molecules(instruction_shards(instructions), cids=cids, e3fp=params.eval.baseline.fingerprint == "e3fp")
 
 
 def readable(smiles: str) -> bool:

@@ -21,8 +21,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+PARQUET_OPTIONS = {"write_statistics": True, "use_dictionary": True}
+
+
 def write_parquet(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:
-    pq.write_table(table, path, compression=compression, write_statistics=True, use_dictionary=True)
+    pq.write_table(table, path, compression=compression, **PARQUET_OPTIONS)
+
+
+def parquet_writer(path: Path, schema: pa.Schema, *, compression: str = "zstd") -> pq.ParquetWriter:
+    """A file written one row group at a time (`write_table` per group), with write_parquet's options:
+    what a table too large to hold is written with."""
+    return pq.ParquetWriter(path, schema, compression=compression, **PARQUET_OPTIONS)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:

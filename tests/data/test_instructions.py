@@ -111,3 +111,14 @@ def test_a_set_built_from_a_relative_shard_path_points_at_its_shards_from_anywhe
     build_instructions(Path(small_versions[0].name), tmp_path / "out", params.instructions)
     monkeypatch.chdir(tmp_path)
     assert instruction_shards(resolve_instruction_set(tmp_path / "out" / "tsv")) == small_versions[0]
+
+
+def test_a_large_set_is_written_a_row_group_at_a_time_with_the_same_rows(small_versions, params, tmp_path, monkeypatch):
+    import deepmolm.data.instructions as instructions
+
+    whole = read_instructions(build_instructions(small_versions[0], tmp_path / "whole", params.instructions)["out"])
+    monkeypatch.setattr(instructions, "EXAMPLES_PER_GROUP", 7)
+    summary = build_instructions(small_versions[0], tmp_path / "grouped", params.instructions)
+    metadata = pq.read_metadata(Path(summary["out"]) / EXAMPLES)
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [7] * 7 + [1]
+    assert read_instructions(summary["out"]).equals(whole) and summary["examples"] == 50

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -30,6 +31,7 @@ from deepmolm.models.deepmolm.processing import (
 )
 from deepmolm.models.deepmolm.tokenizer import image_token_id
 from deepmolm.training.deepmolm.data import (
+    ExampleRows,
     InstructionDataset,
     collate,
     epoch_batches,
@@ -37,7 +39,8 @@ from deepmolm.training.deepmolm.data import (
     model_inputs,
     token_weight,
 )
-from tests.conftest import PARAMS
+from deepmolm.training.deepmolm.rows import stage_rows
+from tests.conftest import PARAMS, tmp_overrides
 
 
 def test_bpe_tokenizer_keeps_the_template_tokens_whole_and_round_trips(tokenizer):
@@ -203,3 +206,38 @@ def test_token_weights_make_the_epoch_objective_independent_of_how_rows_are_batc
     plain = [1 / label_tokens(labels) for labels in batches]
     assert max(plain) > 2 * min(plain)
     assert sum(label_tokens(model_inputs(pad([dataset[i]]))["labels"]) for i in rows) == sum(responses)
+
+
+def test_example_rows_read_any_row_from_a_few_kept_row_groups(small_versions, tmp_path, monkeypatch):
+    import pickle
+
+    import deepmolm.data.instructions as instructions
+
+    monkeypatch.setattr(instructions, "EXAMPLES_PER_GROUP", 6)
+    params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(tmp_path)])
+    directory = Path(instructions.build_instructions(small_versions[0], tmp_path / "out", params.instructions)["out"])
+    table = read_instructions(directory).select(ExampleRows.COLUMNS).to_pylist()
+    examples = ExampleRows(directory / instructions.EXAMPLES, kept_groups=2)
+    order = np.random.default_rng(0).permutation(len(table))
+    assert len(examples) == 50 and [examples.row(int(i)) for i in order] == [table[i] for i in order]
+    assert len(examples._groups) == 2, "only the last two row groups are kept"
+    copy = pickle.loads(pickle.dumps(examples))  # what a DataLoader worker gets: no handle, no groups
+    assert not copy._groups and copy.row(49) == table[49]
+    with pytest.raises(IndexError, match="row 50 of"):
+        examples.row(50)
+
+
+def test_stage_rows_send_positions_and_token_counts_of_the_chosen_examples(instruction_set, tokenizer, tmp_path):
+    params = load_params(PARAMS, [*tmp_overrides(tmp_path), "train.splits=null", "train.holdout.fraction=0.3",
+                                  "model.max_length=512"])
+    chosen = stage_rows(params, 1, instruction_set, tokenizer, 4)
+    rows = read_instructions(instruction_set).to_pylist()
+    captions = [i for i, r in enumerate(rows) if r["task"] == "caption"]
+    assert sorted([*chosen["train"].position, *chosen["holdout"].position]) == captions
+    assert chosen["counts"]["rows"] == len(captions) and 0 < chosen["counts"]["holdout"] < len(captions)
+    first = int(chosen["train"].position[0])
+    expected = example_lengths([rows[first]["prompt"]], [rows[first]["response"]], tokenizer, 4)[0]
+    assert (int(chosen["train"].tokens[0]), int(chosen["train"].response_tokens[0])) == expected
+    dataset = InstructionDataset(instruction_set, tokenizer, image_size=64, image_tokens=4, max_length=512,
+                                 rows=chosen["train"])
+    assert len(dataset) == len(chosen["train"]) and len(dataset[0]["input_ids"]) == expected[0]

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from deepmolm.config import ConfigError, load_params
+from deepmolm.data.instructions import read_instructions
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.training.deepmolm.launch import plan_stage, stage_paths
@@ -146,7 +147,9 @@ def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_se
     counts = held["row_counts"]
     assert 0 < counts["holdout_molecules"] < 10 and counts["train_molecules"] + counts["holdout_molecules"] == 10
     assert counts["too_long"] > 0 and counts["train"] + counts["holdout"] + counts["too_long"] == 50
-    assert not {r["cid"] for r in held["selected_rows"]["train"]} & {r["cid"] for r in held["selected_rows"]["holdout"]}
+    cids = read_instructions(instruction_set).column("cid").to_pylist()
+    assert not ({cids[i] for i in held["selected_rows"]["train"].position}
+                & {cids[i] for i in held["selected_rows"]["holdout"].position})
     assert plan["deepspeed_config"] is None and plan["bf16"] is False
     small = load_params(PARAMS, ["train.splits=null", "train.micro_batch_size=8", "train.scaling.workers=2",
                                  "train.holdout.fraction=0"])

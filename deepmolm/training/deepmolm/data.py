@@ -14,13 +14,18 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from deepmolm.data.instructions import instruction_shards, read_instructions
+from deepmolm.data.instructions import EXAMPLES, instruction_shards
 from deepmolm.models.deepmolm.processing import IGNORE, cached_pixels, encode_example, normalise_pixels
+from deepmolm.training.deepmolm.rows import RowSelection
 
 
 def label_tokens(labels: torch.Tensor) -> int:
@@ -86,25 +91,60 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "c
     return moved
 
 
+class ExampleRows:
+    """Random access to examples.parquet by row, decoding the row group that holds it and keeping the
+    last few: a worker's memory is bounded by the group size (instructions.EXAMPLES_PER_GROUP), not
+    by the set's. Opened lazily per process, so a DataLoader worker has its own file handle."""
+
+    COLUMNS = ["prompt", "response", "image_part", "image_row", "e3fp"]
+
+    def __init__(self, path: Path, kept_groups: int = 8):
+        self.path, self.kept_groups = str(path), kept_groups
+        metadata = pq.read_metadata(self.path)
+        self.starts = np.cumsum([0] + [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
+        self._pid, self._file, self._groups = None, None, OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pid": None, "_file": None, "_groups": OrderedDict()}
+
+    def row(self, position: int) -> dict:
+        if not 0 <= position < len(self):
+            raise IndexError(f"row {position} of {self.path}, which has {len(self)}")
+        group = int(np.searchsorted(self.starts, position, side="right")) - 1
+        return self._group(group).slice(position - int(self.starts[group]), 1).to_pylist()[0]
+
+    def _group(self, group: int) -> pa.Table:
+        if self._pid != os.getpid():
+            self._pid, self._file, self._groups = os.getpid(), pq.ParquetFile(self.path), OrderedDict()
+        if group in self._groups:
+            self._groups.move_to_end(group)
+        else:
+            self._groups[group] = self._file.read_row_group(group, columns=self.COLUMNS)
+            if len(self._groups) > self.kept_groups:
+                self._groups.popitem(last=False)
+        return self._groups[group]
+
+
 class InstructionDataset(torch.utils.data.Dataset):
-    """Instruction rows (all of an instruction set directory's, or the given ones) with the drawings
-    of its shard version."""
+    """Instruction examples (every row of an instruction set directory, or a stage's selection) with
+    the drawings of its shard version, read from the set's files as they are asked for."""
 
     def __init__(self, directory: Path, tokenizer, *, image_size: int, image_tokens: int, max_length: int,
-                 rows: list[dict] | None = None):
+                 rows: RowSelection | None = None):
         self.directory = Path(directory)
         self.shards = instruction_shards(self.directory)
-        self.rows = rows if rows is not None else read_instructions(self.directory).select(
-            ["prompt", "response", "image_part", "image_row", "e3fp"]).to_pylist()
+        self.examples = ExampleRows(self.directory / EXAMPLES)
+        self.positions = rows.position if rows is not None else np.arange(len(self.examples))
         self.tokenizer, self.image_size, self.image_tokens, self.max_length = tokenizer, image_size, image_tokens, max_length
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.positions)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.rows[index]
+        row = self.examples.row(int(self.positions[index]))
         return {**encode_example(row["prompt"], row["response"], self.tokenizer, self.image_tokens, self.max_length),
                 "pixels": cached_pixels(str(self.shards / row["image_part"]), row["image_row"], self.image_size),
                 "e3fp": row["e3fp"]}
-
-

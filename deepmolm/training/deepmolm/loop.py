@@ -136,8 +136,9 @@ def train_worker(config: dict) -> None:
     datasets = {part: InstructionDataset(Path(plan["instructions"]), tokenizer, image_size=spec.image_size,
                                          image_tokens=spec.tokens, max_length=params.model.max_length,
                                          rows=config["rows"][part]) for part in ("train", "holdout")}
-    lengths = [row["tokens"] for row in config["rows"]["train"]]
-    labels_per_batch = train.micro_batch_size * sum(r["response_tokens"] for r in config["rows"]["train"]) / len(lengths)
+    chosen = config["rows"]["train"]
+    lengths = chosen.tokens.tolist()
+    labels_per_batch = train.micro_batch_size * float(chosen.response_tokens.sum()) / len(lengths)
     pad = functools.partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=params.featurize.e3fp.level + 1)
     loader_options = {"collate_fn": pad, "num_workers": train.loader_workers}
     if train.loader_workers:

@@ -3,45 +3,69 @@
 Rows of `train.splits` and the stage's tasks; of those, the molecules that `train.holdout` picks
 are held out (their examples give the held-out loss of every epoch and are what the recipe was tuned
 on), and an example whose tokens do not fit `model.max_length` is left out, counted, rather than cut.
-The driver decides this once and hands the rows to every worker, so all agree on the set.
+The driver decides this once, reading the table a row group at a time, and hands every worker the
+same `RowSelection`: positions and token counts, never the rows themselves (each worker reads the
+rows it needs from the Parquet file, data.ExampleRows), so nothing the driver holds or sends grows
+with the text or the fingerprints of the set.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from deepmolm.config import Params
-from deepmolm.data.instructions import EXAMPLES, held_out
+from deepmolm.data.instructions import EXAMPLES, EXAMPLES_PER_GROUP, held_out
 from deepmolm.models.deepmolm.processing import example_lengths
 
-ROW_COLUMNS = ["cid", "task", "property", "prompt", "response", "image_part", "image_row", "e3fp"]
+SELECTION_COLUMNS = ["cid", "task", "split", "prompt", "response"]
 
 
-def row_filter(params: Params, tasks: list[str]) -> list[tuple]:
-    rows = [("task", "in", list(tasks))]
-    if params.train.splits is not None:
-        rows.append(("split", "in", list(params.train.splits)))
-    return rows
+@dataclass(frozen=True)
+class RowSelection:
+    """Examples by their row in examples.parquet, with their token counts: `tokens` (prompt, image
+    and response; what batches group by, train.length_group_steps) and `response_tokens` (what the
+    loss weighs by)."""
+
+    position: np.ndarray
+    tokens: np.ndarray
+    response_tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    @classmethod
+    def of(cls, chosen: list[tuple[int, int, int]]) -> RowSelection:
+        columns = np.asarray(chosen, dtype=np.int64).reshape(-1, 3)
+        return cls(position=columns[:, 0], tokens=columns[:, 1], response_tokens=columns[:, 2])
 
 
 def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_tokens: int) -> dict:
-    """{"train": rows, "holdout": rows, "counts": {...}} for one stage, rows as dicts in table order,
-    each with its token counts (whole, response)."""
-    table = pq.read_table(Path(instructions) / EXAMPLES, columns=ROW_COLUMNS,
-                          filters=row_filter(params, params.train.stage(stage).tasks))
-    rows = table.to_pylist()
-    lengths = example_lengths([r["prompt"] for r in rows], [r["response"] for r in rows], tokenizer, image_tokens)
-    holdout = params.train.holdout
-    chosen: dict[str, list[dict]] = {"train": [], "holdout": []}
-    for row, (whole, response) in zip(rows, lengths):
-        if whole <= params.model.max_length:
-            # batches group by the first (train.length_group_steps), the loss weighs by the second
-            row["tokens"], row["response_tokens"] = whole, response
-            chosen["holdout" if held_out(row["cid"], holdout.fraction, holdout.seed) else "train"].append(row)
-    counts = {"rows": len(rows), "train": len(chosen["train"]), "holdout": len(chosen["holdout"]),
-              "too_long": len(rows) - len(chosen["train"]) - len(chosen["holdout"]),
-              "train_molecules": len({r["cid"] for r in chosen["train"]}),
-              "holdout_molecules": len({r["cid"] for r in chosen["holdout"]})}
-    return {**chosen, "counts": counts}
+    """{"train": RowSelection, "holdout": RowSelection, "counts": {...}} for one stage, in table order."""
+    tasks = set(params.train.stage(stage).tasks)
+    splits = None if params.train.splits is None else set(params.train.splits)
+    holdout, limit = params.train.holdout, params.model.max_length
+    chosen: dict[str, list[tuple[int, int, int]]] = {"train": [], "holdout": []}
+    molecules: dict[str, set[int]] = {"train": set(), "holdout": set()}
+    offset, candidates = 0, 0
+    table = pq.ParquetFile(Path(instructions) / EXAMPLES)
+    for batch in table.iter_batches(batch_size=EXAMPLES_PER_GROUP, columns=SELECTION_COLUMNS):
+        rows = batch.to_pydict()
+        wanted = [i for i, (task, split) in enumerate(zip(rows["task"], rows["split"]))
+                  if task in tasks and (splits is None or split in splits)]
+        lengths = example_lengths([rows["prompt"][i] for i in wanted], [rows["response"][i] for i in wanted],
+                                  tokenizer, image_tokens)
+        for i, (whole, response) in zip(wanted, lengths):
+            if whole <= limit:
+                cid = rows["cid"][i]
+                part = "holdout" if held_out(cid, holdout.fraction, holdout.seed) else "train"
+                chosen[part].append((offset + i, whole, response))
+                molecules[part].add(cid)
+        offset, candidates = offset + batch.num_rows, candidates + len(wanted)
+    counts = {"rows": candidates, "train": len(chosen["train"]), "holdout": len(chosen["holdout"]),
+              "too_long": candidates - len(chosen["train"]) - len(chosen["holdout"]),
+              "train_molecules": len(molecules["train"]), "holdout_molecules": len(molecules["holdout"])}
+    return {**{part: RowSelection.of(rows) for part, rows in chosen.items()}, "counts": counts}
