@@ -139,10 +139,15 @@ def evaluation_rows(params: Params, instructions: Path) -> list[dict]:
     return capped(rows, params.instructions.tasks, cfg.max_examples_per_task)
 
 
+# what is read of the training examples: their molecules (the baseline's pool) and answers (the mean baseline)
+TRAINING_COLUMNS = ["cid", "task", "property", "answer_value"]
+
+
 def training_rows(params: Params, instructions: Path) -> list[dict]:
     """The examples of the molecules training learned from (train.splits without the holdout)."""
     holdout = params.train.holdout
-    return [r for r in examples_of_splits(instructions, _train_splits(params), params.instructions.tasks, None)
+    return [r for r in examples_of_splits(instructions, _train_splits(params), params.instructions.tasks, None,
+                                          columns=TRAINING_COLUMNS)
             if not held_out(r["cid"], holdout.fraction, holdout.seed)]
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
-from deepmolm.data.instructions import instruction_shards, read_instructions
+from deepmolm.data.instructions import EXAMPLES, EXAMPLES_PER_GROUP, instruction_shards
 from deepmolm.evaluation.predictions import Prediction
 from deepmolm.models.deepmolm.generation import generate_answers, load_checkpoint
 from deepmolm.models.deepmolm.processing import cached_pixels
@@ -23,14 +24,19 @@ EXAMPLE_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt", "
                    "image_part", "image_row", "e3fp"]
 
 
-def examples_of_splits(instructions: Path, splits: list[str], tasks: list[str], max_per_task: int | None) -> list[dict]:
+def examples_of_splits(instructions: Path, splits: list[str], tasks: list[str], max_per_task: int | None,
+                       columns: list[str] = EXAMPLE_COLUMNS) -> list[dict]:
     """Rows of `splits` and `tasks` (the held-out ones, or the training ones for the baseline's pool),
     in table order (a molecule's examples stay together), the first `max_per_task` of each task when
-    capped."""
-    table = read_instructions(instructions).select(EXAMPLE_COLUMNS)
-    table = table.filter(pc.and_(pc.is_in(table.column("split"), value_set=pa.array(splits, type=pa.string())),
-                                 pc.is_in(table.column("task"), value_set=pa.array(tasks, type=pa.string()))))
-    return capped(table.to_pylist(), tasks, max_per_task)
+    capped; read a row group at a time, so only the chosen rows' `columns` are held."""
+    wanted = {"split": pa.array(splits, type=pa.string()), "task": pa.array(tasks, type=pa.string())}
+    table = pq.ParquetFile(Path(instructions) / EXAMPLES)
+    rows = []
+    for batch in table.iter_batches(batch_size=EXAMPLES_PER_GROUP, columns=sorted({*columns, "split", "task"})):
+        keep = pc.and_(pc.is_in(batch.column("split"), value_set=wanted["split"]),
+                       pc.is_in(batch.column("task"), value_set=wanted["task"]))
+        rows += batch.filter(keep).select(columns).to_pylist()
+    return capped(rows, tasks, max_per_task)
 
 
 def capped(rows: list[dict], tasks: list[str], max_per_task: int | None) -> list[dict]:

@@ -57,7 +57,6 @@ def test_storage_problems_are_told_from_other_errors():
     assert storage_problem(OSError(errno.ENOENT, "missing")) is None and storage_problem(ValueError()) is None
 
 
-@pytest.mark.extended  # seen once in CI: a Prefect log traceback under load beside the one line; to investigate
 @pytest.mark.timeout(400)
 def test_a_full_disk_ends_in_one_line_without_retries_and_the_rerun_resumes_to_a_clean_runs_bytes(raw, tmp_path):
     tmp, snapshot = raw
@@ -73,7 +72,12 @@ def test_a_full_disk_ends_in_one_line_without_retries_and_the_rerun_resumes_to_a
         errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "no space left on the device" in errors[0] and "nothing is published" in errors[0]
         assert "of 8 parts are written and kept in" in errors[0] and "[errno 28]" in errors[0], "said whole, unmangled"
-        assert "Traceback" not in first.stderr and "Retry" not in first.stderr, "a full disk is not retried"
+        said = [line for line in first.stderr.splitlines() if "errno 28" in line.lower()]
+        assert said == errors, "the full disk is said once, in the error line, not in a logged traceback"
+        ours = [line for line in first.stderr.splitlines() if line.lstrip().startswith("File ")
+                and str(REPO / "deepmolm") + "/" in line]
+        # (a loaded machine can make Prefect's own client log a traceback of its API calls; none may be ours)
+        assert not ours and "Retry" not in first.stderr, "a full disk is not retried and not a traceback"
         assert json.loads(first.stdout.splitlines()[-1])["success"] is False
         dataset = small / "shards" / clean.dataset
         assert not (dataset / clean.version).exists(), "nothing partial is published"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -60,18 +61,27 @@ def build_tokenizer(instructions: Path, out: Path, params) -> dict:
     `model.bpe_vocab_size` trained on the prompts and responses of the molecules training learns
     from (`train.splits` minus `train.holdout`; every row when splits is null), so held-out captions
     stay out of the vocabulary; saved to `out` with save_pretrained."""
-    from deepmolm.data.instructions import held_out, read_instructions
+    from deepmolm.data.instructions import EXAMPLES, EXAMPLES_PER_GROUP, held_out
 
     splits, holdout = params.train.splits, params.train.holdout
     if params.model.tokenizer_dir is not None:
         tokenizer, source = load_tokenizer(params.model.tokenizer_dir), str(params.model.tokenizer_dir)
     else:
-        rows = [r for r in read_instructions(instructions).select(["cid", "split", "prompt", "response"]).to_pylist()
-                if (splits is None or r["split"] in splits) and not held_out(r["cid"], holdout.fraction, holdout.seed)]
-        if not rows:
+        examples = 0
+
+        def texts():  # a row group at a time: the trainer counts words, the set is never held
+            nonlocal examples
+            table = pq.ParquetFile(Path(instructions) / EXAMPLES)
+            for batch in table.iter_batches(batch_size=EXAMPLES_PER_GROUP, columns=["cid", "split", "prompt", "response"]):
+                for r in batch.to_pylist():
+                    if (splits is None or r["split"] in splits) and not held_out(r["cid"], holdout.fraction, holdout.seed):
+                        examples += 1
+                        yield r["prompt"]
+                        yield r["response"]
+        tokenizer = train_bpe(texts(), params.model.bpe_vocab_size)
+        if not examples:
             raise ValueError(f"instruction set {instructions} has no examples of splits {splits} to train a tokenizer on")
-        tokenizer = train_bpe((text for r in rows for text in (r["prompt"], r["response"])), params.model.bpe_vocab_size)
-        source = f"byte-level BPE trained on {len(rows)} examples of {instructions}"
+        source = f"byte-level BPE trained on {examples} examples of {instructions}"
     Path(out).mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out))
     return {"out": str(out), "vocab_size": len(tokenizer), "source": source, "image_token_id": image_token_id(tokenizer)}
