@@ -137,3 +137,32 @@ def test_a_new_featurizer_version_neither_reuses_nor_overwrites_old_output(param
     assert new.version != old.version and new.reused == 0
     assert read_manifest(new.out)["featurizer_version"] == shard_build.FEATURIZER_VERSION
     assert (tmp_path / "shards" / "tsv" / old.version).is_dir(), "the old version is kept"
+
+
+def test_a_refresh_featurizes_parts_with_new_rows_and_copies_the_others_in_groups(params, shared, tmp_path, monkeypatch):
+    """And the SFP table's parts go to the scheduler a few per call."""
+    import deepmolm.data.shards.build as shard_build
+
+    first = small_chebi20_rows(shared, 10)
+    shard_build.build_version(ingest_tsv(params, write_table(tmp_path / "v1.txt", first), progress=False).out,
+                              tmp_path / "shards", params)
+    raw2 = ingest_tsv(params, write_table(tmp_path / "v2.txt", first + small_chebi20_rows(shared, 4, skip=10)),
+                      progress=False)
+    calls, sfp_calls = [], []
+
+    def recording(name, fn, arguments):
+        if name == "featurize-parts":
+            calls.extend([chunk.index for chunk in chunks] for _, chunks in arguments)
+        else:
+            sfp_calls.extend(list(parts) for _, parts in arguments)
+        return shard_build.in_process(name, fn, arguments)
+
+    monkeypatch.setattr(shard_build, "COPIES_PER_CALL", 2)
+    monkeypatch.setattr(shard_build, "SFP_PARTS_PER_CALL", 3)
+    v2, sfp = shard_build.build_version(raw2.out, tmp_path / "shards", params, run=recording)
+    assert sfp_calls == [[f"part-0000{i}.parquet" for i in range(3)], ["part-00003.parquet"]]
+    assert sfp["molecules"] == 14
+    # 17 rows in parts of 5: rows 10-14 hold the new molecules; parts 0, 1 and 3 are all in version 1
+    assert calls == [[2], [0, 1], [3]] and v2.reused == 10 + len(BAD_ROWS)
+    clean, _ = shard_build.build_version(raw2.out, tmp_path / "clean", params)
+    assert [p["sha256"] for p in read_manifest(clean.out)["parts"]] == [p["sha256"] for p in read_manifest(v2.out)["parts"]]

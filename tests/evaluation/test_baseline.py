@@ -42,3 +42,17 @@ def test_cli_baseline_writes_a_prediction_file_the_metrics_read(small_versions, 
     assert len(predictions) == 10
     # the two versions hold the same 10 molecules, so no query may be answered from its own row
     assert all(p.prediction != p.reference for p in predictions)
+
+
+def test_shard_molecules_are_read_a_part_at_a_time_and_the_cli_caps_its_queries(small_versions, tmp_path):
+    everything = read_molecules(small_versions[0])
+    chosen = {m.cid for m in everything[3:6]}
+    light = read_molecules(small_versions[0], cids=chosen, e3fp=False)
+    assert {m.cid for m in light} == chosen and all(m.e3fp is None and m.smiles for m in light)
+    out = tmp_path / "capped.jsonl"
+    result = run_cli("eval", "baseline", "--train", str(small_versions[0]), "--test", str(small_versions[1]),
+                     "--out", str(out), "--max-queries", "4", "--params", str(PARAMS), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["queries"] == 4
+    lowest = sorted(m.cid for m in read_molecules(small_versions[1]))[:4]
+    assert [int(p.id) for p in read_predictions(out)] == lowest, "the first queries by CID"

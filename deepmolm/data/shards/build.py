@@ -3,7 +3,8 @@
 plan_version decides the version id, which parts are still missing (resume) and which molecules an
 earlier version with the same featurization params already holds (incremental refresh: the cache
 key is input hash + params hash, and the earlier versions are the cache). build_part featurizes one
-chunk into one part; it is what a Dask worker runs. finish_version publishes. build_version is the
+chunk into one part (or copies it, when an earlier version holds every row); build_parts is what a
+Dask worker runs. finish_version publishes. build_version is the
 whole order (plan, the missing parts, publish, then MuMo's SFP table over the published parts),
 with the parallel steps handed to a `PartRunner`: in-process by default, Prefect tasks on Dask in
 flows/featurize.py. So the library builds, resumes and publishes a version without Prefect.
@@ -208,6 +209,37 @@ def build_part(plan: VersionPlan, chunk: Chunk) -> PartResult:
     return write_part(Path(plan.building), chunk.index, records, rejects, reused=reused, seconds_by_step=dict(timer.seconds))
 
 
+# Parts whose every row an earlier version holds are copies (about 0.1 s each, where featurizing a
+# part takes seconds): this many go to one scheduler call, so a refresh does not pay a task's
+# orchestration per copied part.
+COPIES_PER_CALL = 32
+
+
+# SFP graphs of one part take about a second with conformers (and far less without): a few parts
+# per scheduler call, so the table of a large version does not pay a task's orchestration per part.
+SFP_PARTS_PER_CALL = 8
+
+
+def write_sfp_parts(version_dir: Path, parts: tuple[str, ...]) -> list:
+    """write_sfp_part of each part, a StorageFailure in place of one the storage refused."""
+    return [_storage_guarded(write_sfp_part, version_dir, part) for part in parts]
+
+
+def build_parts(plan: VersionPlan, chunks: tuple[Chunk, ...]) -> list:
+    """build_part of each chunk, a StorageFailure in place of a part the storage refused."""
+    return [_storage_guarded(build_part, plan, chunk) for chunk in chunks]
+
+
+def part_calls(plan: VersionPlan, slim: VersionPlan) -> list[tuple]:
+    """The scheduler calls of a version's missing parts: one per part to featurize, most expensive
+    first, then the copies in groups of COPIES_PER_CALL."""
+    missing = plan.missing()
+    copies = [c for c in missing if len(c.reuse) == c.stop - c.start]
+    work = [c for c in missing if len(c.reuse) != c.stop - c.start]
+    groups = [tuple(copies[i:i + COPIES_PER_CALL]) for i in range(0, len(copies), COPIES_PER_CALL)]
+    return [(slim, (c,)) for c in work] + [(slim, group) for group in groups]
+
+
 def finish_version(plan: VersionPlan, results: list[PartResult], started: float) -> FeaturizeSummary:
     built: list[PartResult] = []
     if plan.published:
@@ -275,16 +307,16 @@ def build_version(raw: Path, shards_root: Path, params: Params, *, run: PartRunn
     started = time.perf_counter()
     with _storage(f"under {shards_root}: no shard version could be started, nothing was written"):
         plan = plan_version(Path(raw), Path(shards_root), params)
-    slim = dataclasses.replace(plan, chunks=())  # each call carries its own chunk only
-    missing = plan.missing()
+    slim = dataclasses.replace(plan, chunks=())  # each call carries its own chunks only
     results, failures = [], []
-    with progress_bar(f"featurize {plan.dataset}", sum(c.stop - c.start for c in missing), enabled=progress) as advance:
-        for result in run("featurize-part", functools.partial(_storage_guarded, build_part), [(slim, c) for c in missing]):
-            if isinstance(result, StorageFailure):
-                failures.append(result)
-                continue
-            results.append(result)
-            advance(result.rows + result.rejected)
+    with progress_bar(f"featurize {plan.dataset}", sum(c.stop - c.start for c in plan.missing()), enabled=progress) as advance:
+        for built in run("featurize-parts", build_parts, part_calls(plan, slim)):
+            for result in built:
+                if isinstance(result, StorageFailure):
+                    failures.append(result)
+                    continue
+                results.append(result)
+                advance(result.rows + result.rejected)
 
     def kept() -> str:
         return (f"{len(finished_parts(Path(plan.building)))} of {len(plan.chunks)} parts are written and kept in "
@@ -301,8 +333,9 @@ def build_version(raw: Path, shards_root: Path, params: Params, *, run: PartRunn
             return "the version is published and the table's finished parts are kept; make room and run it again"
 
         with _storage(f"while writing the SFP table of {summary.out}", sfp_kept):
-            done = list(run("sfp-part", functools.partial(_storage_guarded, write_sfp_part),
-                            [(Path(summary.out), part) for part in pending]))
+            groups = [tuple(pending[i:i + SFP_PARTS_PER_CALL]) for i in range(0, len(pending), SFP_PARTS_PER_CALL)]
+            done = [d for built in run("sfp-parts", write_sfp_parts, [(Path(summary.out), g) for g in groups])
+                    for d in built]
             if failure := next((d for d in done if isinstance(d, StorageFailure)), None):
                 raise OSError(failure.errno, failure.detail)
             sfp = publish_sfp(Path(summary.out), done)["counts"]
