@@ -148,6 +148,9 @@ def _plots(series: dict[str, list], summary: dict, manifest: dict, usage: list[C
         ax.barh(list(counts), list(counts.values()), color=colour)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("molecules")
+        if not any(counts.values()):  # nothing to count: a 0..1 axis, not matplotlib's +-0.04 around zero
+            ax.set_xlim(0, 1)
+            ax.set_xticks([0])
     save(fig, "mix.png", "Conformer sources, flags and reject reasons")
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
