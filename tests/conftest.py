@@ -20,6 +20,10 @@ PARAMS = REPO / "params.yaml"
 def pytest_configure(config):
     """Each pytest process (an xdist worker, or the only one) gets its own Prefect home: the temporary
     API servers the flows start keep their SQLite database there, and two workers must not share one."""
+    # Prefect's temporary API server gets 20 s to start by default; two pytest workers, Ray and Dask
+    # on 2 cores have taken longer (CI: "Timed out while attempting to connect to ephemeral Prefect
+    # API"). The CLI subprocesses of the tests inherit this.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if os.environ.get("PREFECT_HOME") in (None, os.environ.get("DEEPMOLM_TEST_PREFECT_HOME")):  # unset, or a parent's
         import shutil
         import tempfile

@@ -72,8 +72,9 @@ def test_a_full_disk_ends_in_one_line_without_retries_and_the_rerun_resumes_to_a
         errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "no space left on the device" in errors[0] and "nothing is published" in errors[0]
         assert "of 8 parts are written and kept in" in errors[0] and "[errno 28]" in errors[0], "said whole, unmangled"
-        said = [line for line in first.stderr.splitlines() if "errno 28" in line.lower()]
-        assert said == errors, "the full disk is said once, in the error line, not in a logged traceback"
+        said = [line for line in first.stderr.splitlines() if "errno 28" in line.lower() and line not in errors]
+        # besides the error line, only Prefect's own log of the flow run's final state may repeat it
+        assert all("Finished in state Failed(" in line for line in said), "not said in a logged traceback"
         ours = [line for line in first.stderr.splitlines() if line.lstrip().startswith("File ")
                 and str(REPO / "deepmolm") + "/" in line]
         # (a loaded machine can make Prefect's own client log a traceback of its API calls; none may be ours)
