@@ -13,7 +13,6 @@ flows/featurize.py. So the library builds, resumes and publishes a version witho
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import time
 from collections import defaultdict
