@@ -45,7 +45,7 @@ def main() -> None:
     config = model_config(params, params.model.preset, vocab_size=len(tokenizer), image_token_id=image_token_id(tokenizer))
     spec = config.encoder_spec()
     rows = stage_rows(params, 2, directory, tokenizer, spec.tokens)["train"]
-    lengths = [r["tokens"] for r in rows]
+    lengths = rows.tokens.tolist()
     train = params.train
     deal = partial(epoch_batches, len(rows), seed=train.seed, epoch=0, world=train.scaling.workers,
                    batch_size=train.micro_batch_size, lengths=lengths)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
-from deepmolm.data.instructions import EXAMPLES, EXAMPLES_PER_GROUP, instruction_shards
+from deepmolm.data.instructions import instruction_shards, iter_examples
 from deepmolm.evaluation.predictions import Prediction
 from deepmolm.models.deepmolm.generation import generate_answers, load_checkpoint
 from deepmolm.models.deepmolm.processing import cached_pixels
@@ -30,9 +29,8 @@ def examples_of_splits(instructions: Path, splits: list[str], tasks: list[str], 
     in table order (a molecule's examples stay together), the first `max_per_task` of each task when
     capped; read a row group at a time, so only the chosen rows' `columns` are held."""
     wanted = {"split": pa.array(splits, type=pa.string()), "task": pa.array(tasks, type=pa.string())}
-    table = pq.ParquetFile(Path(instructions) / EXAMPLES)
     rows = []
-    for batch in table.iter_batches(batch_size=EXAMPLES_PER_GROUP, columns=sorted({*columns, "split", "task"})):
+    for batch in iter_examples(instructions, sorted({*columns, "split", "task"})):
         keep = pc.and_(pc.is_in(batch.column("split"), value_set=wanted["split"]),
                        pc.is_in(batch.column("task"), value_set=wanted["task"]))
         rows += batch.filter(keep).select(columns).to_pylist()

@@ -33,6 +33,7 @@ from deepmolm.models.deepmolm.tokenizer import image_token_id
 from deepmolm.training.deepmolm.data import (
     ExampleRows,
     InstructionDataset,
+    _row_group,
     collate,
     epoch_batches,
     label_tokens,
@@ -217,12 +218,13 @@ def test_example_rows_read_any_row_from_a_few_kept_row_groups(small_versions, tm
     params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(tmp_path)])
     directory = Path(instructions.build_instructions(small_versions[0], tmp_path / "out", params.instructions)["out"])
     table = read_instructions(directory).select(ExampleRows.COLUMNS).to_pylist()
-    examples = ExampleRows(directory / instructions.EXAMPLES, kept_groups=2)
+    examples = ExampleRows(directory / instructions.EXAMPLES)
     order = np.random.default_rng(0).permutation(len(table))
+    _row_group.cache_clear()
     assert len(examples) == 50 and [examples.row(int(i)) for i in order] == [table[i] for i in order]
-    assert len(examples._groups) == 2, "only the last two row groups are kept"
-    copy = pickle.loads(pickle.dumps(examples))  # what a DataLoader worker gets: no handle, no groups
-    assert not copy._groups and copy.row(49) == table[49]
+    assert _row_group.cache_info().currsize == 8, "9 row groups read, only the last 8 kept"
+    copy = pickle.loads(pickle.dumps(examples))  # what a DataLoader worker gets
+    assert copy.row(49) == table[49]
     with pytest.raises(IndexError, match="row 50 of"):
         examples.row(50)
 

@@ -235,8 +235,11 @@ def part_calls(plan: VersionPlan, slim: VersionPlan) -> list[tuple]:
     missing = plan.missing()
     copies = [c for c in missing if len(c.reuse) == c.stop - c.start]
     work = [c for c in missing if len(c.reuse) != c.stop - c.start]
-    groups = [tuple(copies[i:i + COPIES_PER_CALL]) for i in range(0, len(copies), COPIES_PER_CALL)]
-    return [(slim, (c,)) for c in work] + [(slim, group) for group in groups]
+    return [(slim, (c,)) for c in work] + [(slim, group) for group in _grouped(copies, COPIES_PER_CALL)]
+
+
+def _grouped(items: list, size: int) -> list[tuple]:
+    return [tuple(items[i:i + size]) for i in range(0, len(items), size)]
 
 
 def finish_version(plan: VersionPlan, results: list[PartResult], started: float) -> FeaturizeSummary:
@@ -332,9 +335,8 @@ def build_version(raw: Path, shards_root: Path, params: Params, *, run: PartRunn
             return "the version is published and the table's finished parts are kept; make room and run it again"
 
         with _storage(f"while writing the SFP table of {summary.out}", sfp_kept):
-            groups = [tuple(pending[i:i + SFP_PARTS_PER_CALL]) for i in range(0, len(pending), SFP_PARTS_PER_CALL)]
-            done = [d for built in run("sfp-parts", write_sfp_parts, [(Path(summary.out), g) for g in groups])
-                    for d in built]
+            calls = [(Path(summary.out), group) for group in _grouped(pending, SFP_PARTS_PER_CALL)]
+            done = [d for built in run("sfp-parts", write_sfp_parts, calls) for d in built]
             if failure := next((d for d in done if isinstance(d, StorageFailure)), None):
                 raise OSError(failure.errno, failure.detail)
             sfp = publish_sfp(Path(summary.out), done)["counts"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -61,7 +60,7 @@ def build_tokenizer(instructions: Path, out: Path, params) -> dict:
     `model.bpe_vocab_size` trained on the prompts and responses of the molecules training learns
     from (`train.splits` minus `train.holdout`; every row when splits is null), so held-out captions
     stay out of the vocabulary; saved to `out` with save_pretrained."""
-    from deepmolm.data.instructions import EXAMPLES, EXAMPLES_PER_GROUP, held_out
+    from deepmolm.data.instructions import held_out, iter_examples
 
     splits, holdout = params.train.splits, params.train.holdout
     if params.model.tokenizer_dir is not None:
@@ -71,8 +70,7 @@ def build_tokenizer(instructions: Path, out: Path, params) -> dict:
 
         def texts():  # a row group at a time: the trainer counts words, the set is never held
             nonlocal examples
-            table = pq.ParquetFile(Path(instructions) / EXAMPLES)
-            for batch in table.iter_batches(batch_size=EXAMPLES_PER_GROUP, columns=["cid", "split", "prompt", "response"]):
+            for batch in iter_examples(instructions, ["cid", "split", "prompt", "response"]):
                 for r in batch.to_pylist():
                     if (splits is None or r["split"] in splits) and not held_out(r["cid"], holdout.fraction, holdout.seed):
                         examples += 1

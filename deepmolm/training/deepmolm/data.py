@@ -14,8 +14,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -91,41 +90,35 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "c
     return moved
 
 
+EXAMPLE_ROW_COLUMNS = ["prompt", "response", "image_part", "image_row", "e3fp"]
+
+
 class ExampleRows:
-    """Random access to examples.parquet by row, decoding the row group that holds it and keeping the
-    last few: a worker's memory is bounded by the group size (instructions.EXAMPLES_PER_GROUP), not
-    by the set's. Opened lazily per process, so a DataLoader worker has its own file handle."""
+    """Random access to examples.parquet by row: the row group that holds it is decoded and the
+    last few are kept per process (`_row_group`), so a worker's memory is bounded by the group size
+    (instructions.EXAMPLES_PER_GROUP), not by the set's."""
 
-    COLUMNS = ["prompt", "response", "image_part", "image_row", "e3fp"]
+    COLUMNS = EXAMPLE_ROW_COLUMNS
 
-    def __init__(self, path: Path, kept_groups: int = 8):
-        self.path, self.kept_groups = str(path), kept_groups
+    def __init__(self, path: Path):
+        self.path = str(path)
         metadata = pq.read_metadata(self.path)
         self.starts = np.cumsum([0] + [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
-        self._pid, self._file, self._groups = None, None, OrderedDict()
 
     def __len__(self) -> int:
         return int(self.starts[-1])
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pid": None, "_file": None, "_groups": OrderedDict()}
 
     def row(self, position: int) -> dict:
         if not 0 <= position < len(self):
             raise IndexError(f"row {position} of {self.path}, which has {len(self)}")
         group = int(np.searchsorted(self.starts, position, side="right")) - 1
-        return self._group(group).slice(position - int(self.starts[group]), 1).to_pylist()[0]
+        return _row_group(self.path, group).slice(position - int(self.starts[group]), 1).to_pylist()[0]
 
-    def _group(self, group: int) -> pa.Table:
-        if self._pid != os.getpid():
-            self._pid, self._file, self._groups = os.getpid(), pq.ParquetFile(self.path), OrderedDict()
-        if group in self._groups:
-            self._groups.move_to_end(group)
-        else:
-            self._groups[group] = self._file.read_row_group(group, columns=self.COLUMNS)
-            if len(self._groups) > self.kept_groups:
-                self._groups.popitem(last=False)
-        return self._groups[group]
+
+@lru_cache(maxsize=8)
+def _row_group(path: str, group: int) -> pa.Table:
+    """One decoded row group (a few MB), kept while the epoch's rows keep landing in it."""
+    return pq.ParquetFile(path).read_row_group(group, columns=EXAMPLE_ROW_COLUMNS)
 
 
 class InstructionDataset(torch.utils.data.Dataset):

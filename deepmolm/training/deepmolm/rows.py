@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from deepmolm.config import Params
-from deepmolm.data.instructions import EXAMPLES, EXAMPLES_PER_GROUP, held_out
+from deepmolm.data.instructions import held_out, iter_examples
 from deepmolm.models.deepmolm.processing import example_lengths
 
 SELECTION_COLUMNS = ["cid", "task", "split", "prompt", "response"]
@@ -51,8 +50,7 @@ def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_
     chosen: dict[str, list[tuple[int, int, int]]] = {"train": [], "holdout": []}
     molecules: dict[str, set[int]] = {"train": set(), "holdout": set()}
     offset, candidates = 0, 0
-    table = pq.ParquetFile(Path(instructions) / EXAMPLES)
-    for batch in table.iter_batches(batch_size=EXAMPLES_PER_GROUP, columns=SELECTION_COLUMNS):
+    for batch in iter_examples(instructions, SELECTION_COLUMNS):
         rows = batch.to_pydict()
         wanted = [i for i, (task, split) in enumerate(zip(rows["task"], rows["split"]))
                   if task in tasks and (splits is None or split in splits)]
