@@ -89,3 +89,20 @@ def test_section_hash_changes_only_with_its_section():
     other = load_params(PARAMS, ["sources.pubchem.concurrency=1"])
     assert base.section_hash("sources.chebi20") == other.section_hash("sources.chebi20")
     assert base.section_hash("sources.pubchem") != other.section_hash("sources.pubchem")
+
+
+def test_the_full_runs_overrides_in_dev_are_valid_params():
+    """`./dev full` passes its FULL_RUN overrides to `dvc exp run` after an hour of featurizing: a key
+    misspelt there must fail here, not at the evaluate stage. Its decoding is the full model's (no
+    8-token sequence twice) while the demo's, params.yaml's, blocks every repeated 4-gram."""
+    import re
+    import shlex
+
+    dev = (REPO / "dev").read_text()
+    block = re.search(r"^FULL_RUN=\((.*?)\)", dev, flags=re.S | re.M).group(1)
+    words = shlex.split(block)
+    overrides = [value for flag, value in zip(words[::2], words[1::2], strict=True) if flag == "-S"]
+    assert len(overrides) == len(words) // 2
+    full, demo = load_params(PARAMS, overrides), load_params(PARAMS)
+    assert full.sources.chebi20.max_rows_per_split is None and demo.sources.chebi20.max_rows_per_split == 150
+    assert (full.model.generation.no_repeat_ngram_size, demo.model.generation.no_repeat_ngram_size) == (8, 4)
