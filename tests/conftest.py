@@ -24,6 +24,14 @@ def pytest_configure(config):
     # on 2 cores have taken longer (CI: "Timed out while attempting to connect to ephemeral Prefect
     # API"). The CLI subprocesses of the tests inherit this.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One intra-op thread for the models trained inside an xdist worker. Two workers share two
+        # cores with the end-to-end demos' processes, and torch's OpenMP threads spin at every
+        # barrier: the tiny overfit tests took 169 and 188 s in the suite against 2.4 and 10 s alone.
+        # Only this process: the CLI, Ray and Dask processes the tests start keep their own settings.
+        import torch
+
+        torch.set_num_threads(1)
     if os.environ.get("PREFECT_HOME") in (None, os.environ.get("DEEPMOLM_TEST_PREFECT_HOME")):  # unset, or a parent's
         import shutil
         import tempfile
