@@ -1,4 +1,6 @@
 import os
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -97,9 +99,6 @@ def test_the_full_runs_overrides_in_dev_are_valid_params():
     """`./dev full` passes its FULL_RUN overrides to `dvc exp run` after an hour of featurizing: a key
     misspelt there must fail here, not at the evaluate stage. Its decoding is the full model's (no
     8-token sequence twice) while the demo's, params.yaml's, blocks every repeated 4-gram."""
-    import re
-    import shlex
-
     dev = (REPO / "dev").read_text()
     block = re.search(r"^FULL_RUN=\((.*?)\)", dev, flags=re.S | re.M).group(1)
     words = shlex.split(block)
