@@ -11,6 +11,9 @@ pool that grows with N) and the peak RSS of the stage's process tree (Dask worke
 sampled every 0.2 s. Above `--no-conformers-above` molecules featurization runs with
 `featurize.conformer.method=none` (no conformer, so no E3FP), as the issue allows; the table says
 so per row (`--no-conformers-above 0`: every size alike, so the ratios compare like with like).
+`--stages` runs some of them in an `--out` kept from an earlier run (its corpus and outputs reused),
+so the 100,000 featurization can run once and the later stages be measured again after a change;
+every measured stage is appended to `n<N>/results.jsonl`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEEPMOLM_SHARED", REPO.parent / "shared")).resolve()
 SPLITS = ("validation", "test")
+STAGES = ("ingest", "featurize", "validate", "instructions", "tokenizer", "loader", "baseline", "refresh")
 
 
 def corpus(out: Path, size: int, seed: int = 0) -> Path:
@@ -128,7 +132,7 @@ def stage_commands(mirror: Path, conformers: bool, loader_rows: int | None = Non
         ("instructions", [deepmolm, "data", "instructions", "--shards", "data/shards/chebi20", "--json", *common]),
         ("tokenizer", [deepmolm, "model", "tokenizer", "--instructions", "data/instructions/chebi20", "--out",
                        "models/tokenizer", "--json", *common]),
-        ("loader epoch", loader),
+        ("loader", loader),
         ("baseline", [deepmolm, "eval", "baseline", "--train", "data/shards/chebi20", "--test", "data/shards/chebi20",
                       "--out", "reports/baseline.jsonl", "--train-split", "validation", "--test-split", "test",
                       "--max-queries", str(queries), "--json", *common]),
@@ -160,10 +164,13 @@ def loader_epoch(instructions: Path, tokenizer: Path, limit: int | None) -> None
     print(json.dumps({"rows": len(dataset), "read": len(order)}))
 
 
-def project_at(root: Path) -> Path:
-    """A project as a clone has it, with ../shared beside it: params.yaml's relative paths resolve."""
-    shutil.rmtree(root, ignore_errors=True)
+def project_at(root: Path, fresh: bool = True) -> Path:
+    """A project as a clone has it, with ../shared beside it: params.yaml's relative paths resolve.
+    `fresh=False` keeps one an earlier run left (its corpus, shards and instructions)."""
     project = root / "main"
+    if not fresh and (project / "params.yaml").exists():
+        return project
+    shutil.rmtree(root, ignore_errors=True)
     project.mkdir(parents=True)
     (root / "shared").symlink_to(SHARED)
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
@@ -171,30 +178,49 @@ def project_at(root: Path) -> Path:
     return project
 
 
-def run_size(size: int, work: Path, conformers: bool, env: dict, loader_rows: int | None) -> list[dict]:
-    project = project_at(work / f"n{size}")
-    mirror = corpus(project / "corpus", size)
+def run_size(size: int, work: Path, conformers: bool, env: dict, loader_rows: int | None,
+             stages: tuple[str, ...] = STAGES) -> list[dict]:
+    project = project_at(work / f"n{size}", fresh=stages == STAGES)
+    mirror = project / "corpus" if (project / "corpus").is_dir() else corpus(project / "corpus", size)
+    log = project.parent / "results.jsonl"
     results = []
     for name, command in stage_commands(mirror, conformers, loader_rows):
+        if name not in stages:
+            continue
         result = measured(command, project, env)
         # the loader reads examples (a capped epoch reads fewer than 5 a molecule): per 1,000 examples read
-        units = result["summary"]["read"] if name == "loader epoch" else size
+        units = result["summary"]["read"] if name == "loader" else size
         results.append({"stage": name, "n": size, "conformers": conformers, **result,
-                        "per": "examples read" if name == "loader epoch" else "molecules",
+                        "per": "examples read" if name == "loader" else "molecules",
                         "s_per_1000": round(result["seconds"] / units * 1000, 2)})
+        _append(log, results[-1])
         print(f"N={size:>7,} {name:<13} {result['seconds']:>8.1f} s {results[-1]['s_per_1000']:>7.2f} s/1k "
               f"{result['peak_rss_mb']:>8.1f} MB", flush=True)
+    if "refresh" not in stages:
+        return results
+    full_featurize = next((r for r in _read(log) if r["stage"] == "featurize"), None)
+    if full_featurize is None:
+        raise SystemExit(f"the refresh is measured against the full featurization: none in {log}")
     refreshed = grown(mirror, project / "corpus-grown")
-    full_featurize = next(r for r in results if r["stage"] == "featurize")
     commands = dict(stage_commands(refreshed, conformers))
     measured(commands["ingest"], project, env)
     again = measured(commands["featurize"], project, env)
     results.append({"stage": "refresh +1% new, 0.1% edited", "n": size, "conformers": conformers, **again,
                     "s_per_1000": round(again["seconds"] / size * 1000, 2),
                     "share_of_full": round(again["seconds"] / full_featurize["seconds"], 3)})
+    _append(log, results[-1])
     print(f"N={size:>7,} refresh: {again['seconds']:.1f} s = {results[-1]['share_of_full']:.1%} of the full featurization",
           flush=True)
     return results
+
+
+def _append(log: Path, result: dict) -> None:
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(result) + "\n")
+
+
+def _read(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
 
 
 def main() -> None:
@@ -204,6 +230,8 @@ def main() -> None:
     parser.add_argument("--no-conformers-above", type=int, default=6601)
     parser.add_argument("--loader-rows", type=int, default=None,
                         help="read only the first N rows of the loader's epoch (default: all of it)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="measure only these (with --out: reuses what an earlier run left there)")
     parser.add_argument("--loader-epoch", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loader_epoch:
@@ -212,9 +240,12 @@ def main() -> None:
     work = args.out or Path(os.environ.get("TMPDIR", "/tmp")) / f"deepmolm-scale-{os.getpid()}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     print(f"{platform.node()}: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    stages = tuple(name for name in STAGES if name in args.stages)
+    if stages != STAGES and args.out is None:
+        parser.error("--stages needs --out: the stages it skips must have run there")
     results = []
     for size in args.sizes:
-        results += run_size(size, work, size <= args.no_conformers_above, env, args.loader_rows)
+        results += run_size(size, work, size <= args.no_conformers_above, env, args.loader_rows, stages)
     print(json.dumps(results))
     if args.out is None:
         shutil.rmtree(work, ignore_errors=True)
