@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from deepmolm.config import load_params
+from deepmolm.data.instructions import instruction_shards
+from deepmolm.models.deepmolm.drawing_store import build_drawings
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.models.deepmolm.tokenizer import image_token_id, load_tokenizer
@@ -58,7 +60,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = DeepMoLMForCausalLM(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    dataset = InstructionDataset(directory, tokenizer, image_size=spec.image_size, image_tokens=spec.tokens,
+    drawings = build_drawings(instruction_shards(directory), spec.image_size, params.paths.cache_dir / "drawings")
+    dataset = InstructionDataset(directory, tokenizer, drawings=drawings, image_tokens=spec.tokens,
                                  max_length=params.model.max_length, rows=rows)
     pad = partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=params.featurize.e3fp.level + 1)
 

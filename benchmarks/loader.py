@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from deepmolm.config import load_params
-from deepmolm.data.instructions import read_instructions
+from deepmolm.data.instructions import instruction_shards, read_instructions
 from deepmolm.models.deepmolm.deep_encoder import DeepEncoderSpec
+from deepmolm.models.deepmolm.drawing_store import build_drawings
 from deepmolm.models.deepmolm.tokenizer import train_bpe
 from deepmolm.training.deepmolm.data import InstructionDataset, collate, model_inputs
 
@@ -41,8 +42,8 @@ def main() -> None:
     tokenizer = train_bpe([text for r in texts[:5000] for text in (r["prompt"], r["response"])], 2000)
     encoder = params.model.presets[args.preset].encoder
     spec = DeepEncoderSpec(image_size=encoder.image_size, patch_size=encoder.patch_size)
-    dataset = InstructionDataset(directory, tokenizer, image_size=spec.image_size, image_tokens=spec.tokens,
-                                 max_length=1024)
+    drawings = build_drawings(instruction_shards(directory), spec.image_size, params.paths.cache_dir / "drawings")
+    dataset = InstructionDataset(directory, tokenizer, drawings=drawings, image_tokens=spec.tokens, max_length=1024)
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(dataset), generator=generator)[: args.samples].tolist()
     subset = torch.utils.data.Subset(dataset, order)

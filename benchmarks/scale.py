@@ -3,8 +3,9 @@
 `python -m benchmarks.scale [--sizes 6601 30000 100000] [--out DIR] [--no-conformers-above 6601]`
 builds, per size N, a corpus in ChEBI-20's layout (N = 6,601 is the offline corpus itself, larger
 sizes add molecules of deepmolm/data/synthetic.py), then runs each stage as the CLI does in its own
-process: ingest -> featurize -> validate -> instructions -> tokenizer -> one epoch of the training
-data loader -> the retrieval baseline, and an incremental refresh (+1% new and 0.1% edited rows,
+process: ingest -> featurize -> validate -> instructions -> tokenizer -> the drawing store (every
+drawing shrunk once to the model's size, on a local Ray as training does) -> one epoch of the
+training data loader -> the retrieval baseline, and an incremental refresh (+1% new and 0.1% edited rows,
 featurized again against the full run). Per stage and N it prints wall seconds, seconds per 1,000
 molecules (of examples read, for the loader; the baseline answers `--queries` fixed queries from a
 pool that grows with N) and the peak RSS of the stage's process tree (Dask workers included),
@@ -34,7 +35,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEEPMOLM_SHARED", REPO.parent / "shared")).resolve()
 SPLITS = ("validation", "test")
-STAGES = ("ingest", "featurize", "validate", "instructions", "tokenizer", "loader", "baseline", "refresh")
+STAGES = ("ingest", "featurize", "validate", "instructions", "tokenizer", "drawings", "loader", "baseline", "refresh")
 
 
 def corpus(out: Path, size: int, seed: int = 0) -> Path:
@@ -124,6 +125,7 @@ def stage_commands(mirror: Path, conformers: bool, loader_rows: int | None = Non
     deepmolm = str(Path(sys.executable).with_name("deepmolm"))
     loader = [sys.executable, "-m", "benchmarks.scale", "--loader-epoch", "data/instructions/chebi20", "models/tokenizer",
               *(["--loader-rows", str(loader_rows)] if loader_rows else [])]
+    drawings = [sys.executable, "-m", "benchmarks.scale", "--drawings", "data/instructions/chebi20"]
     return [
         ("ingest", [deepmolm, "data", "ingest", "--source", "chebi20", "--quiet", "--json", *common]),
         ("featurize", [deepmolm, "data", "featurize", "--input", "data/raw/chebi20", "--out", "data/shards", "--quiet",
@@ -132,11 +134,21 @@ def stage_commands(mirror: Path, conformers: bool, loader_rows: int | None = Non
         ("instructions", [deepmolm, "data", "instructions", "--shards", "data/shards/chebi20", "--json", *common]),
         ("tokenizer", [deepmolm, "model", "tokenizer", "--instructions", "data/instructions/chebi20", "--out",
                        "models/tokenizer", "--json", *common]),
+        ("drawings", drawings),
         ("loader", loader),
         ("baseline", [deepmolm, "eval", "baseline", "--train", "data/shards/chebi20", "--test", "data/shards/chebi20",
                       "--out", "reports/baseline.jsonl", "--train-split", "validation", "--test-split", "test",
                       "--max-queries", str(queries), "--json", *common]),
     ]
+
+
+def drawing_store(instructions: Path) -> Path:
+    """The store training reads (launch.prepare_drawings: built on Ray, reused when it exists)."""
+    from deepmolm.config import load_params
+    from deepmolm.data.instructions import resolve_instruction_set
+    from deepmolm.training.deepmolm.launch import prepare_drawings
+
+    return prepare_drawings(load_params(Path("params.yaml"), []), resolve_instruction_set(Path(instructions).resolve()))
 
 
 def loader_epoch(instructions: Path, tokenizer: Path, limit: int | None) -> None:
@@ -155,7 +167,7 @@ def loader_epoch(instructions: Path, tokenizer: Path, limit: int | None) -> None
     tok = load_tokenizer(tokenizer)
     instructions = resolve_instruction_set(Path(instructions).resolve())
     rows = stage_rows(params, 2, instructions, tok, spec.tokens)
-    dataset = InstructionDataset(instructions, tok, image_size=spec.image_size, image_tokens=spec.tokens,
+    dataset = InstructionDataset(instructions, tok, drawings=drawing_store(instructions), image_tokens=spec.tokens,
                                  max_length=params.model.max_length, rows=rows["train"])
     order = [i for batch in epoch_batches(len(dataset), seed=params.train.seed, epoch=0, rank=0, world=1,
                                           batch_size=params.train.micro_batch_size) for i in batch][:limit]
@@ -233,9 +245,13 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="measure only these (with --out: reuses what an earlier run left there)")
     parser.add_argument("--loader-epoch", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--drawings", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loader_epoch:
         loader_epoch(*args.loader_epoch, args.loader_rows)
+        return
+    if args.drawings:
+        print(json.dumps({"store": str(drawing_store(args.drawings))}))
         return
     work = args.out or Path(os.environ.get("TMPDIR", "/tmp")) / f"deepmolm-scale-{os.getpid()}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

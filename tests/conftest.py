@@ -120,6 +120,14 @@ def instruction_set(small_versions, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def drawings64(small_versions, tmp_path_factory):
+    """The first small version's drawing store at the tiny preset's 64 px."""
+    from deepmolm.models.deepmolm.drawing_store import build_drawings
+
+    return build_drawings(small_versions[0], 64, tmp_path_factory.mktemp("drawings"))
+
+
+@pytest.fixture(scope="session")
 def tokenizer_dir(instruction_set, tmp_path_factory):
     """A byte-level BPE of 400 tokens trained on the instruction set."""
     from deepmolm.data.instructions import read_instructions

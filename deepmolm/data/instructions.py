@@ -222,10 +222,9 @@ def read_instructions(directory: Path) -> pa.Table:
     return pq.read_table(Path(directory) / EXAMPLES, schema=INSTRUCTION_SCHEMA)
 
 
-def iter_examples(directory: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The set's examples (only `columns`) a row group's worth at a time: how a stage reads a set
-    without holding it."""
-    return pq.ParquetFile(Path(directory) / EXAMPLES).iter_batches(batch_size=EXAMPLES_PER_GROUP, columns=columns)
+def iter_examples(directory: Path, columns: list[str], rows: int = EXAMPLES_PER_GROUP) -> Iterator[pa.RecordBatch]:
+    """The set's examples (only `columns`) `rows` at a time: how a stage reads a set without holding it."""
+    return pq.ParquetFile(Path(directory) / EXAMPLES).iter_batches(batch_size=rows, columns=columns)
 
 
 def held_out(cid: int, fraction: float, seed: int) -> bool:

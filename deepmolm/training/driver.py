@@ -29,6 +29,16 @@ def connect(params: Params) -> None:
         ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False)
 
 
+def map_on_ray(params: Params, fn, calls: list[tuple]) -> list:
+    """`fn(*call)` for every call as Ray tasks of one CPU each, results in order: the driver's way to
+    spread preparation over the cluster the run is about to use."""
+    import ray
+
+    connect(params)
+    task = ray.remote(num_cpus=1)(fn)
+    return ray.get([task.remote(*call) for call in calls])
+
+
 def fit(params: Params, worker, config: dict, run: str):
     """`worker(config)` on train.scaling's workers as the run `run` under train.runs_dir; a run of
     that name started again resumes from its last checkpoint. Raises the run's error."""

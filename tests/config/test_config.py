@@ -65,7 +65,7 @@ def test_a_recipe_sets_its_keys_over_the_file_and_overrides_win_over_the_recipe(
 
 
 def test_errors_in_the_file_name_the_file(tmp_path: Path):
-    text = PARAMS.read_text().replace("rows_per_part: 50000", "rows_per_part: 50000\n  rows_per_prat: 3")
+    text = PARAMS.read_text().replace("  rows_per_part: 10000", "  rows_per_prat: 3\n  rows_per_part: 10000")
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     with pytest.raises(ConfigError) as err:

@@ -62,7 +62,7 @@ def test_reject_rates_have_a_row_for_all_reasons_and_one_per_reason_with_its_thr
 def test_the_molecule_frame_is_the_same_built_part_by_part(small_versions):
     """Streaming: the frame of the version's parts one at a time equals the frame of them all at once,
     the SELFIES sample included, and it keeps no drawing, E3FP or coordinates."""
-    from deepmolm.data.contracts.frames import molecule_frame, roundtrip_sample
+    from deepmolm.data.contracts.frames import molecule_frame, molecule_frames, roundtrip_sample
     from deepmolm.data.shards.parts import iter_shard_parts, read_shards
 
     version = small_versions[1]
@@ -75,6 +75,10 @@ def test_the_molecule_frame_is_the_same_built_part_by_part(small_versions):
     streamed = molecule_frame(iter(parts), contracts, 3, chosen)
     at_once = molecule_frame([whole], contracts, 3, chosen)
     pd.testing.assert_frame_equal(streamed, at_once)
+    chunks = list(molecule_frames(iter(parts), contracts, 3, chosen, rows=3))  # whole parts: no chunk is a part cut
+    assert len(chunks) == len(parts) and [len(c) for c in chunks] == [p.num_rows for p in parts]
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), at_once, check_dtype=False)
+    assert [len(c) for c in molecule_frames([], contracts, 3)] == [0], "no parts: one empty frame"
     assert len(streamed) == whole.num_rows
     assert streamed["selfies_roundtrip_ok"].notna().sum() == 4
     assert set(streamed["image_png"].dropna()) == {"present"}

@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 
 from deepmolm.config import ConfigError, load_params
-from deepmolm.data.contracts.gate import TABLES, ContractError, ContractRunner, load_suite, validate_shard_version
+from deepmolm.data.contracts.gate import (
+    TABLES,
+    Chunks,
+    ContractError,
+    ContractRunner,
+    load_suite,
+    validate_shard_version,
+)
 from deepmolm.data.shards.parts import SHARD_SCHEMA, part_name, read_manifest
 from deepmolm.data.shards.sfp_table import SFP_DIR, SFP_SCHEMA, write_sfp_part
 from deepmolm.runtime.run_log import resolve_recorded
@@ -195,6 +202,24 @@ def test_instruction_examples_suite_runs_on_a_frame(params, tmp_path):
     result = ContractRunner(tmp_path / "gx", SUITES).run({"instruction_examples": frame}, {}, "frame")
     assert result.failed == ["instruction_examples.example_id_unique", "instruction_examples.task_known",
                              "instruction_examples.response_non_empty"]
+
+
+def test_a_table_checked_in_chunks_fails_as_the_whole_frame_does(tmp_path):
+    """Row expectations chunk by chunk, uniqueness on the kept key column: a duplicate split over two
+    chunks is still found, and the counts are the table's."""
+    frame = pd.DataFrame({"example_id": ["a", "b", "c", "d", "a"], "cid": [1, 2, 3, 4, 5], "split": ["test"] * 5,
+                          "task": ["caption", "translate", "caption", "translate", "caption"],
+                          "prompt": ["p"] * 5, "response": ["r", "r", "", "r", "r"]})
+    runner = ContractRunner(tmp_path / "gx", SUITES)
+    whole = runner.run({"instruction_examples": frame}, {}, "frame")
+    chunked = runner.run({"instruction_examples": Chunks(frame.iloc[i:i + 2] for i in range(0, 5, 2))}, {}, "chunks")
+    assert chunked.failed == whole.failed == ["instruction_examples.example_id_unique", "instruction_examples.task_known",
+                                              "instruction_examples.response_non_empty"]
+    assert chunked.evaluated == whole.evaluated and chunked.tables["instruction_examples"]["rows"] == 5
+    detail = chunked.tables["instruction_examples"]["details"]["task_known"]
+    assert detail["unexpected_count"] == 2 and detail["chunks"] == 3, "counted over the chunks"
+    clean = frame.assign(task="caption", response="r", example_id=list("abcde"))
+    assert runner.run({"instruction_examples": Chunks([clean.iloc[:3], clean.iloc[3:]])}, {}, "clean").success
 
 
 def test_cli_validate_json_and_exit_codes(version, tmp_path):

@@ -153,8 +153,9 @@ def test_collate_pads_tokens_and_molecules():
     assert batch["e3fp"].shape == (2, 2, 4) and (batch["e3fp"][1] == -1).all()
 
 
-def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model(instruction_set, tokenizer, small_versions):
-    dataset = InstructionDataset(instruction_set, tokenizer, image_size=64, image_tokens=4, max_length=512)
+def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model(instruction_set, tokenizer, small_versions,
+                                                                                drawings64):
+    dataset = InstructionDataset(instruction_set, tokenizer, drawings=drawings64, image_tokens=4, max_length=512)
     assert len(dataset) == 50
     row = read_instructions(instruction_set).slice(7, 1).to_pylist()[0]
     png = pq.read_table(small_versions[0] / row["image_part"]).column("image_png")[row["image_row"]].as_py()
@@ -175,11 +176,11 @@ def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model
     assert torch.isfinite(model(**batch).loss)
 
 
-def test_token_weights_make_the_epoch_objective_independent_of_how_rows_are_batched(instruction_set, tokenizer):
+def test_token_weights_make_the_epoch_objective_independent_of_how_rows_are_batched(instruction_set, tokenizer, drawings64):
     """Grouping by length puts short property answers and long captions in separate batches; with each
     batch's mean loss weighted by its label tokens, an epoch's summed loss is the same as with mixed
     batches (a plain mean per batch would weigh a property-answer token several times a caption's)."""
-    dataset = InstructionDataset(instruction_set, tokenizer, image_size=64, image_tokens=4, max_length=512)
+    dataset = InstructionDataset(instruction_set, tokenizer, drawings=drawings64, image_tokens=4, max_length=512)
     params = load_params(PARAMS, [])
     torch.manual_seed(0)
     model = DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=len(tokenizer),
@@ -229,7 +230,8 @@ def test_example_rows_read_any_row_from_a_few_kept_row_groups(small_versions, tm
         examples.row(50)
 
 
-def test_stage_rows_send_positions_and_token_counts_of_the_chosen_examples(instruction_set, tokenizer, tmp_path):
+def test_stage_rows_send_positions_and_token_counts_of_the_chosen_examples(instruction_set, tokenizer, drawings64,
+                                                                          tmp_path):
     params = load_params(PARAMS, [*tmp_overrides(tmp_path), "train.splits=null", "train.holdout.fraction=0.3",
                                   "model.max_length=512"])
     chosen = stage_rows(params, 1, instruction_set, tokenizer, 4)
@@ -240,6 +242,6 @@ def test_stage_rows_send_positions_and_token_counts_of_the_chosen_examples(instr
     first = int(chosen["train"].position[0])
     expected = example_lengths([rows[first]["prompt"]], [rows[first]["response"]], tokenizer, 4)[0]
     assert (int(chosen["train"].tokens[0]), int(chosen["train"].response_tokens[0])) == expected
-    dataset = InstructionDataset(instruction_set, tokenizer, image_size=64, image_tokens=4, max_length=512,
+    dataset = InstructionDataset(instruction_set, tokenizer, drawings=drawings64, image_tokens=4, max_length=512,
                                  rows=chosen["train"])
     assert len(dataset) == len(chosen["train"]) and len(dataset[0]["input_ids"]) == expected[0]

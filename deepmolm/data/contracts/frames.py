@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -23,10 +23,12 @@ from rdkit import Chem, rdBase
 
 from deepmolm.config import RATE_KEY_ALL, RATE_KEY_ANY, ContractsParams
 from deepmolm.data.shards.parts import REJECTS, SHARD_REJECTS_SCHEMA, SHARD_SCHEMA
+from deepmolm.data.sources.raw_table import RAW_SCHEMA
 from deepmolm.store.files import sha256_file
 
 PROPERTY_COLUMNS = ("mw", "exact_mass", "logp", "tpsa", "hbd", "hba", "rotatable_bonds", "rings", "heavy_atoms",
                     "complexity")
+CHUNK_ROWS = 50_000  # rows of a large table a contract holds at once (a whole number of parts)
 MOLECULE_COLUMNS = ("cid", "source", "split", "smiles", "inchikey", "selfies", "description", "conformer_source",
                     "input_hash")
 
@@ -78,13 +80,12 @@ def selfies_roundtrip(selfies: str, inchikey: str) -> bool:
 
 
 def molecule_frame(parts: Iterable[pa.Table], params: ContractsParams, level: int,
-                   roundtrip: set[int] = frozenset()) -> pd.DataFrame:
+                   roundtrip: set[int] = frozenset(), offset: int = 0) -> pd.DataFrame:
     """The molecule shards with the derived columns the molecule_shards suite checks, read one part
     at a time: the frame keeps facts about the drawing, the E3FP and the coordinates, never them, so
     its memory is a part's plus about a kilobyte a molecule. `roundtrip`: the row numbers (over the
-    whole version) whose SELFIES is decoded (roundtrip_sample)."""
+    whole version; the first part starts at `offset`) whose SELFIES is decoded (roundtrip_sample)."""
     columns: dict[str, list] = {}
-    offset = 0
     for part in parts:
         for name, values in _part_columns(part.to_pylist(), level, roundtrip, offset, params).items():
             columns.setdefault(name, []).extend(values)
@@ -94,6 +95,30 @@ def molecule_frame(parts: Iterable[pa.Table], params: ContractsParams, level: in
     for column in ("png_width", "png_height", "e3fp_rows", "e3fp_min", "e3fp_max", "coords_rows", "heavy_atoms"):
         frame[column] = frame[column].astype("Int64")
     return frame
+
+
+def molecule_frames(parts: Iterable[pa.Table], params: ContractsParams, level: int,
+                    roundtrip: set[int] = frozenset(), rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """molecule_frame in consecutive frames of about `rows` molecules (whole parts): what a contract
+    holds at 100,000 molecules is then what it holds at 10,000."""
+    offset = 0
+    for group in grouped(parts, rows):
+        yield molecule_frame(group, params, level, roundtrip, offset)
+        offset += sum(part.num_rows for part in group)
+
+
+def grouped(tables: Iterable[pa.Table], rows: int) -> Iterator[list[pa.Table]]:
+    """Consecutive tables in groups of at least `rows` rows (the last may be short; no tables, one
+    empty group, so a table with no rows is still one frame)."""
+    group: list[pa.Table] = []
+    yielded = False
+    for table in tables:
+        group.append(table)
+        if sum(t.num_rows for t in group) >= rows:
+            yield group
+            group, yielded = [], True
+    if group or not yielded:
+        yield group
 
 
 def _part_columns(rows: list[dict], level: int, roundtrip: set[int], offset: int, params: ContractsParams) -> dict:
@@ -187,6 +212,12 @@ def _file_row(version_dir: Path, entry: dict, schema: pa.Schema) -> dict:
 def _count_row(item: str, in_manifest: int, on_disk: int | None) -> dict:
     return {"item": item, "manifest_rows": in_manifest, "manifest_sha256": None, "file_present": True,
             "file_rows": on_disk, "file_sha256": None, "schema_ok": True}
+
+
+def raw_frames(parts: Iterable[pa.Table], params: ContractsParams, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """raw_frame in consecutive frames of about `rows` rows (whole parts of the snapshot)."""
+    for group in grouped(parts, rows):
+        yield raw_frame(pa.concat_tables(group) if group else RAW_SCHEMA.empty_table(), params)
 
 
 def raw_frame(table: pa.Table, params: ContractsParams) -> pd.DataFrame:

@@ -13,15 +13,17 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
 
 from deepmolm.config import Params
 from deepmolm.data.contracts.frames import (
-    molecule_frame,
+    CHUNK_ROWS,
+    molecule_frames,
     parts_frame,
-    raw_frame,
+    raw_frames,
     reject_rates_frame,
     rejects_frame,
     roundtrip_sample,
@@ -29,7 +31,7 @@ from deepmolm.data.contracts.frames import (
 )
 from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects, read_shards, resolve_version
 from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
-from deepmolm.data.sources.raw_table import read_raw_table
+from deepmolm.data.sources.raw_table import iter_raw_parts
 from deepmolm.runtime.run_log import resolve_recorded
 from deepmolm.store.versions import MANIFEST
 
@@ -38,6 +40,20 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics se
 SHARD_TABLES = ("molecule_shards", "shard_rejects", "reject_rates", "shard_parts", "raw_table", "sfp_graphs")
 TABLES = (*SHARD_TABLES, "instruction_examples")
 DATA_SOURCE = "deepmolm"
+# Expectations decided row by row (or per column dtype): checked chunk by chunk on a large table.
+ROW_EXPECTATIONS = frozenset({
+    "expect_column_values_to_not_be_null", "expect_column_values_to_be_in_set", "expect_column_values_to_be_between",
+    "expect_column_value_lengths_to_be_between", "expect_column_values_to_match_regex",
+    "expect_column_values_to_be_of_type", "expect_column_pair_values_to_be_equal",
+    "expect_column_pair_values_a_to_be_greater_than_b",
+})
+
+
+@dataclass
+class Chunks:
+    """A table as consecutive frames (`frames`, iterated once)."""
+
+    frames: Iterable[pd.DataFrame]
 
 
 class ContractError(ValueError):
@@ -101,48 +117,53 @@ class ContractRunner:
         except (KeyError, ValueError):
             self._source = self.context.data_sources.add_pandas(DATA_SOURCE)
 
-    def _checkpoint(self, table: str):
+    def _checkpoint(self, name: str, spec: dict, expectations: list[dict]):
         gx = self._gx
-        spec = load_suite(self.suites_dir, table)
-        suite = gx.ExpectationSuite(name=table, expectations=spec["expectations"], meta=spec.get("meta"))
-        if len(suite.expectations) != len(spec["expectations"]):
-            raise ContractError(f"{self.suites_dir / f'{table}.json'}: Great Expectations refused "
-                                f"{len(spec['expectations']) - len(suite.expectations)} expectation(s); see its log")
+        suite = gx.ExpectationSuite(name=name, expectations=expectations, meta=spec.get("meta"))
+        if len(suite.expectations) != len(expectations):
+            raise ContractError(f"{self.suites_dir / (spec['name'] + '.json')}: Great Expectations refused "
+                                f"{len(expectations) - len(suite.expectations)} expectation(s); see its log")
         suite = self.context.suites.add_or_update(suite)
         # get_asset, not .assets: only the former binds the asset to its data source (and context)
         try:
-            asset = self._source.get_asset(table)
+            asset = self._source.get_asset(name)
         except LookupError:
-            asset = self._source.add_dataframe_asset(table)
+            asset = self._source.add_dataframe_asset(name)
         try:
             batch = asset.get_batch_definition("whole")
         except KeyError:
             batch = asset.add_batch_definition_whole_dataframe("whole")
         definition = self.context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=table, data=batch, suite=suite))
+            gx.ValidationDefinition(name=name, data=batch, suite=suite))
         return self.context.checkpoints.add_or_update(gx.Checkpoint(
-            name=table,
+            name=name,
             validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
             result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
         ))
 
-    def run(self, frames: dict[str, pd.DataFrame], parameters: dict[str, Any], target: str) -> ContractResult:
+    def _checks(self, name: str, spec: dict, expectations: list[dict], frame: pd.DataFrame, parameters: dict) -> list:
+        if not expectations:
+            return []
+        outcome = self._checkpoint(name, spec, expectations).run(batch_parameters={"dataframe": frame},
+                                                                 expectation_parameters=parameters)
+        return [check for validation in outcome.run_results.values() for check in validation.results]
+
+    def run(self, frames: dict[str, pd.DataFrame | Chunks], parameters: dict[str, Any], target: str) -> ContractResult:
         result = ContractResult(success=True, evaluated=0, failed=[], warnings=[], target=target)
         for table, frame in frames.items():
-            checkpoint = self._checkpoint(table)
-            outcome = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
-            summary = {"rows": len(frame), "evaluated": 0, "failed": [], "warnings": [], "details": {}}
-            for validation in outcome.run_results.values():
-                for check in validation.results:
-                    config = check.expectation_config
-                    name = config.meta["name"]
-                    summary["evaluated"] += 1
-                    if check.success:
-                        continue
-                    severity = str(getattr(config.severity, "value", config.severity))
+            spec = load_suite(self.suites_dir, table)
+            if isinstance(frame, Chunks):
+                rows, outcomes = self._run_chunks(table, spec, frame, parameters)
+            else:
+                rows = len(frame)
+                outcomes = [_outcome(check) for check in self._checks(table, spec, spec["expectations"], frame, parameters)]
+            summary = {"rows": rows, "evaluated": 0, "failed": [], "warnings": [], "details": {}}
+            for name, severity, success, detail in outcomes:
+                summary["evaluated"] += 1
+                if not success:
                     summary["failed" if severity == "critical" else "warnings"].append(name)
-                    summary["details"][name] = _failure_detail(check)
+                    summary["details"][name] = detail
             result.evaluated += summary["evaluated"]
             result.failed += [f"{table}.{n}" for n in summary["failed"]]
             result.warnings += [f"{table}.{n}" for n in summary["warnings"]]
@@ -151,6 +172,47 @@ class ContractRunner:
         sites = self.context.get_docs_sites_urls()
         result.data_docs = sites[0]["site_url"] if sites else None
         return result
+
+    def _run_chunks(self, table: str, spec: dict, chunks: Chunks, parameters: dict) -> tuple[int, list[tuple]]:
+        """A table too large to hold as one frame: its row expectations run chunk by chunk (their
+        counts summed, `mostly` applied to the whole), the others (uniqueness, row count) once on the
+        columns they name, kept from every chunk."""
+        per_row = [e for e in spec["expectations"] if e["type"] in ROW_EXPECTATIONS]
+        whole = [e for e in spec["expectations"] if e["type"] not in ROW_EXPECTATIONS]
+        named = sorted({c for e in whole for key in ("column", "column_A", "column_B") if (c := e["kwargs"].get(key))})
+        kept, counts, rows = [], {}, 0
+        for chunk in chunks.frames:
+            rows += len(chunk)
+            kept.append(chunk[named or list(chunk.columns[:1])])
+            for check in self._checks(f"{table}.rows", spec, per_row, chunk, parameters):
+                name, severity, success, detail = _outcome(check)
+                total = counts.setdefault(name, {"severity": severity, "success": True, "detail": None,
+                                                 "unexpected": 0, "counted": 0, "mostly": check.expectation_config.kwargs.get("mostly")})
+                got = check.result or {}
+                total["unexpected"] += got.get("unexpected_count") or 0
+                total["counted"] += (got.get("element_count") or 0) - (got.get("missing_count") or 0)
+                if not success and total["detail"] is None:
+                    total["detail"] = detail
+                total["success"] &= success or total["mostly"] is not None
+        outcomes = []
+        for name, total in counts.items():
+            success = total["success"]
+            if total["mostly"] is not None and total["counted"]:
+                success = success and 1 - total["unexpected"] / total["counted"] >= total["mostly"]
+            detail = total["detail"]
+            if detail is not None:
+                detail = {**detail, "unexpected_count": total["unexpected"], "chunks": len(kept)}
+            outcomes.append((name, total["severity"], success, detail))
+        frame = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=named)
+        outcomes += [_outcome(check) for check in self._checks(table, spec, whole, frame, parameters)]
+        order = [e["meta"]["name"] for e in spec["expectations"]]
+        return rows, sorted(outcomes, key=lambda outcome: order.index(outcome[0]))
+
+
+def _outcome(check) -> tuple[str, str, bool, dict | None]:
+    config = check.expectation_config
+    severity = str(getattr(config.severity, "value", config.severity))
+    return config.meta["name"], severity, bool(check.success), None if check.success else _failure_detail(check)
 
 
 def _failure_detail(check) -> dict:
@@ -178,8 +240,8 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
     rejects = read_shard_rejects(version_dir)
     molecules = read_shards(version_dir, columns=["cid", "smiles", "selfies"])  # the rest part by part
     frames = {
-        "molecule_shards": molecule_frame(iter_shard_parts(version_dir), contracts, level,
-                                          roundtrip_sample(molecules.column("selfies").to_pylist(), contracts)),
+        "molecule_shards": Chunks(molecule_frames(iter_shard_parts(version_dir), contracts, level,
+                                                  roundtrip_sample(molecules.column("selfies").to_pylist(), contracts))),
         "shard_rejects": rejects_frame(rejects),
         "reject_rates": reject_rates_frame(rejects, manifest["counts"]["input_rows"], contracts),
         "shard_parts": parts_frame(version_dir, manifest),
@@ -196,7 +258,7 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
         frames["sfp_graphs"] = sfp_frame(version_dir, molecules)
     raw_dir = resolve_recorded(manifest["input"]["raw_snapshot_dir"], version_dir)  # relative to the version
     if (raw_dir / MANIFEST).is_file():
-        frames["raw_table"] = raw_frame(read_raw_table(raw_dir), contracts)
+        frames["raw_table"] = Chunks(raw_frames(iter_raw_parts(raw_dir), contracts))
         parameters["raw_rows"] = read_raw_manifest(raw_dir)["counts"]["accepted"]
     return frames, parameters
 
@@ -214,12 +276,12 @@ INSTRUCTION_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt
 
 def validate_instructions(directory: Path, params: Params, *, gx_root: Path | None = None) -> ContractResult:
     """The instruction_examples suite on an instruction set written by deepmolm/data/instructions.py."""
-    from deepmolm.data.instructions import read_instructions
+    from deepmolm.data.instructions import iter_examples
 
-    frame = read_instructions(directory).select(INSTRUCTION_COLUMNS).to_pandas()
+    frames = (batch.to_pandas() for batch in iter_examples(directory, INSTRUCTION_COLUMNS, rows=CHUNK_ROWS))
     # a GE project of its own: the shard contract's project is another DVC stage's output
     runner = ContractRunner(gx_root or params.paths.reports_dir / "instructions" / "gx", params.contracts.suites_dir)
-    return runner.run({"instruction_examples": frame}, {}, target=str(directory))
+    return runner.run({"instruction_examples": Chunks(frames)}, {}, target=str(directory))
 
 
 def build_checked_instructions(shards: Path, out_root: Path, params: Params) -> dict:

@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -177,9 +178,14 @@ def resolve_snapshot(path: Path) -> Path:
 
 
 def read_raw_table(snapshot_dir: Path) -> pa.Table:
-    manifest = read_manifest(snapshot_dir)
-    tables = [pq.read_table(Path(snapshot_dir) / part["path"], schema=RAW_SCHEMA) for part in manifest["parts"]]
+    tables = list(iter_raw_parts(snapshot_dir))
     return pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
+
+
+def iter_raw_parts(snapshot_dir: Path) -> Iterator[pa.Table]:
+    """The snapshot's parts, one at a time (a part is `ingest.rows_per_part` rows at most)."""
+    for part in read_manifest(snapshot_dir)["parts"]:
+        yield pq.read_table(Path(snapshot_dir) / part["path"], schema=RAW_SCHEMA)
 
 
 def read_rejects(snapshot_dir: Path) -> pa.Table:

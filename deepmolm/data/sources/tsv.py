@@ -51,9 +51,11 @@ def check_layout(path: Path) -> None:
 
 def count_rows(path: Path) -> int:
     """Data rows in a layout file (lines after the header; a final newline adds none)."""
-    data = Path(path).read_bytes()
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-    return max(lines - 1, 0)
+    lines, last = 0, b""
+    with open(path, "rb") as handle:  # a MB at a time: a source file is never held whole
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            lines, last = lines + block.count(b"\n"), block
+    return max(lines + (0 if not last or last.endswith(b"\n") else 1) - 1, 0)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Instruction examples -> batches of model tensors, and the order in which a worker sees them.
 
-A row refers to its drawing by shard part and row; `processing` decodes and shrinks it, and it stays
-uint8 until `model_inputs` moves the batch to its device and normalises it with CLIP's mean and std
+A row refers to its drawing by shard part and row, read at the model's size from the shard version's
+drawing store (models/deepmolm/drawing_store.py: shrunk once, before training); it stays uint8 until `model_inputs` moves the batch to its device and normalises it with CLIP's mean and std
 there. Labels are -100 on the prompt and image positions and the response ids (end token included)
 after them (`processing.encode_example`). A batch pads token sequences on the right (pad id, label
 -100, attention 0) and E3FP arrays to the batch's largest molecule with -1, the projector's padding
@@ -23,7 +23,9 @@ import pyarrow.parquet as pq
 import torch
 
 from deepmolm.data.instructions import EXAMPLES, instruction_shards
-from deepmolm.models.deepmolm.processing import IGNORE, cached_pixels, encode_example, normalise_pixels
+from deepmolm.data.shards.parts import read_manifest
+from deepmolm.models.deepmolm.drawing_store import Drawings
+from deepmolm.models.deepmolm.processing import IGNORE, encode_example, normalise_pixels
 from deepmolm.training.deepmolm.rows import RowSelection
 
 
@@ -123,15 +125,20 @@ def _row_group(path: str, group: int) -> pa.Table:
 
 class InstructionDataset(torch.utils.data.Dataset):
     """Instruction examples (every row of an instruction set directory, or a stage's selection) with
-    the drawings of its shard version, read from the set's files as they are asked for."""
+    the drawings of its shard version, read from the set's file and the drawing store as they are
+    asked for."""
 
-    def __init__(self, directory: Path, tokenizer, *, image_size: int, image_tokens: int, max_length: int,
+    def __init__(self, directory: Path, tokenizer, *, drawings: Path, image_tokens: int, max_length: int,
                  rows: RowSelection | None = None):
         self.directory = Path(directory)
-        self.shards = instruction_shards(self.directory)
         self.examples = ExampleRows(self.directory / EXAMPLES)
+        self.drawings = Drawings(drawings)
+        shard_version = read_manifest(instruction_shards(self.directory))["version"]
+        if self.drawings.shard_version != shard_version:
+            raise ValueError(f"the drawing store {drawings} is of shard version {self.drawings.shard_version}; "
+                             f"instruction set {directory} uses {shard_version}")
         self.positions = rows.position if rows is not None else np.arange(len(self.examples))
-        self.tokenizer, self.image_size, self.image_tokens, self.max_length = tokenizer, image_size, image_tokens, max_length
+        self.tokenizer, self.image_tokens, self.max_length = tokenizer, image_tokens, max_length
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -139,5 +146,5 @@ class InstructionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.examples.row(int(self.positions[index]))
         return {**encode_example(row["prompt"], row["response"], self.tokenizer, self.image_tokens, self.max_length),
-                "pixels": cached_pixels(str(self.shards / row["image_part"]), row["image_row"], self.image_size),
+                "pixels": self.drawings.pixels(row["image_part"], row["image_row"]),
                 "e3fp": row["e3fp"]}

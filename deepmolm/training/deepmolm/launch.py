@@ -14,6 +14,7 @@ held-out loss per epoch, and the stage's summary as metrics.json.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -26,7 +27,16 @@ from deepmolm.store.versions import MANIFEST
 from deepmolm.training.checkpoints import PROVENANCE
 from deepmolm.training.deepmolm.rows import stage_rows
 from deepmolm.training.deepmolm.stages import run_name
-from deepmolm.training.driver import SUMMARY, export_model, fit, log_metrics, stage_metrics_dir, write_csv, write_run_file
+from deepmolm.training.driver import (
+    SUMMARY,
+    export_model,
+    fit,
+    log_metrics,
+    map_on_ray,
+    stage_metrics_dir,
+    write_csv,
+    write_run_file,
+)
 from deepmolm.training.strategy import deepspeed_config
 
 THROUGHPUT_COLUMNS = ("step", "samples_per_s", "tokens_per_s", "seconds")  # the run log's: the machine's speed
@@ -88,6 +98,17 @@ def plan_stage(params: Params, stage: int, paths: dict) -> dict:
     }
 
 
+def prepare_drawings(params: Params, instructions: Path) -> Path:
+    """The drawing store the workers read (built on the Ray cluster unless an earlier run left it):
+    shrinking every drawing once here costs what one decode per molecule and loader process did."""
+    from deepmolm.models.deepmolm.drawing_store import build_drawings
+    from deepmolm.models.deepmolm.presets import model_config
+
+    size = model_config(params).encoder_spec().image_size
+    return build_drawings(instruction_shards(instructions), size, params.paths.cache_dir / "drawings",
+                          map_calls=functools.partial(map_on_ray, params)).resolve()
+
+
 def up_to_date(out: Path, run: str) -> bool:
     provenance = Path(out) / PROVENANCE
     return provenance.is_file() and json.loads(provenance.read_text()).get("run") == run
@@ -104,6 +125,7 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     selected = plan.pop("selected_rows")
     if plan["total_steps"] == 0:
         return _untrained(params, stage, plan, paths)
+    plan["drawings"] = str(prepare_drawings(params, paths["instructions"]))
     write_run_file(params.train.runs_dir, plan["run"], "plan.json", plan)
     if plan["deepspeed_config"] is not None:
         write_run_file(params.train.runs_dir, plan["run"], "deepspeed_config.json", plan["deepspeed_config"])

@@ -133,7 +133,7 @@ def train_worker(config: dict) -> None:
     accum = train.grad_accum_steps
     batches_per_epoch = plan["steps_per_epoch"] * accum
     spec = model.config.encoder_spec()
-    datasets = {part: InstructionDataset(Path(plan["instructions"]), tokenizer, image_size=spec.image_size,
+    datasets = {part: InstructionDataset(Path(plan["instructions"]), tokenizer, drawings=Path(plan["drawings"]),
                                          image_tokens=spec.tokens, max_length=params.model.max_length,
                                          rows=config["rows"][part]) for part in ("train", "holdout")}
     chosen = config["rows"]["train"]
