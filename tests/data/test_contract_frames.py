@@ -76,7 +76,7 @@ def test_the_molecule_frame_is_the_same_built_part_by_part(small_versions):
     at_once = molecule_frame([whole], contracts, 3, chosen)
     pd.testing.assert_frame_equal(streamed, at_once)
     chunks = list(molecule_frames(iter(parts), contracts, 3, chosen, rows=3))  # whole parts: no chunk is a part cut
-    assert len(chunks) == len(parts) and [len(c) for c in chunks] == [p.num_rows for p in parts]
+    assert [len(c) for c in chunks] == [p.num_rows for p in parts if p.num_rows]
     pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), at_once, check_dtype=False)
     assert [len(c) for c in molecule_frames([], contracts, 3)] == [0], "no parts: one empty frame"
     assert len(streamed) == whole.num_rows

@@ -80,31 +80,37 @@ def selfies_roundtrip(selfies: str, inchikey: str) -> bool:
 
 
 def molecule_frame(parts: Iterable[pa.Table], params: ContractsParams, level: int,
-                   roundtrip: set[int] = frozenset(), offset: int = 0) -> pd.DataFrame:
+                   roundtrip: set[int] = frozenset()) -> pd.DataFrame:
     """The molecule shards with the derived columns the molecule_shards suite checks, read one part
     at a time: the frame keeps facts about the drawing, the E3FP and the coordinates, never them, so
     its memory is a part's plus about a kilobyte a molecule. `roundtrip`: the row numbers (over the
-    whole version; the first part starts at `offset`) whose SELFIES is decoded (roundtrip_sample)."""
-    columns: dict[str, list] = {}
-    for part in parts:
-        for name, values in _part_columns(part.to_pylist(), level, roundtrip, offset, params).items():
-            columns.setdefault(name, []).extend(values)
-        offset += part.num_rows
-    frame = pd.DataFrame(columns or _part_columns([], level, roundtrip, 0, params))
-    frame["cid"] = frame["cid"].astype("int64")
-    for column in ("png_width", "png_height", "e3fp_rows", "e3fp_min", "e3fp_max", "coords_rows", "heavy_atoms"):
-        frame[column] = frame[column].astype("Int64")
-    return frame
+    whole version) whose SELFIES is decoded (roundtrip_sample)."""
+    return pd.concat(list(molecule_frames(parts, params, level, roundtrip, rows=0)), ignore_index=True)
 
 
 def molecule_frames(parts: Iterable[pa.Table], params: ContractsParams, level: int,
                     roundtrip: set[int] = frozenset(), rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """molecule_frame in consecutive frames of about `rows` molecules (whole parts): what a contract
-    holds at 100,000 molecules is then what it holds at 10,000."""
-    offset = 0
-    for group in grouped(parts, rows):
-        yield molecule_frame(group, params, level, roundtrip, offset)
-        offset += sum(part.num_rows for part in group)
+    """molecule_frame in consecutive frames of at least `rows` molecules (whole parts; 0: one frame
+    of them all): what a contract holds at 100,000 molecules is then what it holds at 10,000."""
+    columns: dict[str, list] = {}
+    offset, held, yielded = 0, 0, False
+    for part in parts:
+        for name, values in _part_columns(part.to_pylist(), level, roundtrip, offset, params).items():
+            columns.setdefault(name, []).extend(values)
+        offset, held = offset + part.num_rows, held + part.num_rows
+        if rows and held >= rows:
+            yield _molecule_columns_frame(columns)
+            columns, held, yielded = {}, 0, True
+    if held or not yielded:
+        yield _molecule_columns_frame(columns or _part_columns([], level, roundtrip, 0, params))
+
+
+def _molecule_columns_frame(columns: dict[str, list]) -> pd.DataFrame:
+    frame = pd.DataFrame(columns)
+    frame["cid"] = frame["cid"].astype("int64")
+    for column in ("png_width", "png_height", "e3fp_rows", "e3fp_min", "e3fp_max", "coords_rows", "heavy_atoms"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
 
 
 def grouped(tables: Iterable[pa.Table], rows: int) -> Iterator[list[pa.Table]]:
