@@ -13,6 +13,7 @@ import io
 import json
 import random
 import shutil
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,26 +26,28 @@ from PIL import Image
 from deepmolm.config import Params
 from deepmolm.data.contracts.frames import PROPERTY_COLUMNS
 from deepmolm.data.contracts.gate import ContractResult, validate_shard_version
-from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects, read_shards
+from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects
 from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 
-TEXT_COLUMNS = ["cid", "split", "smiles", "description", "conformer_source", "flags"]  # a few hundred bytes a molecule
-GEOMETRY_COLUMNS = ["e3fp", "properties"]  # read one part at a time
+TEXT_COLUMNS = ["cid", "split", "smiles", "description", "conformer_source", "flags"]  # a gallery item's
+FACT_COLUMNS = ["split", "smiles", "description", "flags", "e3fp", "properties"]  # read one part at a time
 
 
 @dataclass
 class VersionFacts:
-    """What the page needs from a version's E3FP and properties, gathered one part at a time so
-    memory stays flat as the version grows."""
+    """What the page needs from a version, gathered one part at a time: counters and numbers (8 bytes
+    a value), never rows, so memory stays flat as the version grows."""
     levels: int
     usage: list[Counter] = field(default_factory=list)  # atoms per E3FP identifier, per level
     without_shell: list[int] = field(default_factory=list)  # atoms with no identifier at a level
-    properties: dict[str, list] = field(default_factory=dict)
+    series: dict[str, array] = field(default_factory=dict)  # the values behind each distribution
+    splits: Counter = field(default_factory=Counter)
+    flagged: bytearray = field(default_factory=bytearray)  # 1 per row with a flag, in version order
 
     def __post_init__(self) -> None:
         self.usage = [Counter() for _ in range(self.levels)]
         self.without_shell = [0] * self.levels
-        self.properties = {name: [] for name in PROPERTY_COLUMNS}
+        self.series = {name: array("d") for name in ("smiles_length", "description_words", *PROPERTY_COLUMNS)}
 
     def add(self, rows: list[dict]) -> None:
         for r in rows:
@@ -54,29 +57,23 @@ class VersionFacts:
                         self.usage[level][identifier] += 1
                     else:
                         self.without_shell[level] += 1
-            for name, values in self.properties.items():
+            self.series["smiles_length"].append(len(r["smiles"]))
+            self.series["description_words"].append(len((r["description"] or "").split()))
+            for name in PROPERTY_COLUMNS:
                 if r["properties"][name] is not None:
-                    values.append(r["properties"][name])
+                    self.series[name].append(r["properties"][name])
+            self.splits[r["split"] or "none"] += 1
+            self.flagged.append(1 if r["flags"] else 0)
 
 
 def version_facts(version_dir: Path, levels: int) -> VersionFacts:
     facts = VersionFacts(levels)
-    for part in iter_shard_parts(version_dir, columns=GEOMETRY_COLUMNS):
+    for part in iter_shard_parts(version_dir, columns=FACT_COLUMNS):
         facts.add(part.to_pylist())
     return facts
 
 
-def distribution_series(rows: list[dict], facts: VersionFacts) -> dict[str, list]:
-    """The values behind each distribution, computed once for the summary and the plots."""
-    return {
-        "smiles_length": [len(r["smiles"]) for r in rows],
-        "description_words": [len((r["description"] or "").split()) for r in rows],
-        **facts.properties,
-    }
-
-
-def data_summary(rows: list[dict], rejects: pa.Table, manifest: dict, contract: ContractResult | None,
-                 facts: VersionFacts, series: dict[str, list]) -> dict:
+def data_summary(rejects: pa.Table, manifest: dict, contract: ContractResult | None, facts: VersionFacts) -> dict:
     """The figures the page shows, as plain JSON data."""
     input_rows = manifest["counts"]["input_rows"]
     summary = {
@@ -87,8 +84,8 @@ def data_summary(rows: list[dict], rejects: pa.Table, manifest: dict, contract: 
         "rejected_by_reason": manifest["rejected_by_reason"],
         "conformer_sources": manifest["conformer_sources"],
         "flags": manifest["flags"],
-        "splits": dict(sorted(Counter(r["split"] or "none" for r in rows).items())),
-        "distributions": {name: _stats(values) for name, values in series.items()},
+        "splits": dict(sorted(facts.splits.items())),
+        "distributions": {name: _stats(values) for name, values in facts.series.items()},
         "e3fp": {
             "bits": manifest["params"]["featurize.e3fp"]["bits"],
             "distinct_identifiers_per_level": [len(c) for c in facts.usage],
@@ -169,21 +166,17 @@ def _plots(series: dict[str, list], summary: dict, manifest: dict, usage: list[C
     return made
 
 
-def _gallery(version_dir: Path, table: pa.Table, params: Params, out: Path) -> list[dict]:
+def _gallery(version_dir: Path, flagged: bytearray, params: Params, out: Path) -> list[dict]:
     """A seeded sample of molecules, flagged ones first, as thumbnails with their text."""
     size = params.report.gallery_size
-    flag_lists = table.column("flags").to_pylist()
-    flagged = [i for i, flags in enumerate(flag_lists) if flags]
-    plain = [i for i, flags in enumerate(flag_lists) if not flags]
     rng = random.Random(params.report.gallery_seed)
-    chosen = rng.sample(flagged, min(len(flagged), size // 3))
+    chosen = rng.sample([i for i, f in enumerate(flagged) if f], min(sum(flagged), size // 3))
+    plain = [i for i, f in enumerate(flagged) if not f]
     chosen += rng.sample(plain, min(len(plain), size - len(chosen)))
-    images = _images_at(version_dir, chosen)
     items = []
-    for i in sorted(chosen):
-        row = table.slice(i, 1).to_pylist()[0]
+    for i, row in sorted(_rows_at(version_dir, chosen, [*TEXT_COLUMNS, "image_png"]).items()):
         name = f"gallery/{row['cid']}.png"
-        with Image.open(io.BytesIO(images[i])) as image:
+        with Image.open(io.BytesIO(row["image_png"])) as image:
             image.thumbnail((params.report.thumbnail_px, params.report.thumbnail_px))
             image.save(out / name, optimize=True)
         items.append({"cid": row["cid"], "image": name, "smiles": row["smiles"], "description": row["description"] or "",
@@ -191,15 +184,15 @@ def _gallery(version_dir: Path, table: pa.Table, params: Params, out: Path) -> l
     return items
 
 
-def _images_at(version_dir: Path, indices: list[int]) -> dict[int, bytes]:
-    """PNGs of the given rows (indices over the whole version), reading only the parts that hold them."""
+def _rows_at(version_dir: Path, indices: list[int], columns: list[str]) -> dict[int, dict]:
+    """The given rows (indices over the whole version), reading only the parts that hold them."""
     wanted, out, start = sorted(indices), {}, 0
     for part in read_manifest(version_dir)["parts"]:
         stop = start + part["rows"]
         rows = [i - start for i in wanted if start <= i < stop]
         if rows:
-            column = pq.read_table(Path(version_dir) / part["path"], columns=["image_png"]).column("image_png")
-            out.update({start + r: column[r].as_py() for r in rows})
+            table = pq.read_table(Path(version_dir) / part["path"], columns=columns)
+            out.update({start + r: table.slice(r, 1).to_pylist()[0] for r in rows})
         start = stop
     return out
 
@@ -210,17 +203,14 @@ def write_data_report(version_dir: Path, params: Params, contract: ContractResul
     version_dir = Path(version_dir)
     out = Path(out) if out else params.paths.reports_dir / "data"
     manifest = read_manifest(version_dir)
-    table = read_shards(version_dir, columns=TEXT_COLUMNS)
     rejects = read_shard_rejects(version_dir)
     for sub in ("plots", "gallery"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
-    rows = table.to_pylist()
     facts = version_facts(version_dir, manifest["params"]["featurize.e3fp"]["level"] + 1)
-    series = distribution_series(rows, facts)
-    summary = data_summary(rows, rejects, manifest, contract, facts, series)
-    plots = _plots(series, summary, manifest, facts.usage, out)
-    gallery = _gallery(version_dir, table, params, out)
+    summary = data_summary(rejects, manifest, contract, facts)
+    plots = _plots(facts.series, summary, manifest, facts.usage, out)
+    gallery = _gallery(version_dir, facts.flagged, params, out)
     summary["plots"] = [path for path, _ in plots]
     summary["gallery"] = [item["cid"] for item in gallery]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
