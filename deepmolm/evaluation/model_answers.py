@@ -63,7 +63,8 @@ def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, ba
     """One Prediction per row (id = example_id), in the rows' order. `lengths(task)` gives the length
     bounds (predict.answer_lengths: a property answer is a sentence, a caption a paragraph);
     `decoding` goes to `generate` as is. The geometry is each row's `e3fp`; the drawing its shard
-    image, or `drawing(row)` ([3, S, S] uint8) when given (evaluation/robustness.py's)."""
+    image, or `drawing(row)` ([3, S, S] uint8) when given (evaluate's drawing store, robustness's
+    perturbed drawings)."""
     model, tokenizer = load_checkpoint(model_dir)
     size, levels = model.config.encoder_spec().image_size, model.config.fusion_spec().e3fp_levels
     shards = instruction_shards(instructions)
