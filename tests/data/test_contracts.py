@@ -212,14 +212,17 @@ def test_a_table_checked_in_chunks_fails_as_the_whole_frame_does(tmp_path):
                           "prompt": ["p"] * 5, "response": ["r", "r", "", "r", "r"]})
     runner = ContractRunner(tmp_path / "gx", SUITES)
     whole = runner.run({"instruction_examples": frame}, {}, "frame")
-    chunked = runner.run({"instruction_examples": Chunks(frame.iloc[i:i + 2] for i in range(0, 5, 2))}, {}, "chunks")
+    chunked = runner.run({"instruction_examples": Chunks(lambda: (frame.iloc[i:i + 2] for i in range(0, 5, 2)))}, {},
+                         "chunks")
     assert chunked.failed == whole.failed == ["instruction_examples.example_id_unique", "instruction_examples.task_known",
                                               "instruction_examples.response_non_empty"]
     assert chunked.evaluated == whole.evaluated and chunked.tables["instruction_examples"]["rows"] == 5
     detail = chunked.tables["instruction_examples"]["details"]["task_known"]
     assert detail["unexpected_count"] == 2 and detail["chunks"] == 3, "counted over the chunks"
+    repeated = chunked.tables["instruction_examples"]["details"]["example_id_unique"]
+    assert repeated["partial_unexpected_list"] == ["a", "a"], "the ids themselves, not the hashes kept to compare them"
     clean = frame.assign(task="caption", response="r", example_id=list("abcde"))
-    assert runner.run({"instruction_examples": Chunks([clean.iloc[:3], clean.iloc[3:]])}, {}, "clean").success
+    assert runner.run({"instruction_examples": Chunks(lambda: [clean.iloc[:3], clean.iloc[3:]])}, {}, "clean").success
 
 
 def test_cli_validate_json_and_exit_codes(version, tmp_path):

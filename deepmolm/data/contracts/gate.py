@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
@@ -47,13 +47,14 @@ ROW_EXPECTATIONS = frozenset({
     "expect_column_values_to_be_of_type", "expect_column_pair_values_to_be_equal",
     "expect_column_pair_values_a_to_be_greater_than_b",
 })
+UNIQUE = "expect_column_values_to_be_unique"
 
 
 @dataclass
 class Chunks:
-    """A table as consecutive frames (`frames`, iterated once)."""
+    """A table as consecutive frames: `frames()` reads them again from the start each time it is called."""
 
-    frames: Iterable[pd.DataFrame]
+    frames: Callable[[], Iterable[pd.DataFrame]]
 
 
 class ContractError(ValueError):
@@ -180,10 +181,15 @@ class ContractRunner:
         per_row = [e for e in spec["expectations"] if e["type"] in ROW_EXPECTATIONS]
         whole = [e for e in spec["expectations"] if e["type"] not in ROW_EXPECTATIONS]
         named = sorted({c for e in whole for key in ("column", "column_A", "column_B") if (c := e["kwargs"].get(key))})
+        # a text column only uniqueness reads is kept as 64-bit hashes (500,000 example ids: 4 MB, not 160)
+        hashed = {c for c in named if all(e["type"] == UNIQUE for e in whole if e["kwargs"].get("column") == c)}
         kept, counts, rows = [], {}, 0
-        for chunk in chunks.frames:
+        for chunk in chunks.frames():
             rows += len(chunk)
-            kept.append(chunk[named or list(chunk.columns[:1])])
+            keys = chunk[named or list(chunk.columns[:1])].copy()
+            for column in hashed & {c for c in named if not pd.api.types.is_numeric_dtype(chunk[c])}:
+                keys[column] = _hashes(chunk[column])
+            kept.append(keys)
             for check in self._checks(f"{table}.rows", spec, per_row, chunk, parameters):
                 name, severity, success, detail = _outcome(check)
                 total = counts.setdefault(name, {"severity": severity, "success": True, "detail": None,
@@ -204,9 +210,30 @@ class ContractRunner:
                 detail = {**detail, "unexpected_count": total["unexpected"], "chunks": len(kept)}
             outcomes.append((name, total["severity"], success, detail))
         frame = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=named)
-        outcomes += [_outcome(check) for check in self._checks(table, spec, whole, frame, parameters)]
+        for check in self._checks(table, spec, whole, frame, parameters):
+            name, severity, success, detail = _outcome(check)
+            column = check.expectation_config.kwargs.get("column")
+            if detail is not None and column in hashed and frame[column].dtype == "int64":
+                detail["partial_unexpected_list"] = _repeated_values(chunks, column, frame[column])
+            outcomes.append((name, severity, success, detail))
         order = [e["meta"]["name"] for e in spec["expectations"]]
         return rows, sorted(outcomes, key=lambda outcome: order.index(outcome[0]))
+
+
+def _hashes(values: pd.Series) -> pd.Series:
+    return pd.Series(pd.util.hash_pandas_object(values, index=False).to_numpy().view("int64"), index=values.index)
+
+
+def _repeated_values(chunks: Chunks, column: str, hashes: pd.Series, limit: int = 5) -> list:
+    """The first values whose hash occurs twice, read again from the table (the kept frame has hashes)."""
+    repeated = set(hashes[hashes.duplicated(keep=False)].tolist())
+    found: list = []
+    for chunk in chunks.frames():
+        values = chunk[column]
+        found += values[_hashes(values).isin(repeated)].tolist()
+        if len(found) >= limit:
+            break
+    return found[:limit]
 
 
 def _outcome(check) -> tuple[str, str, bool, dict | None]:
@@ -239,9 +266,9 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
     bits = manifest["params"]["featurize.e3fp"]["bits"]
     rejects = read_shard_rejects(version_dir)
     molecules = read_shards(version_dir, columns=["cid", "smiles", "selfies"])  # the rest part by part
+    sample = roundtrip_sample(molecules.column("selfies").to_pylist(), contracts)
     frames = {
-        "molecule_shards": Chunks(molecule_frames(iter_shard_parts(version_dir), contracts, level,
-                                                  roundtrip_sample(molecules.column("selfies").to_pylist(), contracts))),
+        "molecule_shards": Chunks(lambda: molecule_frames(iter_shard_parts(version_dir), contracts, level, sample)),
         "shard_rejects": rejects_frame(rejects),
         "reject_rates": reject_rates_frame(rejects, manifest["counts"]["input_rows"], contracts),
         "shard_parts": parts_frame(version_dir, manifest),
@@ -258,7 +285,7 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
         frames["sfp_graphs"] = sfp_frame(version_dir, molecules)
     raw_dir = resolve_recorded(manifest["input"]["raw_snapshot_dir"], version_dir)  # relative to the version
     if (raw_dir / MANIFEST).is_file():
-        frames["raw_table"] = Chunks(raw_frames(iter_raw_parts(raw_dir), contracts))
+        frames["raw_table"] = Chunks(lambda: raw_frames(iter_raw_parts(raw_dir), contracts))
         parameters["raw_rows"] = read_raw_manifest(raw_dir)["counts"]["accepted"]
     return frames, parameters
 
@@ -278,7 +305,9 @@ def validate_instructions(directory: Path, params: Params, *, gx_root: Path | No
     """The instruction_examples suite on an instruction set written by deepmolm/data/instructions.py."""
     from deepmolm.data.instructions import iter_examples
 
-    frames = (batch.to_pandas() for batch in iter_examples(directory, INSTRUCTION_COLUMNS, rows=CHUNK_ROWS))
+    def frames():
+        return (batch.to_pandas() for batch in iter_examples(directory, INSTRUCTION_COLUMNS, rows=CHUNK_ROWS))
+
     # a GE project of its own: the shard contract's project is another DVC stage's output
     runner = ContractRunner(gx_root or params.paths.reports_dir / "instructions" / "gx", params.contracts.suites_dir)
     return runner.run({"instruction_examples": Chunks(frames)}, {}, target=str(directory))
