@@ -214,6 +214,10 @@ def run_size(size: int, work: Path, conformers: bool, env: dict, loader_rows: in
     if full_featurize is None:
         raise SystemExit(f"the refresh is measured against the full featurization: none in {log}")
     refreshed = grown(mirror, project / "corpus-grown")
+    shards = project / "data" / "shards" / "chebi20"
+    for version in shards.iterdir():  # an earlier refresh's version would make this one a no-op
+        if version.is_dir() and version.name != full_featurize["summary"]["version"]:
+            shutil.rmtree(version)
     commands = dict(stage_commands(refreshed, conformers))
     measured(commands["ingest"], project, env)
     again = measured(commands["featurize"], project, env)
