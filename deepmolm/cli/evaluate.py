@@ -239,18 +239,21 @@ def eval_baseline(
     """The retrieval baseline: each query gets the description of its most similar pool molecule."""
     from deepmolm.evaluation.baseline import retrieve
     from deepmolm.evaluation.predictions import write_jsonl
-    from deepmolm.evaluation.shard_molecules import read_molecules
+    from deepmolm.evaluation.shard_molecules import read_molecule_parts, read_molecules
 
     with common.errors():
         cfg = common.params.eval.baseline
         e3fp = cfg.fingerprint == "e3fp"
         queries = sorted(read_molecules(test, test_split, e3fp=e3fp), key=lambda m: m.cid)[:max_queries]
-        pool = read_molecules(train, train_split, e3fp=e3fp)
-        if not queries or not pool:
-            raise Exit(1, f"no molecules with a description to {'query' if not queries else 'retrieve from'}")
-        results = retrieve(queries, pool, kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)
+        if not queries:
+            raise Exit(1, "no molecules with a description to query")
+        try:
+            results, pool = retrieve(queries, read_molecule_parts(train, train_split, e3fp=e3fp), kind=cfg.fingerprint,
+                                     radius=cfg.morgan_radius, bits=cfg.morgan_bits)
+        except ValueError as exc:
+            raise Exit(1, f"no molecules with a description to retrieve from ({exc})") from exc
         write_jsonl([p for p, _ in results], out)
     similarities = [s for _, s in results]
-    summary = {"out": str(out), "queries": len(queries), "pool": len(pool), "fingerprint": cfg.fingerprint,
+    summary = {"out": str(out), "queries": len(queries), "pool": pool, "fingerprint": cfg.fingerprint,
                "mean_similarity": round(sum(similarities) / len(similarities), 4)}
     common.emit(summary, lambda s: stdout.print(s))

@@ -10,6 +10,7 @@ server, which asks it one molecule at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,26 +56,46 @@ class RetrievalIndex:
         self.kind, self.radius, self.bits = kind, radius, bits
         self.pool = sorted(pool, key=lambda m: m.cid)
         self.fingerprints = fingerprints(self.pool, kind, radius, bits)
-        self.position = {m.cid: i for i, m in enumerate(self.pool)}
 
     def __len__(self) -> int:
         return len(self.pool)
 
     def nearest(self, queries: list[Molecule]) -> list[tuple[Molecule, float]]:
         """(pool molecule, Tanimoto similarity) per query, in query order."""
-        results = []
-        for query, fp in zip(queries, fingerprints(queries, self.kind, self.radius, self.bits)):
-            similarities = np.asarray(DataStructs.BulkTanimotoSimilarity(fp, self.fingerprints))
-            if query.cid in self.position:
-                similarities[self.position[query.cid]] = -1.0  # never itself
-            best = int(np.argmax(similarities))  # first maximum: lowest CID among ties
-            results.append((self.pool[best], float(similarities[best])))
-        return results
+        found = [(None, -1.0)] * len(queries)
+        return closer(found, queries, fingerprints(queries, self.kind, self.radius, self.bits), self.pool, self.fingerprints)
 
 
-def retrieve(queries: list[Molecule], pool: list[Molecule], *, kind: str = "morgan", radius: int = 2,
-             bits: int = 2048) -> list[tuple[Prediction, float]]:
-    """(prediction, similarity) per query, in query order."""
-    found = RetrievalIndex(pool, kind=kind, radius=radius, bits=bits).nearest(queries)
+def closer(found: list[tuple[Molecule | None, float]], queries: list[Molecule], query_fps: list,
+           pool: list[Molecule], pool_fps: list) -> list[tuple[Molecule | None, float]]:
+    """`found` (the best match per query so far) updated with one part of the pool: a higher
+    similarity wins, a tie goes to the lower CID (as if the whole pool were one list sorted by CID),
+    and a query never matches its own CID."""
+    cids = np.asarray([m.cid for m in pool], dtype=np.int64)
+    out = []
+    for query, fp, (best, score) in zip(queries, query_fps, found, strict=True):
+        similarities = np.asarray(DataStructs.BulkTanimotoSimilarity(fp, pool_fps))
+        similarities[cids == query.cid] = -1.0  # never itself
+        top = similarities.max()
+        candidate = int(np.flatnonzero(similarities == top)[np.argmin(cids[similarities == top])])
+        if best is None or top > score or (top == score and cids[candidate] < best.cid):
+            best, score = pool[candidate], float(top)
+        out.append((best, score))
+    return out
+
+
+def retrieve(queries: list[Molecule], pool: Iterable[list[Molecule]], *, kind: str = "morgan", radius: int = 2,
+             bits: int = 2048) -> tuple[list[tuple[Prediction, float]], int]:
+    """((prediction, similarity) per query in query order, pool size), the pool read a part at a time
+    (`read_molecule_parts`): what is held is the queries, their matches and one part's fingerprints."""
+    query_fps = fingerprints(queries, kind, radius, bits)
+    found: list[tuple[Molecule | None, float]] = [(None, -1.0)] * len(queries)
+    size = 0
+    for part in pool:
+        if part:
+            found = closer(found, queries, query_fps, part, fingerprints(part, kind, radius, bits))
+            size += len(part)
+    if size == 0:
+        raise ValueError("the retrieval pool is empty")
     return [(Prediction(id=str(query.cid), reference=query.description, prediction=match.description), similarity)
-            for query, (match, similarity) in zip(queries, found)]
+            for query, (match, similarity) in zip(queries, found)], size

@@ -27,7 +27,7 @@ from deepmolm.evaluation.grounding import write_grounding
 from deepmolm.evaluation.model_answers import answer_examples, capped, examples_of_splits
 from deepmolm.evaluation.predictions import Prediction, write_jsonl
 from deepmolm.evaluation.properties import mean_baseline, score_properties
-from deepmolm.evaluation.shard_molecules import read_molecules
+from deepmolm.evaluation.shard_molecules import read_molecule_parts, read_molecules
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.drawing_store import Drawings, build_drawings
 from deepmolm.models.deepmolm.generation import answer_lengths
@@ -170,16 +170,15 @@ def _property_values(rows: list[dict]) -> dict[str, list[float]]:
 
 def _baseline(params: Params, shards: Path, pool_cids: set[int], query_cids: set[int]) -> dict:
     """Retrieval for the molecules the model captioned, from the captioned training molecules."""
-    pool_cids = pool_cids - query_cids
-    molecules = {m.cid: m for m in read_molecules(shards, cids=query_cids | pool_cids,
-                                                  e3fp=params.eval.baseline.fingerprint == "e3fp")}
-    queries = [molecules[c] for c in sorted(query_cids) if c in molecules]
-    pool = [molecules[c] for c in sorted(pool_cids) if c in molecules]
-    if not queries:
-        return {"predictions": [], "pool": len(pool), "mean_similarity": None}
-    if not pool:
-        raise ValueError(f"no captioned training molecules (splits {params.train.splits}) to retrieve from")
     cfg = params.eval.baseline
-    results = retrieve(queries, pool, kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)
-    return {"predictions": [p for p, _ in results], "pool": len(pool),
+    e3fp = cfg.fingerprint == "e3fp"
+    queries = sorted(read_molecules(shards, cids=query_cids, e3fp=e3fp), key=lambda m: m.cid)
+    if not queries:
+        return {"predictions": [], "pool": len(pool_cids - query_cids), "mean_similarity": None}
+    try:
+        results, pool = retrieve(queries, read_molecule_parts(shards, cids=pool_cids - query_cids, e3fp=e3fp),
+                                 kind=cfg.fingerprint, radius=cfg.morgan_radius, bits=cfg.morgan_bits)
+    except ValueError as exc:
+        raise ValueError(f"no captioned training molecules (splits {params.train.splits}) to retrieve from") from exc
+    return {"predictions": [p for p, _ in results], "pool": pool,
             "mean_similarity": round(sum(s for _, s in results) / len(results), 4)}
