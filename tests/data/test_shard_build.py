@@ -166,3 +166,31 @@ def test_a_refresh_featurizes_parts_with_new_rows_and_copies_the_others_in_group
     assert calls == [[2], [0, 1], [3]] and v2.reused == 10 + len(BAD_ROWS)
     clean, _ = shard_build.build_version(raw2.out, tmp_path / "clean", params)
     assert [p["sha256"] for p in read_manifest(clean.out)["parts"]] == [p["sha256"] for p in read_manifest(v2.out)["parts"]]
+
+
+def test_a_part_with_exactly_an_earlier_parts_rows_is_copied_byte_for_byte(params, shared, tmp_path, monkeypatch):
+    """An append-only refresh leaves the old parts' row sets intact: they are file copies (no decoding,
+    no re-encoding), and the version is the same bytes as a clean build."""
+    import deepmolm.data.shards.build as shard_build
+
+    first = small_chebi20_rows(shared, 10)  # parts of 5: two full parts
+    v1 = build(params, ingest_tsv(params, write_table(tmp_path / "v1.txt", first, bad=False), progress=False).out,
+               tmp_path / "shards")
+    grown = first + small_chebi20_rows(shared, 3, skip=10)
+    edited = first[:7] + [first[7] + " (edited)"] + first[8:] + small_chebi20_rows(shared, 3, skip=10)
+    copied = []
+    real_copy = shard_build.copy_part
+    monkeypatch.setattr(shard_build, "copy_part", lambda building, index, source: copied.append((index, Path(source).name))
+                        or real_copy(building, index, source))
+    for name, lines, expected in (("grown", grown, [(0, "part-00000.parquet"), (1, "part-00001.parquet")]),
+                                  ("edited", edited, [(0, "part-00000.parquet"), (2, "part-00002.parquet")])):
+        copied.clear()
+        raw = ingest_tsv(params, write_table(tmp_path / f"{name}.txt", lines, bad=False), progress=False)
+        refreshed = build(params, raw.out, tmp_path / "shards")
+        # in the second refresh part 1 holds the edited row (built, not copied); part 2 is the first refresh's
+        assert sorted(copied) == expected
+        clean = build(params, raw.out, tmp_path / f"clean-{name}")
+        assert [p["sha256"] for p in read_manifest(refreshed.out)["parts"]] == \
+            [p["sha256"] for p in read_manifest(clean.out)["parts"]]
+        assert read_manifest(refreshed.out)["counts"] == read_manifest(clean.out)["counts"]
+    assert read_manifest(v1.out)["parts"][0]["sha256"] == read_manifest(refreshed.out)["parts"][0]["sha256"]

@@ -115,6 +115,26 @@ def write_part(building: Path, index: int, records: list[dict], rejects: list[di
     """Part, then its rejects, then the marker: each atomic, so a marker means all three are whole."""
     path = building / part_name(index)
     write_parquet_atomic(pa.Table.from_pylist(records, schema=SHARD_SCHEMA), path)
+    return _finish_part(building, index, path, records, rejects, reused=reused, seconds_by_step=seconds_by_step)
+
+
+def copy_part(building: Path, index: int, source: Path) -> PartResult:
+    """Part `index` as a copy of an earlier version's part holding exactly its rows, in order: the
+    bytes writing those rows would give (parts are deterministic), at the cost of a file copy."""
+    path = building / part_name(index)
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        shutil.copyfile(source, temporary)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
+    records = pq.read_table(path, columns=["conformer_source", "flags"]).to_pylist()
+    return _finish_part(building, index, path, records, [], reused=len(records), seconds_by_step={})
+
+
+def _finish_part(building: Path, index: int, path: Path, records: list[dict], rejects: list[dict], *, reused: int,
+                 seconds_by_step: dict[str, float]) -> PartResult:
     write_parquet_atomic(pa.Table.from_pylist(rejects, schema=SHARD_REJECTS_SCHEMA), building / f"rejects-{index:05d}.parquet")
     result = PartResult(
         index=index,
