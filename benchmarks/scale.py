@@ -180,13 +180,13 @@ def project_at(root: Path, fresh: bool = True) -> Path:
     """A project as a clone has it, with ../shared beside it: params.yaml's relative paths resolve.
     `fresh=False` keeps one an earlier run left (its corpus, shards and instructions)."""
     project = root / "main"
-    if not fresh and (project / "params.yaml").exists():
-        return project
-    shutil.rmtree(root, ignore_errors=True)
-    project.mkdir(parents=True)
-    (root / "shared").symlink_to(SHARED)
+    if fresh or not (project / "params.yaml").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        project.mkdir(parents=True)
+        (root / "shared").symlink_to(SHARED)
+    # the code's own params and contracts, also in a kept project: its stages are measured as they are now
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
-    shutil.copytree(REPO / "data_contracts", project / "data_contracts")
+    shutil.copytree(REPO / "data_contracts", project / "data_contracts", dirs_exist_ok=True)
     return project
 
 
