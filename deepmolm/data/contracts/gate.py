@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
@@ -192,14 +192,16 @@ class ContractRunner:
             kept.append(keys)
             for check in self._checks(f"{table}.rows", spec, per_row, chunk, parameters):
                 name, severity, success, detail = _outcome(check)
+                mostly = check.expectation_config.kwargs.get("mostly")
                 total = counts.setdefault(name, {"severity": severity, "success": True, "detail": None,
-                                                 "unexpected": 0, "counted": 0, "mostly": check.expectation_config.kwargs.get("mostly")})
+                                                 "unexpected": 0, "counted": 0, "mostly": mostly})
                 got = check.result or {}
                 total["unexpected"] += got.get("unexpected_count") or 0
                 total["counted"] += (got.get("element_count") or 0) - (got.get("missing_count") or 0)
                 if not success and total["detail"] is None:
                     total["detail"] = detail
-                total["success"] &= success or total["mostly"] is not None
+                # with `mostly` the verdict is the total's; a check that raised fails either way
+                total["success"] &= success or (total["mostly"] is not None and "exception" not in (detail or {}))
         outcomes = []
         for name, total in counts.items():
             success = total["success"]
@@ -303,10 +305,15 @@ INSTRUCTION_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt
 
 def validate_instructions(directory: Path, params: Params, *, gx_root: Path | None = None) -> ContractResult:
     """The instruction_examples suite on an instruction set written by deepmolm/data/instructions.py."""
-    from deepmolm.data.instructions import iter_examples
+    from deepmolm.data.instructions import INSTRUCTION_SCHEMA, iter_examples
 
     def frames():
-        return (batch.to_pandas() for batch in iter_examples(directory, INSTRUCTION_COLUMNS, rows=CHUNK_ROWS))
+        empty = True
+        for batch in iter_examples(directory, INSTRUCTION_COLUMNS, rows=CHUNK_ROWS):
+            empty = False
+            yield batch.to_pandas()
+        if empty:  # a set without examples is still checked, as one empty frame
+            yield INSTRUCTION_SCHEMA.empty_table().select(INSTRUCTION_COLUMNS).to_pandas()
 
     # a GE project of its own: the shard contract's project is another DVC stage's output
     runner = ContractRunner(gx_root or params.paths.reports_dir / "instructions" / "gx", params.contracts.suites_dir)
