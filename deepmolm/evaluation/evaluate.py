@@ -30,7 +30,7 @@ from deepmolm.evaluation.properties import mean_baseline, score_properties
 from deepmolm.evaluation.shard_molecules import read_molecule_parts, read_molecules
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.drawing_store import Drawings, build_drawings
-from deepmolm.models.deepmolm.generation import answer_lengths
+from deepmolm.models.deepmolm.generation import answer_lengths, checkpoint_image_size
 from deepmolm.models.deepmolm.presets import model_summary
 from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run
@@ -57,8 +57,8 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
         where = "train.holdout's molecules" if cfg.on_holdout else f"splits {cfg.splits}"
         raise ValueError(f"instruction set {instructions} has no examples of {where}: nothing to evaluate on")
     # the drawings training shrank (built here, once, for a model trained elsewhere)
-    size = DeepMoLMConfig.from_pretrained(model_dir).encoder_spec().image_size
-    drawings = Drawings(build_drawings(instruction_shards(instructions), size, params.paths.cache_dir / "drawings"))
+    drawings = Drawings(build_drawings(instruction_shards(instructions), checkpoint_image_size(model_dir),
+                                       params.paths.cache_dir / "drawings"))
     with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
         answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size,
                                   decoding=params.model.generation.decoding(),
