@@ -15,6 +15,7 @@ from PIL import Image
 
 from deepmolm.config import load_params
 from deepmolm.data.instructions import read_instructions
+from deepmolm.models.deepmolm.drawing_store import build_drawings
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.models.deepmolm.processing import (
@@ -174,6 +175,12 @@ def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model
     model = DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=len(tokenizer),
                                              image_token_id=image_token_id(tokenizer)))
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_a_drawing_store_of_another_shard_version_is_refused(instruction_set, tokenizer, small_versions, tmp_path):
+    other = build_drawings(small_versions[1], 64, tmp_path)
+    with pytest.raises(ValueError, match="is of shard version"):
+        InstructionDataset(instruction_set, tokenizer, drawings=other, image_tokens=4, max_length=512)
 
 
 def test_token_weights_make_the_epoch_objective_independent_of_how_rows_are_batched(instruction_set, tokenizer, drawings64):

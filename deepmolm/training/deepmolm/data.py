@@ -1,11 +1,11 @@
 """Instruction examples -> batches of model tensors, and the order in which a worker sees them.
 
 A row refers to its drawing by shard part and row, read at the model's size from the shard version's
-drawing store (models/deepmolm/drawing_store.py: shrunk once, before training); it stays uint8 until `model_inputs` moves the batch to its device and normalises it with CLIP's mean and std
-there. Labels are -100 on the prompt and image positions and the response ids (end token included)
-after them (`processing.encode_example`). A batch pads token sequences on the right (pad id, label
--100, attention 0) and E3FP arrays to the batch's largest molecule with -1, the projector's padding
-value.
+drawing store (models/deepmolm/drawing_store.py: shrunk once, before training); it stays uint8
+until `model_inputs` moves the batch to its device and normalises it with CLIP's mean and std there.
+Labels are -100 on the prompt and image positions and the response ids (end token included) after
+them (`processing.encode_example`). A batch pads token sequences on the right (pad id, label -100,
+attention 0) and E3FP arrays to the batch's largest molecule with -1, the projector's padding value.
 
 `epoch_batches` is the order: a seeded permutation of every row per epoch, dealt to the workers,
 so a molecule's examples are spread over the epoch and a resumed run sees exactly the batches an
