@@ -31,11 +31,13 @@ from deepmolm.store.versions import MANIFEST, mark_latest
 
 SCHEMA_VERSION = 1
 EXAMPLES = "examples.parquet"
-# Examples per Parquet row group: what the builder holds before writing, and what the training
-# loader decodes to read one example (data.ExampleRows), whatever the size of the set. Small, because
-# an epoch's order is random: past a few thousand examples almost every read decodes a group, and a
-# group of 512 takes 0.4 ms (8,192: several ms; 32: a footer 20 times larger to parse).
+# Examples per Parquet row group: what the training loader decodes to read one example
+# (data.ExampleRows), whatever the size of the set. Small, because an epoch's order is random: past a
+# few thousand examples almost every read decodes a group, and a group of 512 takes 0.4 ms (8,192:
+# several ms; 32: a footer 20 times larger to parse).
 EXAMPLES_PER_GROUP = 512
+# Examples a stage holds at once when it streams a set: the builder before it writes, iter_examples.
+EXAMPLES_PER_BATCH = 8192
 
 INSTRUCTION_SCHEMA = pa.schema(
     [
@@ -164,10 +166,11 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
 
         def flush(rows: int) -> None:
             nonlocal pending, written
-            writer.write_table(pa.Table.from_pylist(pending[:rows], schema=INSTRUCTION_SCHEMA))
+            writer.write_table(pa.Table.from_pylist(pending[:rows], schema=INSTRUCTION_SCHEMA),
+                               row_group_size=EXAMPLES_PER_GROUP)
             pending, written = pending[rows:], written + rows
 
-        for part in manifest["parts"]:  # one part's rows and one row group's examples in memory
+        for part in manifest["parts"]:  # one part's rows and one batch of examples in memory
             rows = pq.read_table(version_dir / part["path"], columns=columns, schema=schema).to_pylist()
             for index, row in enumerate(rows):
                 made = examples_for(row, params)
@@ -179,8 +182,8 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
                     by_task[key] = by_task.get(key, 0) + 1
                     molecules.add(example["cid"])
                 pending += made
-            while len(pending) >= EXAMPLES_PER_GROUP:
-                flush(EXAMPLES_PER_GROUP)
+            while len(pending) >= EXAMPLES_PER_BATCH:
+                flush(EXAMPLES_PER_BATCH)
         if pending or not written:
             flush(len(pending))
     assert len(molecules) + sum(skipped.values()) == manifest["counts"]["accepted"]
@@ -224,7 +227,7 @@ def read_instructions(directory: Path) -> pa.Table:
     return pq.read_table(Path(directory) / EXAMPLES, schema=INSTRUCTION_SCHEMA)
 
 
-def iter_examples(directory: Path, columns: list[str], rows: int = EXAMPLES_PER_GROUP) -> Iterator[pa.RecordBatch]:
+def iter_examples(directory: Path, columns: list[str], rows: int = EXAMPLES_PER_BATCH) -> Iterator[pa.RecordBatch]:
     """The set's examples (only `columns`) `rows` at a time: how a stage reads a set without holding it."""
     return pq.ParquetFile(Path(directory) / EXAMPLES).iter_batches(batch_size=rows, columns=columns)
 
