@@ -22,7 +22,7 @@ from deepmolm.data.featurize.e3fp_tokens import e3fp_atom_identifiers
 from deepmolm.data.featurize.outcome import FeaturizeError
 from deepmolm.data.featurize.record import FeaturizeRejection, featurize_row
 from deepmolm.data.sources.sdf import heavy_atom_coords
-from deepmolm.models.deepmolm.generation import answer_lengths, generate_answers, load_checkpoint
+from deepmolm.models.deepmolm.generation import generate_answers, load_checkpoint, task_decoding
 from deepmolm.models.deepmolm.processing import image_pixels
 
 DEFAULT_PROMPT = "Describe the input molecule."
@@ -100,4 +100,4 @@ class Predictor:
         e3fp = molecule.e3fp
         geometry = torch.full((1, 1, levels), -1, dtype=torch.long) if e3fp is None else torch.as_tensor(e3fp)[None].long()
         return generate_answers(self.model, self.tokenizer, [prompt], self.model_view(molecule)[None], geometry,
-                                **answer_lengths(params, task), **params.model.generation.decoding())[0]
+                                **task_decoding(params, task), **params.model.generation.decoding())[0]

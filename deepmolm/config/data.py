@@ -109,7 +109,9 @@ class ConformerParams(_Section):
     random_coords_above_heavy_atoms: int = Field(
         ge=0, description="larger molecules start from random coordinates, smaller from the distance matrix"
     )
-    max_heavy_atoms: int = Field(ge=1, description="larger molecules get conformer_source=none")
+    max_heavy_atoms: int = Field(ge=1, description="larger molecules get no 3D conformer (see flat_fallback)")
+    flat_fallback: bool = Field(description="a molecule without a 3D conformer gets its 2D depiction's coordinates "
+                                            "(conformer_source=depiction_2d, flag flat_conformer) instead of none")
 
 
 class E3fpParams(_Section):

@@ -30,7 +30,7 @@ from deepmolm.evaluation.properties import mean_baseline, score_properties
 from deepmolm.evaluation.shard_molecules import read_molecule_parts, read_molecules
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.drawing_store import Drawings, build_drawings
-from deepmolm.models.deepmolm.generation import answer_lengths, checkpoint_image_size
+from deepmolm.models.deepmolm.generation import checkpoint_image_size, task_decoding
 from deepmolm.models.deepmolm.presets import model_summary
 from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run
@@ -62,7 +62,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
         answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size,
                                   decoding=params.model.generation.decoding(),
-                                  lengths=lambda task: answer_lengths(params, task), advance=advance,
+                                  lengths=lambda task: task_decoding(params, task), advance=advance,
                                   drawing=lambda row: drawings.pixels(row["image_part"], row["image_row"]))
     tasks = {r["example_id"]: r["task"] for r in rows}
     captions = [p for p in answers if tasks[p.id] == "caption"]

@@ -61,7 +61,7 @@ def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, ba
                     advance: Callable[[int], None] = lambda n: None,
                     drawing: Callable[[dict], torch.Tensor] | None = None) -> list[Prediction]:
     """One Prediction per row (id = example_id), in the rows' order. `lengths(task)` gives the length
-    bounds (predict.answer_lengths: a property answer is a sentence, a caption a paragraph);
+    bounds (predict.task_decoding: a property answer is a sentence, a caption a paragraph);
     `decoding` goes to `generate` as is. The geometry is each row's `e3fp`; the drawing its shard
     image, or `drawing(row)` ([3, S, S] uint8) when given (evaluate's drawing store, robustness's
     perturbed drawings)."""

@@ -34,7 +34,7 @@ from deepmolm.evaluation.captions import load_metric_tokenizer
 from deepmolm.evaluation.evaluate import evaluation_dir, evaluation_rows, scored
 from deepmolm.evaluation.model_answers import answer_examples
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
-from deepmolm.models.deepmolm.generation import answer_lengths
+from deepmolm.models.deepmolm.generation import task_decoding
 from deepmolm.models.deepmolm.processing import image_pixels
 from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run, portable_path
@@ -189,7 +189,7 @@ def robustness(params: Params, model_dir: Path, instructions: Path, out: Path | 
         with progress_bar(f"robustness: {perturbation.name}", len(asked), enabled=progress) as advance:
             answers = answer_examples(model_dir, instructions, asked, batch_size=params.eval.batch_size,
                                       decoding=params.model.generation.decoding(),
-                                      lengths=lambda task: answer_lengths(params, task), advance=advance, drawing=drawing)
+                                      lengths=lambda task: task_decoding(params, task), advance=advance, drawing=drawing)
         changed = [c for cid in cids if (c := changed_share(inputs[cid]["e3fp"], molecules[cid]["e3fp"])) is not None]
         if perturbation.kind in ("none", "drawing"):  # what the first molecule's drawing became, for the page
             drawings[perturbation.name] = _thumbnail(inputs[cids[0]]["image_png"], out / DRAWINGS / f"{perturbation.name}.png")

@@ -17,7 +17,7 @@ from deepmolm.config import ConfigError, load_params
 from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
 from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
 from deepmolm.evaluation.model_answers import answer_examples, examples_of_splits
-from deepmolm.models.deepmolm.generation import answer_lengths, left_padded
+from deepmolm.models.deepmolm.generation import left_padded, load_checkpoint, task_decoding
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.tokenizer import build_tokenizer
 from deepmolm.reports.pipeline import write_pipeline_report
@@ -207,11 +207,41 @@ def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget(sp
 
     monkeypatch.setattr(DeepMoLMForCausalLM, "generate_text", spy)
     rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 2)
-    answer_examples(model, directory, rows, batch_size=1, lengths=lambda task: answer_lengths(params, task),
+    answer_examples(model, directory, rows, batch_size=1, lengths=lambda task: task_decoding(params, task),
                     decoding=params.model.generation.decoding())
     assert calls == [(7, 9) if task == "caption" else (0, 5) for task in sorted(r["task"] for r in rows)]
     with pytest.raises(ValueError, match="unknown task 'poem'"):
-        answer_lengths(params, "poem")
+        task_decoding(params, "poem")
+
+
+def test_number_candidates_answer_with_the_beams_median(split_set, setting, monkeypatch):
+    """model.generation.number_candidates: property answers come from a beam's k candidates, and the
+    answer given is one of them, the one at their probability-weighted median; captions stay greedy."""
+    from deepmolm.models.deepmolm.generation import median_answer
+
+    directory, _ = split_set
+    _, model = setting
+    params = load_params(PARAMS, ["model.generation.number_candidates=3", "eval.property_max_new_tokens=8"])
+    beams = []
+    real = DeepMoLMForCausalLM.generate_text
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        beams.append((kwargs["num_beams"], kwargs.get("num_return_sequences", 1), out))
+        return out
+
+    monkeypatch.setattr(DeepMoLMForCausalLM, "generate_text", spy)
+    rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 2)
+    answers = answer_examples(model, directory, rows, batch_size=2, lengths=lambda task: task_decoding(params, task),
+                              decoding=params.model.generation.decoding())
+    assert [(b, n) for b, n, _ in beams] == [(1, 1), (3, 3)], "captions greedy, property answers from 3 beams"
+    _, tokenizer = load_checkpoint(model)
+    out = beams[1][2]
+    texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.sequences]
+    scores = out.sequences_scores.tolist()
+    given = [a.prediction for a in answers if a.property is not None]
+    assert given == [median_answer(texts[3 * i:3 * i + 3], scores[3 * i:3 * i + 3]) for i in range(2)]
+    assert all(g in texts[3 * i:3 * i + 3] for i, g in enumerate(given))
 
 
 def test_robustness_answers_the_same_examples_under_every_perturbation_and_the_report_shows_it(split_set, setting, tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 from rdkit import Chem
 
 from deepmolm.config import ConformerParams, FeaturizeParams
-from deepmolm.data.featurize.conformer import Conformer, make_conformer
+from deepmolm.data.featurize.conformer import Conformer, flat_conformer, make_conformer
 from deepmolm.data.featurize.e3fp_tokens import e3fp_atom_identifiers
 from deepmolm.data.featurize.molecule import parse_molecule
 from deepmolm.data.featurize.outcome import FeaturizeError
@@ -114,6 +114,10 @@ def _featurize(
             notes.append(f"pubchem coords of shape {raw.shape} for {len(molecule.input_atom_of)} atoms")
     with timer.step("conformer"):
         conformer = conformer_fn(molecule.mol, params.conformer, pubchem_coords)
+        if conformer.mol is None and params.conformer.flat_fallback and params.conformer.method != "none":
+            flags.append("flat_conformer")
+            notes.append(f"conformer: {conformer.detail}")
+            conformer = flat_conformer(molecule.mol, conformer.detail)
     if conformer.mol is not None:
         coords = conformer.heavy_coords().tolist()
         with timer.step("e3fp"):

@@ -164,8 +164,25 @@ def test_properties_of_aspirin():
     assert props["complexity"] > 0
 
 
+def test_a_molecule_too_large_to_embed_gets_the_flat_depiction_so_its_atoms_still_count():
+    """Without the fallback its E3FP was empty, so the model's size features read it as 0 atoms."""
+    chain = {"cid": 1, "source": "test", "smiles": "C" * 300}
+    assert make_conformer(parse_molecule(chain["smiles"]).mol, FEAT.conformer).source == "none"
+    flat = featurize_row(chain, FEAT)
+    assert flat["conformer_source"] == "depiction_2d" and "flat_conformer" in flat["flags"]
+    assert "max_heavy_atoms" in flat["notes"]
+    coords, e3fp = np.array(flat["coords"]), np.array(flat["e3fp"])
+    assert coords.shape == (300, 3) and np.all(coords[:, 2] == 0.0)
+    assert e3fp.shape == (300, FEAT.e3fp.level + 1) and (e3fp[:, 0] >= 0).all(), "every atom has its first shell"
+    assert featurize_row(chain, FEAT) == flat, "the same coordinates every time"
+    off = featurize_row(chain, FEAT.model_copy(update={"conformer": FEAT.conformer.model_copy(update={"flat_fallback": False})}))
+    assert off["conformer_source"] == "none" and off["e3fp"] is None and "no_conformer" in off["flags"]
+    switched_off = FEAT.model_copy(update={"conformer": FEAT.conformer.model_copy(update={"method": "none"})})
+    assert featurize_row(chain, switched_off)["conformer_source"] == "none", "method none means no geometry at all"
+
+
 PATHOLOGICAL = {
-    "long chain, 300 heavy atoms": ("C" * 300, "none"),
+    "long chain, 300 heavy atoms": ("C" * 300, "depiction_2d"),
     "ferrocene": ("[CH-]1C=CC=C1.[CH-]1C=CC=C1.[Fe+2]", None),
     "cisplatin": ("N.N.Cl[Pt]Cl", None),
     "fullerene C60": ("c12c3c4c5c1c1c6c7c2c2c8c3c3c9c4c4c%10c5c5c1c1c6c6c%11c7c2c2c7c8c3c3c8c9c4c4c9c%10c5c5c1c1c6c6c%11c2c2c7c3c3c8c4c4c9c5c1c1c6c2c3c41", None),
