@@ -100,4 +100,4 @@ class Predictor:
         e3fp = molecule.e3fp
         geometry = torch.full((1, 1, levels), -1, dtype=torch.long) if e3fp is None else torch.as_tensor(e3fp)[None].long()
         return generate_answers(self.model, self.tokenizer, [prompt], self.model_view(molecule)[None], geometry,
-                                **task_decoding(params, task), **params.model.generation.decoding())[0]
+                                **task_decoding(params, task))[0]

@@ -65,6 +65,7 @@ class GenerationParams(_Section):
     num_beams: int = Field(ge=1, description="1: greedy decoding")
     repetition_penalty: float = Field(ge=1, description="transformers' repetition penalty (1: none)")
     no_repeat_ngram_size: int = Field(ge=0, description="no token n-gram of this size twice in an answer (0: off)")
+    property_repetition_penalty: float = Field(ge=1, description="property answers' own (a number's digits may repeat)")
     number_candidates: int = Field(ge=1, description="property answers: the k likeliest (beam search), answered "
                                                      "with their probability-weighted median number; 1: greedy")
 
@@ -75,7 +76,7 @@ class GenerationParams(_Section):
         return self
 
     def decoding(self) -> dict:
-        """The keyword arguments of `generate` besides the length bounds."""
+        """The keyword arguments of `generate` every task starts from (generation.task_decoding adds the rest)."""
         return {"num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty,
                 "no_repeat_ngram_size": self.no_repeat_ngram_size}
 

@@ -61,8 +61,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
                                        params.paths.cache_dir / "drawings"))
     with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
         answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size,
-                                  decoding=params.model.generation.decoding(),
-                                  lengths=lambda task: task_decoding(params, task), advance=advance,
+                                  decoding=lambda task: task_decoding(params, task), advance=advance,
                                   drawing=lambda row: drawings.pixels(row["image_part"], row["image_row"]))
     tasks = {r["example_id"]: r["task"] for r in rows}
     captions = [p for p in answers if tasks[p.id] == "caption"]

@@ -57,12 +57,11 @@ def _geometry(rows: list[dict], levels: int) -> torch.Tensor:
 
 
 def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, batch_size: int,
-                    lengths: Callable[[str], dict[str, int]], decoding: dict,
-                    advance: Callable[[int], None] = lambda n: None,
+                    decoding: Callable[[str], dict], advance: Callable[[int], None] = lambda n: None,
                     drawing: Callable[[dict], torch.Tensor] | None = None) -> list[Prediction]:
-    """One Prediction per row (id = example_id), in the rows' order. `lengths(task)` gives the length
-    bounds (predict.task_decoding: a property answer is a sentence, a caption a paragraph);
-    `decoding` goes to `generate` as is. The geometry is each row's `e3fp`; the drawing its shard
+    """One Prediction per row (id = example_id), in the rows' order. `decoding(task)` is what
+    `generate_answers` is told for the task's answers (generation.task_decoding: a property answer
+    is a sentence, a caption a paragraph). The geometry is each row's `e3fp`; the drawing its shard
     image, or `drawing(row)` ([3, S, S] uint8) when given (evaluate's drawing store, robustness's
     perturbed drawings)."""
     model, tokenizer = load_checkpoint(model_dir)
@@ -77,7 +76,7 @@ def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, ba
             pixels = torch.stack([drawing(r) if drawing else cached_pixels(str(shards / r["image_part"]), r["image_row"], size)
                                   for r in batch])
             answers = generate_answers(model, tokenizer, [r["prompt"] for r in batch], pixels, _geometry(batch, levels),
-                                       **lengths(task), **decoding)
+                                       **decoding(task))
             out += [Prediction(id=row["example_id"], reference=row["response"], prediction=text, property=row["property"])
                     for row, text in zip(batch, answers)]
             advance(len(batch))

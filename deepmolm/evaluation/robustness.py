@@ -188,8 +188,7 @@ def robustness(params: Params, model_dir: Path, instructions: Path, out: Path | 
         asked = [{**r, "e3fp": inputs[r["cid"]]["e3fp"]} for r in rows]
         with progress_bar(f"robustness: {perturbation.name}", len(asked), enabled=progress) as advance:
             answers = answer_examples(model_dir, instructions, asked, batch_size=params.eval.batch_size,
-                                      decoding=params.model.generation.decoding(),
-                                      lengths=lambda task: task_decoding(params, task), advance=advance, drawing=drawing)
+                                      decoding=lambda task: task_decoding(params, task), advance=advance, drawing=drawing)
         changed = [c for cid in cids if (c := changed_share(inputs[cid]["e3fp"], molecules[cid]["e3fp"])) is not None]
         if perturbation.kind in ("none", "drawing"):  # what the first molecule's drawing became, for the page
             drawings[perturbation.name] = _thumbnail(inputs[cids[0]]["image_png"], out / DRAWINGS / f"{perturbation.name}.png")

@@ -75,7 +75,7 @@ def test_answers_in_a_batch_equal_answers_one_at_a_time(split_set, setting):
     directory, _ = split_set
     params, model = setting
     rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 3)
-    kwargs = {"lengths": lambda task: {"max_new_tokens": {"caption": 10, "property_qa": 6}[task]}, "decoding": {"num_beams": 1}}
+    kwargs = {"decoding": lambda task: {"max_new_tokens": {"caption": 10, "property_qa": 6}[task], "num_beams": 1}}
     batched = answer_examples(model, directory, rows, batch_size=6, **kwargs)
     alone = answer_examples(model, directory, rows, batch_size=1, **kwargs)
     assert [p.id for p in batched] == [r["example_id"] for r in rows], "in the rows' order"
@@ -192,24 +192,25 @@ def test_cli_eval_run_names_a_missing_model(split_set, tmp_path):
     assert json.loads(result.stdout.splitlines()[-1])["error"].endswith("is not a DeepMoLM checkpoint (no config.json)")
 
 
-def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget(split_set, setting, monkeypatch):
+def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget_and_penalty(split_set, setting, monkeypatch):
     """model.generation.min_new_tokens is for captions: a floor on a one-number answer would pad it."""
     directory, _ = split_set
     _, model = setting
     params = load_params(PARAMS, ["model.generation.min_new_tokens=7", "model.generation.max_new_tokens=9",
-                                  "eval.property_max_new_tokens=5"])
+                                  "eval.property_max_new_tokens=5", "model.generation.repetition_penalty=1.3",
+                                  "model.generation.property_repetition_penalty=1.0"])
     calls = []
     real = DeepMoLMForCausalLM.generate_text
 
     def spy(self, *args, **kwargs):
-        calls.append((kwargs["min_new_tokens"], kwargs["max_new_tokens"]))
+        calls.append((kwargs["min_new_tokens"], kwargs["max_new_tokens"], kwargs["repetition_penalty"]))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(DeepMoLMForCausalLM, "generate_text", spy)
     rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 2)
-    answer_examples(model, directory, rows, batch_size=1, lengths=lambda task: task_decoding(params, task),
-                    decoding=params.model.generation.decoding())
-    assert calls == [(7, 9) if task == "caption" else (0, 5) for task in sorted(r["task"] for r in rows)]
+    answer_examples(model, directory, rows, batch_size=1, decoding=lambda task: task_decoding(params, task))
+    assert calls == [(7, 9, 1.3) if task == "caption" else (0, 5, 1.0) for task in sorted(r["task"] for r in rows)], \
+        "a caption's floor and penalty are not a number's"
     with pytest.raises(ValueError, match="unknown task 'poem'"):
         task_decoding(params, "poem")
 
@@ -232,8 +233,7 @@ def test_number_candidates_answer_with_the_beams_median(split_set, setting, monk
 
     monkeypatch.setattr(DeepMoLMForCausalLM, "generate_text", spy)
     rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 2)
-    answers = answer_examples(model, directory, rows, batch_size=2, lengths=lambda task: task_decoding(params, task),
-                              decoding=params.model.generation.decoding())
+    answers = answer_examples(model, directory, rows, batch_size=2, decoding=lambda task: task_decoding(params, task))
     assert [(b, n) for b, n, _ in beams] == [(1, 1), (3, 3)], "captions greedy, property answers from 3 beams"
     _, tokenizer = load_checkpoint(model)
     out = beams[1][2]

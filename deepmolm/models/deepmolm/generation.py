@@ -92,14 +92,18 @@ def median_answer(candidates: list[str], log_probs: list[float]) -> str:
     return numbered[min(range(len(numbered)), key=lambda i: (risks[i], -weights[i]))][1]
 
 
-def task_decoding(params: Params, task: str) -> dict[str, int]:
-    """What `generate_answers` is told per task, besides model.generation's decoding: a caption is
-    a paragraph (at least model.generation.min_new_tokens long), a property answer one sentence,
-    chosen among model.generation.number_candidates."""
+def task_decoding(params: Params, task: str) -> dict:
+    """Everything `generate_answers` is told for a task's answers: model.generation's decoding, then
+    what the task changes. A caption is a paragraph (at least min_new_tokens long); a property
+    answer is one sentence (eval.property_max_new_tokens), with its own repetition penalty (a
+    number's digits may repeat, and the caption's penalty pushes against that) and optionally
+    chosen among number_candidates."""
     generation = params.model.generation
+    decoding = generation.decoding()
     if task == "caption":
-        return {"max_new_tokens": generation.max_new_tokens, "min_new_tokens": generation.min_new_tokens}
+        return {**decoding, "max_new_tokens": generation.max_new_tokens, "min_new_tokens": generation.min_new_tokens}
     if task == "property_qa":
-        return {"max_new_tokens": params.eval.property_max_new_tokens, "min_new_tokens": 0,
+        return {**decoding, "max_new_tokens": params.eval.property_max_new_tokens, "min_new_tokens": 0,
+                "repetition_penalty": generation.property_repetition_penalty,
                 "number_candidates": generation.number_candidates}
     raise ValueError(f"unknown task {task!r} (caption | property_qa)")
