@@ -65,9 +65,9 @@ class GenerationParams(_Section):
     num_beams: int = Field(ge=1, description="1: greedy decoding")
     repetition_penalty: float = Field(ge=1, description="transformers' repetition penalty (1: none)")
     no_repeat_ngram_size: int = Field(ge=0, description="no token n-gram of this size twice in an answer (0: off)")
-    property_repetition_penalty: float = Field(ge=1, description="property answers' own (a number's digits may repeat)")
-    number_candidates: int = Field(ge=1, description="property answers: the k likeliest (beam search), answered "
-                                                     "with their probability-weighted median number; 1: greedy")
+    number_digits: Literal["likeliest", "median"] = Field(
+        description="property answers: each digit after a number's first the likeliest (greedy) or at the running "
+                    "median of the model's distribution over the number (generation.MedianDigits)")
 
     @model_validator(mode="after")
     def _floor_within_budget(self) -> GenerationParams:

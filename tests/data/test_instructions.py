@@ -20,7 +20,7 @@ from deepmolm.data.instructions import (
     resolve_instruction_set,
 )
 from deepmolm.data.shards.parts import read_manifest
-from deepmolm.models.deepmolm.numbers import first_number
+from deepmolm.evaluation.properties import first_number
 from deepmolm.store.files import sha256_file
 from tests.conftest import PARAMS, run_cli, tmp_overrides
 

@@ -17,7 +17,7 @@ from deepmolm.config import ConfigError, load_params
 from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
 from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
 from deepmolm.evaluation.model_answers import answer_examples, examples_of_splits
-from deepmolm.models.deepmolm.generation import left_padded, load_checkpoint, task_decoding
+from deepmolm.models.deepmolm.generation import left_padded, task_decoding
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.tokenizer import build_tokenizer
 from deepmolm.reports.pipeline import write_pipeline_report
@@ -192,56 +192,27 @@ def test_cli_eval_run_names_a_missing_model(split_set, tmp_path):
     assert json.loads(result.stdout.splitlines()[-1])["error"].endswith("is not a DeepMoLM checkpoint (no config.json)")
 
 
-def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget_and_penalty(split_set, setting, monkeypatch):
+def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget_and_digits(split_set, setting, monkeypatch):
     """model.generation.min_new_tokens is for captions: a floor on a one-number answer would pad it."""
     directory, _ = split_set
     _, model = setting
     params = load_params(PARAMS, ["model.generation.min_new_tokens=7", "model.generation.max_new_tokens=9",
-                                  "eval.property_max_new_tokens=5", "model.generation.repetition_penalty=1.3",
-                                  "model.generation.property_repetition_penalty=1.0"])
+                                  "eval.property_max_new_tokens=5", "model.generation.number_digits=median"])
     calls = []
     real = DeepMoLMForCausalLM.generate_text
 
     def spy(self, *args, **kwargs):
-        calls.append((kwargs["min_new_tokens"], kwargs["max_new_tokens"], kwargs["repetition_penalty"]))
+        medians = [type(p).__name__ for p in kwargs["logits_processor"]]
+        calls.append((kwargs["min_new_tokens"], kwargs["max_new_tokens"], medians))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(DeepMoLMForCausalLM, "generate_text", spy)
     rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 2)
     answer_examples(model, directory, rows, batch_size=1, decoding=lambda task: task_decoding(params, task))
-    assert calls == [(7, 9, 1.3) if task == "caption" else (0, 5, 1.0) for task in sorted(r["task"] for r in rows)], \
-        "a caption's floor and penalty are not a number's"
+    assert calls == [(7, 9, []) if task == "caption" else (0, 5, ["MedianDigits"]) for task in sorted(r["task"] for r in rows)], \
+        "a caption's floor is not a number's, nor a number's digits a caption's"
     with pytest.raises(ValueError, match="unknown task 'poem'"):
         task_decoding(params, "poem")
-
-
-def test_number_candidates_answer_with_the_beams_median(split_set, setting, monkeypatch):
-    """model.generation.number_candidates: property answers come from a beam's k candidates, and the
-    answer given is one of them, the one at their probability-weighted median; captions stay greedy."""
-    from deepmolm.models.deepmolm.generation import median_answer
-
-    directory, _ = split_set
-    _, model = setting
-    params = load_params(PARAMS, ["model.generation.number_candidates=3", "eval.property_max_new_tokens=8"])
-    beams = []
-    real = DeepMoLMForCausalLM.generate_text
-
-    def spy(self, *args, **kwargs):
-        out = real(self, *args, **kwargs)
-        beams.append((kwargs["num_beams"], kwargs.get("num_return_sequences", 1), out))
-        return out
-
-    monkeypatch.setattr(DeepMoLMForCausalLM, "generate_text", spy)
-    rows = examples_of_splits(directory, ["test"], ["caption", "property_qa"], 2)
-    answers = answer_examples(model, directory, rows, batch_size=2, decoding=lambda task: task_decoding(params, task))
-    assert [(b, n) for b, n, _ in beams] == [(1, 1), (3, 3)], "captions greedy, property answers from 3 beams"
-    _, tokenizer = load_checkpoint(model)
-    out = beams[1][2]
-    texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.sequences]
-    scores = out.sequences_scores.tolist()
-    given = [a.prediction for a in answers if a.property is not None]
-    assert given == [median_answer(texts[3 * i:3 * i + 3], scores[3 * i:3 * i + 3]) for i in range(2)]
-    assert all(g in texts[3 * i:3 * i + 3] for i, g in enumerate(given))
 
 
 def test_robustness_answers_the_same_examples_under_every_perturbation_and_the_report_shows_it(split_set, setting, tmp_path):

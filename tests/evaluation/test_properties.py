@@ -8,8 +8,7 @@ import pytest
 
 from deepmolm.config import load_params
 from deepmolm.evaluation.predictions import Prediction
-from deepmolm.evaluation.properties import score_properties
-from deepmolm.models.deepmolm.numbers import first_number
+from deepmolm.evaluation.properties import first_number, score_properties
 from tests.conftest import PARAMS, run_cli
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from deepmolm.config import Params
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
-from deepmolm.models.deepmolm.numbers import first_number
 from deepmolm.models.deepmolm.processing import normalise_pixels, prompt_token_ids
 from deepmolm.models.deepmolm.tokenizer import load_tokenizer
 
@@ -51,59 +51,64 @@ def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 def generate_answers(model: DeepMoLMForCausalLM, tokenizer, prompts: list[str], pixels: torch.Tensor,
                      geometry: torch.Tensor, *, max_new_tokens: int, min_new_tokens: int = 0, num_beams: int = 1,
                      repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                     number_candidates: int = 1) -> list[str]:
+                     number_digits: str = "likeliest") -> list[str]:
     """Answers to a batch of prompts: uint8 drawings [B, 3, S, S] and E3FP [B, atoms, levels] (-1 = none);
-    no answer ends before `min_new_tokens`. With `number_candidates` k > 1, each prompt's k most
-    likely answers (beam search) and the one whose number is their probability-weighted median."""
+    no answer ends before `min_new_tokens`; `number_digits` "median": see MedianDigits."""
     ids, mask = left_padded([prompt_token_ids(p, tokenizer, model.config.encoder_spec().tokens) for p in prompts],
                             tokenizer.pad_token_id)
-    settings = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, repetition_penalty=repetition_penalty,
-                    no_repeat_ngram_size=no_repeat_ngram_size, do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id)
-    pixels = normalise_pixels(pixels)
-    if number_candidates == 1:
-        new = model.generate_text(ids, mask, pixels, geometry, num_beams=num_beams, **settings)
-        return _decoded(tokenizer, new)
-    # length_penalty 0: a candidate's score is its log-probability, whatever its length
-    out = model.generate_text(ids, mask, pixels, geometry, num_beams=max(num_beams, number_candidates),
-                              num_return_sequences=number_candidates, length_penalty=0.0, output_scores=True,
-                              return_dict_in_generate=True, **settings)
-    texts, scores = _decoded(tokenizer, out.sequences), out.sequences_scores.view(len(prompts), number_candidates)
-    return [median_answer(texts[i * number_candidates:(i + 1) * number_candidates], scores[i].tolist())
-            for i in range(len(prompts))]
+    processors = LogitsProcessorList([MedianDigits(tokenizer)] if number_digits == "median" else [])
+    new = model.generate_text(ids, mask, normalise_pixels(pixels), geometry, max_new_tokens=max_new_tokens,
+                              min_new_tokens=min_new_tokens, num_beams=num_beams, repetition_penalty=repetition_penalty,
+                              no_repeat_ngram_size=no_repeat_ngram_size, do_sample=False, logits_processor=processors,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in new]
 
 
-def _decoded(tokenizer, tokens: torch.Tensor) -> list[str]:
-    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+class MedianDigits(LogitsProcessor):
+    """Inside a number, the digit at the running median of the model's distribution over the number,
+    not the likeliest digit. Digits are single tokens, so for numbers of one length their order is
+    the numbers' order: at each digit the one where the cumulative probability crosses the target
+    quantile q (0.5 after the number's first digit), and q rescaled to within that digit for the
+    next one. The answer is then the median of what the model believes, the value that minimises
+    the expected absolute error, where greedy decoding takes a leading digit of 0 over a 1, 2 and 3
+    that together are likelier. The number's first digit and where it ends stay greedy."""
 
+    def __init__(self, tokenizer):
+        self.digits = torch.tensor([tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)])
+        self.point = tokenizer.convert_tokens_to_ids(".")
+        self.quantile: torch.Tensor | None = None
 
-def median_answer(candidates: list[str], log_probs: list[float]) -> str:
-    """The candidate whose number minimises the expected absolute error against the others' numbers,
-    weighted by their probabilities (minimum Bayes risk under absolute error: the weighted median).
-    Greedy decoding commits to the likeliest first digit even when the next one down is nearly as
-    likely, an error of a whole place value; the median of the candidates hedges it. Candidates
-    without a number are left out; with none at all, the likeliest candidate."""
-    numbered = [(first_number(text), text, lp) for text, lp in zip(candidates, log_probs)]
-    numbered = [(value, text, lp) for value, text, lp in numbered if value is not None]
-    if not numbered:
-        return candidates[max(range(len(candidates)), key=lambda i: log_probs[i])]
-    weights = torch.softmax(torch.tensor([lp for _, _, lp in numbered], dtype=torch.float64), dim=0).tolist()
-    risks = [sum(w * abs(value - other) for (other, _, _), w in zip(numbered, weights)) for value, _, _ in numbered]
-    return numbered[min(range(len(numbered)), key=lambda i: (risks[i], -weights[i]))][1]
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.quantile is None:
+            self.quantile = torch.full((len(scores),), 0.5, dtype=torch.float64)
+        if input_ids.shape[1] == 0:
+            return scores
+        digits = self.digits.to(scores.device)
+        last = input_ids[:, -1]
+        after_digit = input_ids.shape[1] > 1 and torch.isin(input_ids[:, -2], digits)
+        in_number = torch.isin(last, digits) | ((last == self.point) & after_digit)
+        self.quantile[~in_number.cpu()] = 0.5
+        continues = in_number & torch.isin(scores.argmax(dim=-1), digits)
+        for row in continues.nonzero().flatten().tolist():
+            p = torch.softmax(scores[row].double(), dim=-1)[digits]
+            p = p / p.sum()
+            below = torch.cumsum(p, dim=0) - p
+            chosen = int(torch.searchsorted(torch.cumsum(p, dim=0), self.quantile[row]).clamp(max=9))
+            self.quantile[row] = ((self.quantile[row] - below[chosen]) / p[chosen]).clamp(0.0, 1.0)
+            scores[row] = float("-inf")
+            scores[row, digits[chosen]] = 0.0
+        return scores
 
 
 def task_decoding(params: Params, task: str) -> dict:
     """Everything `generate_answers` is told for a task's answers: model.generation's decoding, then
     what the task changes. A caption is a paragraph (at least min_new_tokens long); a property
-    answer is one sentence (eval.property_max_new_tokens), with its own repetition penalty (a
-    number's digits may repeat, and the caption's penalty pushes against that) and optionally
-    chosen among number_candidates."""
+    answer is one sentence (eval.property_max_new_tokens) whose digits `number_digits` chooses."""
     generation = params.model.generation
     decoding = generation.decoding()
     if task == "caption":
         return {**decoding, "max_new_tokens": generation.max_new_tokens, "min_new_tokens": generation.min_new_tokens}
     if task == "property_qa":
         return {**decoding, "max_new_tokens": params.eval.property_max_new_tokens, "min_new_tokens": 0,
-                "repetition_penalty": generation.property_repetition_penalty,
-                "number_candidates": generation.number_candidates}
+                "number_digits": generation.number_digits}
     raise ValueError(f"unknown task {task!r} (caption | property_qa)")

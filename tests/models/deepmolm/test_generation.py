@@ -1,31 +1,54 @@
-"""Choosing a property answer among the beam's candidates (model.generation.number_candidates)."""
+"""MedianDigits: a number's digits at the running median of the model's distribution, not its mode."""
 
 from __future__ import annotations
 
 import math
 
-from deepmolm.models.deepmolm.generation import median_answer
+import torch
+
+from deepmolm.models.deepmolm.generation import MedianDigits
+
+DIGITS = list(range(20, 30))  # token ids of "0".."9"
+POINT, SPACE, END = 18, 5, 2
 
 
-def answer(value: float) -> str:
-    return f"The molecular weight is {value} g/mol."
+class DigitTokenizer:
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return {".": POINT, **{str(d): DIGITS[d] for d in range(10)}}[token]
 
 
-def test_the_answer_is_the_weighted_median_not_the_likeliest_candidate():
-    # 500 is the likeliest single answer (0.40), but 0.55 of the probability says about 400
-    candidates = [answer(500.1), answer(400.0), answer(410.0), "It is heavy.", answer(900.0)]
-    log_probs = [math.log(p) for p in (0.40, 0.30, 0.25, 0.04, 0.01)]
-    assert median_answer(candidates, log_probs) == answer(410.0)
-    # the same candidates, now most of the probability on 500
-    log_probs = [math.log(p) for p in (0.70, 0.10, 0.10, 0.05, 0.05)]
-    assert median_answer(candidates, log_probs) == answer(500.1)
+def step_scores(digit_probs: dict[int, float], rest: dict[int, float] | None = None) -> torch.Tensor:
+    """Log-probabilities over a 32-token vocabulary: the given digits (and other tokens)."""
+    probs = torch.full((32,), 1e-9)
+    for digit, p in digit_probs.items():
+        probs[DIGITS[digit]] = p
+    for token, p in (rest or {}).items():
+        probs[token] = p
+    return probs.log()[None]
 
 
-def test_candidates_without_a_number_are_left_out_unless_none_has_one():
-    assert median_answer(["It is heavy.", answer(12.0)], [-0.1, -3.0]) == answer(12.0)
-    assert median_answer(["It is heavy.", "It is light."], [-2.0, -0.5]) == "It is light."
+def chosen(processor: MedianDigits, generated: list[int], scores: torch.Tensor) -> int:
+    return int(processor(torch.tensor([generated]), scores.clone()).argmax())
 
 
-def test_an_even_split_goes_to_the_likelier_side():
-    assert median_answer([answer(100.0), answer(200.0)], [math.log(0.5), math.log(0.5)]) in (answer(100.0), answer(200.0))
-    assert median_answer([answer(100.0), answer(200.0)], [math.log(0.49), math.log(0.51)]) == answer(200.0)
+def test_the_digit_after_the_first_is_the_median_not_the_mode_and_the_quantile_carries_on():
+    processor = MedianDigits(DigitTokenizer())
+    # "1" then: 0 is the likeliest hundreds digit (0.4), but 0.6 of the mass is on 1, 2 and 3
+    assert chosen(processor, [SPACE, DIGITS[1]], step_scores({0: 0.4, 1: 0.2, 2: 0.2, 3: 0.2})) == DIGITS[1]
+    assert math.isclose(float(processor.quantile[0]), 0.5, abs_tol=1e-6), "(0.5 - 0.4) / 0.2: the median is mid-way into digit 1"
+    uniform = step_scores(dict.fromkeys(range(10), 0.1))
+    assert chosen(processor, [SPACE, DIGITS[1], DIGITS[1]], uniform) == DIGITS[4], "then the middle of uniform tens"
+    # a decimal point inside the number keeps the quantile; past the number it is reset
+    processor.quantile[0] = 0.95
+    assert chosen(processor, [DIGITS[1], DIGITS[1], DIGITS[4], POINT], uniform) == DIGITS[9]
+    assert chosen(processor, [DIGITS[4], POINT, SPACE], uniform) == int(uniform.argmax()), "not inside a number"
+    assert float(processor.quantile[0]) == 0.5
+
+
+def test_greedy_keeps_the_first_digit_and_where_the_number_ends():
+    processor = MedianDigits(DigitTokenizer())
+    first = step_scores({0: 0.1, 7: 0.3, 8: 0.3}, {SPACE: 0.3})
+    assert chosen(processor, [SPACE], first) == int(first.argmax()), "the first digit stays greedy"
+    ends = step_scores({0: 0.3, 1: 0.1}, {POINT: 0.6})
+    assert chosen(processor, [SPACE, DIGITS[5]], ends) == POINT, "the number ends where greedy ends it"
+    assert chosen(processor, [], step_scores({3: 0.9})) == DIGITS[3], "nothing generated yet: untouched"
