@@ -25,19 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from deepmolm.config import load_params
+from deepmolm.data.featurize.outcome import FeaturizeError
+from deepmolm.data.featurize.record import StepTimer, featurize_row
+from deepmolm.data.shards.sfp_table import graph_row
+from deepmolm.data.ingest import ingest_tsv
+from deepmolm.data.sources.raw_table import read_raw_table
+from flows.api import prefect_api, quiet_dask_logs
+from flows.featurize import run_featurize
+
 
 def main() -> None:
-    # imported here, not at the top: each Dask worker process re-imports the main module (spawn), so
-    # top-level imports here would load into every worker what the CLI's workers never load
-    from deepmolm.config import load_params
-    from deepmolm.data.featurize.outcome import FeaturizeError
-    from deepmolm.data.featurize.record import StepTimer, featurize_row
-    from deepmolm.data.ingest import ingest_tsv
-    from deepmolm.data.shards.sfp_table import graph_row
-    from deepmolm.data.sources.raw_table import read_raw_table
-    from flows.api import prefect_api, quiet_dask_logs
-    from flows.featurize import run_featurize
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--molecules", type=int, default=400)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -57,7 +55,6 @@ def main() -> None:
     raw = ingest_tsv(params, table, progress=False)
     rows = read_raw_table(raw.out).to_pylist()
 
-    featurize_row({"cid": 0, "source": "warm-up", "smiles": "CCO"}, params.featurize)  # its first call imports e3fp
     timer = StepTimer()
     started = time.perf_counter()
     for row in rows:

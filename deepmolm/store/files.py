@@ -24,13 +24,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 PARQUET_OPTIONS = {"write_statistics": True, "use_dictionary": True}
 
 
-def read_parquet_file(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One Parquet file, read without pyarrow.dataset: `pq.read_table` goes through it, and its
-    import (pandas with it) costs each fresh Dask worker about half a second of CPU, taken from
-    the molecules of the other worker on a 2-core machine."""
-    return pq.ParquetFile(path).read(columns=columns)
-
-
 def write_parquet(table: pa.Table, path: Path, *, compression: str = "zstd") -> None:
     pq.write_table(table, path, compression=compression, **PARQUET_OPTIONS)
 

@@ -12,7 +12,6 @@ a heavy-atom neighbour (lone ions, methane) are left out by e3fp and keep -1 in 
 from __future__ import annotations
 
 import logging
-from functools import cache
 
 import numpy as np
 from rdkit import Chem
@@ -20,12 +19,9 @@ from rdkit import Chem
 from deepmolm.config import E3fpParams
 
 
-@cache
-def _e3fp():
-    """e3fp's Fingerprinter and signed_to_unsigned_int, imported on first use: the import costs about
-    0.4 s of CPU, which a Dask worker (it imports this module through the featurize task but never
-    fingerprints) would take from the molecules. e3fp calls logging.basicConfig(level=INFO) when
-    imported, which turns on every library's INFO lines; undo that on the root logger."""
+def _import_e3fp():
+    """e3fp calls logging.basicConfig(level=INFO) when imported, which turns on every library's INFO
+    lines (httpx's request log in each Dask worker, for one); undo that on the root logger."""
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     from e3fp.fingerprint import fprinter
@@ -37,6 +33,9 @@ def _e3fp():
     return fprinter.Fingerprinter, fprinter.signed_to_unsigned_int
 
 
+Fingerprinter, signed_to_unsigned_int = _import_e3fp()
+
+
 def e3fp_atom_identifiers(mol_with_conformer: Chem.Mol, params: E3fpParams) -> np.ndarray:
     """int32 array [n_heavy_atoms, level + 1]; -1 where an atom has no shell at a level."""
     heavy = [a.GetIdx() for a in mol_with_conformer.GetAtoms() if a.GetAtomicNum() > 1]
@@ -46,7 +45,6 @@ def e3fp_atom_identifiers(mol_with_conformer: Chem.Mol, params: E3fpParams) -> n
         return out  # only lone atoms: e3fp leaves out atoms without heavy neighbours, so no shells
     printer = fingerprinter(params)
     printer.run(conf=mol_with_conformer.GetConformer(), mol=mol_with_conformer)
-    signed_to_unsigned_int = _e3fp()[1]
     seen: set = set()
     for level in range(params.level + 1):
         shells = printer.level_shells.get(level)
@@ -59,8 +57,8 @@ def e3fp_atom_identifiers(mol_with_conformer: Chem.Mol, params: E3fpParams) -> n
     return out
 
 
-def fingerprinter(params: E3fpParams):
-    return _e3fp()[0](
+def fingerprinter(params: E3fpParams) -> Fingerprinter:
+    return Fingerprinter(
         bits=params.bits,
         level=params.level,
         radius_multiplier=params.radius_multiplier,

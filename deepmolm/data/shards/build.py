@@ -45,7 +45,7 @@ from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.data.sources.raw_table import read_raw_rows, resolve_snapshot
 from deepmolm.runtime.progress import progress_bar
 from deepmolm.runtime.run_log import log_run, portable_path
-from deepmolm.store.files import StorageError, read_parquet_file, storage_problem
+from deepmolm.store.files import StorageError, storage_problem
 from deepmolm.store.versions import MANIFEST, mark_latest
 
 # The params a record depends on. rows_per_part changes only how records are cut into parts, so it
@@ -220,7 +220,7 @@ def _same_part(chunk: Chunk) -> Path | None:
     source = Path(files.pop())
     if source.name == REJECTS:
         return None
-    held = read_parquet_file(source, ["input_hash"]).column("input_hash").to_pylist()
+    held = pq.read_table(source, columns=["input_hash"]).column("input_hash").to_pylist()
     return source if held == list(chunk.reuse) else None
 
 

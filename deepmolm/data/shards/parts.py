@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from deepmolm import __version__
 from deepmolm.data.sources.raw_table import PUBCHEM_PROPERTIES_TYPE
 from deepmolm.store import versions
-from deepmolm.store.files import read_parquet_file, sha256_file, write_parquet, write_parquet_atomic
+from deepmolm.store.files import sha256_file, write_parquet, write_parquet_atomic
 from deepmolm.store.versions import MANIFEST
 
 SCHEMA_VERSION = 1
@@ -129,7 +129,7 @@ def copy_part(building: Path, index: int, source: Path) -> PartResult:
         temporary.unlink(missing_ok=True)
         raise
     os.replace(temporary, path)
-    records = read_parquet_file(path, ["conformer_source", "flags"]).to_pylist()
+    records = pq.read_table(path, columns=["conformer_source", "flags"]).to_pylist()
     return _finish_part(building, index, path, records, [], reused=len(records), seconds_by_step={})
 
 

@@ -22,7 +22,7 @@ from rdkit import Chem, rdBase
 from deepmolm.data.featurize.outcome import FeaturizeError
 from deepmolm.data.featurize.sfp import FRAGMENT_SCALES, StructuredGraph, structured_graph
 from deepmolm.data.shards.parts import read_manifest
-from deepmolm.store.files import read_parquet_file, write_parquet_atomic
+from deepmolm.store.files import write_parquet_atomic
 from deepmolm.store.versions import MANIFEST
 
 SFP_DIR = "sfp"
@@ -85,7 +85,7 @@ def write_sfp_part(version_dir: Path, part: str) -> SfpPart:
     out = version_dir / SFP_DIR
     out.mkdir(exist_ok=True)
     rows, rejects = [], []
-    for molecule in read_parquet_file(version_dir / part, ["cid", "smiles", "coords"]).to_pylist():
+    for molecule in pq.read_table(version_dir / part, columns=["cid", "smiles", "coords"]).to_pylist():
         try:
             rows.append(graph_row(molecule["cid"], molecule["smiles"], molecule["coords"]))
         except FeaturizeError as exc:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from deepmolm import __version__
 from deepmolm.data.sources.records import InputRef, RawRecord, Rejection
 from deepmolm.store import versions
-from deepmolm.store.files import read_parquet_file, sha256_file, write_parquet
+from deepmolm.store.files import sha256_file, write_parquet
 from deepmolm.store.versions import MANIFEST, mark_latest
 
 SCHEMA_VERSION = 1
@@ -200,7 +200,7 @@ def read_raw_rows(snapshot_dir: Path, start: int, stop: int) -> list[dict]:
     for part in manifest["parts"]:
         lo, hi = max(start, offset), min(stop, offset + part["rows"])
         if lo < hi:
-            table = read_parquet_file(Path(snapshot_dir) / part["path"], RAW_SCHEMA.names).cast(RAW_SCHEMA)
+            table = pq.read_table(Path(snapshot_dir) / part["path"], schema=RAW_SCHEMA)
             rows.extend(table.slice(lo - offset, hi - lo).to_pylist())
         offset += part["rows"]
     return rows
