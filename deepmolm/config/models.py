@@ -70,9 +70,11 @@ class GenerationParams(_Section):
                     "median of the model's distribution over the number (generation.MedianDigits)")
 
     @model_validator(mode="after")
-    def _floor_within_budget(self) -> GenerationParams:
+    def _consistent(self) -> GenerationParams:
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"min_new_tokens {self.min_new_tokens} is above max_new_tokens {self.max_new_tokens}")
+        if self.number_digits == "median" and self.num_beams > 1:
+            raise ValueError("number_digits median follows one answer digit by digit: it needs num_beams 1")
         return self
 
     def decoding(self) -> dict:

@@ -36,6 +36,7 @@ def test_override_sets_a_typed_value():
                      "report, serve, sources, train"]),
         ("contracts.max_reject_rate.wildcard_atom=1.5", ["contracts.max_reject_rate", "fraction in [0, 1]", "1.5"]),
         ("model.generation.min_new_tokens=300", ["model.generation", "min_new_tokens 300 is above max_new_tokens 256"]),
+        ("model.generation.number_digits=mean", ["model.generation.number_digits", "'likeliest' or 'median'"]),
         ("serve.concurrency=0", ["serve.concurrency", "greater than or equal to 1"]),
         ("serve.max_upload_bytes=10", ["serve.max_upload_bytes", "greater than or equal to 1024"]),
     ],
@@ -45,6 +46,12 @@ def test_invalid_overrides_name_the_key_and_what_was_expected(override, fragment
         load_params(PARAMS, [override])
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+def test_median_digits_need_one_answer_at_a_time():
+    with pytest.raises(ConfigError, match="number_digits median .* needs num_beams 1"):
+        load_params(PARAMS, ["model.generation.number_digits=median", "model.generation.num_beams=3"])
+    assert load_params(PARAMS, ["model.generation.number_digits=median"]).model.generation.number_digits == "median"
 
 
 def test_a_recipe_sets_its_keys_over_the_file_and_overrides_win_over_the_recipe():
