@@ -202,8 +202,8 @@ def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget_an
     real = DeepMoLMForCausalLM.generate_text
 
     def spy(self, *args, **kwargs):
-        medians = [type(p).__name__ for p in kwargs["logits_processor"]]
-        calls.append((kwargs["min_new_tokens"], kwargs["max_new_tokens"], medians))
+        processors = [type(p).__name__ for p in kwargs["logits_processor"]]
+        calls.append((kwargs["min_new_tokens"], kwargs["max_new_tokens"], processors))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(DeepMoLMForCausalLM, "generate_text", spy)

@@ -49,7 +49,7 @@ def make_conformer(mol: Chem.Mol, params: ConformerParams, pubchem_coords: np.nd
     return Conformer("none", None, "ETKDG embedding failed")
 
 
-def flat_conformer(mol: Chem.Mol, why: str) -> Conformer:
+def flat_conformer(mol: Chem.Mol) -> Conformer:
     """RDKit's 2D depiction coordinates (z = 0) for a molecule without a 3D conformer (too large to
     embed, embedding failed, past its time limit). Its E3FP is not a 3D fingerprint, but every heavy
     atom still gets its first-shell identifier, so the model still sees which atoms and how many: a
@@ -57,7 +57,7 @@ def flat_conformer(mol: Chem.Mol, why: str) -> Conformer:
     the 11 such molecules, all large, made 10.5 g/mol of the model's 66.8 mw MAE)."""
     with_h = Chem.AddHs(mol)
     rdDepictor.Compute2DCoords(with_h)
-    return Conformer("depiction_2d", with_h, f"{why}; the 2D depiction's coordinates instead")
+    return Conformer("depiction_2d", with_h)
 
 
 def _attempts(mol: Chem.Mol, params: ConformerParams) -> list[tuple[str, bool]]:

@@ -117,7 +117,7 @@ def _featurize(
         if conformer.mol is None and params.conformer.flat_fallback and params.conformer.method != "none":
             flags.append("flat_conformer")
             notes.append(f"conformer: {conformer.detail}")
-            conformer = flat_conformer(molecule.mol, conformer.detail)
+            conformer = flat_conformer(molecule.mol)
     if conformer.mol is not None:
         coords = conformer.heavy_coords().tolist()
         with timer.step("e3fp"):

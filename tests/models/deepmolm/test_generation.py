@@ -9,7 +9,7 @@ import torch
 from deepmolm.models.deepmolm.generation import MedianDigits
 
 DIGITS = list(range(20, 30))  # token ids of "0".."9"
-POINT, SPACE, END = 18, 5, 2
+POINT, SPACE = 18, 5
 
 
 class DigitTokenizer:
@@ -47,8 +47,8 @@ def test_the_digit_after_the_first_is_the_median_not_the_mode_and_the_quantile_c
 
 def test_greedy_keeps_the_first_digit_and_where_the_number_ends():
     processor = MedianDigits(DigitTokenizer())
-    first = step_scores({0: 0.1, 7: 0.3, 8: 0.3}, {SPACE: 0.3})
-    assert chosen(processor, [SPACE], first) == int(first.argmax()), "the first digit stays greedy"
+    first = step_scores({1: 0.4, 8: 0.3, 9: 0.3})  # the digits' median would be 8
+    assert chosen(processor, [SPACE], first) == DIGITS[1], "the first digit stays greedy"
     ends = step_scores({0: 0.3, 1: 0.1}, {POINT: 0.6})
     assert chosen(processor, [SPACE, DIGITS[5]], ends) == POINT, "the number ends where greedy ends it"
     assert chosen(processor, [], step_scores({3: 0.9})) == DIGITS[3], "nothing generated yet: untouched"
