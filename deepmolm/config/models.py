@@ -94,6 +94,9 @@ class ModelParams(_Section):
     fusion_variant: FusionVariant = Field(
         description="fusion (default); the paper's ablations: fusion_zero_e3fp, concat, linear"
     )
+    number_head: bool = Field(description="property answers write their number as a <num> slot that a regression "
+                                          "head fills (not in the paper; see deepmolm/models/deepmolm/modeling.py)")
+    number_loss_coef: float = Field(gt=0, description="a <num> slot's L1 error counts as this many tokens' loss")
     presets: dict[str, PresetParams]
 
     @field_validator("presets")

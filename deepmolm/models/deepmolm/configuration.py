@@ -21,11 +21,15 @@ class DeepMoLMConfig(PreTrainedConfig):
     model_type = "deepmolm"
 
     def __init__(self, encoder: dict | None = None, fusion: dict | None = None, language: dict | None = None,
-                 image_token_id: int = 0, **kwargs):
+                 image_token_id: int = 0, number_head: bool = False, number_token_id: int = 0,
+                 number_loss_coef: float = 1.0, **kwargs):
         self.encoder = dict(encoder or {})
         self.fusion = dict(fusion or {})
         self.language = dict(language or {})  # Qwen2Config fields (not `text_config`: transformers expects a config object there)
         self.image_token_id = image_token_id
+        self.number_head = number_head  # property numbers through a regression head at a <num> slot (modeling.py)
+        self.number_token_id = number_token_id
+        self.number_loss_coef = number_loss_coef
         super().__init__(**kwargs)
 
     def encoder_spec(self) -> DeepEncoderSpec:

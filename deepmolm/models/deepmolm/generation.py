@@ -57,11 +57,47 @@ def generate_answers(model: DeepMoLMForCausalLM, tokenizer, prompts: list[str], 
     ids, mask = left_padded([prompt_token_ids(p, tokenizer, model.config.encoder_spec().tokens) for p in prompts],
                             tokenizer.pad_token_id)
     processors = LogitsProcessorList([MedianDigits(tokenizer)] if number_digits == "median" else [])
-    new = model.generate_text(ids, mask, normalise_pixels(pixels), geometry, max_new_tokens=max_new_tokens,
+    pixel_values = normalise_pixels(pixels)
+    new = model.generate_text(ids, mask, pixel_values, geometry, max_new_tokens=max_new_tokens,
                               min_new_tokens=min_new_tokens, num_beams=num_beams, repetition_penalty=repetition_penalty,
                               no_repeat_ngram_size=no_repeat_ngram_size, do_sample=False, logits_processor=processors,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return [tokenizer.decode(tokens, skip_special_tokens=True).strip() for tokens in new]
+    values = slot_values(model, ids, mask, pixel_values, geometry, new)
+    return [written(tokenizer, tokens.tolist(), row_values, model.config.number_token_id)
+            for tokens, row_values in zip(new, values)]
+
+
+def slot_values(model: DeepMoLMForCausalLM, ids: torch.Tensor, mask: torch.Tensor, pixel_values: torch.Tensor,
+                geometry: torch.Tensor, new: torch.Tensor) -> list[list[float]]:
+    """Per answer, the number head's value at each <num> it wrote: one forward pass over prompt and
+    answer (positions counted from the attention mask, as generate counts them under left padding)
+    reads the hidden state before each slot. Empty lists without a number head or a slot."""
+    if not model.config.number_head or not bool((new == model.config.number_token_id).any()):
+        return [[] for _ in new]
+    sequence = torch.cat([ids, new], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = model(sequence, full_mask, pixel_values, geometry, position_ids=positions,
+                   output_hidden_states=True).hidden_states[-1]
+    in_answer = torch.arange(1, sequence.shape[1], device=sequence.device) >= ids.shape[1]
+    slots = (sequence[:, 1:] == model.config.number_token_id) & in_answer
+    rows, columns = slots.nonzero(as_tuple=True)
+    found = model.numbers_at(hidden[rows, columns]).tolist()
+    values: list[list[float]] = [[] for _ in new]
+    for row, value in zip(rows.tolist(), found):
+        values[row].append(value)
+    return values
+
+
+def written(tokenizer, tokens: list[int], values: list[float], number_token_id: int) -> str:
+    """An answer's text, each <num> slot written as its value with two decimals."""
+    pieces, start = [], 0
+    for value in values:
+        slot = tokens.index(number_token_id, start)
+        pieces += [tokenizer.decode(tokens[start:slot], skip_special_tokens=True), f"{value:.2f}"]
+        start = slot + 1
+    pieces.append(tokenizer.decode(tokens[start:], skip_special_tokens=True))
+    return "".join(pieces).strip()
 
 
 class MedianDigits(LogitsProcessor):

@@ -5,6 +5,15 @@ The prompt holds one `<image>` placeholder token per visual token (the loader ex
 projected visual tokens, everything else is the LM's own embedding. Labels are the loader's (-100 on
 prompt and image positions). `DeepMoLMConfig` (configuration.py) / `save_pretrained` /
 `from_pretrained` follow transformers' conventions, so checkpoints are safetensors plus config.json.
+
+With `config.number_head` (the `cpu` recipe; not in the paper), a property answer's number is not
+spelled digit by digit: the LM writes one <num> token and a small regression head reads the value
+from the hidden state that wrote it. A 4-layer LM spells a number badly from what it sees (on the
+held-out molecules, greedy digits missed the molecular weight by 76 g/mol where a linear probe of
+the same visual tokens missed by 22), and a digit it is unsure of comes out as the likeliest digit
+(often 0), not as a value between the candidates. The head is trained with an L1 loss on a signed
+log scale (one scale for masses of 1,000 and logPs of -2; L1 so the answer is the median the MAE
+rewards), each slot weighing as much as `number_loss_coef` of the LM's tokens.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from transformers.generation import GenerationMixin
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.deep_encoder import DeepEncoder
 from deepmolm.models.deepmolm.fusion import build_projector
+from deepmolm.models.deepmolm.processing import IGNORE
 
 
 class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
@@ -34,6 +44,9 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.encoder = DeepEncoder(config.encoder_spec())
         self.projector = build_projector(config.fusion_spec())
         self.language_model = Qwen2ForCausalLM(config.qwen2())
+        if config.number_head:
+            hidden = config.qwen2().hidden_size
+            self.number_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -61,9 +74,30 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, e3fp: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs):
+                labels: torch.Tensor | None = None, numbers: torch.Tensor | None = None, **kwargs):
+        """`numbers` [B]: the value each example's <num> slot stands for (NaN: none). With labels and
+        a number head, a slot's L1 error counts as `number_loss_coef` tokens' loss: the LM's mean
+        token loss plus coef x the slots' summed error over the batch's label tokens, so the token
+        weighting of training (data.token_weight) treats both alike."""
         embeds = self.input_embeddings(input_ids, pixel_values, e3fp)
-        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        with_numbers = self.config.number_head and labels is not None and numbers is not None
+        if with_numbers:
+            kwargs["output_hidden_states"] = True
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if with_numbers:
+            writes = labels[:, 1:] == self.config.number_token_id  # the position whose next token is <num>
+            rows = writes.nonzero()[:, 0]
+            if len(rows):
+                if bool(numbers[rows].isnan().any()):
+                    raise ValueError("a <num> slot in the labels has no value in `numbers`")
+                predicted = self.number_head(out.hidden_states[-1][:, :-1][writes]).squeeze(-1)
+                error = (predicted - signed_log(numbers[rows].to(predicted.dtype))).abs().sum()
+                out.loss = out.loss + self.config.number_loss_coef * error / (labels[:, 1:] != IGNORE).sum()
+        return out
+
+    def numbers_at(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] states that wrote a <num> -> [N] values (the head's signed log undone)."""
+        return signed_exp(self.number_head(hidden).squeeze(-1).float())
 
     @torch.no_grad()
     def generate_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
@@ -71,6 +105,14 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         """New token ids only (greedy by default; `num_beams` > 1 for beam search)."""
         embeds = self.input_embeddings(input_ids, pixel_values, e3fp)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+def signed_log(values: torch.Tensor) -> torch.Tensor:
+    return torch.sign(values) * torch.log1p(values.abs())
+
+
+def signed_exp(values: torch.Tensor) -> torch.Tensor:
+    return torch.sign(values) * torch.expm1(values.abs())
 
 
 # transformers' Auto classes know the model type, so a checkpoint directory (config.json with

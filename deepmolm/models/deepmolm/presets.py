@@ -11,9 +11,9 @@ from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 
 
 def model_config(params: Params, preset: str | None = None, *, vocab_size: int | None = None,
-                 image_token_id: int = 0) -> DeepMoLMConfig:
-    """The preset's sizes, the fusion variant, and E3FP's bits and levels from featurization (the
-    embedding table must fit the identifiers the shards hold)."""
+                 image_token_id: int = 0, number_token_id: int = 0) -> DeepMoLMConfig:
+    """The preset's sizes, the fusion variant, the number head, and E3FP's bits and levels from
+    featurization (the embedding table must fit the identifiers the shards hold)."""
     name = preset or params.model.preset
     if name not in params.model.presets:
         raise ConfigError(f"unknown model preset {name!r} (params.yaml model.presets: {', '.join(params.model.presets)})")
@@ -28,6 +28,9 @@ def model_config(params: Params, preset: str | None = None, *, vocab_size: int |
                 "e3fp_levels": e3fp.level + 1},
         language=language,
         image_token_id=image_token_id,
+        number_head=params.model.number_head,
+        number_token_id=number_token_id,
+        number_loss_coef=params.model.number_loss_coef,
     )
 
 

@@ -2,6 +2,10 @@
 the chat-style prompt template with its <image> expanded to one placeholder per visual token, and a
 drawing's PNG shrunk to the preset's image size without losing its ink.
 
+A property answer's number can be a slot: with a number head (modeling.py), the response's number
+is replaced by one <num> token, which the LM learns to write, and the value is what the head learns to
+regress there; generation fills the slot (generation.py).
+
 A response is never cut at `max_length` (a cut response teaches the model to stop mid-sentence
 without its end token): `encode_example` refuses it, and `example_lengths` lets the caller leave such
 examples out and count them.
@@ -10,6 +14,7 @@ examples out and count them.
 from __future__ import annotations
 
 import io
+import re
 from collections import OrderedDict
 from functools import lru_cache
 
@@ -23,7 +28,9 @@ USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 END = "<|end|>"
 PAD = "<|pad|>"
-SPECIAL_TOKENS = (PAD, END, USER, ASSISTANT, IMAGE)
+NUMBER = "<num>"
+SPECIAL_TOKENS = (PAD, END, USER, ASSISTANT, IMAGE, NUMBER)
+_VALUE = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def format_prompt(instruction: str) -> str:
@@ -86,19 +93,34 @@ def prompt_token_ids(prompt: str, tokenizer, image_tokens: int) -> list[int]:
             + tokenizer(after, add_special_tokens=False)["input_ids"])
 
 
-def encode_example(prompt: str, response: str, tokenizer, image_tokens: int, max_length: int) -> dict[str, list[int]]:
-    """Token ids and labels of one example, the response ending in the end token."""
+def number_slot(response: str, value: float) -> str:
+    """The response with the number that writes `value` replaced by the <num> slot."""
+    match = _VALUE.search(response)
+    if match is None or abs(float(match.group()) - value) > 1e-9 * max(1.0, abs(value)):
+        raise ValueError(f"the response {response!r} does not write its answer value {value} first")
+    return f"{response[:match.start()]}{NUMBER}{response[match.end():]}"
+
+
+def encode_example(prompt: str, response: str, tokenizer, image_tokens: int, max_length: int,
+                   number: float | None = None) -> dict:
+    """Token ids and labels of one example, the response ending in the end token; with `number`
+    (a property answer for a model with a number head), the response's number is a <num> slot and
+    `number` is what the head is to write there."""
+    if number is not None:
+        response = number_slot(response, number)
     prompt_ids = prompt_token_ids(prompt, tokenizer, image_tokens)
     response_ids = tokenizer(format_response(response), add_special_tokens=False)["input_ids"]
     if len(prompt_ids) + len(response_ids) > max_length:
         raise ValueError(f"the example is {len(prompt_ids) + len(response_ids)} tokens, over max_length {max_length} "
                          f"(leave it out: see example_lengths)")
-    return {"input_ids": prompt_ids + response_ids, "labels": [IGNORE] * len(prompt_ids) + response_ids}
+    return {"input_ids": prompt_ids + response_ids, "labels": [IGNORE] * len(prompt_ids) + response_ids,
+            "number": number}
 
 
 def example_lengths(prompts: list[str], responses: list[str], tokenizer, image_tokens: int) -> list[tuple[int, int]]:
     """(whole example, response) token counts of each example, as encode_example would produce them
-    (the response with its end token), from one batched tokenizer call per piece."""
+    (the response with its end token; pass slotted responses for a number head), from one batched
+    tokenizer call per piece."""
     if not prompts:
         return []
     pieces = [format_prompt(p).split(IMAGE) for p in prompts]

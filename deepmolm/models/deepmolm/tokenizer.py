@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from deepmolm.models.deepmolm.processing import END, IMAGE, PAD, SPECIAL_TOKENS
+from deepmolm.models.deepmolm.processing import END, IMAGE, NUMBER, PAD, SPECIAL_TOKENS
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -53,6 +53,10 @@ def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
 
 def image_token_id(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE)
+
+
+def number_token_id(tokenizer) -> int:
+    return tokenizer.convert_tokens_to_ids(NUMBER)
 
 
 def build_tokenizer(instructions: Path, out: Path, params) -> dict:

@@ -70,6 +70,8 @@ def epoch_batches(rows: int, *, seed: int, epoch: int, rank: int, world: int, ba
 def collate(examples: list[dict], pad_id: int, e3fp_levels: int) -> dict[str, torch.Tensor]:
     longest = max(len(e["input_ids"]) for e in examples)
     atoms = max([len(e["e3fp"]) for e in examples if e["e3fp"] is not None] + [1])
+    numbers = torch.tensor([float("nan") if e.get("number") is None else e["number"] for e in examples],
+                           dtype=torch.float32)
     input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), longest), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(examples), longest), dtype=torch.long)
@@ -82,7 +84,7 @@ def collate(examples: list[dict], pad_id: int, e3fp_levels: int) -> dict[str, to
         if e["e3fp"]:
             e3fp[i, : len(e["e3fp"])] = torch.as_tensor(e["e3fp"])
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-            "pixels": torch.stack([e["pixels"] for e in examples]), "e3fp": e3fp}
+            "pixels": torch.stack([e["pixels"] for e in examples]), "e3fp": e3fp, "numbers": numbers}
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -92,7 +94,7 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "c
     return moved
 
 
-EXAMPLE_ROW_COLUMNS = ["prompt", "response", "image_part", "image_row", "e3fp"]
+EXAMPLE_ROW_COLUMNS = ["prompt", "response", "answer_value", "image_part", "image_row", "e3fp"]
 
 
 class ExampleRows:
@@ -132,10 +134,11 @@ def _parquet_file(path: str) -> pq.ParquetFile:
 class InstructionDataset(torch.utils.data.Dataset):
     """Instruction examples (every row of an instruction set directory, or a stage's selection) with
     the drawings of its shard version, read from the set's file and the drawing store as they are
-    asked for."""
+    asked for. With `number_slots` (a model with a number head), a property answer's number is a
+    <num> slot and its value the example's `number`."""
 
     def __init__(self, directory: Path, tokenizer, *, drawings: Path, image_tokens: int, max_length: int,
-                 rows: RowSelection | None = None):
+                 rows: RowSelection | None = None, number_slots: bool = False):
         self.directory = Path(directory)
         self.examples = ExampleRows(self.directory / EXAMPLES)
         self.drawings = Drawings(drawings)
@@ -145,12 +148,15 @@ class InstructionDataset(torch.utils.data.Dataset):
                              f"instruction set {directory} uses {shard_version}")
         self.positions = rows.position if rows is not None else np.arange(len(self.examples))
         self.tokenizer, self.image_tokens, self.max_length = tokenizer, image_tokens, max_length
+        self.number_slots = number_slots
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, index: int) -> dict:
         row = self.examples.row(int(self.positions[index]))
-        return {**encode_example(row["prompt"], row["response"], self.tokenizer, self.image_tokens, self.max_length),
+        number = row["answer_value"] if self.number_slots else None
+        return {**encode_example(row["prompt"], row["response"], self.tokenizer, self.image_tokens, self.max_length,
+                                 number=number),
                 "pixels": self.drawings.pixels(row["image_part"], row["image_row"]),
                 "e3fp": row["e3fp"]}

@@ -135,7 +135,8 @@ def train_worker(config: dict) -> None:
     spec = model.config.encoder_spec()
     datasets = {part: InstructionDataset(Path(plan["instructions"]), tokenizer, drawings=Path(plan["drawings"]),
                                          image_tokens=spec.tokens, max_length=params.model.max_length,
-                                         rows=config["rows"][part]) for part in ("train", "holdout")}
+                                         rows=config["rows"][part], number_slots=model.config.number_head)
+                for part in ("train", "holdout")}
     chosen = config["rows"]["train"]
     lengths = chosen.tokens.tolist()
     labels_per_batch = train.micro_batch_size * float(chosen.response_tokens.sum()) / len(lengths)

@@ -18,9 +18,9 @@ import numpy as np
 
 from deepmolm.config import Params
 from deepmolm.data.instructions import held_out, iter_examples
-from deepmolm.models.deepmolm.processing import example_lengths
+from deepmolm.models.deepmolm.processing import example_lengths, number_slot
 
-SELECTION_COLUMNS = ["cid", "task", "split", "prompt", "response"]
+SELECTION_COLUMNS = ["cid", "task", "split", "prompt", "response", "answer_value"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_
     """{"train": RowSelection, "holdout": RowSelection, "counts": {...}} for one stage, in table order."""
     tasks = set(params.train.stage(stage).tasks)
     splits = None if params.train.splits is None else set(params.train.splits)
-    holdout, limit = params.train.holdout, params.model.max_length
+    holdout, limit, slots = params.train.holdout, params.model.max_length, params.model.number_head
     chosen: dict[str, list[tuple[int, int, int]]] = {"train": [], "holdout": []}
     molecules: dict[str, set[int]] = {"train": set(), "holdout": set()}
     offset, candidates = 0, 0
@@ -54,8 +54,9 @@ def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_
         rows = batch.to_pydict()
         wanted = [i for i, (task, split) in enumerate(zip(rows["task"], rows["split"]))
                   if task in tasks and (splits is None or split in splits)]
-        lengths = example_lengths([rows["prompt"][i] for i in wanted], [rows["response"][i] for i in wanted],
-                                  tokenizer, image_tokens)
+        responses = [rows["response"][i] if not slots or rows["answer_value"][i] is None
+                     else number_slot(rows["response"][i], rows["answer_value"][i]) for i in wanted]
+        lengths = example_lengths([rows["prompt"][i] for i in wanted], responses, tokenizer, image_tokens)
         for i, (whole, response) in zip(wanted, lengths):
             if whole <= limit:
                 cid = rows["cid"][i]

@@ -18,7 +18,7 @@ import torch
 from deepmolm.config import ConfigError, LoraParams, Params, StageParams
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
-from deepmolm.models.deepmolm.tokenizer import image_token_id
+from deepmolm.models.deepmolm.tokenizer import image_token_id, number_token_id
 from deepmolm.models.deepmolm.weights import load_pretrained_part
 from deepmolm.training.checkpoints import PROVENANCE
 
@@ -46,7 +46,8 @@ def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None)
                           f"the tokenizer ({len(tokenizer)}) and train.init.language fixes the embedding size")
     vocab = preset_vocab if init.language is not None else len(tokenizer)
     torch.manual_seed(params.train.seed)  # the same random start on every worker
-    model = DeepMoLMForCausalLM(model_config(params, vocab_size=vocab, image_token_id=image_token_id(tokenizer)))
+    model = DeepMoLMForCausalLM(model_config(params, vocab_size=vocab, image_token_id=image_token_id(tokenizer),
+                                             number_token_id=number_token_id(tokenizer)))
     for part in ("sam", "clip", "language"):
         path = getattr(init, part)
         if path is not None:
@@ -72,10 +73,13 @@ def random_parts(params: Params, stage: int) -> set[str]:
 
 def set_trainable(model: torch.nn.Module, stage: StageParams, extra: set[str] = frozenset()) -> dict[str, int]:
     """Freeze everything, then unfreeze the stage's parts and `extra` (only LoRA adapters of the LLM
-    when LoRA is on). Returns trainable and frozen parameter counts."""
+    when LoRA is on). A number head trains with the language model, whose hidden states it reads.
+    Returns trainable and frozen parameter counts."""
     model.requires_grad_(False)
     lora = stage.lora is not None and stage.lora.enabled
     for part in [*stage.trainable, *sorted(extra - set(stage.trainable))]:
+        if part == "language_model" and hasattr(model, "number_head"):
+            model.number_head.requires_grad_(True)
         if part == "language_model" and lora:
             continue
         getattr(model, part).requires_grad_(True)
