@@ -27,8 +27,10 @@ from deepmolm.models.deepmolm.processing import (
     SPECIAL_TOKENS,
     encode_example,
     example_lengths,
+    NUMBER,
     format_response,
     image_pixels,
+    number_slot,
 )
 from deepmolm.models.deepmolm.tokenizer import image_token_id
 from deepmolm.training.deepmolm.data import (
@@ -84,6 +86,22 @@ def test_an_example_over_max_length_is_left_out_not_cut(tokenizer):
         encode_example(prompt, "It is an acid.", tokenizer, image_tokens=4, max_length=exact - 1)
     with pytest.raises(ValueError, match="over max_length"):
         encode_example(prompt, long, tokenizer, image_tokens=4, max_length=64)
+
+
+def test_a_property_answer_becomes_a_number_slot_with_its_value(tokenizer):
+    assert number_slot("It is approximately 356.46 g/mol.", 356.46) == f"It is approximately {NUMBER} g/mol."
+    assert number_slot("-0.50", -0.5) == NUMBER
+    with pytest.raises(ValueError, match="does not write its answer value"):
+        number_slot("The complexity (Bertz) is 745.2.", 745.3)
+    with pytest.raises(ValueError, match="does not write its answer value"):
+        number_slot("It is large.", 1.0)
+    prompt, answer = "What is the molecular weight of this molecule?", "It is approximately 356.46 g/mol."
+    encoded = encode_example(prompt, answer, tokenizer, image_tokens=4, max_length=64, number=356.46)
+    slot = tokenizer.convert_tokens_to_ids(NUMBER)
+    assert encoded["number"] == 356.46 and encoded["labels"].count(slot) == 1 and encoded["input_ids"].count(slot) == 1
+    spelled = encode_example(prompt, answer, tokenizer, image_tokens=4, max_length=64)
+    assert spelled["number"] is None and slot not in spelled["input_ids"]
+    assert example_lengths([prompt], [number_slot(answer, 356.46)], tokenizer, 4)[0][0] == len(encoded["input_ids"])
 
 
 def test_each_epoch_is_one_seeded_shuffle_of_every_row_dealt_to_the_workers():
@@ -252,3 +270,14 @@ def test_stage_rows_send_positions_and_token_counts_of_the_chosen_examples(instr
     dataset = InstructionDataset(instruction_set, tokenizer, drawings=drawings64, image_tokens=4, max_length=512,
                                  rows=chosen["train"])
     assert len(dataset) == len(chosen["train"]) and len(dataset[0]["input_ids"]) == expected[0]
+    # stage 2's property answers: with a number head the counts are of the slotted answers
+    answers = stage_rows(params, 2, instruction_set, tokenizer, 4)
+    slotted = InstructionDataset(instruction_set, tokenizer, drawings=drawings64, image_tokens=4, max_length=512,
+                                 rows=answers["train"], number_slots=True)
+    numbered = [i for i in range(len(slotted)) if slotted[i]["number"] is not None]
+    assert numbered and all(rows[int(answers["train"].position[i])]["answer_value"] == slotted[i]["number"]
+                            for i in numbered)
+    assert [len(slotted[i]["input_ids"]) for i in range(len(slotted))] == answers["train"].tokens.tolist()
+    batch = collate([slotted[i] for i in numbered[:2]] + [dataset[0]], pad_id=tokenizer.pad_token_id, e3fp_levels=4)
+    assert batch["numbers"][:2].tolist() == pytest.approx([slotted[i]["number"] for i in numbered[:2]])
+    assert batch["numbers"][2].isnan()

@@ -72,8 +72,9 @@ def test_stage_1_trains_the_projector_and_stage_2_with_lora_only_adapters_and_pr
     add_lora(model, lora.train.stage2.lora)
     set_trainable(model, lora.train.stage2)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert names and all(n.startswith("projector.") or "lora_" in n for n in names)
+    assert names and all(n.startswith(("projector.", "number_head.")) or "lora_" in n for n in names)
     assert any("lora_" in n for n in names) and any(n.startswith("projector.") for n in names)
+    assert any(n.startswith("number_head.") for n in names), "the number head is new: it trains beside the adapters"
     for name, parameter in model.named_parameters():  # move the adapters away from zero, then merge
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.5)
@@ -95,7 +96,7 @@ def test_parts_that_start_random_train_in_both_stages_and_pretrained_ones_follow
     model = _tiny(random_start)
     set_trainable(model, random_start.train.stage1, random_parts(random_start, 1))
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == \
-        {"encoder", "projector", "language_model"}
+        {"encoder", "projector", "language_model", "number_head"}, "the number head trains with the LM"
     pretrained = load_params(PARAMS, [f"train.init.sam={weights}", f"train.init.clip={weights}",
                                       f"train.init.language={weights}"])
     assert random_parts(pretrained, 1) == set(), "a pretrained DeepEncoder stays frozen, as in the paper"

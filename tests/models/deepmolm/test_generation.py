@@ -52,3 +52,38 @@ def test_greedy_keeps_the_first_digit_and_where_the_number_ends():
     ends = step_scores({0: 0.3, 1: 0.1}, {POINT: 0.6})
     assert chosen(processor, [SPACE, DIGITS[5]], ends) == POINT, "the number ends where greedy ends it"
     assert chosen(processor, [], step_scores({3: 0.9})) == DIGITS[3], "nothing generated yet: untouched"
+
+
+def test_a_slot_is_filled_from_the_state_that_wrote_it_whatever_the_left_padding():
+    from deepmolm.models.deepmolm.generation import left_padded, slot_values
+    from tests.models.deepmolm.test_molm import IMAGE_TOKEN, NUMBER_TOKEN, tiny
+
+    model = tiny().eval()
+    prompts = [[1, *[IMAGE_TOKEN] * 4, 40, 41, 42], [1, *[IMAGE_TOKEN] * 4, 43, 44, 45, 46, 47]]
+    ids, mask = left_padded(prompts, pad_id=0)
+    new = torch.tensor([[12, NUMBER_TOKEN, 13, 2], [NUMBER_TOKEN, 14, NUMBER_TOKEN, 2]])
+    g = torch.Generator().manual_seed(0)
+    pixels, geometry = torch.randn(2, 3, 64, 64, generator=g), torch.randint(0, 4096, (2, 5, 4), generator=g)
+    values = slot_values(model, ids, mask, pixels, geometry, new)
+    assert [len(v) for v in values] == [1, 2]
+    for row, slots in ((0, [1]), (1, [0, 2])):  # each answer alone, unpadded: the same values
+        for value, slot in zip(values[row], slots):
+            alone = torch.tensor([prompts[row] + new[row, :slot].tolist()])
+            with torch.no_grad():
+                hidden = model(alone, torch.ones_like(alone), pixels[row:row + 1], geometry[row:row + 1],
+                               output_hidden_states=True).hidden_states[-1][0, -1]
+            assert math.isclose(value, float(model.numbers_at(hidden[None])[0]), rel_tol=1e-4, abs_tol=1e-5)
+    plain = tiny(number_head=False).eval()
+    assert slot_values(plain, ids, mask, pixels, geometry, new) == [[], []], "no head: nothing to fill"
+
+
+def test_an_answer_is_written_with_its_slots_filled(tokenizer):
+    from deepmolm.models.deepmolm.generation import written
+    from deepmolm.models.deepmolm.processing import NUMBER
+    from deepmolm.models.deepmolm.tokenizer import number_token_id
+
+    slot = number_token_id(tokenizer)
+    tokens = tokenizer(f"It is approximately {NUMBER} g/mol.", add_special_tokens=False)["input_ids"]
+    assert tokens.count(slot) == 1
+    assert written(tokenizer, tokens + [tokenizer.eos_token_id], [356.456], slot) == "It is approximately 356.46 g/mol."
+    assert written(tokenizer, tokens, [], slot) == "It is approximately  g/mol.", "an unfilled slot writes nothing"

@@ -13,12 +13,13 @@ from deepmolm.models.deepmolm.presets import model_config
 from tests.conftest import PARAMS, run_cli
 
 IMAGE_TOKEN = 3
+NUMBER_TOKEN = 7
 
 
-def tiny(variant: str = "fusion", seed: int = 0) -> DeepMoLMForCausalLM:
-    params = load_params(PARAMS, [f"model.fusion_variant={variant}"])
+def tiny(variant: str = "fusion", seed: int = 0, number_head: bool = True) -> DeepMoLMForCausalLM:
+    params = load_params(PARAMS, [f"model.fusion_variant={variant}", f"model.number_head={str(number_head).lower()}"])
     torch.manual_seed(seed)
-    return DeepMoLMForCausalLM(model_config(params, "tiny", image_token_id=IMAGE_TOKEN))
+    return DeepMoLMForCausalLM(model_config(params, "tiny", image_token_id=IMAGE_TOKEN, number_token_id=NUMBER_TOKEN))
 
 
 def examples(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -72,6 +73,56 @@ def test_tiny_model_overfits_eight_examples():
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def with_slots(batch: dict[str, torch.Tensor], values: list[float]) -> dict[str, torch.Tensor]:
+    """The examples' third response token made a <num> slot standing for `values`."""
+    batch = {key: value.clone() for key, value in batch.items()}
+    batch["input_ids"][:, 10] = batch["labels"][:, 10] = NUMBER_TOKEN
+    batch["numbers"] = torch.tensor(values)
+    return batch
+
+
+VALUES = [356.46, 2.5, -1.3, 1200.0, 60.4, 745.2, 0.5, 90.0]
+
+
+def slot_error(model: DeepMoLMForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed L1 error of the head at the slots, on its signed log scale."""
+    inputs = {key: value for key, value in batch.items() if key != "numbers"}
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[-1][:, 9]  # the state that writes the slot
+        written = model.number_head(hidden).squeeze(-1)
+    return (written - torch.sign(batch["numbers"]) * torch.log1p(batch["numbers"].abs())).abs().sum()
+
+
+def test_the_number_head_learns_each_slots_value_beside_the_tokens():
+    model = tiny().train()
+    batch = with_slots(examples(8), VALUES)
+    tokens = int((batch["labels"][:, 1:] != -100).sum())
+    lm_loss = model(**{key: value for key, value in batch.items() if key != "numbers"}).loss
+    untrained = slot_error(model, batch)
+    assert torch.isclose(model(**batch).loss, lm_loss + 10.0 * untrained / tokens, rtol=1e-4), "a slot weighs as 10 tokens"
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = model(**batch).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    assert slot_error(model, batch) < 0.05 * untrained
+    with torch.no_grad():
+        hidden = model(**{k: v for k, v in batch.items() if k != "numbers"}, output_hidden_states=True).hidden_states[-1]
+    learned = model.numbers_at(hidden[:, 9])
+    assert torch.allclose(learned, torch.tensor(VALUES), rtol=0.2), learned.tolist()
+
+
+def test_a_slot_without_a_value_is_refused_and_a_model_without_a_head_ignores_numbers():
+    batch = with_slots(examples(2), [1.0, float("nan")])
+    with pytest.raises(ValueError, match="has no value"):
+        tiny()(**batch)
+    plain = tiny(number_head=False)
+    assert not hasattr(plain, "number_head")
+    assert torch.equal(plain(**batch).loss, plain(**{k: v for k, v in batch.items() if k != "numbers"}).loss)
 
 
 def test_save_and_load_give_identical_logits_from_safetensors(tmp_path):
