@@ -87,7 +87,9 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         if with_numbers:
             writes = labels[:, 1:] == self.config.number_token_id  # the position whose next token is <num>
             rows = writes.nonzero()[:, 0]
-            if len(rows):
+            if not len(rows):  # the head still joins the graph (zero gradient): DDP waits for every trained parameter
+                out.loss = out.loss + 0.0 * self.number_head(out.hidden_states[-1][:, :1]).sum()
+            else:
                 if bool(numbers[rows].isnan().any()):
                     raise ValueError("a <num> slot in the labels has no value in `numbers`")
                 predicted = self.number_head(out.hidden_states[-1][:, :-1][writes]).squeeze(-1)

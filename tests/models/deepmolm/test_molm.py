@@ -120,6 +120,10 @@ def test_a_slot_without_a_value_is_refused_and_a_model_without_a_head_ignores_nu
     batch = with_slots(examples(2), [1.0, float("nan")])
     with pytest.raises(ValueError, match="has no value"):
         tiny()(**batch)
+    model = tiny()
+    model(**with_slots(examples(2), [float("nan")] * 2) | {"labels": examples(2)["labels"]}).loss.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.number_head.parameters()), \
+        "a batch without slots reaches the head with zero gradient (DDP needs every trained parameter used)"
     plain = tiny(number_head=False)
     assert not hasattr(plain, "number_head")
     assert torch.equal(plain(**batch).loss, plain(**{k: v for k, v in batch.items() if k != "numbers"}).loss)
