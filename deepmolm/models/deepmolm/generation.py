@@ -77,12 +77,14 @@ def slot_values(model: DeepMoLMForCausalLM, ids: torch.Tensor, mask: torch.Tenso
     sequence = torch.cat([ids, new], dim=1)
     full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
     positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = model(sequence, full_mask, pixel_values, geometry, position_ids=positions,
-                   output_hidden_states=True).hidden_states[-1]
+    visual = model.visual_tokens(pixel_values, geometry)
+    hidden = model.language_model(inputs_embeds=model.input_embeddings(sequence, pixel_values, geometry, visual),
+                                  attention_mask=full_mask, position_ids=positions,
+                                  output_hidden_states=True).hidden_states[-1]
     in_answer = torch.arange(1, sequence.shape[1], device=sequence.device) >= ids.shape[1]
     slots = (sequence[:, 1:] == model.config.number_token_id) & in_answer
     rows, columns = slots.nonzero(as_tuple=True)
-    found = model.numbers_at(hidden[rows, columns]).tolist()
+    found = model.numbers_at(hidden[rows, columns], model.pooled_visual(visual, len(new))[rows]).tolist()
     values: list[list[float]] = [[] for _ in new]
     for row, value in zip(rows.tolist(), found):
         values[row].append(value)

@@ -46,7 +46,10 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.language_model = Qwen2ForCausalLM(config.qwen2())
         if config.number_head:
             hidden = config.qwen2().hidden_size
-            self.number_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            # reads the slot's hidden state (which property, in which words) and the molecule's
+            # visual tokens pooled (mean and max): what a linear probe reads the values from
+            self.number_head = nn.Sequential(nn.LayerNorm(3 * hidden), nn.Linear(3 * hidden, hidden), nn.GELU(),
+                                             nn.Linear(hidden, 1))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -61,11 +64,12 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         return self.projector(self.encoder(pixel_values), e3fp)
 
     def input_embeddings(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-                         e3fp: torch.Tensor | None) -> torch.Tensor:
+                         e3fp: torch.Tensor | None, visual: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is None:
             return embeds
-        visual = self.visual_tokens(pixel_values, e3fp)
+        if visual is None:
+            visual = self.visual_tokens(pixel_values, e3fp)
         placeholders = input_ids == self.config.image_token_id
         per_sample = placeholders.sum(dim=1)
         if not bool((per_sample == visual.shape[1]).all()):
@@ -79,7 +83,8 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         a number head, a slot's L1 error counts as `number_loss_coef` tokens' loss: the LM's mean
         token loss plus coef x the slots' summed error over the batch's label tokens, so the token
         weighting of training (data.token_weight) treats both alike."""
-        embeds = self.input_embeddings(input_ids, pixel_values, e3fp)
+        visual = None if pixel_values is None else self.visual_tokens(pixel_values, e3fp)
+        embeds = self.input_embeddings(input_ids, pixel_values, e3fp, visual)
         with_numbers = self.config.number_head and labels is not None and numbers is not None
         if with_numbers:
             kwargs["output_hidden_states"] = True
@@ -87,19 +92,33 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         if with_numbers:
             writes = labels[:, 1:] == self.config.number_token_id  # the position whose next token is <num>
             rows = writes.nonzero()[:, 0]
+            pooled = self.pooled_visual(visual, len(input_ids))
             if not len(rows):  # the head still joins the graph (zero gradient): DDP waits for every trained parameter
-                out.loss = out.loss + 0.0 * self.number_head(out.hidden_states[-1][:, :1]).sum()
+                out.loss = out.loss + 0.0 * self.number_logits(out.hidden_states[-1][:, 0], pooled).sum()
             else:
                 if bool(numbers[rows].isnan().any()):
                     raise ValueError("a <num> slot in the labels has no value in `numbers`")
-                predicted = self.number_head(out.hidden_states[-1][:, :-1][writes]).squeeze(-1)
+                predicted = self.number_logits(out.hidden_states[-1][:, :-1][writes], pooled[rows])
                 error = (predicted - signed_log(numbers[rows].to(predicted.dtype))).abs().sum()
                 out.loss = out.loss + self.config.number_loss_coef * error / (labels[:, 1:] != IGNORE).sum()
         return out
 
-    def numbers_at(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, hidden] states that wrote a <num> -> [N] values (the head's signed log undone)."""
-        return signed_exp(self.number_head(hidden).squeeze(-1).float())
+    def pooled_visual(self, visual: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """[B, tokens, hidden] projected visual tokens -> [B, 2 x hidden]: their mean and max (zeros
+        without a drawing)."""
+        if visual is None:
+            hidden = self.config.qwen2().hidden_size
+            return torch.zeros(batch, 2 * hidden, device=self.number_head[-1].weight.device)
+        return torch.cat([visual.mean(dim=1), visual.amax(dim=1)], dim=-1)
+
+    def number_logits(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] states that wrote a <num> and [N, 2 x hidden] their molecules' pooled visual
+        tokens -> [N] values on the signed log scale."""
+        return self.number_head(torch.cat([hidden, pooled.to(hidden.dtype)], dim=-1)).squeeze(-1)
+
+    def numbers_at(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """number_logits with the signed log undone: the values the slots stand for."""
+        return signed_exp(self.number_logits(hidden, pooled).float())
 
     @torch.no_grad()
     def generate_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,

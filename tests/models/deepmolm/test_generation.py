@@ -72,7 +72,8 @@ def test_a_slot_is_filled_from_the_state_that_wrote_it_whatever_the_left_padding
             with torch.no_grad():
                 hidden = model(alone, torch.ones_like(alone), pixels[row:row + 1], geometry[row:row + 1],
                                output_hidden_states=True).hidden_states[-1][0, -1]
-            assert math.isclose(value, float(model.numbers_at(hidden[None])[0]), rel_tol=1e-4, abs_tol=1e-5)
+                pooled = model.pooled_visual(model.visual_tokens(pixels[row:row + 1], geometry[row:row + 1]), 1)
+            assert math.isclose(value, float(model.numbers_at(hidden[None], pooled)[0]), rel_tol=1e-4, abs_tol=1e-5)
     plain = tiny(number_head=False).eval()
     assert slot_values(plain, ids, mask, pixels, geometry, new) == [[], []], "no head: nothing to fill"
 
