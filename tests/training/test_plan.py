@@ -52,6 +52,14 @@ def test_run_name_changes_with_what_is_learned_only(instruction_set, tokenizer_d
     first = run_name(2, load_params(PARAMS), "set-1", tokenizer_dir, init)
     (init / "provenance.json").write_text('{"run": "stage1-bbb"}')
     assert run_name(2, load_params(PARAMS), "set-1", tokenizer_dir, init) != first, "a new stage 1 model, a new run"
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "modeling.py").write_text("HEAD = 1\n")
+    before = run_name(1, load_params(PARAMS), "set-1", tokenizer_dir, None, code=(code,))
+    assert run_name(1, load_params(PARAMS), "set-1", tokenizer_dir, None, code=(code,)) == before
+    (code / "modeling.py").write_text("HEAD = 2\n")
+    assert run_name(1, load_params(PARAMS), "set-1", tokenizer_dir, None, code=(code,)) != before, \
+        "a changed model resumes no finished run of the old one"
 
 
 def _tiny(params) -> DeepMoLMForCausalLM:

@@ -112,11 +112,18 @@ def lora_enabled(stage: StageParams) -> bool:
     return stage.lora is not None and stage.lora.enabled
 
 
-def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Path, init_dir: Path | None) -> str:
+# The code a run's weights depend on: the model and the training loop. Its digest is in the run
+# name, so a changed model resumes no finished run of the old one (a finished run only exports).
+LEARNING_CODE = (Path(__file__).resolve().parents[2] / "models" / "deepmolm", Path(__file__).resolve().parent)
+
+
+def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Path, init_dir: Path | None,
+             code: tuple[Path, ...] = LEARNING_CODE) -> str:
     """Same inputs, same name: Ray Train finds the run's checkpoints under it and resumes.
 
     Not in the key: where the run is stored and the failure budget, which do not change what is
-    learned. The worker count and batch sizes are: they change the effective batch."""
+    learned. The worker count and batch sizes are: they change the effective batch. The source of
+    `code` is: a run killed and started again with the same code resumes, a new model starts anew."""
     train = params.train.model_dump(mode="json")
     for key in ("runs_dir", "models_dir", "ray_address", "max_failures", "loader_batches_ahead", "loader_workers",
                 "cluster", "stage1", "stage2", "checkpoint_every_steps", "keep_checkpoints"):
@@ -130,6 +137,7 @@ def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Pa
         "instructions": instructions_id,
         "tokenizer": _files_digest(Path(tokenizer_dir)),
         "init": _init_identity(init_dir) if stage == 2 else None,
+        "code": [_files_digest(directory, "*.py") for directory in code],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"stage{stage}-{digest}"
@@ -145,9 +153,9 @@ def _init_identity(init_dir: Path | None) -> str | None:
     return _files_digest(Path(init_dir))
 
 
-def _files_digest(directory: Path) -> str:
+def _files_digest(directory: Path, pattern: str = "*") -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    for path in sorted(p for p in directory.rglob(pattern) if p.is_file()):
         digest.update(str(path.relative_to(directory)).encode())
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
