@@ -71,7 +71,8 @@ def slot_values(model: DeepMoLMForCausalLM, ids: torch.Tensor, mask: torch.Tenso
                 geometry: torch.Tensor, new: torch.Tensor) -> list[list[float]]:
     """Per answer, the number head's value at each <num> it wrote: one forward pass over prompt and
     answer (positions counted from the attention mask, as generate counts them under left padding)
-    reads the hidden state before each slot. Empty lists without a number head or a slot."""
+    reads the hidden state before each slot, beside the molecule's pooled visual tokens. Empty lists
+    without a number head or a slot."""
     if not model.config.number_head or not bool((new == model.config.number_token_id).any()):
         return [[] for _ in new]
     sequence = torch.cat([ids, new], dim=1)

@@ -8,7 +8,7 @@ prompt and image positions). `DeepMoLMConfig` (configuration.py) / `save_pretrai
 
 With `config.number_head` (the `cpu` recipe; not in the paper), a property answer's number is not
 spelled digit by digit: the LM writes one <num> token and a small regression head reads the value
-from the hidden state that wrote it. A 4-layer LM spells a number badly from what it sees (on the
+from the hidden state that wrote it and the molecule's visual tokens, pooled. A 4-layer LM spells a number badly from what it sees (on the
 held-out molecules, greedy digits missed the molecular weight by 76 g/mol where a linear probe of
 the same visual tokens missed by 22), and a digit it is unsure of comes out as the likeliest digit
 (often 0), not as a value between the candidates. The head is trained with an L1 loss on a signed
