@@ -20,7 +20,7 @@ import torch
 
 from deepmolm.config import load_params
 from deepmolm.data.instructions import held_out, instruction_shards, resolve_instruction_set
-from deepmolm.evaluation.model_answers import answer_examples, examples_of_splits
+from deepmolm.evaluation.model_answers import _geometry, answer_examples, examples_of_splits
 from deepmolm.evaluation.properties import first_number
 from deepmolm.models.deepmolm.drawing_store import Drawings, build_drawings
 from deepmolm.models.deepmolm.generation import load_checkpoint, task_decoding
@@ -30,19 +30,14 @@ RIDGE = 1e-2
 
 
 def pooled_visual_tokens(model, drawings: Drawings, rows: list[dict], levels: int, batch: int = 64) -> np.ndarray:
-    """[molecules, 2 x hidden]: the mean and the max of each molecule's projected visual tokens."""
+    """[molecules, 2 x hidden]: what the number head reads of each molecule (model.pooled_visual)."""
     out = []
     with torch.inference_mode():
         for start in range(0, len(rows), batch):
             chunk = rows[start:start + batch]
             pixels = normalise_pixels(torch.stack([drawings.pixels(r["image_part"], r["image_row"]) for r in chunk]))
-            atoms = max([len(r["e3fp"]) for r in chunk if r["e3fp"]] + [1])
-            e3fp = torch.full((len(chunk), atoms, levels), -1, dtype=torch.long)
-            for i, row in enumerate(chunk):
-                if row["e3fp"]:
-                    e3fp[i, : len(row["e3fp"])] = torch.as_tensor(row["e3fp"])
-            visual = model.visual_tokens(pixels, e3fp)
-            out.append(torch.cat([visual.mean(1), visual.amax(1)], dim=-1).float().numpy())
+            visual = model.visual_tokens(pixels, _geometry(chunk, levels))
+            out.append(model.pooled_visual(visual, len(chunk)).float().numpy())
     return np.concatenate(out)
 
 
