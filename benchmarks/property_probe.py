@@ -20,11 +20,11 @@ import torch
 
 from deepmolm.config import load_params
 from deepmolm.data.instructions import held_out, instruction_shards, resolve_instruction_set
-from deepmolm.evaluation.model_answers import _geometry, answer_examples, examples_of_splits
+from deepmolm.evaluation.model_answers import answer_examples, examples_of_splits
 from deepmolm.evaluation.properties import first_number
 from deepmolm.models.deepmolm.drawing_store import Drawings, build_drawings
 from deepmolm.models.deepmolm.generation import load_checkpoint, task_decoding
-from deepmolm.models.deepmolm.processing import normalise_pixels
+from deepmolm.models.deepmolm.processing import e3fp_batch, normalise_pixels
 
 RIDGE = 1e-2
 
@@ -36,7 +36,7 @@ def pooled_visual_tokens(model, drawings: Drawings, rows: list[dict], levels: in
         for start in range(0, len(rows), batch):
             chunk = rows[start:start + batch]
             pixels = normalise_pixels(torch.stack([drawings.pixels(r["image_part"], r["image_row"]) for r in chunk]))
-            visual = model.visual_tokens(pixels, _geometry(chunk, levels))
+            visual = model.visual_tokens(pixels, e3fp_batch([r["e3fp"] for r in chunk], levels))
             out.append(model.pooled_visual(visual, len(chunk)).float().numpy())
     return np.concatenate(out)
 

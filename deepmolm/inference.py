@@ -23,7 +23,7 @@ from deepmolm.data.featurize.outcome import FeaturizeError
 from deepmolm.data.featurize.record import FeaturizeRejection, featurize_row
 from deepmolm.data.sources.sdf import heavy_atom_coords
 from deepmolm.models.deepmolm.generation import generate_answers, load_checkpoint, task_decoding
-from deepmolm.models.deepmolm.processing import image_pixels
+from deepmolm.models.deepmolm.processing import e3fp_batch, image_pixels
 
 DEFAULT_PROMPT = "Describe the input molecule."
 
@@ -96,8 +96,6 @@ class Predictor:
         return image_pixels(molecule.png, self.image_size)
 
     def answer(self, molecule: MoleculeInput, prompt: str, params: Params, task: str = "caption") -> str:
-        levels = self.model.config.fusion_spec().e3fp_levels
-        e3fp = molecule.e3fp
-        geometry = torch.full((1, 1, levels), -1, dtype=torch.long) if e3fp is None else torch.as_tensor(e3fp)[None].long()
+        geometry = e3fp_batch([molecule.e3fp], self.model.config.fusion_spec().e3fp_levels)
         return generate_answers(self.model, self.tokenizer, [prompt], self.model_view(molecule)[None], geometry,
                                 **task_decoding(params, task))[0]

@@ -17,7 +17,7 @@ import torch
 from deepmolm.data.instructions import instruction_shards, iter_examples
 from deepmolm.evaluation.predictions import Prediction
 from deepmolm.models.deepmolm.generation import generate_answers, load_checkpoint
-from deepmolm.models.deepmolm.processing import cached_pixels
+from deepmolm.models.deepmolm.processing import cached_pixels, e3fp_batch
 
 EXAMPLE_COLUMNS = ["example_id", "cid", "split", "task", "property", "prompt", "response", "answer_value",
                    "image_part", "image_row", "e3fp"]
@@ -47,15 +47,6 @@ def capped(rows: list[dict], tasks: list[str], max_per_task: int | None) -> list
     return out
 
 
-def _geometry(rows: list[dict], levels: int) -> torch.Tensor:
-    atoms = max([len(r["e3fp"]) for r in rows if r["e3fp"]] + [1])
-    e3fp = torch.full((len(rows), atoms, levels), -1, dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row["e3fp"]:
-            e3fp[i, : len(row["e3fp"])] = torch.as_tensor(row["e3fp"])
-    return e3fp
-
-
 def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, batch_size: int,
                     decoding: Callable[[str], dict], advance: Callable[[int], None] = lambda n: None,
                     drawing: Callable[[dict], torch.Tensor] | None = None) -> list[Prediction]:
@@ -75,8 +66,8 @@ def answer_examples(model_dir: Path, instructions: Path, rows: list[dict], *, ba
             batch = of_task[start:start + batch_size]
             pixels = torch.stack([drawing(r) if drawing else cached_pixels(str(shards / r["image_part"]), r["image_row"], size)
                                   for r in batch])
-            answers = generate_answers(model, tokenizer, [r["prompt"] for r in batch], pixels, _geometry(batch, levels),
-                                       **decoding(task))
+            geometry = e3fp_batch([r["e3fp"] for r in batch], levels)
+            answers = generate_answers(model, tokenizer, [r["prompt"] for r in batch], pixels, geometry, **decoding(task))
             out += [Prediction(id=row["example_id"], reference=row["response"], prediction=text, property=row["property"])
                     for row, text in zip(batch, answers)]
             advance(len(batch))

@@ -25,6 +25,7 @@ from deepmolm.models.deepmolm.processing import (
     IMAGE_MEAN,
     IMAGE_STD,
     SPECIAL_TOKENS,
+    e3fp_batch,
     encode_example,
     example_lengths,
     NUMBER,
@@ -170,6 +171,18 @@ def test_collate_pads_tokens_and_molecules():
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, IGNORE, IGNORE]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["e3fp"].shape == (2, 2, 4) and (batch["e3fp"][1] == -1).all()
+
+
+def test_one_e3fp_batch_for_training_evaluation_and_inference():
+    # a shard's list of lists, an inference array, an empty conformer list and no conformer at all
+    batch = e3fp_batch([[[1, 2], [3, 4], [5, 6]], np.array([[7, 8]], dtype=np.int32), [], None], levels=2)
+    assert batch.dtype == torch.long and batch.shape == (4, 3, 2)
+    assert batch[0].tolist() == [[1, 2], [3, 4], [5, 6]]
+    assert batch[1].tolist() == [[7, 8], [-1, -1], [-1, -1]]
+    assert (batch[2:] == -1).all()
+    assert e3fp_batch([None, None], levels=4).shape == (2, 1, 4), "no geometry anywhere still gives one padded atom"
+    with pytest.raises(RuntimeError):
+        e3fp_batch([[[1, 2, 3]]], levels=2)  # a fingerprint of other radius levels than the model's
 
 
 def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model(instruction_set, tokenizer, small_versions,

@@ -85,6 +85,19 @@ def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float().mul_(scale).sub_(shift)
 
 
+def e3fp_batch(fingerprints: list, levels: int) -> torch.Tensor:
+    """[molecules, most heavy atoms, levels] E3FP identifiers, -1 (the Fusion Projector's padding)
+    after a molecule's last atom and for a molecule without a conformer (None). At least one atom,
+    so that a batch without any geometry keeps its shape."""
+    arrays = [None if f is None or not len(f) else np.asarray(f, dtype=np.int64) for f in fingerprints]
+    atoms = max([len(a) for a in arrays if a is not None] + [1])
+    batch = torch.full((len(fingerprints), atoms, levels), -1, dtype=torch.long)
+    for i, array in enumerate(arrays):
+        if array is not None:
+            batch[i, : len(array)] = torch.from_numpy(array)
+    return batch
+
+
 def prompt_token_ids(prompt: str, tokenizer, image_tokens: int) -> list[int]:
     """The templated prompt with its <image> expanded to one placeholder per visual token."""
     before, after = format_prompt(prompt).split(IMAGE)

@@ -25,7 +25,7 @@ import torch
 from deepmolm.data.instructions import EXAMPLES, instruction_shards
 from deepmolm.data.shards.parts import read_manifest
 from deepmolm.models.deepmolm.drawing_store import Drawings
-from deepmolm.models.deepmolm.processing import IGNORE, encode_example, normalise_pixels
+from deepmolm.models.deepmolm.processing import IGNORE, e3fp_batch, encode_example, normalise_pixels
 from deepmolm.training.deepmolm.rows import RowSelection
 
 
@@ -69,22 +69,19 @@ def epoch_batches(rows: int, *, seed: int, epoch: int, rank: int, world: int, ba
 
 def collate(examples: list[dict], pad_id: int, e3fp_levels: int) -> dict[str, torch.Tensor]:
     longest = max(len(e["input_ids"]) for e in examples)
-    atoms = max([len(e["e3fp"]) for e in examples if e["e3fp"] is not None] + [1])
     numbers = torch.tensor([float("nan") if e.get("number") is None else e["number"] for e in examples],
                            dtype=torch.float32)
     input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), longest), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(examples), longest), dtype=torch.long)
-    e3fp = torch.full((len(examples), atoms, e3fp_levels), -1, dtype=torch.long)
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
         input_ids[i, :n] = torch.as_tensor(e["input_ids"])
         labels[i, :n] = torch.as_tensor(e["labels"])
         attention[i, :n] = 1
-        if e["e3fp"]:
-            e3fp[i, : len(e["e3fp"])] = torch.as_tensor(e["e3fp"])
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-            "pixels": torch.stack([e["pixels"] for e in examples]), "e3fp": e3fp, "numbers": numbers}
+            "pixels": torch.stack([e["pixels"] for e in examples]),
+            "e3fp": e3fp_batch([e["e3fp"] for e in examples], e3fp_levels), "numbers": numbers}
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
