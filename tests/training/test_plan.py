@@ -15,7 +15,7 @@ from deepmolm.data.instructions import read_instructions
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.training.deepmolm.launch import plan_stage, stage_paths
-from deepmolm.training.deepmolm.stages import add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
+from deepmolm.training.deepmolm.stages import LEARNING_CODE, add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
 from deepmolm.training.strategy import deepspeed_config
 from deepmolm.training.submit import job_entrypoint, runtime_env
 from tests.conftest import PARAMS
@@ -60,6 +60,13 @@ def test_run_name_changes_with_what_is_learned_only(instruction_set, tokenizer_d
     (code / "modeling.py").write_text("HEAD = 2\n")
     assert run_name(1, load_params(PARAMS), "set-1", tokenizer_dir, None, code=(code,)) != before, \
         "a changed model resumes no finished run of the old one"
+    optimizer = tmp_path / "strategy.py"  # a single file among the code: the optimizer and its schedule
+    optimizer.write_text("LR_GROUPS = 1\n")
+    before = run_name(1, load_params(PARAMS), "set-1", tokenizer_dir, None, code=(code, optimizer))
+    optimizer.write_text("LR_GROUPS = 2\n")
+    assert run_name(1, load_params(PARAMS), "set-1", tokenizer_dir, None, code=(code, optimizer)) != before, \
+        "a changed optimizer resumes no finished run either"
+    assert all(path.exists() for path in LEARNING_CODE) and any(path.is_file() for path in LEARNING_CODE)
 
 
 def _tiny(params) -> DeepMoLMForCausalLM:

@@ -112,9 +112,11 @@ def lora_enabled(stage: StageParams) -> bool:
     return stage.lora is not None and stage.lora.enabled
 
 
-# The code a run's weights depend on: the model and the training loop. Its digest is in the run
-# name, so a changed model resumes no finished run of the old one (a finished run only exports).
-LEARNING_CODE = (Path(__file__).resolve().parents[2] / "models" / "deepmolm", Path(__file__).resolve().parent)
+# The code a run's weights depend on: the model, the training loop and the optimizer with its
+# schedule (strategy.py, shared with MuMo). Its digest is in the run name, so a changed model resumes
+# no finished run of the old one (a finished run only exports).
+LEARNING_CODE = (Path(__file__).resolve().parents[2] / "models" / "deepmolm", Path(__file__).resolve().parent,
+                 Path(__file__).resolve().parents[1] / "strategy.py")
 
 
 def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Path, init_dir: Path | None,
@@ -154,9 +156,11 @@ def _init_identity(init_dir: Path | None) -> str | None:
 
 
 def _files_digest(directory: Path, pattern: str = "*") -> str:
+    """Of the files under `directory` matching `pattern`, or of `directory` itself when it is a file."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob(pattern) if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode())
+    files = [directory] if directory.is_file() else sorted(p for p in directory.rglob(pattern) if p.is_file())
+    for path in files:
+        digest.update(str(path.relative_to(directory.parent if directory.is_file() else directory)).encode())
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
