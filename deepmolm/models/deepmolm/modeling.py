@@ -8,10 +8,10 @@ prompt and image positions). `DeepMoLMConfig` (configuration.py) / `save_pretrai
 
 With `config.number_head` (the `cpu` recipe; not in the paper), a property answer's number is not
 spelled digit by digit: the LM writes one <num> token and a small regression head reads the value
-from the hidden state that wrote it and the molecule's visual tokens, pooled. A 4-layer LM spells a number badly from what it sees (on the
-held-out molecules, greedy digits missed the molecular weight by 76 g/mol where a linear probe of
-the same visual tokens missed by 22), and a digit it is unsure of comes out as the likeliest digit
-(often 0), not as a value between the candidates. The head is trained with an L1 loss on a signed
+from the hidden state that wrote it and the molecule's visual tokens, pooled. A 4-layer LM spells a
+number badly from what it sees (on the held-out molecules, greedy digits missed the molecular weight
+by 76 g/mol where a linear probe of the same visual tokens missed by 22), and a digit it is unsure of
+comes out as the likeliest digit (often 0), not as a value between the candidates. The head is trained with an L1 loss on a signed
 log scale (one scale for masses of 1,000 and logPs of -2; L1 so the answer is the median the MAE
 rewards), each slot weighing as much as `number_loss_coef` of the LM's tokens.
 """

@@ -158,9 +158,10 @@ def _init_identity(init_dir: Path | None) -> str | None:
 def _files_digest(directory: Path, pattern: str = "*") -> str:
     """Of the files under `directory` matching `pattern`, or of `directory` itself when it is a file."""
     digest = hashlib.sha256()
-    files = [directory] if directory.is_file() else sorted(p for p in directory.rglob(pattern) if p.is_file())
+    root, files = ((directory.parent, [directory]) if directory.is_file()
+                   else (directory, sorted(p for p in directory.rglob(pattern) if p.is_file())))
     for path in files:
-        digest.update(str(path.relative_to(directory.parent if directory.is_file() else directory)).encode())
+        digest.update(str(path.relative_to(root)).encode())
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
