@@ -78,6 +78,8 @@ class TrainParams(_Section):
     max_grad_norm: float = Field(gt=0, description="gradient clipping (global L2 norm)")
     adam_betas: list[float] = Field(min_length=2, max_length=2)
     adam_eps: float = Field(gt=0)
+    number_head_lr_scale: float = Field(
+        gt=0, description="model.number_head's learning rate is its stage's times this (its own optimizer groups)")
     checkpoint_every_steps: int = Field(ge=1)
     keep_checkpoints: int = Field(ge=1)
     max_failures: int = Field(ge=-1, description="worker failures a run survives (-1: no limit)")

@@ -110,11 +110,12 @@ def train_worker(config: dict) -> None:
     counts = set_trainable(model, stage, random_parts(params, stage_number))
     seed_everything(train.seed + rank)
     total = plan["total_steps"]
+    lr_scales = {"number_head": train.number_head_lr_scale} if model.config.number_head else {}
     if train.strategy == "deepspeed":
         strategy = DeepSpeedStrategy(model, train, stage, total, device, bf16, plan["deepspeed_config"],
-                                     rebuild=functools.partial(_same_shape, model.config, stage))
+                                     rebuild=functools.partial(_same_shape, model.config, stage), lr_scales=lr_scales)
     else:
-        strategy = DDPStrategy(model, train, stage, total, device, bf16)
+        strategy = DDPStrategy(model, train, stage, total, device, bf16, lr_scales)
 
     state, history = start_state(None), []
     checkpoint = ray.train.get_checkpoint()
