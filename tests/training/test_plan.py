@@ -15,7 +15,7 @@ from deepmolm.data.instructions import read_instructions
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.training.deepmolm.launch import plan_stage, stage_paths
-from deepmolm.training.deepmolm.stages import LEARNING_CODE, add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
+from deepmolm.training.deepmolm.stages import LEARNING_CODE, NOT_LEARNED, add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
 from deepmolm.training.strategy import deepspeed_config, param_groups, schedule
 from deepmolm.training.submit import job_entrypoint, runtime_env
 from tests.conftest import PARAMS
@@ -72,6 +72,24 @@ def test_run_name_changes_with_what_is_learned_only(instruction_set, tokenizer_d
 def _tiny(params) -> DeepMoLMForCausalLM:
     torch.manual_seed(0)
     return DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=64, image_token_id=3))
+
+
+def test_every_param_a_run_is_named_by_makes_dvc_retrain_its_stage():
+    """DVC skips a training stage whose params did not change while its run name (Ray's resume key)
+    would: a knob missing from dvc.yaml trains nothing new under `dvc exp run -S`."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = load_params(PARAMS)
+    # reach a stage through an artifact it depends on: the tokenizer (models/tokenizer), stage 1's export
+    through_artifacts = {"model.tokenizer_dir", "model.bpe_vocab_size"}
+    # stage 1 trains on captions only: no <num> slot reaches the head's loss or its optimizer groups
+    not_in_stage1 = {"model.number_loss_coef", "train.number_head_lr_scale"}
+    named = {f"model.{key}" for key in params.model.model_dump(exclude={"generation"})} | \
+        {f"train.{key}" for key in params.train.model_dump(exclude=set(NOT_LEARNED))}
+    for stage, extra_exempt in ((1, not_in_stage1), (2, {"train.init"})):
+        listed = set(stages[f"train_stage{stage}"]["params"])
+        missing = named - through_artifacts - extra_exempt - listed - {f"train.stage{stage}"}
+        assert not missing, f"train_stage{stage} lacks params {sorted(missing)}"
+        assert f"train.stage{stage}" in listed
 
 
 def test_stage_1_trains_the_projector_and_stage_2_with_lora_only_adapters_and_projector():

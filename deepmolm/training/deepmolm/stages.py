@@ -119,6 +119,12 @@ LEARNING_CODE = (Path(__file__).resolve().parents[2] / "models" / "deepmolm", Pa
                  Path(__file__).resolve().parents[1] / "strategy.py")
 
 
+# train.* keys left out of a run's name: where it is stored, the failure budget and how batches are
+# loaded change nothing that is learned (the stages' own sections enter as `stage_params`).
+NOT_LEARNED = ("runs_dir", "models_dir", "ray_address", "max_failures", "loader_batches_ahead", "loader_workers",
+               "cluster", "stage1", "stage2", "checkpoint_every_steps", "keep_checkpoints")
+
+
 def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Path, init_dir: Path | None,
              code: tuple[Path, ...] = LEARNING_CODE) -> str:
     """Same inputs, same name: Ray Train finds the run's checkpoints under it and resumes.
@@ -126,10 +132,7 @@ def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Pa
     Not in the key: where the run is stored and the failure budget, which do not change what is
     learned. The worker count and batch sizes are: they change the effective batch. The source of
     `code` is: a run killed and started again with the same code resumes, a new model starts anew."""
-    train = params.train.model_dump(mode="json")
-    for key in ("runs_dir", "models_dir", "ray_address", "max_failures", "loader_batches_ahead", "loader_workers",
-                "cluster", "stage1", "stage2", "checkpoint_every_steps", "keep_checkpoints"):
-        train.pop(key)
+    train = params.train.model_dump(mode="json", exclude=set(NOT_LEARNED))
     key = {
         "stage": stage,
         "stage_params": params.train.stage(stage).model_dump(mode="json"),
