@@ -137,6 +137,9 @@ def test_both_training_stages_learn_and_record_a_held_out_loss_per_epoch(demo):
     assert counts1["rows"] == ROWS_PER_SPLIT and counts2["rows"] == ROWS_PER_SPLIT * 5, "stage 2: a caption and 4 questions"
     assert counts2["train"] + counts2["holdout"] + counts2["too_long"] == counts2["rows"] and counts2["too_long"] == 0
     assert stage2["last_loss"] < stage2["first_loss"]
+    refitted = stage2["number_head_refit"]  # the head fitted again on both workers' slots, gathered
+    assert refitted["slots"] == 4 * counts2["train_molecules"] and refitted["train_l1"][1] < refitted["train_l1"][0]
+    assert stage1["number_head_refit"] is None, "captions only: no slot to fit on"
     logged = demo.project / "reports" / "train" / "stage2"  # dvclive's directory
     epochs, held = read_metric(logged, "epoch/train_loss"), read_metric(logged, "holdout/loss")
     assert len(epochs) == load_params(demo.project / "params.yaml").train.stage2.epochs and epochs[-1][0] == stage2["steps"]

@@ -58,6 +58,10 @@ class Params(_Section):
             raise ValueError(f"model.max_length ({self.model.max_length}) is over model.presets.{self.model.preset}"
                              f".language.max_position_embeddings ({preset.language.max_position_embeddings}): "
                              f"the language model is built for fewer positions than an example may have")
+        refit = self.train.number_head_refit.steps and self.model.number_head
+        if refit and self.train.strategy == "deepspeed" and self.train.deepspeed.zero_stage == 3:
+            raise ValueError("train.number_head_refit.steps > 0 needs whole weights on every worker: "
+                             "set it to 0 or train.deepspeed.zero_stage to 2 (ZeRO-3 shards the number head)")
         return self
 
     def sections(self, *names: str) -> dict[str, Any]:

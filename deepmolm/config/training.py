@@ -45,6 +45,14 @@ class StageParams(_Section):
     lora: LoraParams | None = Field(default=None, description="stage 2 only")
 
 
+class NumberHeadRefitParams(_Section):
+    steps: int = Field(ge=0, description="optimizer steps of the head alone after a stage with <num> slots; 0: none")
+    batch_size: int = Field(ge=1, description="slots per step")
+    learning_rate: float = Field(gt=0, description="AdamW's peak rate; a cosine to 0 over the steps")
+    weight_decay: float = Field(ge=0)
+    seed: int = Field(ge=0, description="the draw of each step's slots")
+
+
 class HoldoutParams(_Section):
     fraction: float = Field(ge=0, lt=0.5, description="share of train.splits molecules held out of training")
     seed: int = Field(ge=0, description="which molecules: a hash of (seed, cid)")
@@ -78,8 +86,8 @@ class TrainParams(_Section):
     max_grad_norm: float = Field(gt=0, description="gradient clipping (global L2 norm)")
     adam_betas: list[float] = Field(min_length=2, max_length=2)
     adam_eps: float = Field(gt=0)
-    number_head_lr_scale: float = Field(
-        gt=0, description="model.number_head's learning rate is its stage's times this (its own optimizer groups)")
+    number_head_refit: NumberHeadRefitParams = Field(
+        description="model.number_head fitted again alone on the trained model's frozen inputs (training/deepmolm/number_head.py)")
     checkpoint_every_steps: int = Field(ge=1)
     keep_checkpoints: int = Field(ge=1)
     max_failures: int = Field(ge=-1, description="worker failures a run survives (-1: no limit)")

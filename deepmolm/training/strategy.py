@@ -10,9 +10,8 @@ excluded. Frozen weights come back from the run's starting point, which is part 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from types import MappingProxyType
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,23 +22,11 @@ from deepmolm.config import StageParams, TrainParams
 DEEPSPEED_TAG = "state"
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, learning_rate: float,
-                 lr_scales: Mapping[str, float] = MappingProxyType({})) -> list[dict]:
-    """Decay on matrices only; biases, norms and single vectors are not decayed. A parameter under a
-    module named in `lr_scales` (a dotted prefix of its name) learns at `learning_rate` times its
-    scale, in groups of its own after the two main ones (the schedule scales every group alike)."""
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay on matrices only; biases, norms and single vectors are not decayed."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-    def scale_of(name: str) -> float:
-        return next((s for prefix, s in lr_scales.items() if name == prefix or name.startswith(prefix + ".")), 1.0)
-
-    groups = []
-    for scale in dict.fromkeys([1.0, *sorted({scale_of(n) for n, _ in trainable} - {1.0})]):
-        members = [(n, p) for n, p in trainable if scale_of(n) == scale]
-        groups += [{"params": [p for _, p in members if p.ndim >= 2], "weight_decay": weight_decay,
-                    "lr": learning_rate * scale},
-                   {"params": [p for _, p in members if p.ndim < 2], "weight_decay": 0.0, "lr": learning_rate * scale}]
-    return groups
+    return [{"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def schedule(optimizer, stage: StageParams, total_steps: int):
@@ -72,13 +59,13 @@ class DDPStrategy:
     saves_on_every_rank = False
 
     def __init__(self, model: torch.nn.Module, train: TrainParams, stage: StageParams, total_steps: int,
-                 device: torch.device, bf16: bool, lr_scales: Mapping[str, float] = MappingProxyType({})):
+                 device: torch.device, bf16: bool):
         import ray.train.torch
 
         self.device, self.bf16, self.max_grad_norm = device, bf16, train.max_grad_norm
         self.model = ray.train.torch.prepare_model(model, move_to_device=device)
         self.module = getattr(self.model, "module", self.model)
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, stage.weight_decay, stage.learning_rate, lr_scales),
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, stage.weight_decay), lr=stage.learning_rate,
                                            betas=tuple(train.adam_betas), eps=train.adam_eps,
                                            fused=device.type == "cuda")
         self.scheduler = schedule(self.optimizer, stage, total_steps)
@@ -143,16 +130,15 @@ class DeepSpeedStrategy:
     saves_on_every_rank = True
 
     def __init__(self, model: torch.nn.Module, train: TrainParams, stage: StageParams, total_steps: int,
-                 device: torch.device, bf16: bool, config: dict, rebuild: Callable[[], torch.nn.Module],
-                 lr_scales: Mapping[str, float] = MappingProxyType({})):
+                 device: torch.device, bf16: bool, config: dict, rebuild: Callable[[], torch.nn.Module]):
         """`rebuild()`: a new module shaped like `model` (its wrappers included), for ZeRO-3's
-        consolidated weights; the strategy knows no model family. `lr_scales`: see param_groups."""
+        consolidated weights; the strategy knows no model family."""
         import deepspeed
 
         self.device, self.bf16, self.config, self.rebuild = device, bf16, config, rebuild
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay, stage.learning_rate, lr_scales),
+        optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay), lr=stage.learning_rate,
                                       betas=tuple(train.adam_betas), eps=train.adam_eps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, dist_init_required=False,

@@ -16,7 +16,7 @@ from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.training.deepmolm.launch import plan_stage, stage_paths
 from deepmolm.training.deepmolm.stages import LEARNING_CODE, NOT_LEARNED, add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
-from deepmolm.training.strategy import deepspeed_config, param_groups, schedule
+from deepmolm.training.strategy import deepspeed_config
 from deepmolm.training.submit import job_entrypoint, runtime_env
 from tests.conftest import PARAMS
 
@@ -82,7 +82,7 @@ def test_every_param_a_run_is_named_by_makes_dvc_retrain_its_stage():
     # reach a stage through an artifact it depends on: the tokenizer (models/tokenizer), stage 1's export
     through_artifacts = {"model.tokenizer_dir", "model.bpe_vocab_size"}
     # stage 1 trains on captions only: no <num> slot reaches the head's loss or its optimizer groups
-    not_in_stage1 = {"model.number_loss_coef", "train.number_head_lr_scale"}
+    not_in_stage1 = {"model.number_loss_coef", "train.number_head_refit"}
     named = {f"model.{key}" for key in params.model.model_dump(exclude={"generation"})} | \
         {f"train.{key}" for key in params.train.model_dump(exclude=set(NOT_LEARNED))}
     for stage, extra_exempt in ((1, not_in_stage1), (2, {"train.init"})):
@@ -135,33 +135,6 @@ def test_parts_that_start_random_train_in_both_stages_and_pretrained_ones_follow
     assert random_parts(pretrained, 1) == set(), "a pretrained DeepEncoder stays frozen, as in the paper"
     assert random_parts(load_params(PARAMS, [f"train.init.language={weights}"]), 2) == {"encoder"}
     assert random_parts(load_params(PARAMS, ["train.train_random_parts=false"]), 1) == set()
-
-
-def test_the_number_head_learns_at_its_scaled_rate_through_the_schedule():
-    params = load_params(PARAMS, ["train.number_head_lr_scale=10"])
-    stage = params.train.stage2
-    model = _tiny(params)
-    set_trainable(model, stage, random_parts(params, 2))
-    groups = param_groups(model, stage.weight_decay, stage.learning_rate, {"number_head": 10.0})
-    head = {id(p) for p in model.number_head.parameters()}
-    by_lr = {}
-    for group in groups:
-        for parameter in group["params"]:
-            by_lr.setdefault(group["lr"], set()).add(id(parameter))
-            assert group["weight_decay"] == (stage.weight_decay if parameter.ndim >= 2 else 0.0)
-    assert by_lr[stage.learning_rate * 10] == head
-    assert len(by_lr[stage.learning_rate]) == sum(1 for p in model.parameters() if p.requires_grad) - len(head)
-    optimizer = torch.optim.AdamW(groups)
-    scheduler = schedule(optimizer, stage, total_steps=100)
-    for _ in range(50):
-        optimizer.step()
-        scheduler.step()
-    body, *_, head_lr = scheduler.get_last_lr()
-    assert 0 < body < stage.learning_rate and head_lr == pytest.approx(10 * body), "warmup and cosine scale both"
-    plain = param_groups(model, stage.weight_decay, stage.learning_rate)
-    assert len(plain) == 2 and {g["lr"] for g in plain} == {stage.learning_rate}, "no scale: the groups as before"
-    with pytest.raises(ConfigError, match="train.number_head_lr_scale"):
-        load_params(PARAMS, ["train.number_head_lr_scale=0"])
 
 
 def test_stage_2_starts_in_training_mode(tokenizer, tmp_path):

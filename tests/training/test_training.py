@@ -214,6 +214,8 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
 
     second = _train(2, [*overrides, "train.strategy=deepspeed"], ray_processes.env(), "--prefect")
     assert second["strategy"] == "deepspeed" and second["rows"] == 50  # captions and property questions
+    refitted = second["number_head_refit"]  # on both workers' slots, gathered
+    assert refitted["slots"] > 0 and refitted["train_l1"][1] < refitted["train_l1"][0], refitted
     rows = _steps(tmp_path / "reports", 2)
     assert len(rows) == second["steps"] == 50 // 2 // 1 // 2
     start, end = _falls(rows)

@@ -90,8 +90,7 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
             kwargs["output_hidden_states"] = True
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
         if with_numbers:
-            writes = labels[:, 1:] == self.config.number_token_id  # the position whose next token is <num>
-            rows = writes.nonzero()[:, 0]
+            writes, rows = self._slots(labels)
             pooled = self.pooled_visual(visual, len(input_ids))
             if not len(rows):  # the head still joins the graph (zero gradient): DDP waits for every trained parameter
                 out.loss = out.loss + 0.0 * self.number_logits(out.hidden_states[-1][:, 0], pooled).sum()
@@ -102,6 +101,23 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
                 error = (predicted - signed_log(numbers[rows].to(predicted.dtype))).abs().sum()
                 out.loss = out.loss + self.config.number_loss_coef * error / (labels[:, 1:] != IGNORE).sum()
         return out
+
+    def _slots(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T - 1] the positions whose next label is <num> (they write it), and their example rows."""
+        writes = labels[:, 1:] == self.config.number_token_id
+        return writes, writes.nonzero()[:, 0]
+
+    @torch.no_grad()
+    def slot_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                    e3fp: torch.Tensor | None, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the number head reads at each <num> slot of `labels`, as in training ([N, 3 x hidden]),
+        and each slot's example row [N]: for fitting the head alone on the frozen model."""
+        visual = self.visual_tokens(pixel_values, e3fp)
+        embeds = self.input_embeddings(input_ids, pixel_values, e3fp, visual)
+        hidden = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                     output_hidden_states=True).hidden_states[-1]
+        writes, rows = self._slots(labels)
+        return self.head_inputs(hidden[:, :-1][writes], self.pooled_visual(visual, len(input_ids))[rows]), rows
 
     def pooled_visual(self, visual: torch.Tensor | None, batch: int) -> torch.Tensor:
         """[B, tokens, hidden] projected visual tokens -> [B, 2 x hidden]: their mean and max (zeros
@@ -114,7 +130,12 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
     def number_logits(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """[N, hidden] states that wrote a <num> and [N, 2 x hidden] their molecules' pooled visual
         tokens -> [N] values on the signed log scale."""
-        return self.number_head(torch.cat([hidden, pooled.to(hidden.dtype)], dim=-1)).squeeze(-1)
+        return self.number_head(self.head_inputs(hidden, pooled)).squeeze(-1)
+
+    @staticmethod
+    def head_inputs(hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] slot states and [N, 2 x hidden] pooled visual tokens -> the head's [N, 3 x hidden]."""
+        return torch.cat([hidden, pooled.to(hidden.dtype)], dim=-1)
 
     def numbers_at(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """number_logits with the signed log undone: the values the slots stand for."""

@@ -142,6 +142,7 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
         "total_steps": plan["total_steps"],
         "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
         "holdout_loss": state["epochs"][-1]["holdout_loss"] if state.get("epochs") else None,
+        "number_head_refit": state.get("number_head_refit"),  # its slots, L1 before / after (number_head.py)
         "resumed_from": state["resumed_from"], "seconds": round(time.perf_counter() - started, 1),
         "model": portable_path(paths["out"]), "checkpoint": result.checkpoint.path,
         "instructions": plan["provenance"]["instructions"],

@@ -35,6 +35,7 @@ from deepmolm.training.deepmolm.data import (
     model_inputs,
     token_weight,
 )
+from deepmolm.training.deepmolm.number_head import refit_number_head, restore_fitted_head
 from deepmolm.training.deepmolm.stages import (
     add_lora,
     initial_model,
@@ -110,12 +111,11 @@ def train_worker(config: dict) -> None:
     counts = set_trainable(model, stage, random_parts(params, stage_number))
     seed_everything(train.seed + rank)
     total = plan["total_steps"]
-    lr_scales = {"number_head": train.number_head_lr_scale} if model.config.number_head else {}
     if train.strategy == "deepspeed":
         strategy = DeepSpeedStrategy(model, train, stage, total, device, bf16, plan["deepspeed_config"],
-                                     rebuild=functools.partial(_same_shape, model.config, stage), lr_scales=lr_scales)
+                                     rebuild=functools.partial(_same_shape, model.config, stage))
     else:
-        strategy = DDPStrategy(model, train, stage, total, device, bf16, lr_scales)
+        strategy = DDPStrategy(model, train, stage, total, device, bf16)
 
     state, history = start_state(None), []
     checkpoint = ray.train.get_checkpoint()
@@ -123,6 +123,8 @@ def train_worker(config: dict) -> None:
         with checkpoint.as_directory() as directory:
             saved = json.loads((Path(directory) / STATE).read_text())
             strategy.load(Path(directory))
+            if saved.get("number_head_refit"):
+                restore_fitted_head(strategy.module, Path(directory) / EXPORT)
             history = [json.loads(line) for line in (Path(directory) / HISTORY).read_text().splitlines() if line]
         state = start_state(saved)
         if rank == 0:
@@ -187,6 +189,15 @@ def train_worker(config: dict) -> None:
                       f"{state['epochs'][-1]['holdout_loss']}", flush=True)
         if state["step"] < total:
             next_epoch(state)
+    if model.config.number_head and train.number_head_refit.steps:
+        state["number_head_refit"] = refit_number_head(
+            strategy.module, slot_batches(datasets["train"], config["rows"]["train"], rank, world, loader_options,
+                                          train.micro_batch_size, device),
+            slot_batches(datasets["holdout"], config["rows"]["holdout"], rank, world, loader_options,
+                         train.micro_batch_size, device),
+            train.number_head_refit, device, bf16, world)
+        if rank == 0 and state["number_head_refit"]:
+            print(f"[train] stage {stage_number}: number head fitted again {state['number_head_refit']}", flush=True)
     state["final"] = True
     _report(strategy, tokenizer, config, state, history, rank, final=True)
 
@@ -203,6 +214,14 @@ def holdout_loss(strategy, dataset, loader_options: dict, batch_size: int, devic
     if world > 1:
         torch.distributed.all_reduce(totals)
     return round(float(totals[0] / totals[1]), 5) if totals[1] else None
+
+
+def slot_batches(dataset, rows, rank: int, world: int, loader_options: dict, batch_size: int, device):
+    """Model inputs of this worker's share of the examples whose answer is a <num> slot, in order."""
+    mine = [int(i) for i in rows.slot.nonzero()[0][rank::world]]
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    for batch in torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_options):
+        yield model_inputs(batch, device)
 
 
 def _mean(values: list[float]) -> float | None:

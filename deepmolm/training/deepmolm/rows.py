@@ -27,19 +27,21 @@ SELECTION_COLUMNS = ["cid", "task", "split", "prompt", "response", "answer_value
 class RowSelection:
     """Examples by their row in examples.parquet, with their token counts: `tokens` (prompt, image
     and response; what batches group by, train.length_group_steps) and `response_tokens` (what the
-    loss weighs by)."""
+    loss weighs by); `slot`: the response's number is a <num> slot (a model with a number head)."""
 
     position: np.ndarray
     tokens: np.ndarray
     response_tokens: np.ndarray
+    slot: np.ndarray
 
     def __len__(self) -> int:
         return len(self.position)
 
     @classmethod
-    def of(cls, chosen: list[tuple[int, int, int]]) -> RowSelection:
-        columns = np.asarray(chosen, dtype=np.int64).reshape(-1, 3)
-        return cls(position=columns[:, 0], tokens=columns[:, 1], response_tokens=columns[:, 2])
+    def of(cls, chosen: list[tuple[int, int, int, int]]) -> RowSelection:
+        columns = np.asarray(chosen, dtype=np.int64).reshape(-1, 4)
+        return cls(position=columns[:, 0], tokens=columns[:, 1], response_tokens=columns[:, 2],
+                   slot=columns[:, 3].astype(bool))
 
 
 def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_tokens: int) -> dict:
@@ -54,14 +56,15 @@ def stage_rows(params: Params, stage: int, instructions: Path, tokenizer, image_
         rows = batch.to_pydict()
         wanted = [i for i, (task, split) in enumerate(zip(rows["task"], rows["split"]))
                   if task in tasks and (splits is None or split in splits)]
-        responses = [rows["response"][i] if not slots or rows["answer_value"][i] is None
-                     else number_slot(rows["response"][i], rows["answer_value"][i]) for i in wanted]
+        with_slot = [slots and rows["answer_value"][i] is not None for i in wanted]
+        responses = [number_slot(rows["response"][i], rows["answer_value"][i]) if slot else rows["response"][i]
+                     for i, slot in zip(wanted, with_slot)]
         lengths = example_lengths([rows["prompt"][i] for i in wanted], responses, tokenizer, image_tokens)
-        for i, (whole, response) in zip(wanted, lengths):
+        for i, slot, (whole, response) in zip(wanted, with_slot, lengths):
             if whole <= limit:
                 cid = rows["cid"][i]
                 part = "holdout" if held_out(cid, holdout.fraction, holdout.seed) else "train"
-                chosen[part].append((offset + i, whole, response))
+                chosen[part].append((offset + i, whole, response, int(slot)))
                 molecules[part].add(cid)
         offset, candidates = offset + batch.num_rows, candidates + len(wanted)
     counts = {"rows": candidates, "train": len(chosen["train"]), "holdout": len(chosen["holdout"]),

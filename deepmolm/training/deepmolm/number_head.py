@@ -1,0 +1,113 @@
+"""The number head fitted again, alone, on the trained model's frozen inputs (train.number_head_refit).
+
+Trained end to end with everything else, the head ends under-trained: its answers sit below the truth
+at every size, on its own training molecules as much as on held-out ones. Its inputs hold more: the
+same head fitted alone on them, many slots per step at ten times the rate, is centred and 10-35% closer
+on every property. Raising the head's own rate inside the joint training does not do it (a few slots per
+step make a fast head noisy, and the LM below it learns to follow the noise). docs/benchmarks.md,
+"Why the head misses" and "The head fitted again", has the measurements.
+
+Every worker reads the slots of its share of the examples; the slots are gathered, each worker fits
+the same copy of the head from the same seed, and rank 0's weights are broadcast so the copies agree
+to the bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from deepmolm.config import NumberHeadRefitParams
+from deepmolm.models.deepmolm.modeling import signed_log
+
+
+def slot_inputs(model, batches, device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's inputs and targets (signed log) at every <num> slot of `batches` (model inputs on
+    `device`, data.model_inputs), on the CPU."""
+    model.eval()
+    inputs, targets = [], []
+    try:
+        for batch in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                features, rows = model.slot_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                                   batch["e3fp"], batch["labels"])
+            inputs.append(features.float().cpu())
+            targets.append(signed_log(batch["numbers"][rows].float()).cpu())
+    finally:
+        model.train()
+    if not inputs:
+        return torch.zeros(0, 0), torch.zeros(0)
+    return torch.cat(inputs), torch.cat(targets)
+
+
+def gathered(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """Every worker's rows of `tensor`, in rank order (the tensor itself with one worker)."""
+    if world == 1:
+        return tensor
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, tensor)
+    return torch.cat([part for part in parts if part.numel()]) if any(part.numel() for part in parts) else tensor
+
+
+def l1(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Mean L1 on the signed log scale (what training minimises), or None without slots."""
+    if not len(targets):
+        return None
+    with torch.no_grad():
+        return round(float((head(inputs).squeeze(-1) - targets).abs().mean()), 5)
+
+
+def fit(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+        refit: NumberHeadRefitParams) -> torch.nn.Module:
+    """A float32 copy of `head` fitted on (inputs, targets): AdamW, a cosine to 0, L1, `refit.batch_size`
+    slots drawn at random per step from `refit.seed`."""
+    fitted = copy.deepcopy(head).float().train()
+    optimizer = torch.optim.AdamW(fitted.parameters(), lr=refit.learning_rate, weight_decay=refit.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / refit.steps)))
+    generator = torch.Generator().manual_seed(refit.seed)
+    for _ in range(refit.steps):
+        chosen = torch.randint(len(targets), (refit.batch_size,), generator=generator)
+        loss = (fitted(inputs[chosen]).squeeze(-1) - targets[chosen]).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return fitted.eval()
+
+
+def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRefitParams, device, bf16: bool,
+                      world: int) -> dict | None:
+    """Fit `model.number_head` again on the slots of `train_batches` (this worker's share), in place;
+    returns the figures of the fit, or None when no worker has a slot (a stage without property answers)."""
+    started = time.perf_counter()
+    inputs, targets = (gathered(t, world) for t in slot_inputs(model, train_batches, device, bf16))
+    if not len(targets):
+        return None
+    held_inputs, held_targets = (gathered(t, world) for t in slot_inputs(model, holdout_batches, device, bf16))
+    head = model.number_head
+    before = copy.deepcopy(head).float().cpu()
+    fitted = fit(before, inputs, targets, refit)
+    with torch.no_grad():
+        for target, source in zip(head.parameters(), fitted.parameters()):
+            target.copy_(source.to(target.device, target.dtype))
+            if world > 1:
+                torch.distributed.broadcast(target, src=0)
+    return {"slots": len(targets), "held_out_slots": len(held_targets), "steps": refit.steps,
+            "train_l1": [l1(before, inputs, targets), l1(fitted, inputs, targets)],
+            "holdout_l1": [l1(before, held_inputs, held_targets), l1(fitted, held_inputs, held_targets)],
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def restore_fitted_head(model, export: Path) -> None:
+    """The fitted head of a finished run's export into `model`: an optimizer that keeps its own copy
+    of the weights (DeepSpeed's ZeRO partitions) restores the head as training left it."""
+    weights = load_file(str(export / SAFE_WEIGHTS_NAME))
+    model.number_head.load_state_dict({name.removeprefix("number_head."): value for name, value in weights.items()
+                                       if name.startswith("number_head.")})

@@ -1,0 +1,62 @@
+"""The number head fitted again alone on the frozen model (train.number_head_refit)."""
+
+from __future__ import annotations
+
+import torch
+
+from deepmolm.config import load_params
+from deepmolm.training.deepmolm.number_head import refit_number_head, restore_fitted_head, slot_inputs
+from tests.conftest import PARAMS
+from tests.models.deepmolm.test_molm import VALUES, examples, slot_error, tiny, with_slots
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    """Two batches of slots; in the second, one example has none (a caption among property answers)."""
+    second = with_slots(examples(4, seed=1), [12.0, 480.5, 3.3, 0.7])
+    second["input_ids"][3, 10] = second["labels"][3, 10] = 11
+    second["numbers"][3] = float("nan")
+    return [with_slots(examples(8), VALUES), second]
+
+
+def test_the_refit_reads_what_training_reads_and_fits_only_the_head():
+    model = tiny().train()
+    batches = _batches()
+    features, targets = slot_inputs(model, batches, torch.device("cpu"), bf16=False)
+    assert features.shape == (8 + 3, 3 * 64) and model.training, "one row per slot, the model back in training mode"
+    with torch.no_grad():
+        read = model.number_head(features[:8]).squeeze(-1)
+    assert torch.allclose((read - targets[:8]).abs().sum(), slot_error(model.eval(), batches[0]), rtol=1e-5), \
+        "the refit fits on the inputs the head has in training and in generation"
+
+    others = {name: p.detach().clone() for name, p in model.named_parameters() if not name.startswith("number_head.")}
+    untrained = slot_error(model, batches[0])
+    refit = load_params(PARAMS, ["train.number_head_refit.steps=300", "train.number_head_refit.batch_size=8"]
+                        ).train.number_head_refit
+    figures = refit_number_head(model, batches, [batches[1]], refit, torch.device("cpu"), False, world=1)
+    assert figures["slots"] == 11 and figures["held_out_slots"] == 3 and figures["steps"] == 300
+    before, after = figures["train_l1"]
+    assert after < 0.2 * before, figures
+    assert slot_error(model, batches[0]) < 0.2 * untrained, "the model's own head is the fitted one"
+    assert all(torch.equal(p, others[name]) for name, p in model.named_parameters() if name in others)
+
+    again = tiny()
+    refit_number_head(again, batches, [batches[1]], refit, torch.device("cpu"), False, world=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), again.number_head.parameters())), \
+        "seeded: the same slots give the same head"
+
+
+def test_a_stage_without_slots_leaves_the_head_and_a_finished_run_restores_it(tmp_path):
+    model = tiny()
+    captions = examples(4) | {"numbers": torch.full((4,), float("nan"))}  # as collate gives them
+    before = [p.detach().clone() for p in model.number_head.parameters()]
+    refit = load_params(PARAMS).train.number_head_refit
+    assert refit_number_head(model, [captions], [], refit, torch.device("cpu"), False, world=1) is None
+    assert all(torch.equal(a, b) for a, b in zip(before, model.number_head.parameters()))
+
+    with torch.no_grad():
+        for p in model.number_head.parameters():
+            p.add_(1.0)
+    model.save_pretrained(tmp_path / "model")
+    fresh = tiny()
+    restore_fitted_head(fresh, tmp_path / "model")
+    assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), fresh.number_head.parameters()))
