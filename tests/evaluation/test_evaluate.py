@@ -197,7 +197,8 @@ def test_a_caption_gets_the_length_floor_and_a_property_answer_its_own_budget_an
     directory, _ = split_set
     _, model = setting
     params = load_params(PARAMS, ["model.generation.min_new_tokens=7", "model.generation.max_new_tokens=9",
-                                  "eval.property_max_new_tokens=5", "model.generation.number_digits=median"])
+                                  "eval.property_max_new_tokens=5", "model.generation.number_digits=median",
+                                  "model.generation.num_beams=1"])
     calls = []
     real = DeepMoLMForCausalLM.generate_text
 
