@@ -190,6 +190,7 @@ def train_worker(config: dict) -> None:
         if state["step"] < total:
             next_epoch(state)
     if model.config.number_head and train.number_head_refit.steps:
+        started = time.perf_counter()
         state["number_head_refit"] = refit_number_head(
             strategy.module, slot_batches(datasets["train"], config["rows"]["train"], rank, world, loader_options,
                                           train.micro_batch_size, device),
@@ -197,7 +198,8 @@ def train_worker(config: dict) -> None:
                          train.micro_batch_size, device),
             train.number_head_refit, device, bf16, world)
         if rank == 0 and state["number_head_refit"]:
-            print(f"[train] stage {stage_number}: number head fitted again {state['number_head_refit']}", flush=True)
+            print(f"[train] stage {stage_number}: number head fitted again in {time.perf_counter() - started:.1f} s "
+                  f"{state['number_head_refit']}", flush=True)
     state["final"] = True
     _report(strategy, tokenizer, config, state, history, rank, final=True)
 

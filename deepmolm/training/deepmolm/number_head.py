@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -85,8 +84,8 @@ def fit(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
 def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRefitParams, device, bf16: bool,
                       world: int) -> dict | None:
     """Fit `model.number_head` again on the slots of `train_batches` (this worker's share), in place;
-    returns the figures of the fit, or None when no worker has a slot (a stage without property answers)."""
-    started = time.perf_counter()
+    returns the figures of the fit (no timing: they go into the stage's metrics, which two runs must
+    write alike), or None when no worker has a slot (a stage without property answers)."""
     inputs, targets = (gathered(t, world) for t in slot_inputs(model, train_batches, device, bf16))
     if not len(targets):
         return None
@@ -101,8 +100,7 @@ def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRe
                 torch.distributed.broadcast(target, src=0)
     return {"slots": len(targets), "held_out_slots": len(held_targets), "steps": refit.steps,
             "train_l1": [l1(before, inputs, targets), l1(fitted, inputs, targets)],
-            "holdout_l1": [l1(before, held_inputs, held_targets), l1(fitted, held_inputs, held_targets)],
-            "seconds": round(time.perf_counter() - started, 1)}
+            "holdout_l1": [l1(before, held_inputs, held_targets), l1(fitted, held_inputs, held_targets)]}
 
 
 def restore_fitted_head(model, export: Path) -> None:
