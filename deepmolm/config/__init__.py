@@ -70,6 +70,7 @@ from deepmolm.config.training import (
 )
 
 __all__ = [
+    "AblationParams",
     "BaselineParams",
     "Chebi20Params",
     "ClusterParams",
@@ -86,7 +87,6 @@ __all__ = [
     "FusionParams",
     "GenerationParams",
     "HoldoutParams",
-    "NumberHeadRefitParams",
     "IngestParams",
     "InitWeightsParams",
     "InstructionsParams",
@@ -99,6 +99,7 @@ __all__ = [
     "MuMoPresetParams",
     "MuMoPretrainParams",
     "MuMoTrainParams",
+    "NumberHeadRefitParams",
     "Params",
     "PathsParams",
     "PresetParams",
@@ -111,10 +112,9 @@ __all__ = [
     "REJECT_REASONS",
     "RefreshParams",
     "RenderParams",
-    "RestyleParams",
     "ReportParams",
+    "RestyleParams",
     "RobustnessParams",
-    "AblationParams",
     "ScalingParams",
     "ServeParams",
     "SourcesParams",

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import socket
+from pathlib import Path
+
 import torch
+import torch.distributed
+import torch.multiprocessing
 
 from deepmolm.config import load_params
 from deepmolm.training.deepmolm.number_head import refit_number_head, restore_fitted_head, slot_inputs
@@ -32,7 +38,7 @@ def test_the_refit_reads_what_training_reads_and_fits_only_the_head():
     untrained = slot_error(model, batches[0])
     refit = load_params(PARAMS, ["train.number_head_refit.steps=300", "train.number_head_refit.batch_size=8"]
                         ).train.number_head_refit
-    figures = refit_number_head(model, batches, [batches[1]], refit, torch.device("cpu"), False, world=1)
+    figures = refit_number_head(model, batches, [batches[1]], refit, torch.device("cpu"), False, rank=0, world=1)
     assert figures["slots"] == 11 and figures["held_out_slots"] == 3 and figures["steps"] == 300
     before, after = figures["train_l1"]
     assert after < 0.2 * before, figures
@@ -40,7 +46,7 @@ def test_the_refit_reads_what_training_reads_and_fits_only_the_head():
     assert all(torch.equal(p, others[name]) for name, p in model.named_parameters() if name in others)
 
     again = tiny()
-    refit_number_head(again, batches, [batches[1]], refit, torch.device("cpu"), False, world=1)
+    refit_number_head(again, batches, [batches[1]], refit, torch.device("cpu"), False, rank=0, world=1)
     assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), again.number_head.parameters())), \
         "seeded: the same slots give the same head"
 
@@ -50,7 +56,7 @@ def test_a_stage_without_slots_leaves_the_head_and_a_finished_run_restores_it(tm
     captions = examples(4) | {"numbers": torch.full((4,), float("nan"))}  # as collate gives them
     before = [p.detach().clone() for p in model.number_head.parameters()]
     refit = load_params(PARAMS).train.number_head_refit
-    assert refit_number_head(model, [captions], [], refit, torch.device("cpu"), False, world=1) is None
+    assert refit_number_head(model, [captions], [], refit, torch.device("cpu"), False, rank=0, world=1) is None
     assert all(torch.equal(a, b) for a, b in zip(before, model.number_head.parameters()))
 
     with torch.no_grad():
@@ -60,3 +66,30 @@ def test_a_stage_without_slots_leaves_the_head_and_a_finished_run_restores_it(tm
     fresh = tiny()
     restore_fitted_head(fresh, tmp_path / "model")
     assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), fresh.number_head.parameters()))
+
+
+def _refit_as_worker(rank: int, port: int, out: str) -> None:
+    """One of two gloo workers on loopback: rank 0's share has both batches' slots, rank 1's none."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        batches = _batches()
+        model = tiny(seed=rank)  # the workers' heads differ before the refit: the broadcast makes them one
+        refit = load_params(PARAMS, ["train.number_head_refit.steps=50", "train.number_head_refit.batch_size=8"]
+                            ).train.number_head_refit
+        mine, held = (batches, []) if rank == 0 else ([], [batches[1]])
+        figures = refit_number_head(model, mine, held, refit, torch.device("cpu"), False, rank=rank, world=2)
+        head = [p.detach().tolist() for p in model.number_head.parameters()]
+        (Path(out) / f"{rank}.json").write_text(json.dumps({"figures": figures, "head": head}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_workers_end_with_rank_zeros_head_and_figures(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_refit_as_worker, args=(port, str(tmp_path)), nprocs=2)
+    first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
+    assert first == second, "both workers hold the same head and the same figures"
+    assert first["figures"]["slots"] == 11 and first["figures"]["held_out_slots"] == 3, \
+        "slots gathered from both workers, one of which had none"

@@ -196,7 +196,7 @@ def train_worker(config: dict) -> None:
                                           train.micro_batch_size, device),
             slot_batches(datasets["holdout"], config["rows"]["holdout"], rank, world, loader_options,
                          train.micro_batch_size, device),
-            train.number_head_refit, device, bf16, world)
+            train.number_head_refit, device, bf16, rank, world)
         if rank == 0 and state["number_head_refit"]:
             print(f"[train] stage {stage_number}: number head fitted again in {time.perf_counter() - started:.1f} s "
                   f"{state['number_head_refit']}", flush=True)

@@ -3,13 +3,13 @@
 Trained end to end with everything else, the head ends under-trained: its answers sit below the truth
 at every size, on its own training molecules as much as on held-out ones. Its inputs hold more: the
 same head fitted alone on them, many slots per step at ten times the rate, is centred and 10-35% closer
-on every property. Raising the head's own rate inside the joint training does not do it (a few slots per
-step make a fast head noisy, and the LM below it learns to follow the noise). docs/benchmarks.md,
-"Why the head misses" and "The head fitted again", has the measurements.
+on every property. Raising the head's own rate inside the joint training does not do it: its answers
+and the held-out loss got worse (a stage-2 step holds only a few slots). docs/benchmarks.md, "Why the
+head misses", "The head at its own rate, tried and dropped" and "The head fitted again", has the
+measurements.
 
-Every worker reads the slots of its share of the examples; the slots are gathered, each worker fits
-the same copy of the head from the same seed, and rank 0's weights are broadcast so the copies agree
-to the bit.
+Every worker reads the slots of its share of the examples; the slots are gathered, rank 0 alone fits
+the head (the others would repeat its work on the same cores) and broadcasts the weights and figures.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def slot_inputs(model, batches, device, bf16: bool) -> tuple[torch.Tensor, torch
             targets.append(signed_log(batch["numbers"][rows].float()).cpu())
     finally:
         model.train()
-    if not inputs:
-        return torch.zeros(0, 0), torch.zeros(0)
+    if not inputs:  # a worker whose share has no slot: no rows, the head's width
+        return torch.zeros(0, model.number_head[0].normalized_shape[0]), torch.zeros(0)
     return torch.cat(inputs), torch.cat(targets)
 
 
@@ -51,7 +51,7 @@ def gathered(tensor: torch.Tensor, world: int) -> torch.Tensor:
         return tensor
     parts: list = [None] * world
     torch.distributed.all_gather_object(parts, tensor)
-    return torch.cat([part for part in parts if part.numel()]) if any(part.numel() for part in parts) else tensor
+    return torch.cat(parts)
 
 
 def l1(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float | None:
@@ -82,7 +82,7 @@ def fit(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
 
 
 def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRefitParams, device, bf16: bool,
-                      world: int) -> dict | None:
+                      rank: int, world: int) -> dict | None:
     """Fit `model.number_head` again on the slots of `train_batches` (this worker's share), in place;
     returns the figures of the fit (no timing: they go into the stage's metrics, which two runs must
     write alike), or None when no worker has a slot (a stage without property answers)."""
@@ -90,17 +90,22 @@ def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRe
     if not len(targets):
         return None
     held_inputs, held_targets = (gathered(t, world) for t in slot_inputs(model, holdout_batches, device, bf16))
-    head = model.number_head
-    before = copy.deepcopy(head).float().cpu()
-    fitted = fit(before, inputs, targets, refit)
-    with torch.no_grad():
-        for target, source in zip(head.parameters(), fitted.parameters()):
-            target.copy_(source.to(target.device, target.dtype))
-            if world > 1:
+    head, figures = model.number_head, [None]
+    if rank == 0:
+        before = copy.deepcopy(head).float().cpu()
+        fitted = fit(before, inputs, targets, refit)
+        with torch.no_grad():
+            for target, source in zip(head.parameters(), fitted.parameters()):
+                target.copy_(source.to(target.device, target.dtype))
+        figures = [{"slots": len(targets), "held_out_slots": len(held_targets), "steps": refit.steps,
+                    "train_l1": [l1(before, inputs, targets), l1(fitted, inputs, targets)],
+                    "holdout_l1": [l1(before, held_inputs, held_targets), l1(fitted, held_inputs, held_targets)]}]
+    if world > 1:
+        with torch.no_grad():
+            for target in head.parameters():
                 torch.distributed.broadcast(target, src=0)
-    return {"slots": len(targets), "held_out_slots": len(held_targets), "steps": refit.steps,
-            "train_l1": [l1(before, inputs, targets), l1(fitted, inputs, targets)],
-            "holdout_l1": [l1(before, held_inputs, held_targets), l1(fitted, held_inputs, held_targets)]}
+        torch.distributed.broadcast_object_list(figures, src=0)
+    return figures[0]
 
 
 def restore_fitted_head(model, export: Path) -> None:
