@@ -90,8 +90,17 @@ def link_external_dependencies(root: Path) -> list[Path]:
     return linked
 
 
-def _dvc(root: Path, *args: str) -> str:
-    result = subprocess.run(["dvc", *args], cwd=root, text=True, capture_output=True)
+# a `dvc exp show` racing the queue's worker as it finishes an experiment can block for good on DVC's
+# experiment lock (treeverse/dvc#8762; seen here once in CI, 4 minutes stuck after the last
+# experiment ended); the call is ended after this long and, for `exp show`, tried again
+DVC_ANSWER_S = 120
+
+
+def _dvc(root: Path, *args: str, timeout_s: float = DVC_ANSWER_S) -> str:
+    try:
+        result = subprocess.run(["dvc", *args], cwd=root, text=True, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"`dvc {' '.join(args)}` did not answer in {timeout_s:.0f} s") from None
     if result.returncode != 0:
         detail = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
         raise RuntimeError(f"`dvc {' '.join(args)}` failed ({result.returncode}): " + " | ".join(detail))
@@ -114,15 +123,15 @@ def experiments(root: Path) -> dict[str, tuple[str, dict]]:
     return found
 
 
-def _shown(root: Path, baseline: str) -> str:
+def _shown(root: Path, baseline: str, timeout_s: float = DVC_ANSWER_S) -> str:
     """`dvc exp show --json --rev baseline`, tried again: read while an experiment finishes, DVC can
-    fail on the temporary copy it is removing at that moment (a race, gone a second later)."""
+    fail on the temporary copy it is removing at that moment, or block (both races, gone on retry)."""
     from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
     for attempt in Retrying(retry=retry_if_exception_type(RuntimeError), stop=stop_after_attempt(4), wait=wait_fixed(1),
                             reraise=True):
         with attempt:
-            return _dvc(root, "exp", "show", "--json", "--rev", baseline)
+            return _dvc(root, "exp", "show", "--json", "--rev", baseline, timeout_s=timeout_s)
     raise AssertionError("unreachable")
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import yaml
 from deepmolm.config import AblationParams, ConfigError, load_params
 from deepmolm.evaluation.ablation import (
     Cell,
+    _shown,
     cells,
     direction_rows,
     link_external_dependencies,
@@ -198,3 +201,25 @@ def test_run_grid_queues_dvc_experiments_and_a_rerun_queues_nothing(tmp_path):
     assert again == results and not lines  # every cell finished: nothing queued
     assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project, env=env,
                           capture_output=True, text=True).stdout == ""  # the workspace is left as it was
+
+
+def test_a_dvc_exp_show_that_blocks_is_ended_and_asked_again(tmp_path, monkeypatch):
+    """DVC's experiment lock can block `exp show` for good (treeverse/dvc#8762): here the first call
+    blocks (a `dvc` on PATH that sleeps once, then runs the real one) and the answer still comes."""
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for command in (["git", "init", "-q"], ["git", "commit", "-q", "--allow-empty", "-m", "init"],
+                    [str(Path(sys.executable).with_name("dvc")), "init", "-q"]):
+        subprocess.run(command, cwd=project, env=env, check=True, capture_output=True)
+    shim = tmp_path / "bin" / "dvc"
+    shim.parent.mkdir()
+    shim.write_text(f"#!/bin/sh\nif [ ! -e {tmp_path}/blocked ]; then touch {tmp_path}/blocked; exec sleep 600; fi\n"
+                    f"exec {Path(sys.executable).with_name('dvc')} \"$@\"\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")
+    started = time.monotonic()
+    shown = _shown(project, "HEAD", timeout_s=3)
+    assert (tmp_path / "blocked").exists() and time.monotonic() - started < 60
+    assert json.loads(shown)[0]["rev"] == "workspace"
