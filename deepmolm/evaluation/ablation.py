@@ -90,9 +90,10 @@ def link_external_dependencies(root: Path) -> list[Path]:
     return linked
 
 
-# a `dvc exp show` racing the queue's worker as it finishes an experiment can block for good on DVC's
-# experiment lock (treeverse/dvc#8762; seen here once in CI, 4 minutes stuck after the last
-# experiment ended); the call is ended after this long and, for `exp show`, tried again
+# a `dvc exp show` polled while the queue's worker finishes can block for good (seen here once in CI:
+# stuck 4 minutes after the last experiment ended and the worker stopped; DVC reports such hangs on
+# its experiment lock, treeverse/dvc#8762); the call is ended after this long and, for `exp show`,
+# tried again
 DVC_ANSWER_S = 120
 
 
