@@ -181,6 +181,9 @@ def test_the_report_page_loads_every_image_in_headless_chromium(demo):
     assert "id='caption-metrics'" in text and "retrieval baseline" in text
     gallery, inputs = min(ROWS_PER_SPLIT, 24), min(ROWS_PER_SPLIT, 6)
     assert "id='grounding'" in text
+    refitted = demo.json("reports", "train", "stage2", SUMMARY)["number_head_refit"]
+    assert (f"on {refitted['slots']:,} training slots, mean L1 on the signed log scale {refitted['train_l1'][0]:.3f} "
+            f"&rarr; {refitted['train_l1'][1]:.3f}") in text, "the refit's figures on the page"
     dom = headless("--dump-dom", page.as_uri())
     images = gallery + inputs + 2
     assert f'data-images-loaded="{images}/{images}"' in dom.stdout, "curves, grounding, the encoder's inputs, every molecule loaded"

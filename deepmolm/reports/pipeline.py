@@ -269,6 +269,14 @@ def _page(c: dict) -> str:
                          + "".join(f"<tr><td>{n}</td><td>{int(r['epoch'])}</td><td>{int(r['step'])}</td>"
                                    f"<td>{_fmt(r.get('train_loss'))}</td><td>{_fmt(r.get('holdout_loss'))}</td></tr>"
                                    for n, r in held) + "</table>")
+    refits = [(n, summary["number_head_refit"]) for n, summary in c["stages"].items()
+              if summary and summary.get("number_head_refit")]
+    if refits:
+        parts.append("<p id='number-head-refit'>" + " ".join(
+            f"Stage {n}: the number head fitted again alone (train.number_head_refit, {r['steps']:,} steps) on "
+            f"{r['slots']:,} training slots, mean L1 on the signed log scale {_fmt(r['train_l1'][0])} &rarr; "
+            f"{_fmt(r['train_l1'][1])}; on {r['held_out_slots']:,} held-out slots {_fmt(r['holdout_l1'][0])} &rarr; "
+            f"{_fmt(r['holdout_l1'][1])}." for n, r in refits) + "</p>")
     if c["inputs"]:
         parts.append("<h2>What the encoder reads</h2><div class='gallery' id='model-inputs'>"
                      + "".join(f"<div class='card'><img src='{e(i['image'])}' alt='input of CID {i['cid']}' "
