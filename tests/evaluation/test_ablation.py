@@ -204,8 +204,9 @@ def test_run_grid_queues_dvc_experiments_and_a_rerun_queues_nothing(tmp_path):
 
 
 def test_a_dvc_exp_show_that_blocks_is_ended_and_asked_again(tmp_path, monkeypatch):
-    """DVC's experiment lock can block `exp show` for good (treeverse/dvc#8762): here the first call
-    blocks (a `dvc` on PATH that sleeps once, then runs the real one) and the answer still comes."""
+    """`dvc exp show` can block for good (seen once in CI; DVC's tracker reports it on the experiment
+    lock, treeverse/dvc#8762): here the first call blocks (a `dvc` on PATH that sleeps once, then runs
+    the real one) and the answer still comes."""
     project = tmp_path / "project"
     project.mkdir()
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
