@@ -8,8 +8,9 @@ and the held-out loss got worse (a stage-2 step holds only a few slots). docs/be
 head misses", "The head at its own rate, tried and dropped" and "The head fitted again", has the
 measurements.
 
-Every worker reads the slots of its share of the examples; the slots are gathered, rank 0 alone fits
-the head (the others would repeat its work on the same cores) and broadcasts the weights and figures.
+Every worker reads the slots of its share of the examples; they are gathered on rank 0, which alone
+fits the head (the others would repeat its work on the same cores) and broadcasts the figures and the
+weights.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ def slot_inputs(model, batches, device, bf16: bool) -> tuple[torch.Tensor, torch
     return torch.cat(inputs), torch.cat(targets)
 
 
-def gathered(tensor: torch.Tensor, world: int) -> torch.Tensor:
-    """Every worker's rows of `tensor`, in rank order (the tensor itself with one worker)."""
+def gathered(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor | None:
+    """Every worker's rows of `tensor`, in rank order, on rank 0 (the one that fits); None elsewhere."""
     if world == 1:
         return tensor
-    parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, tensor)
-    return torch.cat(parts)
+    parts: list | None = [None] * world if rank == 0 else None
+    torch.distributed.gather_object(tensor, parts, dst=0)
+    return torch.cat(parts) if rank == 0 else None
 
 
 def l1(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float | None:
@@ -86,12 +87,10 @@ def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRe
     """Fit `model.number_head` again on the slots of `train_batches` (this worker's share), in place;
     returns the figures of the fit (no timing: they go into the stage's metrics, which two runs must
     write alike), or None when no worker has a slot (a stage without property answers)."""
-    inputs, targets = (gathered(t, world) for t in slot_inputs(model, train_batches, device, bf16))
-    if not len(targets):
-        return None
-    held_inputs, held_targets = (gathered(t, world) for t in slot_inputs(model, holdout_batches, device, bf16))
+    inputs, targets = (gathered(t, rank, world) for t in slot_inputs(model, train_batches, device, bf16))
+    held_inputs, held_targets = (gathered(t, rank, world) for t in slot_inputs(model, holdout_batches, device, bf16))
     head, figures = model.number_head, [None]
-    if rank == 0:
+    if rank == 0 and len(targets):
         before = copy.deepcopy(head).float().cpu()
         fitted = fit(before, inputs, targets, refit)
         with torch.no_grad():
@@ -101,10 +100,11 @@ def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRe
                     "train_l1": [l1(before, inputs, targets), l1(fitted, inputs, targets)],
                     "holdout_l1": [l1(before, held_inputs, held_targets), l1(fitted, held_inputs, held_targets)]}]
     if world > 1:
-        with torch.no_grad():
-            for target in head.parameters():
-                torch.distributed.broadcast(target, src=0)
         torch.distributed.broadcast_object_list(figures, src=0)
+        if figures[0] is not None:  # the same on every worker: all broadcast, or none
+            with torch.no_grad():
+                for target in head.parameters():
+                    torch.distributed.broadcast(target, src=0)
     return figures[0]
 
 
