@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ import torch.multiprocessing
 
 from deepmolm.config import load_params
 from deepmolm.training.deepmolm.number_head import refit_number_head, restore_fitted_head, slot_inputs
+from flows.local_server import free_port
 from tests.conftest import PARAMS
 from tests.models.deepmolm.test_molm import VALUES, examples, slot_error, tiny, with_slots
 
@@ -85,10 +85,7 @@ def _refit_as_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_two_workers_end_with_rank_zeros_head_and_figures(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_refit_as_worker, args=(port, str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_refit_as_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
     assert first == second, "both workers hold the same head and the same figures"
     assert first["figures"]["slots"] == 11 and first["figures"]["held_out_slots"] == 3, \
