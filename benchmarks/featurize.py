@@ -3,13 +3,18 @@
 All runs featurize the same ChEBI-20 test molecules with the same params, in this one invocation:
   - bare: one process calls featurize_row on each raw row (conformers in-process, no time limit),
     and, when `mumo.sfp` is on, the SFP graph of each molecule (the flow writes that table too);
+  - bare, N processes: the machine's own ceiling for N workers. A pool of N processes, started and
+    warmed before the clock, featurizes the flow's parts in the flow's order, each process taking
+    the next part when it is free (as a Dask worker does); nothing is written. bare / (N x this)
+    is what N busy cores cost each other (shared cache, memory bandwidth) with no Prefect, Dask or
+    files, so that the flow's own loss can be told apart from the machine's;
   - flow: `deepmolm data featurize`'s flow (Prefect + a local Dask cluster of N worker processes,
     parts written and hashed, each molecule in the time-limit sandbox), each into a fresh output root
     so nothing is reused.
 One Prefect API server is started first and shared (as with `prefect server start`), so its start-up
 is not counted; the flow's Dask cluster start-up is. The flow's per-molecule time limit is raised
-(--time-limit) so that a molecule the flow would give up is not compared with one the loop finishes. Overhead = flow(1 worker) / bare; efficiency at
-N workers = time(1) / (N x time(N)).
+(--time-limit) so that a molecule the flow would give up is not compared with one the loop finishes.
+Overhead = flow(1 worker) / bare; efficiency at N workers = time(1) / (N x time(N)).
 
     python -m benchmarks.featurize [--molecules 400] [--workers 1 2] [--rows-per-part 20]
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -28,6 +34,7 @@ from pathlib import Path
 from deepmolm.config import load_params
 from deepmolm.data.featurize.outcome import FeaturizeError
 from deepmolm.data.featurize.record import StepTimer, featurize_row
+from deepmolm.data.shards.build import plan_version
 from deepmolm.data.shards.sfp_table import graph_row
 from deepmolm.data.ingest import ingest_tsv
 from deepmolm.data.sources.raw_table import read_raw_table
@@ -57,14 +64,15 @@ def main() -> None:
 
     timer = StepTimer()
     started = time.perf_counter()
-    for row in rows:
-        record = featurize_row(row, params.featurize, timer=timer)
-        if params.mumo.sfp and isinstance(record, dict):  # the flow's SFP table: the same graph per molecule
-            with timer.step("sfp"), contextlib.suppress(FeaturizeError):
-                graph_row(record["cid"], record["smiles"], record["coords"])
+    featurize_rows(rows, params, timer)
     bare = time.perf_counter() - started
     print(f"bare loop: {len(rows)} molecules in {bare:.1f} s ({bare / len(rows) * 1000:.0f} ms/molecule)")
     print("  per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(timer.seconds.items(), key=lambda kv: -kv[1])))
+
+    parts = [rows[c.start:c.stop] for c in plan_version(Path(raw.out), tmp / "plan-only", params).missing()]
+    pool_seconds = {n: bare_pool(parts, params, n) for n in args.workers if n > 1}
+    for n, seconds in pool_seconds.items():
+        print(f"bare, {n} processes: {seconds:.1f} s, efficiency {bare / (n * seconds):.3f} (the machine's ceiling)")
 
     quiet_dask_logs()
     flow_seconds: dict[int, float] = {}
@@ -80,6 +88,8 @@ def main() -> None:
 
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "molecules": len(rows), "bare_s": round(bare, 2)}
+    for n, seconds in pool_seconds.items():
+        result[f"bare_efficiency_{n}"] = round(bare / (n * seconds), 3)
     if 1 in flow_seconds:
         result["overhead_ratio"] = round(flow_seconds[1] / bare, 3)
         print(f"overhead ratio (flow on 1 worker / bare loop): {result['overhead_ratio']:.3f}  (issue 20: <= 1.05)")
@@ -89,6 +99,35 @@ def main() -> None:
             print(f"parallel efficiency at {workers} workers: {efficiency:.3f}  "
                   f"({len(rows) / seconds:.2f} molecules/s)")
     print(json.dumps(result))
+
+
+def featurize_rows(rows: list[dict], params, timer: StepTimer | None = None) -> int:
+    """What the flow computes per molecule: the record, and the SFP graph when `mumo.sfp` is on."""
+    timer = timer if timer is not None else StepTimer()
+    for row in rows:
+        record = featurize_row(row, params.featurize, timer=timer)
+        if params.mumo.sfp and isinstance(record, dict):
+            with timer.step("sfp"), contextlib.suppress(FeaturizeError):
+                graph_row(record["cid"], record["smiles"], record["coords"])
+    return len(rows)
+
+
+def bare_pool(parts: list[list[dict]], params, processes: int) -> float:
+    """Seconds for `processes` warmed processes to featurize the parts, each taking the next when free."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(processes + 1)
+    with context.Pool(processes, initializer=_warmed, initargs=(parts[-1][:1], params, ready)) as pool:
+        ready.wait()  # every process has imported and featurized a first molecule
+        started = time.perf_counter()
+        done = sum(pool.starmap(featurize_rows, [(part, params) for part in parts], chunksize=1))
+        seconds = time.perf_counter() - started
+    assert done == sum(len(part) for part in parts)
+    return seconds
+
+
+def _warmed(rows: list[dict], params, ready) -> None:
+    featurize_rows(rows, params)
+    ready.wait()
 
 
 if __name__ == "__main__":
