@@ -29,7 +29,7 @@ SCHEDULER_ENV = "DEEPMOLM_DASK_SCHEDULER"
 # Dask's housekeeping for the local cluster, turned down: every worker samples its own stack 100
 # times a second for the dashboard's profile, its nanny polls memory 10 times a second, and the
 # scheduler, each nanny and each worker wake 50 times a second to time their event loop (the tick;
-# its warning about a blocked loop still comes, at the same 3 s limit). With one worker per core
+# its log line about an unresponsive loop keeps its 3 s limit). With one worker per core
 # that CPU is taken from the molecules: a flow waiting on two tasks of a 2-worker cluster, its Prefect
 # server included, used 2.4 CPU-s per 30 s with the default 20 ms tick, 1.3 with 1 s (docs/benchmarks.md).
 LOCAL_CLUSTER_CONFIG = {
