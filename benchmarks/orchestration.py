@@ -10,10 +10,13 @@ taken from a molecule.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dask
@@ -34,16 +37,53 @@ def nap(seconds: float) -> float:
     return seconds
 
 
-def tree_cpu_seconds() -> dict[int, float]:
-    """CPU seconds so far of this process and every process under it (the server, nannies' workers, helpers)."""
+HELPER_MODULE = "deepmolm.data.featurize.sandbox"  # the featurization helper's command line
+
+
+def tree_cpu_seconds(helpers: dict[int, bool] | None = None) -> dict[int, tuple[float, bool]]:
+    """CPU seconds so far of this process and every process under it (the server, nannies' workers,
+    helpers), and whether each is a featurization helper (`helpers` caches that per pid)."""
+    helpers = {} if helpers is None else helpers
     spent = {}
     for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
         try:
             times = process.cpu_times()
+            if process.pid not in helpers:
+                helpers[process.pid] = HELPER_MODULE in process.cmdline()
         except psutil.Error:
             continue
-        spent[process.pid] = times.user + times.system
+        spent[process.pid] = (times.user + times.system, helpers[process.pid])
     return spent
+
+
+@contextlib.contextmanager
+def cpu_split(every_s: float = 1.0) -> Iterator[dict[str, float]]:
+    """CPU seconds the tree spends in the block, as {"helpers": ..., "orchestration": ...}: the
+    featurization helpers' molecules, and everything else (Prefect server and engine, Dask scheduler,
+    nannies and workers, the parts' writes). Processes that end inside the block (a cluster's workers)
+    are sampled every `every_s` and counted up to their last sample; the sampling's own CPU is not
+    counted."""
+    helpers: dict[int, bool] = {}
+    before = tree_cpu_seconds(helpers)
+    last, stop, own = dict(before), threading.Event(), [0.0]
+
+    def sample() -> None:
+        while not stop.wait(every_s):
+            last.update(tree_cpu_seconds(helpers))
+            own[0] = time.thread_time()
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    split = {"helpers": 0.0, "orchestration": 0.0}
+    try:
+        yield split
+    finally:
+        stop.set()
+        sampler.join()
+        last.update(tree_cpu_seconds(helpers))
+        for pid, (seconds, helper) in last.items():
+            split["helpers" if helper else "orchestration"] += seconds - before.get(pid, (0.0, helper))[0]
+        split["orchestration"] -= own[0]
 
 
 @flow
@@ -51,11 +91,10 @@ def waiting_flow(seconds: float) -> float:
     """CPU seconds the whole tree spends while the flow's two tasks sleep `seconds`."""
     for future in [nap.submit(1), nap.submit(1)]:  # the cluster and both workers up before the clock
         future.result()
-    before = tree_cpu_seconds()
-    for future in [nap.submit(seconds), nap.submit(seconds)]:
-        future.result()
-    after = tree_cpu_seconds()
-    return sum(spent - before.get(pid, 0.0) for pid, spent in after.items())
+    with cpu_split() as spent:
+        for future in [nap.submit(seconds), nap.submit(seconds)]:
+            future.result()
+    return sum(spent.values())
 
 
 def main() -> None:
