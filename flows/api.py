@@ -3,6 +3,9 @@
 With PREFECT_API_URL set (a `prefect server start` or Prefect Cloud) that one is used. Otherwise a
 temporary local server is started here and its address exported, so the worker processes of a
 local Dask cluster record their task runs in the same place instead of each starting their own.
+A flow run on that server sends no heartbeats: they exist so that a server can tell a crashed run
+from a long one, and this server ends with the run; Prefect's heartbeat thread, waking once a
+second, also held every flow's end by up to a second while it was joined.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 
 @contextmanager
@@ -30,7 +33,7 @@ def prefect_api() -> Iterator[str]:
     server.start()
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield server.api_url
             APILogWorker.drain_all(timeout=10)  # send the run's logs while the server is still up
     finally:
