@@ -16,6 +16,9 @@ All runs featurize the same ChEBI-20 test molecules with the same params, in thi
 One Prefect API server is started first and shared (as with `prefect server start`), so its start-up
 is not counted; the flow's Dask cluster start-up is. The flow's per-molecule time limit is raised
 (--time-limit) so that a molecule the flow would give up is not compared with one the loop finishes.
+A VM's own speed can move by several percent within a run, which the ratios cannot tell from the
+flow's: the same few molecules are timed in this process before each measurement and at the end
+(the speed probe), and their spread is printed.
 Overhead = flow(1 worker) / bare; efficiency at N workers = time(1) / (N x time(N)).
 
     python -m benchmarks.featurize [--molecules 400] [--workers 1 2] [--rows-per-part 20]
@@ -65,6 +68,9 @@ def main() -> None:
     raw = ingest_tsv(params, table, progress=False)
     rows = read_raw_table(raw.out).to_pylist()
 
+    probe_rows = rows[:PROBE_MOLECULES]
+    featurize_rows(probe_rows[:1], params)  # first-call costs (lazy imports, RDKit's tables) out of every clock
+    probes = [speed_probe(probe_rows, params)]
     timer = StepTimer()
     started = time.perf_counter()
     featurize_rows(rows, params, timer)
@@ -73,7 +79,10 @@ def main() -> None:
     print("  per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(timer.seconds.items(), key=lambda kv: -kv[1])))
 
     parts = [rows[c.start:c.stop] for c in plan_version(Path(raw.out), tmp / "plan-only", params).missing()]
-    pool_seconds = {n: bare_pool(parts, params, n) for n in args.workers if n > 1}
+    pool_seconds = {}
+    for n in (n for n in args.workers if n > 1):
+        probes.append(speed_probe(probe_rows, params))
+        pool_seconds[n] = bare_pool(parts, params, n)
     for n, seconds in pool_seconds.items():
         print(f"bare, {n} processes: {seconds:.1f} s, efficiency {bare / (n * seconds):.3f} (the machine's ceiling)")
 
@@ -82,6 +91,7 @@ def main() -> None:
     flow_cpu: dict[int, dict[str, float]] = {}
     with prefect_api():
         for workers in args.workers:
+            probes.append(speed_probe(probe_rows, params))
             started = time.perf_counter()
             with cpu_split() as cpu:
                 summary = run_featurize(Path(raw.out), tmp / f"shards-{workers}", Path("params.yaml"), overrides,
@@ -95,8 +105,17 @@ def main() -> None:
                   f"(Prefect server and engine, Dask, the parts' writes and SFP table); "
                   f"the {os.cpu_count()} cores had {os.cpu_count() * flow_seconds[workers]:.1f} s")
 
+    probes.append(speed_probe(probe_rows, params))
+    drift = max(probes) / min(probes) - 1
+    print(f"speed probe ({len(probe_rows)} molecules, one process) before each measurement and at the end: "
+          + ", ".join(f"{p:.2f}" for p in probes) + f" s, spread {drift:.1%}")
+    if drift > PROBE_SPREAD_WARNING:
+        print(f"  the machine's own speed moved by more than {PROBE_SPREAD_WARNING:.0%} during this run: "
+              "the ratios below carry that drift")
+
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "molecules": len(rows), "bare_s": round(bare, 2)}
+              "molecules": len(rows), "bare_s": round(bare, 2),
+              "speed_probe_s": [round(p, 2) for p in probes], "speed_spread": round(drift, 3)}
     for n, seconds in pool_seconds.items():
         result[f"bare_efficiency_{n}"] = round(bare / (n * seconds), 3)
     if 1 in flow_seconds:
@@ -109,6 +128,17 @@ def main() -> None:
             print(f"parallel efficiency at {workers} workers: {efficiency:.3f}  "
                   f"({len(rows) / seconds:.2f} molecules/s)")
     print(json.dumps(result))
+
+
+PROBE_MOLECULES = 30  # the benchmark's first molecules: about 6 s in one process
+PROBE_SPREAD_WARNING = 0.02
+
+
+def speed_probe(rows: list[dict], params) -> float:
+    """Seconds for this process to featurize the same few molecules: how fast the machine is now."""
+    started = time.perf_counter()
+    featurize_rows(rows, params)
+    return time.perf_counter() - started
 
 
 def featurize_rows(rows: list[dict], params, timer: StepTimer | None = None) -> int:
