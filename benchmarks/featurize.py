@@ -114,7 +114,7 @@ def main() -> None:
               "the ratios below carry that drift")
     if 1 in flow_cpu and 2 in flow_cpu:
         # The same molecules' kernels: with two workers the cores slow each other, so a ratio under 1
-        # means the machine ran the two-worker run faster than the one-worker run.
+        # says the machine was faster during the two-worker run, or the one-worker run paid extra.
         print(f"  featurization helpers' CPU, 2 workers / 1 worker: {flow_cpu[2]['helpers'] / flow_cpu[1]['helpers']:.3f}")
 
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
