@@ -24,6 +24,7 @@ import psutil
 from prefect import flow, task
 
 from deepmolm.config import load_params
+from deepmolm.data.featurize import sandbox
 from flows.api import prefect_api, quiet_dask_logs
 from flows.featurize import LOCAL_CLUSTER_CONFIG, task_runner
 
@@ -37,7 +38,7 @@ def nap(seconds: float) -> float:
     return seconds
 
 
-HELPER_MODULE = "deepmolm.data.featurize.sandbox"  # the featurization helper's command line
+HELPER_MODULE = sandbox.__name__  # the featurization helper runs as `python -m` of it
 
 
 def tree_cpu_seconds(helpers: dict[int, bool] | None = None) -> dict[int, tuple[float, bool]]:
