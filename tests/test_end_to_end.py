@@ -85,20 +85,28 @@ class Demo:
         return json.loads(self.project.joinpath(*parts).read_text())
 
 
-def _start_demo(dest: Path) -> tuple[Path, subprocess.Popen]:
+# The second demo's environment stands for another processor: each of these alone changes the bits
+# of a training step where params.yaml `numerics` is not applied (benchmarks/numerics.py): ATen's
+# kernels without AVX (a processor ATen gives no AVX2), oneMKL's SSE2 branch instead of its own
+# dispatch (what it runs differs by vendor), and two threads per process.
+ANOTHER_PROCESSOR = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "2",
+                     "MKL_NUM_THREADS": "2"}
+
+
+def _start_demo(dest: Path, **env: str) -> tuple[Path, subprocess.Popen]:
     project = copy_repository(dest, rows_per_split=ROWS_PER_SPLIT)
     shrink(project / "params.yaml")
     return project, subprocess.Popen(["./dev", "demo"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=newcomer_env())
+                                     text=True, env=newcomer_env(**env))
 
 
 @pytest.fixture(scope="session")
 def demos(tmp_path_factory) -> tuple[Demo, Demo]:
     """Two `./dev demo` runs from scratch, at once, on two copies of the repository (the second at
-    another path, one level deeper), shared by the checks below. The later checks push, pull and
-    retrain the first."""
+    another path, one level deeper, in an environment that stands for another processor), shared by
+    the checks below. The later checks push, pull and retrain the first."""
     started = [_start_demo(tmp_path_factory.mktemp("demo")),
-               _start_demo(tmp_path_factory.mktemp("elsewhere") / "deeper")]
+               _start_demo(tmp_path_factory.mktemp("elsewhere") / "deeper", **ANOTHER_PROCESSOR)]
     finished = []
     for project, process in started:
         stdout, stderr = process.communicate(timeout=1500)
@@ -191,8 +199,10 @@ def test_the_report_page_loads_every_image_in_headless_chromium(demo):
 
 
 def test_a_second_clone_elsewhere_writes_the_same_dvc_lock(demos):
-    """Two clones at different paths, each running every stage from nothing: the same dvc.lock, so
-    every output is the same bytes wherever the project lives."""
+    """Two clones at different paths, each running every stage from nothing, the second in an
+    environment of another processor: the same dvc.lock, so every output is the same bytes wherever
+    the project lives, and the training and evaluation processes take params.yaml `numerics`' code
+    paths whatever they inherit."""
     first, second = demos
     assert sorted(ran(second.output)) == sorted(STAGES + MUMO_STAGES)
     lock = (first.project / "dvc.lock").read_text()

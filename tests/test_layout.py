@@ -3,6 +3,7 @@ cycles between siblings, and the library builds a shard version without Prefect.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -42,3 +43,25 @@ def test_the_library_builds_a_shard_version_without_prefect(tmp_path, shared):
     assert result.returncode == 0, result.stderr[-3000:]
     accepted, rejected, parts, graphs = result.stdout.split()[-4:]
     assert (int(accepted), int(rejected), int(parts)) == (4, 0, 2)
+
+
+def test_every_test_that_steps_an_optimizer_in_its_own_process_is_in_the_numerics_matrix():
+    """A test that trains in the pytest process and asserts what was learned holds only if its margin
+    survives another processor's last bits: the `learns` mark puts it in `python -m benchmarks.test_matrix`
+    (1 and 2 threads x each ATen capability). Found from the source: an optimizer step or the
+    number head's refit in the test's body."""
+    import ast
+
+    trains = re.compile(r"\b(optimi[sz]er\.step\(\)|refit_number_head\()")
+    unmarked = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module_marks = ast.unparse(next((node.value for node in tree.body if isinstance(node, ast.Assign)
+                                         and any(getattr(t, "id", "") == "pytestmark" for t in node.targets)), ast.List([])))
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and trains.search(ast.unparse(node)):
+                marks = module_marks + " ".join(ast.unparse(d) for d in node.decorator_list)
+                if "pytest.mark.learns" not in marks and "pytest.mark.slow" not in marks:
+                    unmarked.append(f"{path.relative_to(REPO)}::{node.name}")
+    assert not unmarked, f"mark these @pytest.mark.learns (and run benchmarks/test_matrix.py): {unmarked}"
+    assert len(list((REPO / "tests").rglob("test_*.py"))) > 20

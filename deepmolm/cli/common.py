@@ -82,12 +82,13 @@ class Common:
     def errors(self) -> Iterator[None]:
         """Turn the library's errors into a clear message and an exit code (and a JSON error object)."""
         from deepmolm.data.sources.errors import RequestError, SourceError
+        from deepmolm.runtime.numerics import NumericsError
         from deepmolm.store.files import StorageError, storage_problem
 
         try:
             try:
                 yield
-            except (ConfigError, RequestError) as exc:
+            except (ConfigError, RequestError, NumericsError) as exc:
                 raise Exit(2, str(exc)) from None
             except (SourceError, FileNotFoundError, StorageError) as exc:
                 raise Exit(1, str(exc)) from None

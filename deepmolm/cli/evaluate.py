@@ -25,9 +25,11 @@ def eval_run(
     answers the same molecules from train.splits; both are scored. Writes <reports_dir>/eval/."""
     from deepmolm.data.instructions import resolve_instruction_set
     from deepmolm.evaluation.evaluate import evaluate
+    from deepmolm.runtime import numerics
 
     with common.errors():
         cfg = common.params
+        numerics.pin(cfg.numerics, cfg.numerics.evaluation_threads)  # before this process computes anything
         model = model or cfg.train.models_dir / "stage2"
         instructions = instructions or cfg.paths.instructions_dir
         try:

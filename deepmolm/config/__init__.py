@@ -57,6 +57,7 @@ from deepmolm.config.mumo import (
     MuMoPretrainParams,
     MuMoTrainParams,
 )
+from deepmolm.config.numerics import NumericsParams
 from deepmolm.config.training import (
     ClusterParams,
     DeepSpeedParams,
@@ -99,6 +100,7 @@ __all__ = [
     "MuMoPresetParams",
     "MuMoPretrainParams",
     "MuMoTrainParams",
+    "NumericsParams",
     "NumberHeadRefitParams",
     "Params",
     "PathsParams",

@@ -28,6 +28,7 @@ from deepmolm.config.data import (
 from deepmolm.config.evaluation import EvalParams, ServeParams
 from deepmolm.config.models import ModelParams
 from deepmolm.config.mumo import MuMoParams
+from deepmolm.config.numerics import NumericsParams
 from deepmolm.config.training import TrainParams
 
 
@@ -47,6 +48,7 @@ class Params(_Section):
     serve: ServeParams
     refresh: RefreshParams
     mumo: MuMoParams
+    numerics: NumericsParams
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

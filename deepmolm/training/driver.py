@@ -18,15 +18,19 @@ from pathlib import Path
 import pyarrow.fs
 
 from deepmolm.config import Params
+from deepmolm.runtime import numerics
 from deepmolm.training.checkpoints import EXPORT, HISTORY, STATE
 
 
 def connect(params: Params) -> None:
-    """Ray at train.ray_address, or a local one; once per process."""
+    """Ray at train.ray_address, or a local one; once per process. Every worker of the job starts on
+    params.yaml `numerics`' code paths (its runtime_env), so what it trains is the same bytes on any
+    processor."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False)
+        ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False,
+                 runtime_env=numerics.ray_runtime_env(params.numerics))
 
 
 def map_on_ray(params: Params, fn, calls: list[tuple]) -> list:

@@ -32,7 +32,7 @@ def test_override_sets_a_typed_value():
         ("sources.chebi20.url=http://example.org/x.txt", ["sources.chebi20.url", "{split}"]),
         ("sources.chebi20.sha256.test=abc", ["sources.chebi20.sha256", "64 lowercase hex"]),
         ("sources.pubchem.on_batch_failure=ignore", ["sources.pubchem.on_batch_failure", "'fail' or 'reject'"]),
-        ("bogus=1", ["unknown key 'bogus'", "expected one of: contracts, eval, featurize, ingest, instructions, model, mumo, paths, recipe, recipes, refresh, "
+        ("bogus=1", ["unknown key 'bogus'", "expected one of: contracts, eval, featurize, ingest, instructions, model, mumo, numerics, paths, recipe, recipes, refresh, "
                      "report, serve, sources, train"]),
         ("contracts.max_reject_rate.wildcard_atom=1.5", ["contracts.max_reject_rate", "fraction in [0, 1]", "1.5"]),
         ("model.generation.min_new_tokens=300", ["model.generation", "min_new_tokens 300 is above max_new_tokens 256"]),

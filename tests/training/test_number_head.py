@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed
 import torch.multiprocessing
@@ -24,6 +25,7 @@ def _batches() -> list[dict[str, torch.Tensor]]:
     return [with_slots(examples(8), VALUES), second]
 
 
+@pytest.mark.learns
 def test_the_refit_reads_what_training_reads_and_fits_only_the_head():
     model = tiny().train()
     batches = _batches()
@@ -51,6 +53,7 @@ def test_the_refit_reads_what_training_reads_and_fits_only_the_head():
         "seeded: the same slots give the same head"
 
 
+@pytest.mark.learns
 def test_a_stage_without_slots_leaves_the_head_and_a_finished_run_restores_it(tmp_path):
     model = tiny()
     captions = examples(4) | {"numbers": torch.full((4,), float("nan"))}  # as collate gives them
@@ -84,6 +87,7 @@ def _refit_as_worker(rank: int, port: int, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.learns
 def test_two_workers_end_with_rank_zeros_head_and_figures(tmp_path):
     torch.multiprocessing.spawn(_refit_as_worker, args=(free_port(), str(tmp_path)), nprocs=2)
     first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepmolm.runtime import numerics
 from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, STATE
 from deepmolm.training.deepmolm.data import (
     InstructionDataset,
@@ -102,6 +103,7 @@ def train_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     bf16 = plan["bf16"]
+    numerics.check(params.numerics, params.numerics.worker_threads)
     _note_worker(plan, rank)
 
     tokenizer = load_tokenizer(Path(config["tokenizer"]))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from deepmolm.models.mumo.processing import Molecule, mask_tokens, model_inputs
+from deepmolm.runtime import numerics
 from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, RESULTS, STATE
 from deepmolm.training.deepmolm.loop import optimizer_step, seed_everything
 from deepmolm.training.metrics import regression_errors
@@ -88,6 +89,7 @@ def pretrain_worker(config: dict) -> None:
     params, plan, tokenizer = config["params"], config["plan"], config["tokenizer"]
     molecules: list[Molecule] = ray.get(config["molecules"])
     rank, world, device = _context()
+    numerics.check(params.numerics, params.numerics.worker_threads)
     run = params.mumo.pretrain
     seed_everything(params.train.seed)
     model = MuMoForMaskedLM(mumo_config(params, vocab_size=len(tokenizer)))
@@ -211,6 +213,7 @@ def finetune_worker(config: dict) -> None:
     params, jobs, tokenizer = config["params"], config["jobs"], config["tokenizer"]
     data = ray.get(config["data"])
     rank, world, device = _context()
+    numerics.check(params.numerics, params.numerics.worker_threads)
     results: list[dict] = []
     if (restored := _restore()) is not None:
         results = [json.loads(line) for line in restored[0].get(RESULTS, "").splitlines() if line]

@@ -74,6 +74,7 @@ def test_geometry_changes_the_fused_output_and_gets_gradients():
     assert grad is not None and grad[:64].abs().sum() > 0 and grad[64].abs().sum() == 0, "padding row stays untouched"
 
 
+@pytest.mark.learns
 def test_size_features_tell_a_molecule_from_itself_repeated():
     """Softmax attention averages: a molecule and the same atoms twice over look alike to it. The
     size features tell them apart, and resolve one atom more at 100 atoms as at 10."""

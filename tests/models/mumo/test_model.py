@@ -130,6 +130,7 @@ def test_paper_preset_counts_about_505m_without_allocating_and_tiny_counts_match
     assert json.loads(done.stdout.splitlines()[-1])["total"] == paper["total"]
 
 
+@pytest.mark.learns
 def test_the_tiny_model_overfits_a_small_set_and_reloads_as_saved(tokenizer, graphs, tmp_path):
     torch.manual_seed(4)
     model = MuMoForPropertyPrediction(tiny(tokenizer))
