@@ -33,6 +33,7 @@ from deepmolm.models.deepmolm.drawing_store import Drawings, build_drawings
 from deepmolm.models.deepmolm.generation import checkpoint_image_size, task_decoding
 from deepmolm.models.deepmolm.presets import model_summary
 from deepmolm.runtime.progress import progress_bar
+from deepmolm.runtime import numerics
 from deepmolm.runtime.run_log import log_run
 from deepmolm.store.versions import MANIFEST
 from deepmolm.training.checkpoints import PROVENANCE
@@ -101,7 +102,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     }
     log_metrics(out, [], metrics)  # through dvclive, as training's: METRICS is its summary file
     seconds = round(time.perf_counter() - started, 1)
-    log_run(params.paths.logs_dir, "evaluate", out, model=str(model_dir), seconds=seconds)
+    log_run(params.paths.logs_dir, "evaluate", out, model=str(model_dir), seconds=seconds, numerics=numerics.applied())
     return {**metrics, "seconds": seconds}
 
 

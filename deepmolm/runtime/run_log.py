@@ -11,8 +11,10 @@ records the same runs with their states; the log is the plain-file copy a person
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
+import platform
 import socket
 from pathlib import Path
 
@@ -38,11 +40,21 @@ def resolve_recorded(recorded: str, start: str | Path) -> Path:
 def log_run(logs_dir: Path, kind: str, out: str | Path, **facts) -> dict:
     """Append one run's entry (`kind`: ingest, featurize, train, ...; `out`: what it wrote)."""
     entry = {"kind": kind, "out": str(Path(out).absolute()), "finished_at": dt.datetime.now(dt.UTC).isoformat(),
-             "host": socket.gethostname(), "cwd": str(Path.cwd()), **facts}
+             "host": socket.gethostname(), "processor": processor(), "cwd": str(Path.cwd()), **facts}
     Path(logs_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(logs_dir) / RUN_LOG, "a", encoding="utf-8") as log:  # one short line: appends do not interleave
         log.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
     return entry
+
+
+@functools.cache
+def processor() -> str:
+    """The CPU's model name: what decides the last bits where params.yaml `numerics` does not pin them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 def read_runs(logs_dir: Path, kind: str | None = None) -> list[dict]:

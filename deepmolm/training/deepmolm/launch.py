@@ -22,6 +22,7 @@ from pathlib import Path
 
 from deepmolm.config import ConfigError, Params
 from deepmolm.data.instructions import instruction_shards, resolve_instruction_set
+from deepmolm.runtime import numerics
 from deepmolm.runtime.run_log import log_run, portable_path
 from deepmolm.store.versions import MANIFEST
 from deepmolm.training.checkpoints import PROVENANCE
@@ -154,7 +155,7 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     timing = params.paths.logs_dir / "train" / plan["run"]
     write_csv(timing / "throughput.csv", THROUGHPUT_COLUMNS, history)
     log_run(params.paths.logs_dir, "train", paths["out"], stage=stage, run=plan["run"], throughput=str(timing),
-            **{key: summary[key] for key in RUN_FACTS})
+            numerics=numerics.ray_runtime_env(params.numerics)["env_vars"], **{key: summary[key] for key in RUN_FACTS})
     return summary
 
 
