@@ -1,6 +1,8 @@
 """prefect.yaml on a real local Prefect server: the work pool from infra/, `prefect deploy --all`, then
-a triggered `refresh-dataset` run picked up by a process worker. It must complete with a new shard
-version, its data-quality page, and dvc.lock recording the refreshed stages."""
+the server's scheduler creates a `refresh-dataset` run from the deployment's own schedule (its cron
+made due within the test) and a process worker runs it when it is due. It must complete with a new
+shard version, its data-quality page, and dvc.lock recording the refreshed stages; the server's log
+must hold no scheduler error."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -29,21 +33,43 @@ def prefect(*args: str, cwd: Path, env: dict, timeout: float = 300) -> subproces
     return result
 
 
-async def _deployments_and_run(api: str, run_id: str) -> tuple[dict, object]:
+SCHEDULE = 'cron: "0 3 * * 1"'
+EVERY_MINUTE = 'cron: "* * * * *"'  # the same schedule entry, due within the test
+
+
+async def _client_call(api: str, call):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api}):
         async with get_client() as client:
-            deployments = {d.name: d for d in await client.read_deployments()}
-            run = await client.read_flow_run(run_id)
-    return deployments, run
+            return await call(client)
 
 
-def test_refresh_dataset_deployment_runs_on_a_process_worker(tmp_path: Path):
+async def _scheduled_runs(client) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["refresh-dataset"])))
+    return sorted((r for r in runs if r.state and r.state.is_scheduled()), key=lambda r: r.expected_start_time)
+
+
+def _first_scheduled_run(api: str, timeout_s: float = 90):
+    """The earliest run the server's scheduler created for refresh-dataset (it runs every 5 s here)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if runs := asyncio.run(_client_call(api, _scheduled_runs)):
+            return runs[0]
+        time.sleep(2)
+    raise AssertionError(f"the scheduler created no run of refresh-dataset within {timeout_s} s")
+
+
+def test_refresh_dataset_deployment_runs_on_schedule_on_a_process_worker(tmp_path: Path, monkeypatch):
     project = copy_repository(tmp_path, rows_per_split=ROWS_PER_SPLIT)
     declared = yaml.safe_load((project / "prefect.yaml").read_text())["deployments"]
     assert {d["name"] for d in declared} == {"refresh-dataset", "train", "evaluate"}
+    assert [s["cron"] for s in declared[0]["schedules"]] == ["0 3 * * 1"], "the weekly refresh the project ships"
+    (project / "prefect.yaml").write_text((project / "prefect.yaml").read_text().replace(SCHEDULE, EVERY_MINUTE, 1))
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")  # the server's scheduler, not 60 s
 
     with local_prefect_server(tmp_path / "prefect") as api:
         env = newcomer_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect"))
@@ -52,15 +78,20 @@ def test_refresh_dataset_deployment_runs_on_a_process_worker(tmp_path: Path):
                 "--base-job-template", "infra/prefect/work-pool.json", cwd=project, env=env)
         deployed = prefect("deploy", "--all", cwd=project, env=env)
         assert "refresh-dataset" in deployed.stdout
-        triggered = prefect("deployment", "run", "refresh-dataset/refresh-dataset", cwd=project, env=env)
-        run_id = next(line.split()[-1] for line in triggered.stdout.splitlines() if "UUID" in line)
-        # one polling round: the worker takes the run, executes it in a subprocess and waits for it
+        scheduled = _first_scheduled_run(api)
+        # one polling round once it is due: the worker takes it, executes it in a subprocess and waits
+        time.sleep(max(0.0, (scheduled.expected_start_time - datetime.now(timezone.utc)).total_seconds()))
         worker = prefect("worker", "start", "--pool", "deepmolm-local", "--run-once", cwd=tmp_path, env=env, timeout=420)
-        deployments, run = asyncio.run(_deployments_and_run(api, run_id))
+        run = asyncio.run(_client_call(api, lambda client: client.read_flow_run(scheduled.id)))
+        deployments = {d.name: d for d in asyncio.run(_client_call(api, lambda client: client.read_deployments()))}
+    server_log = (tmp_path / "prefect" / "server.log").read_text(errors="replace")
+    scheduler_errors = [line for line in server_log.splitlines() if "ERROR" in line and "schedul" in line]
+    assert not scheduler_errors and "InvalidRequestError" not in server_log, server_log[-3000:]
 
     assert set(deployments) == {"refresh-dataset", "train", "evaluate"}
     schedules = deployments["refresh-dataset"].schedules
-    assert [s.schedule.cron for s in schedules] == ["0 3 * * 1"] and schedules[0].active
+    assert [s.schedule.cron for s in schedules] == ["* * * * *"] and schedules[0].active
+    assert run.auto_scheduled and run.deployment_id == deployments["refresh-dataset"].id
     assert deployments["train"].parameters["stages"] == [1, 2]
     assert deployments["refresh-dataset"].work_pool_name == "deepmolm-local"
     assert run.state.is_completed(), f"{run.state}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
