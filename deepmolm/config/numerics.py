@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from deepmolm.config.base import _Section
 
@@ -22,3 +22,17 @@ class NumericsParams(_Section):
                     "same bits for any thread count); null: oneMKL's own dispatch")
     onednn: bool = Field(description="torch.backends.mkldnn.enabled: oneDNN's convolutions, which pick kernels and "
                                      "blocking by the processor; false: ATen's own, through oneMKL")
+
+    @field_validator("mkl_cbwr")
+    @classmethod
+    def _known_branch(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        branch, *flags = value.upper().removeprefix("BRANCH=").split(",")
+        if branch not in MKL_BRANCHES or any(flag != "STRICT" for flag in flags):
+            raise ValueError(f"{value!r} is not a oneMKL branch: one of {', '.join(MKL_BRANCHES)}, optionally followed by ',STRICT'")
+        return value
+
+
+# the branches oneMKL's MKL_CBWR takes (its developer guide, "Specifying Code Branches")
+MKL_BRANCHES = ("AUTO", "COMPATIBLE", "SSE2", "SSE4_2", "AVX", "AVX2", "AVX512", "AVX512_E1")

@@ -36,7 +36,9 @@ def test_the_environment_names_each_library_and_a_fixed_thread_count():
 
 
 @pytest.mark.parametrize("override,fragment", [("numerics.aten_cpu_capability=avx1024", "aten_cpu_capability"),
-                                               ("numerics.worker_threads=0", "worker_threads")])
+                                               ("numerics.worker_threads=0", "worker_threads"),
+                                               ("numerics.mkl_cbwr=AVX3,STRICT", "mkl_cbwr"),
+                                               ("numerics.mkl_cbwr=AVX2,LOOSE", "not a oneMKL branch")])
 def test_a_bad_numerics_value_is_an_error_naming_the_key(override, fragment):
     from deepmolm.config import ConfigError
 
