@@ -15,7 +15,7 @@ class NumericsParams(_Section):
     evaluation_threads: int = Field(ge=1, description="the same in the evaluation's process")
     aten_cpu_capability: Literal["default", "avx2", "avx512"] | None = Field(
         description="ATEN_CPU_CAPABILITY: the instruction set of ATen's vectorised kernels (and of torch.randn); "
-                    "null: the processor's widest")
+                    "null: the processor's widest. x86-64 only: another architecture keeps ATen's own choice")
     mkl_cbwr: str | None = Field(
         description="MKL_CBWR: oneMKL's code branch for its GEMMs, with fixed cache sizes and static scheduling "
                     "(AVX2; COMPATIBLE, SSE2, is the one branch oneMKL also runs on AMD processors; STRICT: the "

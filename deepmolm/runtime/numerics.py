@@ -12,6 +12,7 @@ process checks what it got (`check`) before it trains.
 from __future__ import annotations
 
 import os
+import platform
 from typing import Protocol
 
 
@@ -31,7 +32,7 @@ def environment(numerics: Numerics, threads: int) -> dict[str, str]:
     """The variables a new process needs, before it imports torch, for these code paths. OpenMP's and
     oneMKL's dynamic thread counts off: oneMKL's reproducibility holds for a fixed number of threads."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_DYNAMIC": "FALSE", "MKL_DYNAMIC": "FALSE"}
-    if numerics.aten_cpu_capability is not None:
+    if numerics.aten_cpu_capability is not None and _x86_64():
         env["ATEN_CPU_CAPABILITY"] = numerics.aten_cpu_capability
     if numerics.mkl_cbwr is not None:
         env["MKL_CBWR"] = numerics.mkl_cbwr
@@ -61,7 +62,7 @@ def check(numerics: Numerics, threads: int) -> None:
     torch.backends.mkldnn.enabled = numerics.onednn
     got = applied()
     wrong = []
-    if numerics.aten_cpu_capability not in (None, got["aten_cpu_capability"]):
+    if numerics.aten_cpu_capability not in (None, got["aten_cpu_capability"]) and _x86_64():
         wrong.append(f"ATen's capability is {got['aten_cpu_capability']!r}, not {numerics.aten_cpu_capability!r}")
     if numerics.mkl_cbwr is not None and got["mkl_cbwr"] is not None and not _same_branch(numerics.mkl_cbwr, got["mkl_cbwr"]):
         wrong.append(f"oneMKL's branch is {got['mkl_cbwr']!r}, not {numerics.mkl_cbwr!r}")
@@ -78,6 +79,12 @@ def applied() -> dict[str, object]:
     return {"aten_cpu_capability": "default" if capability == "no avx" else capability,
             "mkl_cbwr": _mkl_branch(), "threads": torch.get_num_threads(),
             "onednn": bool(torch.backends.mkldnn.enabled)}
+
+
+def _x86_64() -> bool:
+    """ATen's capabilities named in the params (default, avx2, avx512) are x86-64's; on another
+    architecture (aarch64) ATen keeps its own choice, and the bits are that architecture's."""
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 # oneMKL's named constants for its CNR branches (mkl_service.h), and the flag of its strict mode
