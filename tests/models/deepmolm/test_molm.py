@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from deepmolm.config import load_params
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM, signed_log
 from deepmolm.models.deepmolm.presets import model_config
-from tests.conftest import PARAMS, run_cli
+from tests.conftest import PARAMS, REPO, run_cli
 
 IMAGE_TOKEN = 3
 NUMBER_TOKEN = 7
@@ -159,6 +160,15 @@ def test_greedy_and_beam_generation_take_image_and_geometry():
     beam = model.generate_text(**prompt, pixel_values=batch["pixel_values"], e3fp=batch["e3fp"],
                                max_new_tokens=5, num_beams=3, do_sample=False)
     assert greedy.shape == beam.shape == (2, 5)
+
+
+def test_the_readme_states_the_cpu_presets_parameter_count_as_the_model_reports_it():
+    result = run_cli("model", "summary", "--preset", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    total = json.loads(result.stdout.strip().splitlines()[-1])["total"]
+    stated = re.search(r"\(`cpu`: [^)]*?([\d.]+)M parameters", (REPO / "README.md").read_text())
+    assert stated, "the README's sentence on the cpu preset"
+    assert float(stated.group(1)) == round(total / 1e6, 1), (stated.group(0), total)
 
 
 def test_model_summary_counts_the_paper_preset_without_weights():
