@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from deepmolm.config.base import _Section
+from deepmolm.runtime.numerics import MKL_BRANCHES
 
 
 class NumericsParams(_Section):
@@ -29,10 +30,7 @@ class NumericsParams(_Section):
         if value is None:
             return value
         branch, *flags = value.upper().removeprefix("BRANCH=").split(",")
-        if branch not in MKL_BRANCHES or any(flag != "STRICT" for flag in flags):
-            raise ValueError(f"{value!r} is not a oneMKL branch: one of {', '.join(MKL_BRANCHES)}, optionally followed by ',STRICT'")
+        names = [name for name in MKL_BRANCHES.values() if name != "OFF"]
+        if branch not in names or any(flag != "STRICT" for flag in flags):
+            raise ValueError(f"{value!r} is not a oneMKL branch: one of {', '.join(names)}, optionally followed by ',STRICT'")
         return value
-
-
-# the branches oneMKL's MKL_CBWR takes (its developer guide, "Specifying Code Branches")
-MKL_BRANCHES = ("AUTO", "COMPATIBLE", "SSE2", "SSE4_2", "AVX", "AVX2", "AVX512", "AVX512_E1")

@@ -87,8 +87,9 @@ def _x86_64() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-# oneMKL's named constants for its CNR branches (mkl_service.h), and the flag of its strict mode
-_MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+# oneMKL's named constants for its CNR branches (mkl_service.h), and the flag of its strict mode; the
+# names (but OFF) are what MKL_CBWR takes, so params.yaml's numerics.mkl_cbwr is checked against them
+MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
                  10: "AVX2", 12: "AVX512", 14: "AVX512_E1"}
 _MKL_STRICT = 0x10000
 
@@ -115,5 +116,5 @@ def _mkl_branch() -> str | None:
     except (OSError, AttributeError):
         return None
     setting = get(-1) & 0xFFFFFFFF  # MKL_CBWR_ALL: the branch and the strict flag
-    branch = _MKL_BRANCHES.get(setting & 0xFFFF, str(setting & 0xFFFF))
+    branch = MKL_BRANCHES.get(setting & 0xFFFF, str(setting & 0xFFFF))
     return f"{branch},STRICT" if setting & _MKL_STRICT else branch
