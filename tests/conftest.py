@@ -147,6 +147,29 @@ def tokenizer(tokenizer_dir):
     return load_tokenizer(tokenizer_dir)
 
 
+def split_copy(instruction_set: Path, root: Path, split: str) -> Path:
+    """A copy of an instruction set under root, every row in `split`, its shards still found."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
+    from deepmolm.runtime.run_log import portable_path
+    from deepmolm.store.versions import MANIFEST
+
+    copy = root / instruction_set.name
+    shutil.copytree(instruction_set, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["shards"] = portable_path(instruction_shards(instruction_set), start=copy)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    table = read_instructions(copy)
+    column = pa.array([split] * len(table), pa.string())
+    pq.write_table(table.set_column(table.schema.get_field_index("split"), "split", column), copy / EXAMPLES)
+    return copy
+
+
 def copy_repository(dest: Path, *, rows_per_split: int) -> Path:
     """The repository's files as a fresh clone has them (tracked and untracked-but-not-ignored), in
     dest/main with dest/shared beside it, ChEBI-20 cut to `rows_per_split`, and a git repository."""

@@ -57,9 +57,10 @@ def serve(
 ) -> None:
     """A web page to ask a trained DeepMoLM about a molecule and to browse a shard version, with a
     JSON API beside it (POST /api/predict, GET /api/health, /api/molecules). Runs until interrupted."""
-    from deepmolm.serve.server import bind, is_loopback
+    from deepmolm.serve.server import bind, hold_stop_signals, is_loopback
     from deepmolm.serve.server import serve as run_server
 
+    hold_stop_signals()  # before the model's threads start: they inherit it
     with common.errors():
         cfg = common.params
         host = host or cfg.serve.host

@@ -40,7 +40,7 @@ from deepmolm.config.data import (
     SourcesParams,
 )
 from deepmolm.config.evaluation import AblationParams, BaselineParams, EvalParams, RestyleParams, RobustnessParams, ServeParams
-from deepmolm.config.loading import RECIPE_SECTIONS, Params, load_params, parse_override
+from deepmolm.config.loading import RECIPE_SECTIONS, Params, changed_by_overrides, load_params, parse_override
 from deepmolm.config.models import (
     EncoderParams,
     FusionParams,
@@ -74,6 +74,7 @@ __all__ = [
     "AblationParams",
     "BaselineParams",
     "Chebi20Params",
+    "changed_by_overrides",
     "ClusterParams",
     "ConfigError",
     "ConformerParams",

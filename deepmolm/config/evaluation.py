@@ -95,3 +95,4 @@ class ServeParams(_Section):
     max_upload_bytes: int = Field(ge=1024, description="a larger drawing or SDF is refused (413)")
     max_query_chars: int = Field(ge=1, description="a longer browse query (CID, words, SMARTS) is refused (413)")
     page_size: int = Field(ge=1, le=200, description="molecules per page of the browse gallery")
+    shutdown_grace_s: float = Field(gt=0, description="after Ctrl-C, requests still open this long are cut off")

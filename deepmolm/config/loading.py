@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from deepmolm.config.models import ModelParams
 from deepmolm.config.mumo import MuMoParams
 from deepmolm.config.numerics import NumericsParams
 from deepmolm.config.training import TrainParams
+from deepmolm.runtime.run_log import PROJECT_ROOT_ENV
 
 
 class Params(_Section):
@@ -175,8 +177,10 @@ def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[
         if keys[0] not in ("recipe", "recipes"):
             _apply_override(data, keys, value, origin)
             origin_of[".".join(keys)] = origin
+    submitted_from = os.environ.get(PROJECT_ROOT_ENV)  # a job on a Ray cluster: the project it was sent from
+    base_dir = Path(submitted_from) if submitted_from else path.resolve().parent
     try:
-        return Params.model_validate(data, context={"base_dir": path.resolve().parent})
+        params = Params.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -187,3 +191,33 @@ def load_params(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[
                     line += f" (expected one of: {', '.join(allowed)})"
             lines.append(line)
         raise ConfigError("invalid params:\n  " + "\n  ".join(lines)) from None
+    if submitted_from and not base_dir.is_dir():
+        as_written = _flat(Params.model_validate(data, context={}).model_dump())
+        unreachable = [key for key, value in _flat(params.model_dump()).items() if as_written[key] != value]
+        if unreachable:
+            raise ConfigError(f"this job runs in a copy of the project (Ray's working_dir), and the project it was "
+                              f"submitted from, {base_dir} ({PROJECT_ROOT_ENV}), is not on this node, so the relative "
+                              f"paths of {', '.join(unreachable)} lead nowhere: give each as storage every node sees, "
+                              f"-S KEY=/shared/... (infra/README.md)")
+    return params
+
+
+def changed_by_overrides(params_file: Path | str, overrides: list[str], keys: list[str]) -> list[str]:
+    """Which of the dotted `keys` (a DVC stage's params) the overrides give another value than the
+    params file does; a recipe an override picks counts by what it sets."""
+    if not overrides:
+        return []
+    as_filed = _flat(load_params(params_file).model_dump(mode="json"))
+    overridden = _flat(load_params(params_file, overrides).model_dump(mode="json"))
+    return sorted({key for key in keys for name in as_filed
+                   if (name == key or name.startswith(key + ".")) and as_filed[name] != overridden[name]})
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat

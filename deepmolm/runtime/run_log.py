@@ -19,17 +19,25 @@ import socket
 from pathlib import Path
 
 RUN_LOG = "runs.jsonl"
+PROJECT_ROOT_ENV = "DEEPMOLM_PROJECT_ROOT"
+
+
+def project_root() -> Path:
+    """The project's directory, where relative paths of params and of what runs record resolve: where
+    the pipeline runs (DVC runs every stage there), or, in a job on a Ray cluster, which runs in a
+    copy of the project, the project `deepmolm train submit` sent it from (on shared storage)."""
+    return Path(os.environ.get(PROJECT_ROOT_ENV) or Path.cwd()).absolute()
 
 
 def portable_path(path: str | Path, start: str | Path | None = None) -> str:
-    """`path` as an output records it: relative to `start`, by default the directory the pipeline
-    runs in (the project root, where DVC runs every stage), so two clones record the same string. A
+    """`path` as an output records it: relative to `start`, by default the project root (DVC runs
+    every stage there), so two clones record the same string. A
     manifest that points at other data passes its own directory, so the pointer resolves from any
     working directory (a Ray worker's is not the project's). URIs stay as given."""
     text = str(path)
     if "://" in text or not Path(text).is_absolute():
         return text
-    return Path(os.path.relpath(text, Path(start).absolute() if start else Path.cwd())).as_posix()
+    return Path(os.path.relpath(text, Path(start).absolute() if start else project_root())).as_posix()
 
 
 def resolve_recorded(recorded: str, start: str | Path) -> Path:

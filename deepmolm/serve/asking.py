@@ -4,7 +4,9 @@ The page and the JSON API both come here, and the answer goes through `Predictor
 `deepmolm predict` and of the evaluate stage. Input the server refuses raises `Refused` with the
 reason a person reads and an HTTP status (400 bad input, 413 too large, 503 busy). Answers are
 computed `serve.concurrency` at a time; other requests wait in line, up to `serve.max_waiting` of
-them for at most `serve.wait_timeout_s`, so a burst costs time, not memory.
+them for at most `serve.wait_timeout_s`, so a burst costs time, not memory. Once `stop()` is called
+(the server's Ctrl-C), nobody new gets a turn: a stopping server answers what it is computing and
+refuses the line instead of working through it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from deepmolm.evaluation.baseline import Molecule, RetrievalIndex
 from deepmolm.evaluation.evaluate import training_rows
 from deepmolm.evaluation.shard_molecules import read_molecules
 from deepmolm.inference import MoleculeInput, Predictor, molecule_from_drawing, molecule_from_smiles
+from deepmolm.runtime.run_log import project_root
 from deepmolm.training.checkpoints import PROVENANCE
+
+
+TURN_POLL_S = 0.2  # how often a request waiting in line looks whether the server is stopping
 
 
 class Refused(ValueError):
@@ -60,13 +66,10 @@ class Answer:
                 "smiles": self.molecule.smiles, "seconds": self.seconds}
 
 
-def model_instruction_set(checkpoint: Path) -> Path | None:
+def recorded_instruction_set(checkpoint: Path) -> str | None:
     """The instruction set the checkpoint was trained on, as its provenance records it (project-relative)."""
     provenance = Path(checkpoint) / PROVENANCE
-    if not provenance.is_file():
-        return None
-    recorded = json.loads(provenance.read_text()).get("instructions")
-    return Path(recorded) if recorded and Path(recorded).is_dir() else None
+    return json.loads(provenance.read_text()).get("instructions") if provenance.is_file() else None
 
 
 def training_pool(params: Params, instructions: Path) -> list[Molecule]:
@@ -74,6 +77,17 @@ def training_pool(params: Params, instructions: Path) -> list[Molecule]:
     instructions = resolve_instruction_set(instructions)
     cids = {r["cid"] for r in training_rows(params, instructions) if r["task"] == "caption"}
     return read_molecules(instruction_shards(instructions), cids=cids, e3fp=params.eval.baseline.fingerprint == "e3fp")
+
+
+def baseline_missing(checkpoint: Path, recorded: str | None, instructions: Path | None) -> str:
+    """Why a model is served without the retrieval baseline beside its answers, in words."""
+    if instructions is None:
+        return (f"no baseline: {Path(checkpoint) / PROVENANCE} records no instruction set; "
+                f"give its training molecules with --instructions DIR")
+    if not instructions.is_dir():
+        return (f"no baseline: the instruction set the model was trained on ({recorded or instructions}) is not at "
+                f"{instructions}; give it with --instructions DIR")
+    return f"no baseline: {instructions} has no captioned training molecules"
 
 
 def readable(smiles: str) -> bool:
@@ -85,20 +99,27 @@ class Asker:
     def __init__(self, checkpoint: Path, params: Params, instructions: Path | None = None):
         self.params, self.limits = params, params.serve
         self.predictor = Predictor(checkpoint)
-        self.instructions = instructions or model_instruction_set(checkpoint)
-        pool = training_pool(params, self.instructions) if self.instructions else []
+        recorded = recorded_instruction_set(checkpoint)
+        self.instructions = instructions or (project_root() / recorded if recorded else None)
+        pool = training_pool(params, self.instructions) if self.instructions and self.instructions.is_dir() else []
+        self.baseline_missing = None if pool else baseline_missing(checkpoint, recorded, self.instructions)
         cfg = params.eval.baseline
         self.index = RetrievalIndex(pool, kind=cfg.fingerprint, radius=cfg.morgan_radius,
                                     bits=cfg.morgan_bits) if pool else None
         self._turns = threading.BoundedSemaphore(self.limits.concurrency)
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self.waiting = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
 
     def ask(self, question: Question) -> Answer:
         started = time.perf_counter()
+        self._refuse_when_stopping()
         prompt, task = self._prompt_and_task(question)
-        molecule = self.molecule(question)
-        with self._turn():
+        with self._turn():  # reading the molecule too: a burst of large molecules costs time, not cores
+            molecule = self.molecule(question)
             text = self.predictor.answer(molecule, prompt, self.params, task)
         baseline, nearest = self._baseline(molecule, prompt, task)
         return Answer(text, task, molecule, baseline, nearest, round(time.perf_counter() - started, 3))
@@ -145,15 +166,23 @@ class Asker:
                 raise Refused(f"busy: {self.waiting} requests are in line (serve.max_waiting); try again shortly", 503)
             self.waiting += 1
         try:
-            if not self._turns.acquire(timeout=self.limits.wait_timeout_s):
-                raise Refused(f"busy: no turn within serve.wait_timeout_s ({self.limits.wait_timeout_s} s)", 503)
+            deadline = time.monotonic() + self.limits.wait_timeout_s
+            while not self._turns.acquire(timeout=TURN_POLL_S):
+                self._refuse_when_stopping()
+                if time.monotonic() > deadline:
+                    raise Refused(f"busy: no turn within serve.wait_timeout_s ({self.limits.wait_timeout_s} s)", 503)
             try:
+                self._refuse_when_stopping()
                 yield
             finally:
                 self._turns.release()
         finally:
             with self._lock:
                 self.waiting -= 1
+
+    def _refuse_when_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise Refused("the server is stopping", 503)
 
     def _baseline(self, molecule: MoleculeInput, prompt: str, task: str) -> tuple[str | None, dict | None]:
         if self.index is None:

@@ -64,13 +64,14 @@ def build_page(asker: Asker, browser: ShardBrowser | None, thumbnail_px: int) ->
                                         sdf=None if sdf is None else sdf.decode("utf-8", errors="replace")))
         except Refused as exc:
             return f"**Cannot answer:** {exc}", "", "", None, ""
-        baseline = answer.baseline or "(no training molecules to retrieve from)"
+        baseline = answer.baseline or f"({asker.baseline_missing or 'no training molecule answers this'})"
         return "Answered.", answer.answer, baseline, _model_view(asker, answer), _details(answer)
 
     with gr.Blocks(title="DeepMoLM", analytics_enabled=False) as page:
-        pool = f"{len(asker.index)} training molecules" if asker.index else "no training molecules"
-        gr.Markdown(f"# DeepMoLM\nModel `{asker.predictor.checkpoint}`; retrieval baseline over {pool}"
-                    + (f"; shard version `{browser.version.name}`." if browser else "."))
+        pool = f"retrieval baseline over {len(asker.index)} training molecules" if asker.index else \
+            f"**{asker.baseline_missing}**"
+        gr.Markdown(f"# DeepMoLM\nModel `{asker.predictor.checkpoint}`; {pool}"
+                    + (f"; shard version `{browser.version.name}`." if browser else "."), elem_id="served")
         with gr.Tab("Ask"):
             with gr.Row():
                 with gr.Column():

@@ -2,14 +2,25 @@
 
 The socket is bound first, so a port that is taken fails at once, before the model loads, and
 `--port 0` can say which port it got.
+
+Ctrl-C and SIGTERM are taken by one thread with sigwait and blocked in every other, before any
+other thread exists. RDKit puts its own SIGINT handler in place while it embeds a conformer or
+matches a substructure, and a Ctrl-C that arrives then cancels that call and goes no further: with
+requests in flight, the server never heard it. A blocked signal runs no handler at all, so
+whichever library holds the handler, the signal reaches the thread that stops the server.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import uvicorn
 
 from deepmolm.config import Params
 
@@ -35,13 +46,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def hold_stop_signals() -> None:
+    """Block Ctrl-C and SIGTERM in this thread and every thread started after it (they inherit the
+    mask); call it first. `serve` takes them with sigwait."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 def build_server_app(params: Params, checkpoint: Path, shards: Path | None, instructions: Path | None):
-    """The FastAPI app with the page mounted; what `serve` runs and the benchmark times."""
+    """The FastAPI app with the page mounted, its bodies capped; what `serve` runs and the benchmark times."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no requests to the outside
     import gradio as gr
 
-    from deepmolm.serve.app import create_app
+    from deepmolm.serve.app import create_app, largest_body
     from deepmolm.serve.asking import Asker
+    from deepmolm.serve.bodies import BodyCap
     from deepmolm.serve.browse import ShardBrowser
     from deepmolm.serve.page import THEME, build_page
 
@@ -50,17 +71,43 @@ def build_server_app(params: Params, checkpoint: Path, shards: Path | None, inst
     browser = ShardBrowser(shards, limits.page_size, limits.max_query_chars) if shards else None
     page = build_page(asker, browser, params.report.thumbnail_px)
     page.queue(default_concurrency_limit=limits.concurrency, max_size=limits.max_waiting)
-    return gr.mount_gradio_app(create_app(asker, browser, params), page, path="/", theme=THEME,
-                               max_file_size=limits.max_upload_bytes, footer_links=[], ssr_mode=False), asker, browser
+    app = gr.mount_gradio_app(create_app(asker, browser, params), page, path="/", theme=THEME,
+                              max_file_size=limits.max_upload_bytes, footer_links=[], ssr_mode=False)
+    capped = BodyCap(app, largest_body(params), f"what two uploads of serve.max_upload_bytes ({limits.max_upload_bytes}) take")
+    return capped, asker, browser
 
 
 def serve(params: Params, sock: socket.socket, checkpoint: Path, shards: Path | None, instructions: Path | None,
           announce) -> None:
-    import uvicorn
-
     app, asker, browser = build_server_app(params, checkpoint, shards, instructions)
     host, port = sock.getsockname()[:2]
     announce({"url": f"http://{host}:{port}/", "checkpoint": str(checkpoint),
               "shards": browser.version.name if browser else None,
-              "baseline_pool": len(asker.index) if asker.index else 0})
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[sock])
+              "baseline_pool": len(asker.index) if asker.index else 0, "baseline_missing": asker.baseline_missing})
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=params.serve.shutdown_grace_s)
+    server = StoppingServer(config, asker.stop)
+    threading.Thread(target=_relay_stop_signals, args=(server,), daemon=True, name="stop-signals").start()
+    server.run(sockets=[sock])
+    # uvicorn has put the default handlers back and raised the signal it stopped on: unblocked, it
+    # ends the process as that signal would (a Ctrl-C: KeyboardInterrupt, exit status 130).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _relay_stop_signals(server: uvicorn.Server) -> None:
+    while True:  # the first stops the server gracefully; a second Ctrl-C makes it quit at once
+        number = signal.sigwait(STOP_SIGNALS)
+        server.handle_exit(number, None)
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, which also tells the model's queue to stop on the first Ctrl-C or SIGTERM:
+    otherwise the requests in line would each be answered before the process could end. Its own
+    signal handlers stay installed but never run while the signals are blocked."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame) -> None:
+        self.on_exit()
+        super().handle_exit(sig, frame)

@@ -6,6 +6,13 @@ left out: on a cluster they live on shared storage named in params) and, with
 `train.cluster.install_packages`, the locked requirements as its pip packages. The entrypoint is
 `python -m deepmolm train run` with the same params file and overrides, so the cluster runs exactly
 what `deepmolm train run` runs here. Logs are streamed until the job ends; its status is returned.
+
+The job runs in a copy of the project, so a relative path of params (the defaults: data/..., models/,
+runs/) would point into that copy, where the data is not. The job is told where the project itself
+is (DEEPMOLM_PROJECT_ROOT, runtime/run_log.project_root) and reads and writes there: on a cluster
+that shares this filesystem the README's command works with the default params, and what the job
+records (provenance, logs) is relative to the project, as a local run records it. Where the
+project is not on the cluster's nodes, the job stops naming each relative path param.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deepmolm.config import ClusterParams
+from deepmolm.runtime.run_log import PROJECT_ROOT_ENV
 
 LOCK_FILE = Path("requirements/lock.txt")
 
@@ -34,8 +42,7 @@ def runtime_env(project: Path, cluster: ClusterParams) -> dict:
     if cluster.install_packages:
         lines = (project / LOCK_FILE).read_text().splitlines()
         env["pip"] = {"packages": [line for line in lines if line and not line.startswith("#")], "pip_check": False}
-    if cluster.env_vars:
-        env["env_vars"] = dict(cluster.env_vars)
+    env["env_vars"] = {PROJECT_ROOT_ENV: str(project.absolute()), **cluster.env_vars}
     return env
 
 

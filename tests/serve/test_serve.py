@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -17,22 +17,17 @@ from pathlib import Path
 
 import httpx
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 from rdkit import Chem
 
 from deepmolm.config import load_params
-from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
 from deepmolm.data.shards.parts import read_shard_rejects, read_shards
 from deepmolm.inference import molecule_from_smiles
-from deepmolm.runtime.run_log import portable_path
-from deepmolm.store.versions import MANIFEST
 from deepmolm.training.deepmolm.stages import initial_model
 from tests.browser import chromium
-from tests.conftest import PARAMS, run_cli, tmp_overrides
+from tests.conftest import PARAMS, run_cli, split_copy, tmp_overrides
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -48,6 +43,8 @@ class Server:
     shards: Path
     sdf: str  # PubChem's 3D record of CID 1
     sdf_smiles: str
+    root: Path  # the model is in root/model
+    overrides: list[str]
 
     def post(self, body: dict | str, timeout: float = 120) -> httpx.Response:
         content = body if isinstance(body, str) else json.dumps(body)
@@ -55,23 +52,10 @@ class Server:
                           timeout=timeout)
 
 
-def _validation_copy(instruction_set: Path, root: Path) -> Path:
-    """The shared instruction set with every molecule in the validation split: the training pool."""
-    copy = root / instruction_set.name
-    shutil.copytree(instruction_set, copy)
-    manifest = json.loads((copy / MANIFEST).read_text())
-    manifest["shards"] = portable_path(instruction_shards(instruction_set), start=copy)
-    (copy / MANIFEST).write_text(json.dumps(manifest))
-    table = read_instructions(copy)
-    split = pa.array(["validation"] * len(table), pa.string())
-    pq.write_table(table.set_column(table.schema.get_field_index("split"), "split", split), copy / EXAMPLES)
-    return copy
-
-
 @pytest.fixture(scope="module")
 def server(instruction_set, small_versions, tokenizer, shared, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    pool_set = _validation_copy(instruction_set, root)
+    pool_set = split_copy(instruction_set, root, "validation")  # every molecule in the training pool
     overrides = [*small_versions[2], *tmp_overrides(root), "model.preset=tiny", "train.splits=[validation]",
                  "train.holdout.fraction=0", "model.generation.max_new_tokens=8", "model.generation.min_new_tokens=6",
                  "eval.property_max_new_tokens=8", "serve.max_smiles_chars=300", "serve.max_upload_bytes=200000"]
@@ -81,32 +65,42 @@ def server(instruction_set, small_versions, tokenizer, shared, tmp_path_factory)
         model.get_input_embeddings().weight[blank] = 0.0  # tied embeddings: those tokens' logits are 0
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
-    exe = Path(sys.executable).with_name("deepmolm")
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen([str(exe), "serve", "--checkpoint", str(root / "model"), "--shards", str(small_versions[1]),
-                                "--instructions", str(pool_set), "--port", "0", "--json",
-                                *[a for o in overrides for a in ("-S", o)]],
-                               stdout=subprocess.PIPE, stderr=log, text=True)
+    process, announced, log = _launch(root, ["--checkpoint", str(root / "model"), "--shards", str(small_versions[1]),
+                                             "--instructions", str(pool_set)], overrides)
     try:
-        line = process.stdout.readline()  # the announcement, once the model is loaded and the socket bound
-        assert line, f"the server exited before serving:\n{(root / 'server.log').read_text()}"
-        url = json.loads(line)["url"]
-        assert url.startswith("http://127.0.0.1:")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "api/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         shard_rows = read_shards(small_versions[0], columns=["cid", "description", "properties"]).to_pylist()
         sdf = (shared / "pubchem" / "Conformer3D_COMPOUND_CID_1.sdf").read_text()
         sdf_smiles = Chem.MolToSmiles(Chem.RemoveHs(Chem.MolFromMolBlock(sdf, removeHs=False)))
-        yield Server(url, process, shard_rows, small_versions[1], sdf, sdf_smiles)
+        yield Server(announced["url"], process, shard_rows, small_versions[1], sdf, sdf_smiles, root, overrides)
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+def _launch(root: Path, args: list[str], overrides: list[str]) -> tuple[subprocess.Popen, dict, object]:
+    """`deepmolm serve ... --port 0 --json` started, and its announcement once it answers /api/health."""
+    exe = Path(sys.executable).with_name("deepmolm")
+    log = (root / f"server-{len(list(root.glob('server-*.log')))}.log").open("w")
+    process = subprocess.Popen([str(exe), "serve", *args, "--port", "0", "--json",
+                                *[a for o in overrides for a in ("-S", o)]],
+                               stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        line = process.stdout.readline()  # the announcement, once the model is loaded and the socket bound
+        assert line, f"the server exited before serving:\n{Path(log.name).read_text()}"
+        announced = json.loads(line)
+        assert announced["url"].startswith("http://127.0.0.1:")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(announced["url"] + "api/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+    except BaseException:
+        process.kill()
+        raise
+    return process, announced, log
 
 
 def _png(size: int = 300) -> bytes:
@@ -166,6 +160,59 @@ def test_bad_requests_get_a_4xx_and_a_reason(server, body, status, reason):
     response = server.post(body)
     assert response.status_code == status, response.text
     assert reason in response.json()["error"]
+
+
+@pytest.mark.parametrize("method, path, content, content_type, status, reason", [
+    ("POST", "api/predict", "CCO", "text/plain", 415, "content type is text/plain; send application/json"),
+    ("POST", "api/predict", b'{"smiles": "\xff"}', "application/json", 400, "not UTF-8: byte 0xff at position 12"),
+    ("POST", "api/predict", "[" * 5000 + "]" * 5000, "application/json", 400, "nests more than 1000 levels deep"),
+    ("POST", "api/predict", '{"smiles": ' + "[" * 9 + "]" * 9 + "}", "application/json", 400, "nests 10 levels deep, over 8"),
+    ("POST", "api/predict", "[1]", "application/json", 400, "a JSON list, not an object"),
+    ("POST", "api/predict", '{"smiles": 3}', "application/json", 400, "smiles: Input should be a valid string"),
+    ("POST", "api/predict", "", "application/json", 400, "not JSON (Expecting value"),
+    ("GET", "api/predict", None, None, 405, "GET /api/predict: use POST"),
+    ("POST", "api/health", "{}", "application/json", 405, "POST /api/health: use GET"),
+    ("GET", "api/nowhere", None, None, 404, "no API endpoint /api/nowhere"),
+    ("GET", "api/molecules?page=x", None, None, 400, "page: Input should be a valid integer"),
+    ("POST", "api/predict", "x" * 700_000, "application/json", 413, "the request has 700000 bytes, over what two uploads"),
+])
+def test_every_refusal_has_one_envelope_that_names_what_was_wrong(server, method, path, content, content_type, status,
+                                                                    reason):
+    headers = {"content-type": content_type} if content_type else {}
+    response = httpx.request(method, server.url + path, content=content, headers=headers, timeout=60)
+    assert response.status_code == status, response.text
+    assert list(response.json()) == ["error"] and reason in response.json()["error"], response.text
+
+
+def test_a_chunked_body_is_refused_while_it_streams_in(server):
+    """100 MB without a Content-Length: 413 once the cap is passed, and the server never holds it."""
+    process = psutil.Process(server.process.pid)
+    before = process.memory_info().rss
+    peak, done, sent = [before], threading.Event(), [0]
+
+    def sample():
+        while not done.is_set():
+            peak.append(process.memory_info().rss)
+            time.sleep(0.02)
+
+    def body():
+        for _ in range(100):
+            sent[0] += 2**20
+            yield b"A" * 2**20
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        response = httpx.post(server.url + "api/predict", content=body(), headers={"content-type": "application/json"},
+                              timeout=60)
+    finally:
+        done.set()
+        sampler.join()
+    assert "content-length" not in response.request.headers  # sent chunked
+    assert response.status_code == 413 and "while it streamed in" in response.json()["error"], response.text
+    assert sent[0] < 100 * 2**20, "refused before the client had sent everything"
+    assert max(peak) - before < 50 * 2**20, f"RSS grew by {(max(peak) - before) / 2**20:.0f} MiB"
+    assert httpx.get(server.url + "api/health").json()["status"] == "ok"
 
 
 def test_refusals_about_the_files_themselves(server):
@@ -279,3 +326,40 @@ def test_serve_refuses_a_public_interface_without_the_flag_and_a_taken_port(serv
     taken = int(server.url.rsplit(":", 1)[1].strip("/"))
     busy = run_cli("serve", "--checkpoint", str(Path(server.process.args[3])), "--port", str(taken))
     assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{taken}" in busy.stderr
+
+
+def test_a_model_without_its_baseline_says_so_and_ctrl_c_stops_it_with_requests_in_flight(server):
+    """A second server, on the model alone (no provenance, no --instructions): the missing baseline is
+    in its announcement, /api/health and the page. Then 30 requests at once and SIGINT while they
+    wait: RDKit holds the SIGINT handler while it embeds a conformer and swallowed the Ctrl-C that
+    came then, so the server used to go on. Every request ends answered (200) or refused (503), and
+    the process exits within serve.shutdown_grace_s and the answer being computed."""
+    process, announced, log = _launch(server.root, ["--checkpoint", str(server.root / "model")], server.overrides)
+    try:
+        url, missing = announced["url"], announced["baseline_missing"]
+        assert announced["baseline_pool"] == 0 and missing.startswith("no baseline:") and "--instructions" in missing
+        assert httpx.get(url + "api/health").json()["baseline_missing"] == missing
+        assert missing in httpx.get(url + "config").text, "the page's header says it"
+        answered = httpx.post(url + "api/predict", json={"smiles": ASPIRIN}, timeout=60).json()
+        assert answered["answer"] and answered["baseline"] is None
+
+        with ThreadPoolExecutor(30) as pool:
+            futures = [pool.submit(httpx.post, url + "api/predict", json={"smiles": "C" * (i + 2) + "O"}, timeout=120)
+                       for i in range(30)]
+            deadline = time.monotonic() + 60
+            while httpx.get(url + "api/health").json()["waiting"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            process.wait(timeout=30)
+            stopped_after = time.monotonic() - interrupted
+            responses = [f.result() for f in futures]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and 503 in codes, codes
+    assert all(r.json()["error"] == "the server is stopping" for r in responses if r.status_code == 503)
+    assert process.returncode == 130, "the exit status of a Ctrl-C, as uvicorn re-raises it once stopped"
+    assert stopped_after < load_params(PARAMS).serve.shutdown_grace_s + 10, stopped_after

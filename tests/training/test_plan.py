@@ -4,6 +4,7 @@ the Jobs API request and the cluster manifests in infra/."""
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from deepmolm.config import ConfigError, load_params
 from deepmolm.data.instructions import read_instructions
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
+from deepmolm.runtime.run_log import portable_path
 from deepmolm.training.deepmolm.launch import plan_stage, stage_paths
 from deepmolm.training.deepmolm.stages import LEARNING_CODE, NOT_LEARNED, add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
 from deepmolm.training.strategy import deepspeed_config
@@ -195,7 +197,6 @@ def test_plan_counts_steps_per_worker_and_refuses_a_set_too_small(instruction_se
 
 def test_the_shard_version_of_an_instruction_set_resolves_from_a_relative_path(instruction_set, tmp_path, monkeypatch):
     import json
-    import shutil
 
     from deepmolm.data.instructions import instruction_shards
     from deepmolm.runtime.run_log import portable_path
@@ -221,9 +222,26 @@ def test_jobs_api_request_carries_the_command_the_project_and_optionally_the_loc
                                   "-S", "train.strategy=deepspeed", "-S", "model.preset=paper"]
     env = runtime_env(ROOT, params.train.cluster)
     assert env["working_dir"] == str(ROOT) and {".venv", "data", "runs", "models"} <= set(env["excludes"])
-    assert "pip" not in env
+    assert "pip" not in env and env["env_vars"] == {"DEEPMOLM_PROJECT_ROOT": str(ROOT)}, "where the job finds the data"
     with_packages = runtime_env(ROOT, load_params(PARAMS, ["train.cluster.install_packages=true"]).train.cluster)
     assert "torch==2.13.0" in with_packages["pip"]["packages"]
+
+
+def test_a_job_reads_relative_paths_in_the_project_it_was_sent_from(tmp_path, monkeypatch):
+    """In a Ray job, params.yaml is the working_dir copy's; relative paths resolve in the project that
+    submitted it, and records are relative to that project. A node without it gets the params named."""
+    copy = tmp_path / "_ray_pkg_0123"
+    copy.mkdir()
+    shutil.copy(PARAMS, copy / "params.yaml")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DEEPMOLM_PROJECT_ROOT", str(ROOT))
+    params = load_params("params.yaml")
+    assert params.paths.instructions_dir == ROOT / "data" / "instructions" and params.train.runs_dir == str(ROOT / "runs")
+    assert portable_path(ROOT / "models" / "stage2") == "models/stage2"
+    monkeypatch.setenv("DEEPMOLM_PROJECT_ROOT", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match=r"is not on this node.*paths\.instructions_dir.*train\.models_dir") as raised:
+        load_params("params.yaml", [f"paths.shards_dir={tmp_path}"])
+    assert "paths.shards_dir" not in str(raised.value), "an absolute path leads where it says"
 
 
 def test_infra_manifests_run_the_train_command():

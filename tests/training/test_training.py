@@ -236,3 +236,44 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     molecule = molecule_from_smiles("CC(=O)O", params)
     text = Predictor(tmp_path / "models" / "stage2").answer(molecule, "Describe the input molecule.", params)
     assert isinstance(text, str), "the exported model loads and answers as `deepmolm predict` does"
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.extended  # a Ray head and a Ray Train job: about 2 minutes
+def test_the_readmes_submit_command_trains_stage2_with_the_default_params(instruction_set, tokenizer, tmp_path,
+                                                                          ray_processes, monkeypatch):
+    """`deepmolm train submit --address http://HEAD:8265 --stage 2`, unchanged, in a project laid out as
+    the default params expect it, against a real head on loopback that shares the filesystem. The
+    job runs in Ray's copy of the project and must read and write the project itself; what it
+    records resolves from the project, so `deepmolm serve` finds the baseline's molecules."""
+    from deepmolm.serve.asking import Asker
+    from deepmolm.training.deepmolm.stages import initial_model
+    from tests.conftest import split_copy
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PARAMS, project / "params.yaml")
+    params = load_params(project / "params.yaml")
+    sets = project / "data" / "instructions" / "chebi20"
+    sets.mkdir(parents=True)
+    trained_on = split_copy(instruction_set, sets, params.train.splits[0])
+    initial_model(params, 1, tokenizer, None).save_pretrained(project / "models" / "stage1")
+    tokenizer.save_pretrained(project / "models" / "stage1")
+
+    address = _start_ray_head(ray_processes)
+    submitted = subprocess.run([str(BIN / "deepmolm"), "train", "submit", "--address", address, "--stage", "2"],
+                               cwd=project, env=ray_processes.env(), capture_output=True, text=True, timeout=480)
+    assert submitted.returncode == 0, submitted.stderr[-4000:] + submitted.stdout[-4000:]
+    assert "model in models/stage2" in submitted.stdout, "the job's log names the project's path"
+
+    stage2 = project / "models" / "stage2"
+    recorded = json.loads((stage2 / "provenance.json").read_text())
+    assert recorded["instructions"] == f"data/instructions/chebi20/{trained_on.name}" and recorded["init"] == "models/stage1"
+    logged = read_runs(project / "logs", "train")[-1]
+    assert logged["out"] == str(stage2) and logged["cwd"] != str(project), "the project's log, from Ray's copy"
+    assert not list(project.glob("**/_ray_pkg_*")), "nothing written into a copy"
+
+    monkeypatch.chdir(project)  # where a user runs `deepmolm serve --checkpoint models/stage2`
+    asker = Asker(Path("models/stage2"), params)
+    assert asker.baseline_missing is None and len(asker.index) == 10
