@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from deepmolm.config import ClusterParams
+from deepmolm.config import ClusterParams, ConfigError
 from deepmolm.runtime.run_log import PROJECT_ROOT_ENV
 
 LOCK_FILE = Path("requirements/lock.txt")
@@ -51,7 +51,11 @@ def submit_training(address: str, stage: int, project: Path, params_file: str, o
     """Submit, then (with `wait`) stream the logs and return the final status."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address, headers=auth_headers())
+    try:
+        client = JobSubmissionClient(address, headers=auth_headers())
+    except ConnectionError as exc:  # a host that does not resolve, a port nobody listens on
+        raise ConfigError(f"--address {address}: no Ray Jobs API answers there ({str(exc).strip()}); give the head's "
+                          f"dashboard, http://HOST:8265 (`ray start --head` serves it)") from None
     job_id = _submit_when_ready(client)(
         entrypoint=job_entrypoint(stage, params_file, overrides),
         runtime_env=runtime_env(project, cluster),

@@ -227,6 +227,14 @@ def test_jobs_api_request_carries_the_command_the_project_and_optionally_the_loc
     assert "torch==2.13.0" in with_packages["pip"]["packages"]
 
 
+def test_submit_to_an_address_where_no_head_answers_says_so():
+    from tests.conftest import run_cli
+
+    refused = run_cli("train", "submit", "--address", "http://127.0.0.1:1", "--stage", "2")
+    assert refused.returncode == 2 and "--address http://127.0.0.1:1: no Ray Jobs API answers there" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_a_job_reads_relative_paths_in_the_project_it_was_sent_from(tmp_path, monkeypatch):
     """In a Ray job, params.yaml is the working_dir copy's; relative paths resolve in the project that
     submitted it, and records are relative to that project. A node without it gets the params named."""
