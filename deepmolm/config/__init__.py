@@ -39,7 +39,15 @@ from deepmolm.config.data import (
     ReportParams,
     SourcesParams,
 )
-from deepmolm.config.evaluation import AblationParams, BaselineParams, EvalParams, RestyleParams, RobustnessParams, ServeParams
+from deepmolm.config.evaluation import (
+    AblationParams,
+    BaselineParams,
+    DrawingDependenceParams,
+    EvalParams,
+    RestyleParams,
+    RobustnessParams,
+    ServeParams,
+)
 from deepmolm.config.loading import RECIPE_SECTIONS, Params, changed_by_overrides, load_params, parse_override
 from deepmolm.config.models import (
     EncoderParams,
@@ -81,6 +89,7 @@ __all__ = [
     "ContractsParams",
     "DEFAULT_PARAMS",
     "DaskParams",
+    "DrawingDependenceParams",
     "DeepSpeedParams",
     "E3fpParams",
     "EncoderParams",

@@ -43,6 +43,12 @@ class RobustnessParams(_Section):
         return sigmas
 
 
+class DrawingDependenceParams(_Section):
+    molecules: int | None = Field(ge=1, description="held-out molecules answered again (all their examples), "
+                                                    "drawn with `seed`; null: every one")
+    seed: int = Field(ge=0, description="which molecules")
+
+
 class AblationParams(_Section):
     variants: list[FusionVariant] = Field(min_length=1, description="model.fusion_variant values, each trained through both stages")
     without_stage1: list[FusionVariant] = Field(description="variants trained once more with stage 1 skipped "
@@ -72,6 +78,8 @@ class EvalParams(_Section):
     max_examples_per_task: int | None = Field(ge=1, description="cap per task (a quick look); null: every example")
     batch_size: int = Field(ge=1, description="prompts generated together")
     property_max_new_tokens: int = Field(ge=1, description="answer length budget of a property question")
+    drawing_dependence: DrawingDependenceParams = Field(
+        description="the evaluate stage answers a subset again with a blank drawing and without E3FP")
     robustness: RobustnessParams = Field(description="`deepmolm eval robustness`: answers from perturbed inputs")
     ablation: AblationParams = Field(description="`deepmolm eval ablation`: the paper's ablations as queued DVC experiments")
 

@@ -6,7 +6,8 @@ recipe is tuned on). The retrieval pool is the training molecules (`train.splits
 holdout), so neither has seen the answers; the mean baseline answers every property question with
 the training molecules' mean. Captions also get the share that is degenerate (a loop). Writes, under
 `<reports_dir>/eval/`: the two prediction files (JSON lines, readable by `deepmolm eval captions`),
-metrics.json with the scores and the sizes they rest on, which DVC shows as metrics, and
+metrics.json with the scores and the sizes they rest on, which DVC shows as metrics (with
+`drawing_dependence`: a subset answered again without the drawing and without E3FP), and
 grounding.png, what the Fusion Projector's cross-attention looks at (evaluation/grounding.py).
 """
 
@@ -17,12 +18,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from deepmolm.config import Params
 from deepmolm.data.instructions import held_out, instruction_shards
 from deepmolm.data.shards.parts import read_manifest
 from deepmolm.evaluation.baseline import retrieve
 from deepmolm.evaluation.captions import load_metric_tokenizer, score_captions
 from deepmolm.evaluation.degenerate import degenerate_share
+from deepmolm.evaluation.drawing_dependence import drawing_dependence
 from deepmolm.evaluation.grounding import write_grounding
 from deepmolm.evaluation.model_answers import answer_examples, capped, examples_of_splits
 from deepmolm.evaluation.predictions import Prediction, write_jsonl
@@ -58,12 +62,15 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
         where = "train.holdout's molecules" if cfg.on_holdout else f"splits {cfg.splits}"
         raise ValueError(f"instruction set {instructions} has no examples of {where}: nothing to evaluate on")
     # the drawings training shrank (built here, once, for a model trained elsewhere)
-    drawings = Drawings(build_drawings(instruction_shards(instructions), checkpoint_image_size(model_dir),
-                                       params.paths.cache_dir / "drawings"))
+    image_size = checkpoint_image_size(model_dir)
+    drawings = Drawings(build_drawings(instruction_shards(instructions), image_size, params.paths.cache_dir / "drawings"))
+
+    def drawing(row: dict) -> torch.Tensor:
+        return drawings.pixels(row["image_part"], row["image_row"])
+
     with progress_bar("answer held-out examples", len(rows), enabled=progress) as advance:
         answers = answer_examples(model_dir, instructions, rows, batch_size=cfg.batch_size,
-                                  decoding=lambda task: task_decoding(params, task), advance=advance,
-                                  drawing=lambda row: drawings.pixels(row["image_part"], row["image_row"]))
+                                  decoding=lambda task: task_decoding(params, task), advance=advance, drawing=drawing)
     tasks = {r["example_id"]: r["task"] for r in rows}
     captions = [p for p in answers if tasks[p.id] == "caption"]
     properties = [p for p in answers if tasks[p.id] == "property_qa"]
@@ -76,6 +83,10 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
     baseline = _baseline(params, shards, {r["cid"] for r in train_rows if r["task"] == "caption"},
                          {r["cid"] for r in rows if r["task"] == "caption"})
     write_jsonl(baseline["predictions"], out / BASELINE_PREDICTIONS)
+
+    dependence = drawing_dependence(params, model_dir, instructions, rows, answers, drawing, image_size,
+                                    lambda tasks, predictions: scored(params, tasks, predictions, metric_tokenizer),
+                                    progress=progress)
 
     manifest = json.loads((Path(instructions) / MANIFEST).read_text())
     summary = model_summary(DeepMoLMConfig.from_pretrained(model_dir))
@@ -96,6 +107,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
                      "mean_similarity": baseline["mean_similarity"],
                      "captions": caption_scores(params, baseline["predictions"], metric_tokenizer)},
         "mean_baseline": {"properties": mean_baseline(_property_values(train_rows), properties)},
+        "drawing_dependence": dependence,
         "references": {"degenerate": degenerate_share([p.reference for p in captions])},
         "grounding": {"molecules": len(grounding["molecules"]),
                       "null_share": _mean([m["null_share"] for m in grounding["molecules"]])},

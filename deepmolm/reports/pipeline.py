@@ -257,6 +257,8 @@ def _page(c: dict) -> str:
             parts.append(f"<tr><th>{e(name)}</th><td>{s['n']}</td><td>{s['valid_ratio']:.1%}</td><td>{_fmt(s['mae'], 2)}</td>"
                          f"<td>{_fmt(mean_mae, 2)}</td><td>{_fmt(ratio, 2)}</td></tr>")
         parts.append("</table><p>The mean baseline answers every question with the training molecules' mean.</p>")
+    if m.get("drawing_dependence"):
+        parts.append(_dependence_section(m["drawing_dependence"]))
     if c["curves"]:
         parts.append("<h2>Training</h2>"
                      f"<figure><img src='{e(c['curves'])}' alt='training loss per step'><figcaption>Loss per optimizer step "
@@ -308,6 +310,27 @@ def _page(c: dict) -> str:
             + "</div>")
     parts.append(f"</div><script>{IMAGES_LOADED_SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def _dependence_section(d: dict) -> str:
+    """The same molecules answered with both views, a white picture and no E3FP, side by side."""
+    e = html.escape
+    rows = (("with the drawing and E3FP", "with_both"), ("a white picture instead of the drawing", "blank_drawing"),
+            ("no E3FP tokens", "no_geometry"))
+    names = sorted(d["with_both"]["properties"])
+    head = "".join(f"<th>{e(name)}</th>" for name in METRICS) + "".join(f"<th>{e(n)} MAE</th>" for n in names)
+    parts = ["<h2>Does it read the drawing?</h2><table class='metrics' id='drawing-dependence'><tr><th></th>" + head + "</tr>"]
+    for label, key in rows:
+        scores = d[key]
+        captions = "".join(f"<td>{_fmt(scores['captions'][n]) if scores['captions'] else '-'}</td>" for n in METRICS)
+        maes = "".join(f"<td>{_fmt(scores['properties'].get(n, {}).get('mae'), 2)}</td>" for n in names)
+        parts.append(f"<tr><th>{e(label)}</th>{captions}{maes}</tr>")
+    blank = (d["deltas"]["blank_drawing"].get("captions") or {}).get("bleu2")
+    geometry = (d["deltas"]["no_geometry"].get("captions") or {}).get("bleu2")
+    parts.append(f"</table><p>{d['molecules']} held-out molecules ({d['examples']} examples, drawn with seed {d['seed']}), "
+                 "answered three times. A view the model reads costs score when it is taken away; BLEU-2 changes by "
+                 f"{_fmt(blank)} without the drawing and by {_fmt(geometry)} without E3FP.</p>")
+    return "".join(parts)
 
 
 def _robustness_section(r: dict) -> str:

@@ -110,6 +110,14 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
     assert means["mw"]["mae"] == pytest.approx(sum(abs(v - means["mw"]["mean"]) for v in test_mw) / len(test_mw), abs=1e-3)
     assert set(means) == set(metrics["model"]["properties"])
 
+    dependence = metrics["drawing_dependence"]  # 24 molecules asked: every held-out one here
+    assert dependence["molecules"] == len(held) and dependence["examples"] == len(model_lines)
+    assert dependence["with_both"] == {k: metrics["model"][k] for k in ("captions", "properties")}
+    for view in ("blank_drawing", "no_geometry"):
+        assert dependence[view]["captions"]["n"] == len(held)
+        delta = dependence["deltas"][view]["captions"]["bleu2"]
+        assert delta == pytest.approx(dependence[view]["captions"]["bleu2"] - metrics["model"]["captions"]["bleu2"], abs=1e-4)
+
     reports = params.paths.reports_dir
     log_metrics(reports / "train" / "stage2", [{"step": s, "loss": 5.0 - s / 10, "lr": 1e-4, "grad_norm": 1.0} for s in range(1, 11)],
                 {"stage": 2, "steps": 10, "rows": 25}, epochs=[{"epoch": 0, "step": 10, "train_loss": 4.5, "holdout_loss": 4.75}])
@@ -125,6 +133,8 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
     assert "<td>4.750</td>" in text, "the held-out loss per epoch"
     assert "What the encoder reads" in text and text.count("src='pipeline/inputs/") == min(6, len(held))
     assert "mean baseline MAE" in text
+    table = text.split("id='drawing-dependence'")[1].split("</table>")[0]
+    assert table.count("<tr>") == 4 and "a white picture instead of the drawing" in table and "no E3FP tokens" in table
 
 
 def test_on_holdout_the_model_answers_the_held_out_training_molecules_and_never_the_test_split(split_set, setting):
@@ -315,3 +325,19 @@ def test_the_report_page_shows_an_ablation_table_beside_the_papers_directions(sp
     assert "not run" in directions  # concat and fusion_zero_e3fp are not in this grid
     with pytest.raises(FileNotFoundError, match="deepmolm eval ablation"):
         write_pipeline_report(params, directory, out=tmp_path / "page", ablation=tmp_path / "missing.json")
+
+
+def test_drawing_dependence_takes_whole_molecules_by_seed_and_subtracts_with_from_without():
+    from deepmolm.evaluation.drawing_dependence import chosen_rows, deltas
+
+    rows = [{"cid": cid, "example_id": f"{cid}-{task}"} for cid in range(10) for task in range(5)]
+    first, again, other = chosen_rows(rows, 4, 0), chosen_rows(rows, 4, 0), chosen_rows(rows, 4, 1)
+    assert first == again and {r["cid"] for r in first} != {r["cid"] for r in other}
+    assert len(first) == 4 * 5 and all(sum(r["cid"] == c for r in first) == 5 for c in {r["cid"] for r in first})
+    assert chosen_rows(rows, None, 0) == rows == chosen_rows(rows, 50, 0)
+
+    captions = {"bleu2": 0.30, "bleu4": 0.2, "rouge1": 0.5, "rouge2": 0.3, "rougeL": 0.4, "meteor": 0.4, "n": 3}
+    with_both = {"captions": captions, "properties": {"mw": {"mae": 40.0, "valid_ratio": 1.0}}}
+    without = {"captions": {**captions, "bleu2": 0.10}, "properties": {"mw": {"mae": 300.0, "valid_ratio": 0.5}}}
+    assert deltas(with_both, without) == {"captions": {**{m: 0.0 for m in captions if m != "n"}, "bleu2": -0.2},
+                                          "properties": {"mw": {"mae": 260.0, "valid_ratio": -0.5}}}
