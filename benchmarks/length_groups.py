@@ -23,6 +23,7 @@ import torch
 
 from deepmolm.config import load_params
 from deepmolm.data.instructions import instruction_shards
+from deepmolm.models.deepmolm.deep_encoder import DeepEncoderSpec
 from deepmolm.models.deepmolm.drawing_store import build_drawings
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
@@ -66,7 +67,7 @@ def main() -> None:
     pad = partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=params.featurize.e3fp.level + 1)
 
     def seconds_per_step(way: str) -> float:
-        inputs = [model_inputs(pad([dataset[i] for i in b])) for b in batches[way][0][: args.steps]]
+        inputs = [model_inputs(pad([dataset[i] for i in b]), DeepEncoderSpec()) for b in batches[way][0][: args.steps]]
         started = time.perf_counter()
         for batch in inputs:
             model(**batch).loss.backward()

@@ -53,7 +53,7 @@ def main() -> None:
         loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, num_workers=workers,
                                              collate_fn=collate_fn)
         started = time.perf_counter()
-        count = sum(len(model_inputs(batch)["input_ids"]) for batch in loader)
+        count = sum(len(model_inputs(batch, spec)["input_ids"]) for batch in loader)
         assert count == len(subset)
         return count / (time.perf_counter() - started)
 

@@ -35,7 +35,8 @@ def pooled_visual_tokens(model, drawings: Drawings, rows: list[dict], levels: in
     with torch.inference_mode():
         for start in range(0, len(rows), batch):
             chunk = rows[start:start + batch]
-            pixels = normalise_pixels(torch.stack([drawings.pixels(r["image_part"], r["image_row"]) for r in chunk]))
+            pixels = normalise_pixels(torch.stack([drawings.pixels(r["image_part"], r["image_row"]) for r in chunk]),
+                                      model.config.encoder_spec())
             visual = model.visual_tokens(pixels, e3fp_batch([r["e3fp"] for r in chunk], levels))
             out.append(model.pooled_visual(visual, len(chunk)).float().numpy())
     return np.concatenate(out)

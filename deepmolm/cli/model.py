@@ -59,6 +59,43 @@ def model_summary_command(
     common.emit(summary, render)
 
 
+@command(model_app, "check-weights")
+def model_check_weights(
+    common: Common,
+    tokenizer: Annotated[Path | None, typer.Option(help="tokenizer directory (default: model.tokenizer_dir, else <models_dir>/tokenizer).")] = None,
+) -> None:
+    """Check the recipe's pretrained weights (train.init) before training: per part what maps, what
+    is skipped, missing or misshapen, and the tokenizer against the embeddings; from the files'
+    headers and a model on the meta device, in seconds. Exit 1 on a problem."""
+    from deepmolm.models.deepmolm.tokenizer import load_tokenizer
+    from deepmolm.training.deepmolm.stages import check_weights
+
+    with common.errors():
+        cfg = common.params
+        directory = tokenizer or cfg.model.tokenizer_dir or cfg.train.models_dir / "tokenizer"
+        if not Path(directory).is_dir():
+            raise Exit(1, f"no tokenizer at {directory} (make one with `deepmolm model tokenizer`, or give --tokenizer)")
+        report = check_weights(cfg, load_tokenizer(Path(directory)))
+
+    def render(r: dict) -> None:
+        if not r["parts"]:
+            stdout.print(f"recipe {r['recipe']}: no pretrained weights configured (train.init): every part starts random")
+        for part, p in r["parts"].items():
+            if "error" in p:
+                stdout.print(f"[bold]{part}[/] {p['path']}: {p['error']}", highlight=False, soft_wrap=True)
+                continue
+            stdout.print(f"[bold]{part}[/] {p['path']}: {p['mapped']} tensors map, {p['skipped']} skipped "
+                         f"(e.g. {', '.join(p['skipped_examples']) or 'none'}), {len(p['missing'])} missing, "
+                         f"{len(p['unknown'])} unknown, {len(p['mismatched'])} misshapen", highlight=False, soft_wrap=True)
+        stdout.print(f"tokenizer: {r['tokenizer_tokens']} tokens, embeddings: {r['embedding_rows']} rows")
+        for problem in r["problems"]:
+            stdout.print(f"[bold red]problem:[/] {problem}", highlight=False, soft_wrap=True)
+
+    common.emit(report, render)
+    if report["problems"]:
+        raise typer.Exit(1)
+
+
 @command(model_app, "tokenizer")
 def model_tokenizer(
     common: Common,

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import (
     Field,
     field_validator,
+    model_validator,
 )
 
 from deepmolm.config.base import ConfigError, ProjectPath, Split, StorageLocation, Task, _Section
@@ -59,9 +60,18 @@ class HoldoutParams(_Section):
 
 
 class InitWeightsParams(_Section):
+    deepencoder: ProjectPath | None = Field(description="DeepSeek-OCR's checkpoint (a file or a sharded directory): "
+                                                        "SAM, the compressor and CLIP trained together; null: none")
     sam: ProjectPath | None = Field(description="local safetensors of a SAM model (vision_encoder.*); null: random")
     clip: ProjectPath | None = Field(description="local safetensors of a CLIP vision model; null: random")
     language: ProjectPath | None = Field(description="local safetensors of a Qwen2 / Qwen2-VL LM; null: random")
+
+    @model_validator(mode="after")
+    def _one_source_per_part(self) -> InitWeightsParams:
+        if self.deepencoder is not None and (self.sam is not None or self.clip is not None):
+            raise ValueError("train.init.deepencoder holds SAM and CLIP already: leave train.init.sam and "
+                             "train.init.clip null")
+        return self
 
 
 class ClusterParams(_Section):

@@ -34,7 +34,7 @@ ATOMS_SHOWN = 3  # the atoms that draw the most attention, per molecule
 def atom_attention(model, pixels: torch.Tensor, e3fp: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """One molecule ([3, S, S] uint8, [atoms, levels]): each atom's attention from every visual token
     as [grid, grid, atoms] (its levels summed), and the null key's share as [grid, grid]."""
-    weights = model.projector.attention(model.encoder(normalise_pixels(pixels[None])), e3fp[None])[0]
+    weights = model.projector.attention(model.encoder(normalise_pixels(pixels[None], model.config.encoder_spec())), e3fp[None])[0]
     tokens, atoms, levels = weights.shape[0], e3fp.shape[0], e3fp.shape[1]
     grid = math.isqrt(tokens)
     per_atom = weights[:, 1:].reshape(tokens, atoms, levels).sum(dim=-1)

@@ -60,7 +60,8 @@ def test_a_recipe_sets_its_keys_over_the_file_and_overrides_win_over_the_recipe(
     gpu = load_params(PARAMS, ["recipe=gpu_small"])
     assert cpu.recipe == "cpu" and cpu.train.init.sam is None and cpu.model.preset == "cpu"
     assert gpu.model.preset == "small" and gpu.train.strategy == "deepspeed" and gpu.train.precision == "bf16"
-    assert gpu.train.init.sam is not None and gpu.train.init.language is not None, "pretrained parts: paths only"
+    assert gpu.train.init.deepencoder is not None and gpu.train.init.language is not None, "pretrained parts: paths only"
+    assert gpu.train.init.sam is None, "DeepSeek-OCR's DeepEncoder, SAM and CLIP trained together, as DeepMoLM uses it"
     assert load_params(PARAMS, ["recipe=gpu_small", "train.stage2.learning_rate=0.5"]).train.stage2.learning_rate == 0.5
     with pytest.raises(ConfigError, match="recipe 'fast' is not one of recipes: cpu, gpu_small, gpu_paper"):
         load_params(PARAMS, ["recipe=fast"])

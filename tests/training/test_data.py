@@ -15,6 +15,7 @@ from PIL import Image
 
 from deepmolm.config import load_params
 from deepmolm.data.instructions import read_instructions
+from deepmolm.models.deepmolm.deep_encoder import DeepEncoderSpec
 from deepmolm.models.deepmolm.drawing_store import build_drawings
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
@@ -22,8 +23,6 @@ from deepmolm.models.deepmolm.processing import (
     END,
     IGNORE,
     IMAGE,
-    IMAGE_MEAN,
-    IMAGE_STD,
     SPECIAL_TOKENS,
     e3fp_batch,
     encode_example,
@@ -195,12 +194,16 @@ def test_dataset_reads_the_referenced_drawing_and_the_batch_feeds_the_tiny_model
     assert torch.equal(dataset[7]["pixels"], torch.from_numpy(expected.copy()))
     loader = torch.utils.data.DataLoader(dataset, batch_size=4,
                                          collate_fn=partial(collate, pad_id=tokenizer.pad_token_id, e3fp_levels=4))
-    batch = model_inputs(next(iter(loader)))
+    clip = DeepEncoderSpec()  # CLIP's statistics: the towers' own, and a random encoder's
+    batch = model_inputs(next(iter(loader)), clip)
     pixels = batch["pixel_values"]
     assert pixels.dtype == torch.float32 and pixels.shape == (4, 3, 64, 64)
-    reference = (expected.transpose(1, 2, 0) / 255.0 - np.array(IMAGE_MEAN)) / np.array(IMAGE_STD)
-    normalised = model_inputs({"pixels": dataset[7]["pixels"][None]})["pixel_values"][0].numpy().transpose(1, 2, 0)
+    reference = (expected.transpose(1, 2, 0) / 255.0 - np.array(clip.pixel_mean)) / np.array(clip.pixel_std)
+    normalised = model_inputs({"pixels": dataset[7]["pixels"][None]}, clip)["pixel_values"][0].numpy().transpose(1, 2, 0)
     assert np.allclose(normalised, reference, atol=1e-5), "CLIP's mean and std"
+    deepseek = DeepEncoderSpec(pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5))
+    normalised = model_inputs({"pixels": dataset[7]["pixels"][None]}, deepseek)["pixel_values"][0].numpy()
+    assert np.allclose(normalised, expected / 127.5 - 1.0, atol=1e-5), "DeepSeek-OCR's: [-1, 1]"
     params = load_params(PARAMS, [])
     torch.manual_seed(0)
     model = DeepMoLMForCausalLM(model_config(params, "tiny", vocab_size=len(tokenizer),
@@ -234,18 +237,18 @@ def test_token_weights_make_the_epoch_objective_independent_of_how_rows_are_batc
         total = 0.0
         with torch.no_grad():
             for start in range(0, len(order), 4):
-                batch = model_inputs(pad([dataset[i] for i in order[start:start + 4]]))
+                batch = model_inputs(pad([dataset[i] for i in order[start:start + 4]]), DeepEncoderSpec())
                 loss = float(model(**batch).loss)
                 total += loss * (token_weight(batch["labels"], labels_per_batch) if weighted else 1.0)
         return total
     assert objective(by_length, True) == pytest.approx(objective(rows, True), rel=1e-5)
     # what one token weighs: the same in every batch, where a plain mean gives a short batch's tokens more
-    batches = [model_inputs(pad([dataset[i] for i in by_length[s:s + 4]]))["labels"] for s in range(0, 16, 4)]
+    batches = [model_inputs(pad([dataset[i] for i in by_length[s:s + 4]]), DeepEncoderSpec())["labels"] for s in range(0, 16, 4)]
     per_token = [token_weight(labels, labels_per_batch) / label_tokens(labels) for labels in batches]
     assert max(per_token) == pytest.approx(min(per_token)) == pytest.approx(1 / labels_per_batch)
     plain = [1 / label_tokens(labels) for labels in batches]
     assert max(plain) > 2 * min(plain)
-    assert sum(label_tokens(model_inputs(pad([dataset[i]]))["labels"]) for i in rows) == sum(responses)
+    assert sum(label_tokens(model_inputs(pad([dataset[i]]), DeepEncoderSpec())["labels"]) for i in rows) == sum(responses)
 
 
 def test_example_rows_read_any_row_from_a_few_kept_row_groups(small_versions, tmp_path, monkeypatch):

@@ -132,9 +132,17 @@ def test_parts_that_start_random_train_in_both_stages_and_pretrained_ones_follow
     set_trainable(model, random_start.train.stage1, random_parts(random_start, 1))
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == \
         {"encoder", "projector", "language_model", "number_head"}, "the number head trains with the LM"
-    pretrained = load_params(PARAMS, [f"train.init.sam={weights}", f"train.init.clip={weights}",
-                                      f"train.init.language={weights}"])
-    assert random_parts(pretrained, 1) == set(), "a pretrained DeepEncoder stays frozen, as in the paper"
+    apart = load_params(PARAMS, [f"train.init.sam={weights}", f"train.init.clip={weights}",
+                                 f"train.init.language={weights}"])
+    assert random_parts(apart, 1) == {"encoder.compressor"}, "between a separate SAM and CLIP nothing is pretrained"
+    together = load_params(PARAMS, [f"train.init.deepencoder={weights}", f"train.init.language={weights}"])
+    assert random_parts(together, 1) == set(), "DeepSeek-OCR's DeepEncoder stays frozen, as in the paper"
+    model = _tiny(apart)
+    counts = set_trainable(model, apart.train.stage1, random_parts(apart, 1))
+    assert counts["blocks"] == {"encoder.clip": "frozen", "encoder.compressor": "trainable", "encoder.sam": "frozen",
+                                "language_model": "frozen", "number_head": "frozen", "projector": "trainable"}
+    assert random_parts(load_params(PARAMS, [f"train.init.sam={weights}"]), 1) == {"encoder.compressor", "encoder.clip",
+                                                                                 "language_model"}
     assert random_parts(load_params(PARAMS, [f"train.init.language={weights}"]), 2) == {"encoder"}
     assert random_parts(load_params(PARAMS, ["train.train_random_parts=false"]), 1) == set()
 
@@ -301,3 +309,39 @@ def test_stage1_with_0_epochs_exports_the_random_start_without_ray(instruction_s
     assert run_stage(params, 1, instructions=instruction_set, tokenizer=tokenizer_dir)["up_to_date"]  # found, not redone
     trained = load_params(PARAMS, [o for o in overrides if "epochs" not in o])
     assert plan_stage(trained, 1, stage_paths(trained, 1, instruction_set, tokenizer_dir, None, None))["run"] != summary["run"]
+
+
+@pytest.mark.learns
+def test_a_pretrained_deepencoder_stays_byte_equal_through_both_stages_and_a_random_compressor_trains(tmp_path):
+    """Optimizer steps of stage 1 then stage 2 with what each stage trains: DeepSeek-OCR's encoder
+    (loaded from its layout) does not move by a bit, the projector does; with SAM and CLIP from
+    their own files the compressor between them, which nothing pretrained, trains."""
+    from deepmolm.models.deepmolm.weights import load_pretrained_part
+    from tests.models.deepmolm.test_molm import examples, tiny
+    from tests.models.deepmolm.test_weights import _deepseek_checkpoint
+
+    def steps(model, params) -> dict[str, torch.Tensor]:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        for stage in (1, 2):
+            set_trainable(model, params.train.stage(stage), random_parts(params, stage))
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+            for _ in range(2):
+                optimizer.zero_grad()
+                model(**examples(4)).loss.backward()
+                optimizer.step()
+        return {k: not torch.equal(before[k], v) for k, v in model.state_dict().items()}
+
+    weights = tmp_path / "deepseek-ocr"
+    together = load_params(PARAMS, [f"train.init.deepencoder={weights}", f"train.init.language={weights}"])
+    model = tiny()
+    _deepseek_checkpoint(model, weights)
+    load_pretrained_part(model, "deepencoder", weights)
+    moved = steps(model, together)
+    assert not any(changed for key, changed in moved.items() if key.startswith("encoder.")), "bytes equal"
+    assert any(changed for key, changed in moved.items() if key.startswith("projector."))
+
+    apart = load_params(PARAMS, [f"train.init.sam={weights}", f"train.init.clip={weights}",
+                                 f"train.init.language={weights}"])
+    moved = steps(tiny(), apart)
+    assert all(moved[k] for k in ("encoder.compressor.down1.weight", "encoder.compressor.down2.weight"))
+    assert not any(changed for key, changed in moved.items() if key.startswith(("encoder.sam.", "encoder.clip.")))

@@ -46,7 +46,7 @@ class DeepMoLMConfig(PreTrainedConfig):
 @functools.lru_cache(maxsize=64)
 def _encoder_spec(encoder: str) -> DeepEncoderSpec:
     spec = json.loads(encoder)
-    for key in ("sam_global_layers", "compressor"):
+    for key in ("sam_global_layers", "compressor", "pixel_mean", "pixel_std"):
         if key in spec:
             spec[key] = tuple(spec[key])
     return DeepEncoderSpec(**spec)

@@ -38,6 +38,10 @@ class DeepEncoderSpec:
     clip_layers: int = 24
     clip_heads: int = 16
     clip_mlp: int = 4096
+    # How pixels are normalised belongs to the weights: CLIP's statistics for towers trained apart
+    # (and for random ones), DeepSeek-OCR's 0.5 / 0.5 when its DeepEncoder is loaded (weights.py).
+    pixel_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    pixel_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
     @property
     def grid(self) -> int:

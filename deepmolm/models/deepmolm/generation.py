@@ -57,7 +57,7 @@ def generate_answers(model: DeepMoLMForCausalLM, tokenizer, prompts: list[str], 
     ids, mask = left_padded([prompt_token_ids(p, tokenizer, model.config.encoder_spec().tokens) for p in prompts],
                             tokenizer.pad_token_id)
     processors = LogitsProcessorList([MedianDigits(tokenizer)] if number_digits == "median" else [])
-    pixel_values = normalise_pixels(pixels)
+    pixel_values = normalise_pixels(pixels, model.config.encoder_spec())
     new = model.generate_text(ids, mask, pixel_values, geometry, max_new_tokens=max_new_tokens,
                               min_new_tokens=min_new_tokens, num_beams=num_beams, repetition_penalty=repetition_penalty,
                               no_repeat_ngram_size=no_repeat_ngram_size, do_sample=False, logits_processor=processors,

@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from deepmolm.models.deepmolm.deep_encoder import DeepEncoderSpec
+
 IMAGE = "<image>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
@@ -42,8 +44,6 @@ def format_response(response: str) -> str:
     return f"{response.strip()}{END}"
 
 
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's, which the DeepEncoder's towers were trained with
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 IGNORE = -100  # the label of a position the loss skips (prompt, image placeholders, padding)
 
 
@@ -78,10 +78,12 @@ def thicken_ink(pixels: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, S, S] -> float32 normalised with CLIP's mean and std, on the tensor's device."""
-    scale = (1.0 / (255.0 * torch.tensor(IMAGE_STD, device=pixels.device))).view(3, 1, 1)
-    shift = (torch.tensor(IMAGE_MEAN, device=pixels.device) / torch.tensor(IMAGE_STD, device=pixels.device)).view(3, 1, 1)
+def normalise_pixels(pixels: torch.Tensor, spec: DeepEncoderSpec) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32 normalised with the encoder's mean and std (its weights'), on
+    the tensor's device."""
+    std = torch.tensor(spec.pixel_std, device=pixels.device)
+    scale = (1.0 / (255.0 * std)).view(3, 1, 1)
+    shift = (torch.tensor(spec.pixel_mean, device=pixels.device) / std).view(3, 1, 1)
     return pixels.float().mul_(scale).sub_(shift)
 
 

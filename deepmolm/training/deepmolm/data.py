@@ -24,6 +24,7 @@ import torch
 
 from deepmolm.data.instructions import EXAMPLES, instruction_shards
 from deepmolm.data.shards.parts import read_manifest
+from deepmolm.models.deepmolm.deep_encoder import DeepEncoderSpec
 from deepmolm.models.deepmolm.drawing_store import Drawings
 from deepmolm.models.deepmolm.processing import IGNORE, e3fp_batch, encode_example, normalise_pixels
 from deepmolm.training.deepmolm.rows import RowSelection
@@ -84,10 +85,11 @@ def collate(examples: list[dict], pad_id: int, e3fp_levels: int) -> dict[str, to
             "e3fp": e3fp_batch([e["e3fp"] for e in examples], e3fp_levels), "numbers": numbers}
 
 
-def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """A collated batch on `device`, its pixels normalised there: what the model's forward takes."""
+def model_inputs(batch: dict[str, torch.Tensor], spec: DeepEncoderSpec, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A collated batch on `device`, its pixels normalised there as `spec` (the encoder's weights)
+    says: what the model's forward takes."""
     moved = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-    moved["pixel_values"] = normalise_pixels(moved.pop("pixels"))
+    moved["pixel_values"] = normalise_pixels(moved.pop("pixels"), spec)
     return moved
 
 

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from deepmolm.config import ConfigError, Params
 from deepmolm.data.instructions import instruction_shards, resolve_instruction_set
+from deepmolm.models.deepmolm.weights import WeightsError
 from deepmolm.runtime import numerics
 from deepmolm.runtime.run_log import log_run, portable_path
 from deepmolm.store.versions import MANIFEST
 from deepmolm.training.checkpoints import PROVENANCE
 from deepmolm.training.deepmolm.rows import stage_rows
-from deepmolm.training.deepmolm.stages import run_name
+from deepmolm.training.deepmolm.stages import INIT_PARTS, check_weights, run_name
 from deepmolm.training.driver import (
     SUMMARY,
     export_model,
@@ -124,6 +125,13 @@ def run_stage(params: Params, stage: int, *, instructions: Path | None = None, t
     if up_to_date(paths["out"], plan["run"]) and summary_path.is_file():
         return {**json.loads(summary_path.read_text()), "up_to_date": True}
     selected = plan.pop("selected_rows")
+    if stage == 1 and any(getattr(params.train.init, part) for part in INIT_PARTS):  # before a GPU hour is spent
+        from deepmolm.models.deepmolm.tokenizer import load_tokenizer
+
+        report = check_weights(params, load_tokenizer(paths["tokenizer"]))
+        if report["problems"]:
+            raise WeightsError(f"train.init does not fit the model (`deepmolm model check-weights` lists all): "
+                               f"{'; '.join(report['problems'][:3])}")
     if plan["total_steps"] == 0:
         return _untrained(params, stage, plan, paths)
     plan["drawings"] = str(prepare_drawings(params, paths["instructions"]))

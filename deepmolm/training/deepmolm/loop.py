@@ -111,6 +111,7 @@ def train_worker(config: dict) -> None:
     if lora_enabled(stage):
         add_lora(model, stage.lora)
     counts = set_trainable(model, stage, random_parts(params, stage_number))
+    spec = model.config.encoder_spec()  # how its pixels are normalised, with the weights it has
     seed_everything(train.seed + rank)
     total = plan["total_steps"]
     if train.strategy == "deepspeed":
@@ -153,7 +154,8 @@ def train_worker(config: dict) -> None:
     if rank == 0:
         print(f"[train] stage {stage_number}: {total} steps on {world} worker(s), "
               f"{counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters ({train.strategy}), "
-              f"{len(datasets['train'])} training and {len(datasets['holdout'])} held-out examples", flush=True)
+              f"{len(datasets['train'])} training and {len(datasets['holdout'])} held-out examples; "
+              + ", ".join(f"{block} {mode}" for block, mode in counts["blocks"].items()), flush=True)
     while state["step"] < total:
         skip, pending, started = state["batches_in_epoch"], [], time.perf_counter()
         order = epoch_batches(len(datasets["train"]), seed=train.seed, epoch=state["epoch"], rank=rank, world=world,
@@ -164,7 +166,7 @@ def train_worker(config: dict) -> None:
                                f"the plan {batches_per_epoch}")
         loader = torch.utils.data.DataLoader(datasets["train"], batch_sampler=remaining(order, skip), **loader_options)
         for index, batch in enumerate(loader, start=skip):
-            pending.append(model_inputs(batch, device))
+            pending.append(model_inputs(batch, spec, device))
             if len(pending) < accum:
                 continue
             row = optimizer_step(strategy, pending, world, started, state["epoch"],
@@ -185,7 +187,7 @@ def train_worker(config: dict) -> None:
                 "epoch": state["epoch"], "step": state["step"],
                 "train_loss": _mean([h["loss"] for h in history if h["epoch"] == state["epoch"]]),
                 "holdout_loss": holdout_loss(strategy, datasets["holdout"], loader_options, train.micro_batch_size,
-                                             device, rank, world)}]
+                                             spec, device, rank, world)}]
             if rank == 0:
                 print(f"[train] stage {stage_number} epoch {state['epoch']}: held-out loss "
                       f"{state['epochs'][-1]['holdout_loss']}", flush=True)
@@ -195,9 +197,9 @@ def train_worker(config: dict) -> None:
         started = time.perf_counter()
         state["number_head_refit"] = refit_number_head(
             strategy.module, slot_batches(datasets["train"], config["rows"]["train"], rank, world, loader_options,
-                                          train.micro_batch_size, device),
+                                          train.micro_batch_size, spec, device),
             slot_batches(datasets["holdout"], config["rows"]["holdout"], rank, world, loader_options,
-                         train.micro_batch_size, device),
+                         train.micro_batch_size, spec, device),
             train.number_head_refit, device, bf16, rank, world)
         if rank == 0 and state["number_head_refit"]:
             print(f"[train] stage {stage_number}: number head fitted again in {time.perf_counter() - started:.1f} s "
@@ -206,13 +208,13 @@ def train_worker(config: dict) -> None:
     _report(strategy, tokenizer, config, state, history, rank, final=True)
 
 
-def holdout_loss(strategy, dataset, loader_options: dict, batch_size: int, device, rank: int, world: int) -> float | None:
+def holdout_loss(strategy, dataset, loader_options: dict, batch_size: int, spec, device, rank: int, world: int) -> float | None:
     """Token-weighted loss over the held-out examples, each worker scoring every world-th one."""
     mine = list(range(rank, len(dataset), world))
     totals = torch.zeros(2, dtype=torch.float64)
     batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     for batch in torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_options):
-        inputs = model_inputs(batch, device)
+        inputs = model_inputs(batch, spec, device)
         tokens = label_tokens(inputs["labels"])
         totals += torch.tensor([strategy.eval_loss(inputs) * tokens, tokens], dtype=torch.float64)
     if world > 1:
@@ -220,12 +222,12 @@ def holdout_loss(strategy, dataset, loader_options: dict, batch_size: int, devic
     return round(float(totals[0] / totals[1]), 5) if totals[1] else None
 
 
-def slot_batches(dataset, rows, rank: int, world: int, loader_options: dict, batch_size: int, device):
+def slot_batches(dataset, rows, rank: int, world: int, loader_options: dict, batch_size: int, spec, device):
     """Model inputs of this worker's share of the examples whose answer is a <num> slot, in order."""
     mine = [int(i) for i in rows.slot.nonzero()[0][rank::world]]
     batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     for batch in torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_options):
-        yield model_inputs(batch, device)
+        yield model_inputs(batch, spec, device)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from deepmolm.config import ConfigError, LoraParams, Params, StageParams
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.models.deepmolm.tokenizer import image_token_id, number_token_id
-from deepmolm.models.deepmolm.weights import load_pretrained_part
+from deepmolm.models.deepmolm.weights import WeightsError, load_pretrained_part, plan_part, read_shapes, tied_keys
 from deepmolm.training.checkpoints import PROVENANCE
 
 
@@ -48,27 +49,71 @@ def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None)
     torch.manual_seed(params.train.seed)  # the same random start on every worker
     model = DeepMoLMForCausalLM(model_config(params, vocab_size=vocab, image_token_id=image_token_id(tokenizer),
                                              number_token_id=number_token_id(tokenizer)))
-    for part in ("sam", "clip", "language"):
+    for part in ("deepencoder", "sam", "clip", "language"):
         path = getattr(init, part)
         if path is not None:
             load_pretrained_part(model, part, path)
     return model
 
 
+ENCODER_BLOCKS = ("encoder.sam", "encoder.compressor", "encoder.clip")
+INIT_PARTS = ("deepencoder", "sam", "clip", "language")
+
+
+def check_weights(params: Params, tokenizer) -> dict:
+    """What stage 1 would load from `train.init`, checked from the files' headers against the model
+    built on the meta device (nothing allocated, nothing read): per part what maps, what is
+    skipped, missing, unknown or misshapen; and the tokenizer against the embedding rows."""
+    init = params.train.init
+    preset_vocab = params.model.presets[params.model.preset].language.vocab_size
+    vocab = preset_vocab if init.language is not None else len(tokenizer)
+    config = model_config(params, vocab_size=vocab, image_token_id=image_token_id(tokenizer),
+                          number_token_id=number_token_id(tokenizer))
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in DeepMoLMForCausalLM(config).state_dict().items()}
+    parts, problems = {}, []
+    for part in INIT_PARTS:
+        path = getattr(init, part)
+        if path is None:
+            continue
+        try:
+            plan = plan_part(read_shapes(path), part, ours, tied_keys(config))
+        except (WeightsError, FileNotFoundError) as exc:
+            parts[part] = {"path": str(path), "error": str(exc)}
+            problems.append(f"train.init.{part}: {exc}")
+            continue
+        parts[part] = {"path": str(path), "mapped": len(plan.placements), "skipped": len(plan.skipped),
+                       "skipped_examples": plan.skipped[:5], "missing": plan.missing, "unknown": plan.unknown,
+                       "mismatched": plan.mismatched}
+        problems += [f"train.init.{part} ({path}): {problem}" for problem in plan.problems]
+    if len(tokenizer) > vocab:
+        problems.append(f"the tokenizer has {len(tokenizer)} tokens, the embeddings {vocab} rows")
+    return {"recipe": params.recipe, "parts": parts, "tokenizer_tokens": len(tokenizer), "embedding_rows": vocab,
+            "problems": problems}
+
+
+def pretrained_blocks(params: Params) -> set[str]:
+    """The modules `train.init` gives pretrained weights: the whole DeepEncoder from DeepSeek-OCR's
+    checkpoint; SAM and CLIP from their own (the compressor between them then has none)."""
+    init = params.train.init
+    blocks = set(ENCODER_BLOCKS) if init.deepencoder is not None else set()
+    blocks |= {"encoder.sam"} if init.sam is not None else set()
+    blocks |= {"encoder.clip"} if init.clip is not None else set()
+    return blocks | ({"language_model"} if init.language is not None else set())
+
+
 def random_parts(params: Params, stage: int) -> set[str]:
-    """The parts that start from random weights (no `train.init` file) and, with
-    `train.train_random_parts`, train in every stage. The paper freezes a pretrained DeepEncoder in
+    """The blocks that start from random weights (no `train.init` file for them) and, with
+    `train.train_random_parts`, train in every stage: `encoder` when nothing of it is pretrained,
+    else its random blocks (`encoder.compressor` between a separate SAM and CLIP). The paper freezes a pretrained DeepEncoder in
     both stages and a pretrained LLM in stage 1; a random part that stays frozen only adds noise
     (a random encoder's tokens, a random LM that the projector is aligned into)."""
     if not params.train.train_random_parts:
         return set()
-    init = params.train.init
-    parts = set()
-    if init.sam is None and init.clip is None:
-        parts.add("encoder")
-    if init.language is None:
-        parts.add("language_model")
-    return parts
+    loaded = pretrained_blocks(params)
+    encoder = {block for block in ENCODER_BLOCKS if block not in loaded}
+    parts = {"encoder"} if encoder == set(ENCODER_BLOCKS) else encoder
+    return parts | ({"language_model"} if "language_model" not in loaded else set())
 
 
 def set_trainable(model: torch.nn.Module, stage: StageParams, extra: set[str] = frozenset()) -> dict[str, int]:
@@ -82,14 +127,27 @@ def set_trainable(model: torch.nn.Module, stage: StageParams, extra: set[str] = 
             model.number_head.requires_grad_(True)
         if part == "language_model" and lora:
             continue
-        getattr(model, part).requires_grad_(True)
+        operator.attrgetter(part)(model).requires_grad_(True)
     if lora:
         if "language_model" not in stage.trainable:
             raise ConfigError("lora.enabled needs language_model in the stage's trainable parts")
         for name, parameter in model.language_model.named_parameters():
             parameter.requires_grad_("lora_" in name)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "frozen": sum(p.numel() for p in model.parameters()) - trainable}
+    return {"trainable": trainable, "frozen": sum(p.numel() for p in model.parameters()) - trainable,
+            "blocks": block_states(model)}
+
+
+def block_states(model: torch.nn.Module) -> dict[str, str]:
+    """trainable | frozen | partly (LoRA adapters in a frozen LLM) for each block of the model."""
+    names = [name for name, _ in model.named_children() if name != "encoder"]
+    names += [f"encoder.{name}" for name, _ in model.encoder.named_children()] if hasattr(model, "encoder") else []
+    states = {}
+    for name in sorted(names):
+        flags = {p.requires_grad for p in operator.attrgetter(name)(model).parameters()}
+        if flags:
+            states[name] = "partly" if len(flags) == 2 else ("trainable" if flags == {True} else "frozen")
+    return states
 
 
 def add_lora(model: DeepMoLMForCausalLM, lora: LoraParams) -> None:
