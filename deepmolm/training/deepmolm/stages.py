@@ -17,11 +17,14 @@ from pathlib import Path
 import torch
 
 from deepmolm.config import ConfigError, LoraParams, Params, StageParams
+from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.models.deepmolm.tokenizer import image_token_id, number_token_id
 from deepmolm.models.deepmolm.weights import WeightsError, load_pretrained_part, plan_part, read_shapes, tied_keys
 from deepmolm.training.checkpoints import PROVENANCE
+
+INIT_PARTS = ("deepencoder", "sam", "clip", "language")  # train.init's keys, in the order they load
 
 
 def initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) -> DeepMoLMForCausalLM:
@@ -40,35 +43,36 @@ def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None)
             raise ConfigError(f"{init_dir} has {model.config.qwen2().vocab_size} token embeddings, "
                               f"the tokenizer {len(tokenizer)}")
         return model
-    init = params.train.init
     preset_vocab = params.model.presets[params.model.preset].language.vocab_size
-    if init.language is not None and preset_vocab < len(tokenizer):
+    if params.train.init.language is not None and preset_vocab < len(tokenizer):
         raise ConfigError(f"model.presets.{params.model.preset}.language.vocab_size ({preset_vocab}) is smaller than "
                           f"the tokenizer ({len(tokenizer)}) and train.init.language fixes the embedding size")
-    vocab = preset_vocab if init.language is not None else len(tokenizer)
     torch.manual_seed(params.train.seed)  # the same random start on every worker
-    model = DeepMoLMForCausalLM(model_config(params, vocab_size=vocab, image_token_id=image_token_id(tokenizer),
-                                             number_token_id=number_token_id(tokenizer)))
-    for part in ("deepencoder", "sam", "clip", "language"):
-        path = getattr(init, part)
+    model = DeepMoLMForCausalLM(stage1_config(params, tokenizer))
+    for part in INIT_PARTS:
+        path = getattr(params.train.init, part)
         if path is not None:
             load_pretrained_part(model, part, path)
     return model
 
 
+def stage1_config(params: Params, tokenizer) -> DeepMoLMConfig:
+    """The preset's config; the embeddings as the pretrained LM has them, else one row per token."""
+    init_vocab = params.model.presets[params.model.preset].language.vocab_size
+    vocab = init_vocab if params.train.init.language is not None else len(tokenizer)
+    return model_config(params, vocab_size=vocab, image_token_id=image_token_id(tokenizer),
+                        number_token_id=number_token_id(tokenizer))
+
+
 ENCODER_BLOCKS = ("encoder.sam", "encoder.compressor", "encoder.clip")
-INIT_PARTS = ("deepencoder", "sam", "clip", "language")
 
 
 def check_weights(params: Params, tokenizer) -> dict:
     """What stage 1 would load from `train.init`, checked from the files' headers against the model
     built on the meta device (nothing allocated, nothing read): per part what maps, what is
     skipped, missing, unknown or misshapen; and the tokenizer against the embedding rows."""
-    init = params.train.init
-    preset_vocab = params.model.presets[params.model.preset].language.vocab_size
-    vocab = preset_vocab if init.language is not None else len(tokenizer)
-    config = model_config(params, vocab_size=vocab, image_token_id=image_token_id(tokenizer),
-                          number_token_id=number_token_id(tokenizer))
+    init, config = params.train.init, stage1_config(params, tokenizer)
+    vocab = config.qwen2().vocab_size
     with torch.device("meta"):
         ours = {k: tuple(v.shape) for k, v in DeepMoLMForCausalLM(config).state_dict().items()}
     parts, problems = {}, []
@@ -105,9 +109,10 @@ def pretrained_blocks(params: Params) -> set[str]:
 def random_parts(params: Params, stage: int) -> set[str]:
     """The blocks that start from random weights (no `train.init` file for them) and, with
     `train.train_random_parts`, train in every stage: `encoder` when nothing of it is pretrained,
-    else its random blocks (`encoder.compressor` between a separate SAM and CLIP). The paper freezes a pretrained DeepEncoder in
-    both stages and a pretrained LLM in stage 1; a random part that stays frozen only adds noise
-    (a random encoder's tokens, a random LM that the projector is aligned into)."""
+    else its random blocks (`encoder.compressor` between a separate SAM and CLIP). The paper
+    freezes a pretrained DeepEncoder in both stages and a pretrained LLM in stage 1; a random part
+    that stays frozen only adds noise (a random encoder's tokens, a random LM that the projector is
+    aligned into)."""
     if not params.train.train_random_parts:
         return set()
     loaded = pretrained_blocks(params)
