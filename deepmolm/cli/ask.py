@@ -80,4 +80,6 @@ def serve(
                 highlight=False))
             sys.stdout.flush()
 
-        run_server(cfg, sock, checkpoint, shards, instructions, announce)
+        stopped_by = run_server(cfg, sock, checkpoint, shards, instructions, announce)
+    if stopped_by is not None:
+        raise typer.Exit(128 + stopped_by)  # the shell's status for a process a signal ended

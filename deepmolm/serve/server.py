@@ -78,24 +78,26 @@ def build_server_app(params: Params, checkpoint: Path, shards: Path | None, inst
 
 
 def serve(params: Params, sock: socket.socket, checkpoint: Path, shards: Path | None, instructions: Path | None,
-          announce) -> None:
+          announce) -> int | None:
+    """Run until a stop signal; returns its number (None if the server ended otherwise)."""
     app, asker, browser = build_server_app(params, checkpoint, shards, instructions)
     host, port = sock.getsockname()[:2]
     announce({"url": f"http://{host}:{port}/", "checkpoint": str(checkpoint),
               "shards": browser.version.name if browser else None,
               "baseline_pool": len(asker.index) if asker.index else 0, "baseline_missing": asker.baseline_missing})
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=params.serve.shutdown_grace_s)
-    server = StoppingServer(config, asker.stop)
-    threading.Thread(target=_relay_stop_signals, args=(server,), daemon=True, name="stop-signals").start()
+    server, received = StoppingServer(config, asker.stop), []
+    threading.Thread(target=_relay_stop_signals, args=(server, received), daemon=True, name="stop-signals").start()
     server.run(sockets=[sock])
-    # uvicorn has put the default handlers back and raised the signal it stopped on: unblocked, it
-    # ends the process as that signal would (a Ctrl-C: KeyboardInterrupt, exit status 130).
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    # uvicorn raises the signal it stopped on again as it returns; still blocked, it stays pending
+    # and is dropped at exit, and the caller exits as that signal would have (Ctrl-C: 130)
+    return received[0] if received else None
 
 
-def _relay_stop_signals(server: uvicorn.Server) -> None:
+def _relay_stop_signals(server: uvicorn.Server, received: list[int]) -> None:
     while True:  # the first stops the server gracefully; a second Ctrl-C makes it quit at once
         number = signal.sigwait(STOP_SIGNALS)
+        received.append(number)
         server.handle_exit(number, None)
 
 
