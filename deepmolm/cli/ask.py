@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from deepmolm.cli.common import Common, Exit, command, stdout
+from deepmolm.cli.common import Common, Exit, command, stderr, stdout
 from deepmolm.cli.root import app
 
 
@@ -75,9 +76,14 @@ def serve(
             raise Exit(1, str(exc)) from None
 
         def announce(summary: dict) -> None:
-            common.emit(summary, lambda s: stdout.print(
-                f"serving {s['url']} (page; API: {s['url']}api/predict, {s['url']}api/health); Ctrl-C stops",
-                highlight=False))
+            def render(s: dict) -> None:
+                stdout.print(f"serving {s['url']} (page; API: {s['url']}api/predict, {s['url']}api/health); Ctrl-C stops",
+                             highlight=False)
+                if s["baseline_missing"]:
+                    stderr.print(f"[bold yellow]warning:[/] {escape(s['baseline_missing'])}", highlight=False,
+                                 soft_wrap=True)
+
+            common.emit(summary, render)
             sys.stdout.flush()
 
         stopped_by = run_server(cfg, sock, checkpoint, shards, instructions, announce)

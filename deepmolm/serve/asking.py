@@ -79,8 +79,10 @@ def training_pool(params: Params, instructions: Path) -> list[Molecule]:
     return read_molecules(instruction_shards(instructions), cids=cids, e3fp=params.eval.baseline.fingerprint == "e3fp")
 
 
-def baseline_missing(checkpoint: Path, recorded: str | None, instructions: Path | None) -> str:
+def baseline_missing(checkpoint: Path, recorded: str | None, instructions: Path | None, given: bool) -> str:
     """Why a model is served without the retrieval baseline beside its answers, in words."""
+    if given and not instructions.is_dir():
+        return f"no baseline: --instructions {instructions} is not a directory"
     if instructions is None:
         return (f"no baseline: {Path(checkpoint) / PROVENANCE} records no instruction set; "
                 f"give its training molecules with --instructions DIR")
@@ -102,7 +104,8 @@ class Asker:
         recorded = recorded_instruction_set(checkpoint)
         self.instructions = instructions or (project_root() / recorded if recorded else None)
         pool = training_pool(params, self.instructions) if self.instructions and self.instructions.is_dir() else []
-        self.baseline_missing = None if pool else baseline_missing(checkpoint, recorded, self.instructions)
+        self.baseline_missing = None if pool else baseline_missing(checkpoint, recorded, self.instructions,
+                                                                   given=instructions is not None)
         cfg = params.eval.baseline
         self.index = RetrievalIndex(pool, kind=cfg.fingerprint, radius=cfg.morgan_radius,
                                     bits=cfg.morgan_bits) if pool else None
