@@ -86,30 +86,21 @@ def serve(params: Params, sock: socket.socket, checkpoint: Path, shards: Path | 
               "shards": browser.version.name if browser else None,
               "baseline_pool": len(asker.index) if asker.index else 0, "baseline_missing": asker.baseline_missing})
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=params.serve.shutdown_grace_s)
-    server, received = StoppingServer(config, asker.stop), []
-    threading.Thread(target=_relay_stop_signals, args=(server, received), daemon=True, name="stop-signals").start()
+    server, received = uvicorn.Server(config), []
+    threading.Thread(target=_relay_stop_signals, args=(server, asker.stop, received), daemon=True,
+                     name="stop-signals").start()
     server.run(sockets=[sock])
     # uvicorn raises the signal it stopped on again as it returns; still blocked, it stays pending
     # and is dropped at exit, and the caller exits as that signal would have (Ctrl-C: 130)
     return received[0] if received else None
 
 
-def _relay_stop_signals(server: uvicorn.Server, received: list[int]) -> None:
-    while True:  # the first stops the server gracefully; a second Ctrl-C makes it quit at once
+def _relay_stop_signals(server: uvicorn.Server, stop_answering: Callable[[], None], received: list[int]) -> None:
+    """The model's queue stops first (the requests in line would each be answered before the process
+    could end), then uvicorn: gracefully on the first signal, at once on a second Ctrl-C. uvicorn's
+    own handlers stay installed but never run while the signals are blocked."""
+    while True:
         number = signal.sigwait(STOP_SIGNALS)
         received.append(number)
+        stop_answering()
         server.handle_exit(number, None)
-
-
-class StoppingServer(uvicorn.Server):
-    """uvicorn's server, which also tells the model's queue to stop on the first Ctrl-C or SIGTERM:
-    otherwise the requests in line would each be answered before the process could end. Its own
-    signal handlers stay installed but never run while the signals are blocked."""
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
-        super().__init__(config)
-        self.on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame) -> None:
-        self.on_exit()
-        super().handle_exit(sig, frame)

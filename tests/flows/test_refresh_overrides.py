@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.refresh import SOURCE_STAGES, commit_refusal
+from deepmolm.data.refresh_commit import SOURCE_STAGES, commit_plan
 from tests.conftest import copy_repository, run_cli
 
 pytestmark = pytest.mark.slow  # a refresh of 6 molecules: about a minute
@@ -36,5 +36,5 @@ def test_overrides_of_the_stages_params_are_refused_a_commit_and_others_are_not(
 
     params_file = project / "params.yaml"
     for harmless in (["featurize.dask.workers=1"], ["recipe=gpu_small"], ["sources.chebi20.max_rows_per_split=3"]):
-        assert commit_refusal(project, params_file, harmless, STAGES) is None, harmless  # same params as filed
-    assert "featurize.conformer" in commit_refusal(project, params_file, ["featurize.conformer.seed=7"], STAGES)
+        assert commit_plan(project, params_file, harmless, ["chebi20"]) == (STAGES, None), harmless  # same params as filed
+    assert "featurize.conformer" in commit_plan(project, params_file, ["featurize.conformer.seed=7"], ["chebi20"])[1]
