@@ -24,6 +24,13 @@ from transformers.models.clip.modeling_clip import CLIPEncoder
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
 
+# transformers' SamVisionConfig initialises weights with a standard deviation of 1e-10, harmless when
+# the released weights are loaded over them and fatal when SAM trains from random: every layer then
+# scales its input by ~1e-10, the neck's output is ~1e-21 whatever the drawing, and no gradient
+# reaches the patch embedding. A random SAM starts as ViTs do instead (CLIP's own default).
+SAM_INIT_STD = 0.02
+
+
 @dataclass(frozen=True)
 class DeepEncoderSpec:
     image_size: int = 1024
@@ -68,7 +75,7 @@ class DeepEncoderSpec:
                                num_attention_heads=self.sam_heads, image_size=self.image_size,
                                patch_size=self.patch_size, window_size=self.sam_window,
                                global_attn_indexes=list(self.sam_global_layers), output_channels=self.sam_neck,
-                               mlp_dim=4 * self.sam_hidden)
+                               mlp_dim=4 * self.sam_hidden, initializer_range=SAM_INIT_STD)
         config._attn_implementation = "sdpa"
         return config
 

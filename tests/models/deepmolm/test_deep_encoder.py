@@ -59,3 +59,25 @@ def test_clip_on_tokens_matches_transformers_clip_fed_the_same_patch_embeddings(
 def test_image_size_must_fit_the_compressor():
     with pytest.raises(ValueError, match="multiple of 4 x patch_size"):
         DeepEncoderSpec(image_size=100, patch_size=16)
+
+
+def test_a_random_encoder_sees_the_drawing():
+    """transformers' SAM config starts its weights at std 1e-10 (meant to be overwritten by the
+    release); trained from there, SAM's output was ~1e-21 whatever the drawing, and the model answered
+    a blank picture as it answered the molecule. A random start must tell the two apart."""
+    from rdkit import Chem
+
+    from deepmolm.data.featurize.render import draw_png
+    from deepmolm.models.deepmolm.processing import image_pixels, normalise_pixels
+
+    torch.manual_seed(0)
+    encoder = DeepEncoder(TINY).eval()
+    drawing = image_pixels(draw_png(Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O"), size=256, bond_line_width=2.0,
+                                    padding=0.05), TINY.image_size)
+    pixels = normalise_pixels(torch.stack([drawing, torch.full_like(drawing, 255)]), TINY)
+    with torch.no_grad():
+        sam = encoder.sam(pixel_values=pixels).last_hidden_state
+        out = encoder(pixels)
+    assert 0.005 < encoder.sam.patch_embed.projection.weight.std() < 0.05
+    assert (sam[0] - sam[1]).norm() > 0.2 * sam[1].norm()
+    assert (out[0] - out[1]).norm() > 0.05 * out[1].norm()
