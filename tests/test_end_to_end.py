@@ -33,7 +33,7 @@ from tests.conftest import copy_repository, newcomer_env
 pytestmark = [pytest.mark.slow, pytest.mark.longest, pytest.mark.timeout(1800)]  # the first check waits for the demos
 ROWS_PER_SPLIT = 12
 STAGES = ["ingest_chebi20", "featurize_chebi20", "validate_chebi20", "instructions_chebi20", "tokenizer",
-          "train_stage1", "train_stage2", "evaluate", "report"]
+          "pretrain_encoder", "train_stage1", "train_stage2", "evaluate", "report"]
 MUMO_STAGES = ["mumo_pretrain", "mumo_benchmark"]
 # MuMo at the smallest size that still runs every part: one pretraining step, one run per dataset and
 # split, one extra injection layer, one noise level
@@ -44,8 +44,11 @@ MUMO_SIZE = {"max_steps: null\n    batch_size: 32\n    learning_rate: 1.0e-3\n  
 
 
 # DeepMoLM's training at the test's 12 molecules per split: batches that fit, two epochs a stage
+# and the encoder's pretraining on 40 MOSES molecules besides them, 16 held out, one epoch
 TRAIN_SIZE = {"  micro_batch_size: 8 ": "  micro_batch_size: 2 ", "    epochs: 5\n": "    epochs: 2\n",
-              "    epochs: 8\n": "    epochs: 2\n"}
+              "    epochs: 8\n": "    epochs: 2\n", "    file_molecules: 4000 ": "    file_molecules: 40 ",
+              "    holdout_molecules: 200\n": "    holdout_molecules: 16\n",
+              "    font_scale: [0.5, 0.8]\n    epochs: 2\n": "    font_scale: [0.5, 0.8]\n    epochs: 1\n"}
 
 
 def shrink(params: Path) -> None:
@@ -136,6 +139,18 @@ def test_every_input_row_is_accounted_for_and_the_contract_passes(demo):
     quality = demo.json("reports", "data", "summary.json")
     assert quality["contract"]["success"] is True and quality["counts"]["accepted"] == shards["accepted"]
     assert f"{rows} input = {rows} accepted + 0 rejected" in demo.stdout  # `deepmolm data summary` at the end
+
+
+def test_the_encoder_pretrains_on_drawings_and_stage1_starts_from_it(demo):
+    encoder = demo.json("reports", "train", "encoder", SUMMARY)
+    shards, extra = encoder["corpus"]["shards"], encoder["corpus"]["extra"]
+    assert shards["read"] == 2 * ROWS_PER_SPLIT and shards["evaluated_split"] == ROWS_PER_SPLIT
+    assert sum(v for k, v in shards.items() if k != "read") == shards["read"], "every shard row used or left out"
+    assert extra["read"] == 40 and sum(v for k, v in extra.items() if k != "read") == 40
+    assert encoder["molecules"] + encoder["held_out"] == shards["used"] + extra["used"] and encoder["held_out"] == 16
+    assert encoder["held_out_after"]["loss"] < encoder["held_out_before"]["loss"]
+    provenance = demo.json("models", "stage1", "provenance.json")
+    assert "models/encoder" in json.dumps(provenance), provenance
 
 
 def test_both_training_stages_learn_and_record_a_held_out_loss_per_epoch(demo):

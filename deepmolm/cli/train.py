@@ -51,6 +51,37 @@ def train_run(
     common.emit(summary, render)
 
 
+@command(train_app, "encoder")
+def train_encoder(
+    common: Common,
+    shards: Annotated[Path | None, typer.Option(help="a chebi20 shard version, or their directory (default: <shards_dir>/chebi20): "
+                                                     "which molecules are trained on and which are evaluated.")] = None,
+    out: Annotated[Path | None, typer.Option(help="where the encoder goes (default: <models_dir>/encoder).")] = None,
+    if_used: Annotated[bool, typer.Option("--if-used", help="only when train.init.encoder is --out (else a note there): "
+                                                            "the DVC stage's way to train nothing for the GPU recipes.")] = False,
+    prefect: PrefectOpt = False,
+) -> None:
+    """Pretrain the DeepEncoder on drawings (Ray Train): each token learns to count the atoms drawn
+    under it (train.encoder_pretrain). `train.init.encoder` then starts stage 1 from it."""
+    from deepmolm.training.encoder.launch import pretrain_encoder
+
+    with common.errors():
+        summary = common.run(prefect, "flows.pretrain_encoder:run_pretrain_encoder", shards, out, if_used,
+                             inline=lambda: pretrain_encoder(common.params, shards=shards, out=out, if_used=if_used))
+
+    def render(s: dict) -> None:
+        if s.get("skipped"):
+            stdout.print(f"encoder not pretrained: {s['reason']}")
+            return
+        before, after = s["held_out_before"] or {}, s["held_out_after"] or {}
+        stdout.print(f"encoder pretrained on {s['molecules']:,} molecules in {s['steps']} steps; held-out heavy-atom "
+                     f"count MAE {before.get('heavy_atoms_mae', float('nan')):.2f} -> "
+                     f"{after.get('heavy_atoms_mae', float('nan')):.2f} (mean baseline "
+                     f"{after.get('heavy_atoms_mae_mean_baseline', float('nan')):.2f}); encoder in {s['model']}")
+
+    common.emit(summary, render)
+
+
 @command(train_app, "submit")
 def train_submit(
     common: Common,

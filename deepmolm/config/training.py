@@ -43,6 +43,8 @@ class StageParams(_Section):
     weight_decay: float = Field(ge=0)
     warmup_ratio: float = Field(ge=0, lt=1, description="linear warmup over this fraction of the steps, then cosine")
     min_lr_ratio: float = Field(ge=0, le=1, description="the cosine ends at learning_rate * min_lr_ratio")
+    withhold_e3fp: float = Field(ge=0, lt=1, description="share of training examples without their E3FP, drawn per "
+                                                         "epoch (modality dropout): they are answered from the drawing")
     lora: LoraParams | None = Field(default=None, description="stage 2 only")
 
 
@@ -62,15 +64,18 @@ class HoldoutParams(_Section):
 class InitWeightsParams(_Section):
     deepencoder: ProjectPath | None = Field(description="DeepSeek-OCR's checkpoint (a file or a sharded directory): "
                                                         "SAM, the compressor and CLIP trained together; null: none")
+    encoder: ProjectPath | None = Field(description="a DeepEncoder pretrained on drawings by `deepmolm train encoder` "
+                                                    "(the pretrain_encoder stage's models/encoder); null: none")
     sam: ProjectPath | None = Field(description="local safetensors of a SAM model (vision_encoder.*); null: random")
     clip: ProjectPath | None = Field(description="local safetensors of a CLIP vision model; null: random")
     language: ProjectPath | None = Field(description="local safetensors of a Qwen2 / Qwen2-VL LM; null: random")
 
     @model_validator(mode="after")
     def _one_source_per_part(self) -> InitWeightsParams:
-        if self.deepencoder is not None and (self.sam is not None or self.clip is not None):
-            raise ValueError("train.init.deepencoder holds SAM and CLIP already: leave train.init.sam and "
-                             "train.init.clip null")
+        given = [name for name in ("deepencoder", "encoder", "sam", "clip") if getattr(self, name) is not None]
+        if len(given) > 1 and not set(given) <= {"sam", "clip"}:
+            raise ValueError(f"train.init.{given[0]} holds the whole DeepEncoder: leave "
+                             + " and ".join(f"train.init.{name}" for name in given[1:]) + " null")
         return self
 
 
@@ -79,6 +84,25 @@ class ClusterParams(_Section):
     install_packages: bool = Field(description="the job's runtime_env installs requirements/lock.txt with pip")
     excludes: list[str] = Field(description="left out of the uploaded working_dir (gitignore-style patterns)")
     env_vars: dict[str, str] = Field(description="set in the job's environment")
+
+
+class EncoderPretrainParams(_Section):
+    """The pretrain_encoder stage (training/encoder/): the DeepEncoder learns to read drawings first."""
+    molecules_file: ProjectPath | None = Field(description="unlabelled SMILES (a `SMILES` header, gzip or plain); null: none")
+    file_molecules: int = Field(ge=0, description="its first rows read (those sharing an InChIKey skeleton with an "
+                                                  "evaluated split's molecule are left out)")
+    train_split_molecules: bool = Field(description="the train.splits molecules too (never train.holdout's)")
+    holdout_molecules: int = Field(ge=1, description="of the corpus, seeded: the held-out metrics")
+    render_factor: int = Field(ge=1, le=8, description="drawn at this many times the model's image size, then shrunk")
+    rotation_deg: float = Field(ge=0, le=180)
+    bond_line_width: list[float] = Field(min_length=2, max_length=2, description="range, at 1,024 px")
+    font_scale: list[float] = Field(min_length=2, max_length=2, description="range of RDKit's baseFontSize")
+    epochs: int = Field(ge=0, description="0: no pretraining (the stage exports the random encoder)")
+    batch_size: int = Field(ge=1, description="drawings per step, over all workers")
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    min_lr_ratio: float = Field(ge=0, le=1)
 
 
 class TrainParams(_Section):
@@ -109,6 +133,7 @@ class TrainParams(_Section):
     train_random_parts: bool = Field(
         description="parts that start random (no train.init weights) train in every stage, whatever `trainable` says")
     init: InitWeightsParams
+    encoder_pretrain: EncoderPretrainParams
     cluster: ClusterParams = Field(description="`deepmolm train submit`: how the job is sent to a Ray cluster")
     stage1: StageParams
     stage2: StageParams

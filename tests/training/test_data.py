@@ -42,6 +42,7 @@ from deepmolm.training.deepmolm.data import (
     label_tokens,
     model_inputs,
     token_weight,
+    withheld,
 )
 from deepmolm.training.deepmolm.rows import stage_rows
 from tests.conftest import PARAMS, tmp_overrides
@@ -297,3 +298,27 @@ def test_stage_rows_send_positions_and_token_counts_of_the_chosen_examples(instr
     batch = collate([slotted[i] for i in numbered[:2]] + [dataset[0]], pad_id=tokenizer.pad_token_id, e3fp_levels=4)
     assert batch["numbers"][:2].tolist() == pytest.approx([slotted[i]["number"] for i in numbered[:2]])
     assert batch["numbers"][2].isnan()
+
+
+def test_withholding_e3fp_drops_a_seeded_share_per_epoch_and_keeps_the_rest(instruction_set, tokenizer, drawings64):
+    """Modality dropout: a share of the examples trains without geometry, drawn again each epoch, the
+    same draw for the same (seed, epoch) so a resumed run withholds from the same examples."""
+    draws = [[withheld(0.3, seed=0, epoch=epoch, position=p) for p in range(2000)] for epoch in (0, 1)]
+    assert 0.25 < np.mean(draws[0]) < 0.35 and draws[0] != draws[1]
+    assert draws[0] == [withheld(0.3, seed=0, epoch=0, position=p) for p in range(2000)]
+    assert not any(withheld(0.0, seed=0, epoch=0, position=p) for p in range(200))
+
+    plain = InstructionDataset(instruction_set, tokenizer, drawings=drawings64, image_tokens=4, max_length=512)
+    dropped = InstructionDataset(instruction_set, tokenizer, drawings=drawings64, image_tokens=4, max_length=512,
+                                 withhold_e3fp=0.5, seed=3)
+    for epoch in (0, 1):
+        dropped.epoch = epoch
+        without = [i for i in range(len(dropped)) if dropped[i]["e3fp"] is None]
+        assert without == [i for i in range(len(dropped)) if withheld(0.5, seed=3, epoch=epoch, position=i)]
+        assert 10 < len(without) < 40, "about half of the 50 examples"
+        kept = [i for i in range(len(dropped)) if i not in without]
+        assert all(np.array_equal(dropped[i]["e3fp"], plain[i]["e3fp"]) for i in kept)
+        assert all(dropped[i]["input_ids"] == plain[i]["input_ids"] for i in without), "only the geometry goes"
+    batch = collate([dropped[i] for i in without[:2]] + [dropped[kept[0]]], pad_id=tokenizer.pad_token_id,
+                    e3fp_levels=4)
+    assert (batch["e3fp"][:2] == -1).all() and (batch["e3fp"][2] >= 0).any()

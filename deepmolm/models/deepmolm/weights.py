@@ -29,6 +29,9 @@ The separate parts, from the layout transformers saves these models in:
 | clip     | CLIPModel or CLIPVisionModel (clip-vit-large-patch14) | vision_model.pre_layrnorm.*, vision_model.encoder.*, vision_model.embeddings.class_embedding, vision_model.embeddings.position_embedding.* | encoder.clip.pre_layrnorm.*, encoder.clip.encoder.*, encoder.clip.class_embedding, encoder.clip.position_embedding.* |
 | language | Qwen2ForCausalLM, or Qwen2-VL's language model | model.language_model.* or model.*, lm_head.* | language_model.model.*, language_model.lm_head.* |
 
+`encoder` is a DeepEncoder this project pretrained itself (`deepmolm train encoder`, the
+`pretrain_encoder` stage): the model's own `encoder.*` keys, pixels normalised as the preset says.
+
 Everything else in a source (SAM's prompt encoder and mask decoder, CLIP's text tower and patch
 convolution, which the compressor replaces, Qwen2-VL's vision tower) is skipped and reported. CLIP-L
 at 224 px has 257 positions: exactly the 256 compressed tokens plus the class token.
@@ -53,6 +56,7 @@ RULES: dict[str, list[tuple[str, str]]] = {
         ("vision_model.embeddings.class_embedding", "encoder.clip.class_embedding"),
         ("vision_model.embeddings.position_embedding.", "encoder.clip.position_embedding."),
     ],
+    "encoder": [("encoder.", "encoder.")],  # `deepmolm train encoder`'s export: the model's own keys
     "language": [
         ("model.language_model.", "language_model.model."),
         ("model.", "language_model.model."),
@@ -65,7 +69,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DEEPSEEK_PIXELS = {"pixel_mean": [0.5, 0.5, 0.5], "pixel_std": [0.5, 0.5, 0.5]}
 LANGUAGE_SKIPPED = ("model.visual.", "visual.")  # Qwen2-VL's vision tower, in transformers 5's layout and the Hub's
 PART_PREFIXES = {"sam": ("encoder.sam.",), "clip": ("encoder.clip.",), "language": ("language_model.",),
-                 "deepencoder": ("encoder.sam.", "encoder.compressor.", "encoder.clip.")}
+                 "deepencoder": ("encoder.sam.", "encoder.compressor.", "encoder.clip."),
+                 "encoder": ("encoder.sam.", "encoder.compressor.", "encoder.clip.")}
 # DeepSeek-OCR's names, in order; the first that matches renames the key (None: read, then split)
 DEEPENCODER_RULES: list[tuple[re.Pattern, str | None]] = [(re.compile(pattern), target) for pattern, target in [
     (r"^model\.sam_model\.patch_embed\.proj\.(.+)$", r"encoder.sam.patch_embed.projection.\1"),

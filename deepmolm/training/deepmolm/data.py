@@ -7,6 +7,10 @@ Labels are -100 on the prompt and image positions and the response ids (end toke
 them (`processing.encode_example`). A batch pads token sequences on the right (pad id, label -100,
 attention 0) and E3FP arrays to the batch's largest molecule with -1, the projector's padding value.
 
+With `withhold_e3fp`, a seeded share of the training examples lose their E3FP each epoch (modality
+dropout): the model must then answer from the drawing alone, as it must for a molecule without a
+conformer, instead of learning that geometry is always there to copy (`withheld`).
+
 `epoch_batches` is the order: a seeded permutation of every row per epoch, dealt to the workers,
 so a molecule's examples are spread over the epoch and a resumed run sees exactly the batches an
 uninterrupted one would.
@@ -66,6 +70,12 @@ def epoch_batches(rows: int, *, seed: int, epoch: int, rank: int, world: int, ba
     else:
         step_order = np.arange(steps)
     return [order[s * step_rows:(s + 1) * step_rows][rank::world].tolist() for s in step_order]
+
+
+def withheld(fraction: float, *, seed: int, epoch: int, position: int) -> bool:
+    """Whether the example at `position` of the instruction set trains without its E3FP this epoch: a
+    function of these arguments only, so a resumed run withholds from the same examples."""
+    return fraction > 0 and np.random.default_rng([seed, epoch, position]).random() < fraction
 
 
 def collate(examples: list[dict], pad_id: int, e3fp_levels: int) -> dict[str, torch.Tensor]:
@@ -134,10 +144,12 @@ class InstructionDataset(torch.utils.data.Dataset):
     """Instruction examples (every row of an instruction set directory, or a stage's selection) with
     the drawings of its shard version, read from the set's file and the drawing store as they are
     asked for. With `number_slots` (a model with a number head), a property answer's number is a
-    <num> slot and its value the example's `number`."""
+    <num> slot and its value the example's `number`. `withhold_e3fp` (a share, drawn per example and
+    `epoch` with `seed`) trains that share without geometry; set `epoch` before each epoch's loader."""
 
     def __init__(self, directory: Path, tokenizer, *, drawings: Path, image_tokens: int, max_length: int,
-                 rows: RowSelection | None = None, number_slots: bool = False):
+                 rows: RowSelection | None = None, number_slots: bool = False, withhold_e3fp: float = 0.0,
+                 seed: int = 0):
         self.directory = Path(directory)
         self.examples = ExampleRows(self.directory / EXAMPLES)
         self.drawings = Drawings(drawings)
@@ -148,14 +160,17 @@ class InstructionDataset(torch.utils.data.Dataset):
         self.positions = rows.position if rows is not None else np.arange(len(self.examples))
         self.tokenizer, self.image_tokens, self.max_length = tokenizer, image_tokens, max_length
         self.number_slots = number_slots
+        self.withhold_e3fp, self.seed, self.epoch = withhold_e3fp, seed, 0
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, index: int) -> dict:
-        row = self.examples.row(int(self.positions[index]))
+        position = int(self.positions[index])
+        row = self.examples.row(position)
         number = row["answer_value"] if self.number_slots else None
+        without = withheld(self.withhold_e3fp, seed=self.seed, epoch=self.epoch, position=position)
         return {**encode_example(row["prompt"], row["response"], self.tokenizer, self.image_tokens, self.max_length,
                                  number=number),
                 "pixels": self.drawings.pixels(row["image_part"], row["image_row"]),
-                "e3fp": row["e3fp"]}
+                "e3fp": None if without else row["e3fp"]}

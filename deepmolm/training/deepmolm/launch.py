@@ -94,8 +94,11 @@ def plan_stage(params: Params, stage: int, paths: dict) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": stage_params.max_steps or stage_params.epochs * steps_per_epoch,
         "bf16": bf16, "instructions": str(paths["instructions"]), "local_run_dir": local,
+        # what the stage started from: stage 1's export, or stage 1's pretrained parts (train.init)
         "provenance": {"instructions": portable_path(paths["instructions"]),
-                       "init": portable_path(paths["init"]) if paths["init"] else None},
+                       "init": portable_path(paths["init"]) if paths["init"] else
+                       ({part: portable_path(getattr(train.init, part)) for part in INIT_PARTS
+                         if getattr(train.init, part) is not None} or None)},
         "deepspeed_config": deepspeed_config(params.train, bf16) if train.strategy == "deepspeed" else None,
     }
 

@@ -141,7 +141,9 @@ def train_worker(config: dict) -> None:
     spec = model.config.encoder_spec()
     datasets = {part: InstructionDataset(Path(plan["instructions"]), tokenizer, drawings=Path(plan["drawings"]),
                                          image_tokens=spec.tokens, max_length=params.model.max_length,
-                                         rows=config["rows"][part], number_slots=model.config.number_head)
+                                         rows=config["rows"][part], number_slots=model.config.number_head,
+                                         withhold_e3fp=stage.withhold_e3fp if part == "train" else 0.0,
+                                         seed=train.seed)
                 for part in ("train", "holdout")}
     chosen = config["rows"]["train"]
     lengths = chosen.tokens.tolist()
@@ -158,6 +160,7 @@ def train_worker(config: dict) -> None:
               + ", ".join(f"{block} {mode}" for block, mode in counts["blocks"].items()), flush=True)
     while state["step"] < total:
         skip, pending, started = state["batches_in_epoch"], [], time.perf_counter()
+        datasets["train"].epoch = state["epoch"]  # which examples train without E3FP (a loader copies it)
         order = epoch_batches(len(datasets["train"]), seed=train.seed, epoch=state["epoch"], rank=rank, world=world,
                               batch_size=train.micro_batch_size, lengths=lengths,
                               group_steps=train.length_group_steps)[:batches_per_epoch]

@@ -24,7 +24,7 @@ from deepmolm.models.deepmolm.tokenizer import image_token_id, number_token_id
 from deepmolm.models.deepmolm.weights import WeightsError, load_pretrained_part, plan_part, read_shapes, tied_keys
 from deepmolm.training.checkpoints import PROVENANCE
 
-INIT_PARTS = ("deepencoder", "sam", "clip", "language")  # train.init's keys, in the order they load
+INIT_PARTS = ("deepencoder", "encoder", "sam", "clip", "language")  # train.init's keys, in the order they load
 
 
 def initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None) -> DeepMoLMForCausalLM:
@@ -98,9 +98,9 @@ def check_weights(params: Params, tokenizer) -> dict:
 
 def pretrained_blocks(params: Params) -> set[str]:
     """The modules `train.init` gives pretrained weights: the whole DeepEncoder from DeepSeek-OCR's
-    checkpoint; SAM and CLIP from their own (the compressor between them then has none)."""
+    checkpoint or from our own pretraining; SAM and CLIP from their own (the compressor between them then has none)."""
     init = params.train.init
-    blocks = set(ENCODER_BLOCKS) if init.deepencoder is not None else set()
+    blocks = set(ENCODER_BLOCKS) if init.deepencoder is not None or init.encoder is not None else set()
     blocks |= {"encoder.sam"} if init.sam is not None else set()
     blocks |= {"encoder.clip"} if init.clip is not None else set()
     return blocks | ({"language_model"} if init.language is not None else set())
@@ -204,7 +204,8 @@ def run_name(stage: int, params: Params, instructions_id: str, tokenizer_dir: Pa
         "e3fp": params.featurize.e3fp.model_dump(mode="json"),
         "instructions": instructions_id,
         "tokenizer": _files_digest(Path(tokenizer_dir)),
-        "init": _init_identity(init_dir) if stage == 2 else None,
+        # stage 1 from our own pretrained encoder: which run made it (a new encoder, a new stage 1)
+        "init": _init_identity(init_dir) if stage == 2 else _init_identity(params.train.init.encoder),
         "code": [_files_digest(directory, "*.py") for directory in code],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

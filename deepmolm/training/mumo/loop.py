@@ -19,7 +19,7 @@ import torch
 
 from deepmolm.models.mumo.processing import Molecule, mask_tokens, model_inputs
 from deepmolm.runtime import numerics
-from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, RESULTS, STATE
+from deepmolm.training.checkpoints import HISTORY, PROVENANCE, RESULTS, STATE, report_files, restore_files, worker_context
 from deepmolm.training.deepmolm.loop import optimizer_step, seed_everything
 from deepmolm.training.metrics import regression_errors
 
@@ -40,44 +40,6 @@ def _to(inputs: dict, device: torch.device) -> dict:
     return {key: value.to(device) for key, value in inputs.items()}
 
 
-def _context():
-    import ray.train
-    import ray.train.torch
-
-    context = ray.train.get_context()
-    return context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
-
-
-def _restore():
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        directory = Path(directory)
-        saved = {name: (directory / name).read_text() for name in (STATE, HISTORY, RESULTS) if (directory / name).is_file()}
-        weights = {p.name: p.read_bytes() for p in directory.iterdir() if p.suffix in (".safetensors", ".pt")}
-    return saved, weights
-
-
-def _report(files: dict[str, str], strategy, rank: int, metrics: dict, name: str, export=None) -> None:
-    """A checkpoint of the text files (and the strategy's state, and an exported model at the end)."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        if strategy is not None:
-            strategy.save(directory, rank)
-        if rank == 0:
-            for filename, text in files.items():
-                (directory / filename).write_text(text)
-            if export is not None:
-                export(directory / EXPORT)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
-                         checkpoint_dir_name=name)
-
-
 def pretrain_worker(config: dict) -> None:
     """Masked-language modelling on SMILES, with each molecule's structural prior injected."""
     import ray
@@ -88,14 +50,14 @@ def pretrain_worker(config: dict) -> None:
 
     params, plan, tokenizer = config["params"], config["plan"], config["tokenizer"]
     molecules: list[Molecule] = ray.get(config["molecules"])
-    rank, world, device = _context()
+    rank, world, device = worker_context()
     numerics.check(params.numerics, params.numerics.worker_threads)
     run = params.mumo.pretrain
     seed_everything(params.train.seed)
     model = MuMoForMaskedLM(mumo_config(params, vocab_size=len(tokenizer)))
     strategy = DDPStrategy(model, params.train, run, plan["total_steps"], device, False)
     state, history = {"step": 0, "epoch": 0, "resumed_from": []}, []
-    if (restored := _restore()) is not None:
+    if (restored := restore_files()) is not None:
         files, weights = restored
         saved = json.loads(files[STATE])
         with tempfile.TemporaryDirectory() as tmp:
@@ -138,11 +100,11 @@ def pretrain_worker(config: dict) -> None:
             if state["step"] >= total:
                 break
             if state["step"] % params.train.checkpoint_every_steps == 0:
-                _report(files(), strategy, rank, {"step": state["step"]}, f"checkpoint_{state['step']:07d}")
+                report_files(files(), strategy, rank, {"step": state["step"]}, f"checkpoint_{state['step']:07d}")
         else:
             state["epoch"] += 1
     state["final"] = True
-    _report(files(), strategy, rank, {"step": state["step"], "final": True}, f"checkpoint_{state['step']:07d}_final",
+    report_files(files(), strategy, rank, {"step": state["step"], "final": True}, f"checkpoint_{state['step']:07d}_final",
             export=export)
 
 
@@ -212,10 +174,10 @@ def finetune_worker(config: dict) -> None:
 
     params, jobs, tokenizer = config["params"], config["jobs"], config["tokenizer"]
     data = ray.get(config["data"])
-    rank, world, device = _context()
+    rank, world, device = worker_context()
     numerics.check(params.numerics, params.numerics.worker_threads)
     results: list[dict] = []
-    if (restored := _restore()) is not None:
+    if (restored := restore_files()) is not None:
         results = [json.loads(line) for line in restored[0].get(RESULTS, "").splitlines() if line]
     done = {r["name"] for r in results}
     for job in jobs:
@@ -233,4 +195,4 @@ def finetune_worker(config: dict) -> None:
             print(f"[mumo] {job['name']}: test RMSE {result['test']['rmse']:.3f} (best epoch {result['best_epoch']}, "
                   f"{result['seconds']} s) [{len(results)}/{len(jobs)}]", flush=True)
         text = "".join(json.dumps(r) + "\n" for r in results)
-        _report({RESULTS: text}, None, rank, {"finished": len(results)}, f"checkpoint_{len(results):04d}")
+        report_files({RESULTS: text}, None, rank, {"finished": len(results)}, f"checkpoint_{len(results):04d}")
