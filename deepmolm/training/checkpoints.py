@@ -3,6 +3,7 @@ drivers: a resumed run finds what an interrupted one wrote, whichever family wro
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -51,3 +52,41 @@ def report_files(files: dict[str, str], strategy, rank: int, metrics: dict, name
                 export(directory / EXPORT)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
                          checkpoint_dir_name=name)
+
+
+def resumed_state(strategy) -> tuple[dict, list[dict]]:
+    """A step loop's (state, step history): a fresh run's, or the last checkpoint's, with the
+    strategy's weights and optimizer restored from it."""
+    if (restored := restore_files()) is None:
+        return {"step": 0, "epoch": 0, "resumed_from": []}, []
+    files, weights = restored
+    saved = json.loads(files[STATE])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in weights.items():
+            (Path(tmp) / name).write_bytes(data)
+        strategy.load(Path(tmp))
+    history = [json.loads(line) for line in files[HISTORY].splitlines() if line]
+    return {**saved, "resumed_from": [*saved["resumed_from"], saved["step"]]}, history
+
+
+def step_through_epochs(strategy, state: dict, history: list[dict], *, total: int, epoch_batches, step,
+                        files, rank: int, tag: str, checkpoint_every: int) -> None:
+    """The pretraining loops' walk over epochs until `total` steps: `epoch_batches(epoch)` is the
+    rank's batches of an epoch (a function of the epoch: a resumed run skips the ones done),
+    `step(batch, epoch)` one optimizer step's history row; a checkpoint of `files()` every
+    `checkpoint_every` steps. The final checkpoint is the caller's (it carries the export)."""
+    while state["step"] < total:
+        batches = epoch_batches(state["epoch"])
+        skip = state["step"] - state["epoch"] * len(batches)
+        for batch in batches[skip:]:
+            row = step(batch, state["epoch"])
+            state["step"] += 1
+            history.append({"step": state["step"], **row})
+            if rank == 0 and state["step"] % max(1, total // 20) == 0:
+                print(f"[{tag}] step {state['step']}/{total} loss {row['loss']:.4f}", flush=True)
+            if state["step"] >= total:
+                break
+            if state["step"] % checkpoint_every == 0:
+                report_files(files(), strategy, rank, {"step": state["step"]}, f"checkpoint_{state['step']:07d}")
+        else:
+            state["epoch"] += 1

@@ -63,7 +63,10 @@ def test_a_recipe_sets_its_keys_over_the_file_and_overrides_win_over_the_recipe(
     assert gpu.train.init.deepencoder is not None and gpu.train.init.language is not None, "pretrained parts: paths only"
     assert gpu.train.init.sam is None, "DeepSeek-OCR's DeepEncoder, SAM and CLIP trained together, as DeepMoLM uses it"
     assert load_params(PARAMS, ["recipe=gpu_small", "train.stage2.learning_rate=0.5"]).train.stage2.learning_rate == 0.5
-    with pytest.raises(ConfigError, match="recipe 'fast' is not one of recipes: cpu, gpu_small, gpu_paper"):
+    drawing = load_params(PARAMS, ["recipe=cpu_drawing"])
+    assert drawing.train.init.encoder == REPO / "models" / "encoder" and cpu.train.init.encoder is None
+    assert (drawing.train.stage1.withhold_e3fp, drawing.train.stage2.withhold_e3fp, cpu.train.stage2.withhold_e3fp) == (0.5, 0.5, 0)
+    with pytest.raises(ConfigError, match="recipe 'fast' is not one of recipes: cpu, cpu_drawing, gpu_small, gpu_paper"):
         load_params(PARAMS, ["recipe=fast"])
     with pytest.raises(ConfigError, match=r"recipes.cpu.train.stage2.epoch: unknown key"):
         load_params(PARAMS, ["recipes.cpu={train.stage2.epoch: 3}"])

@@ -48,7 +48,7 @@ def split_set(instruction_set, tmp_path_factory) -> tuple[Path, set[int]]:
 def setting(split_set, small_versions, tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     params = load_params(PARAMS, [*small_versions[2], *tmp_overrides(root), "train.splits=[validation]",
-                                  "model.preset=tiny", "train.holdout.fraction=0", "train.init.encoder=null",
+                                  "model.preset=tiny", "train.holdout.fraction=0",
                                   "eval.splits=[test]", "model.generation.max_new_tokens=12", "model.generation.min_new_tokens=2",
                                   "eval.property_max_new_tokens=6", "report.gallery_size=3"])
     model = initial_model(params, 1, tokenizer, None)

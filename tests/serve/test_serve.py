@@ -57,7 +57,7 @@ def server(instruction_set, small_versions, tokenizer, shared, tmp_path_factory)
     root = tmp_path_factory.mktemp("serve")
     pool_set = split_copy(instruction_set, root, "validation")  # every molecule in the training pool
     overrides = [*small_versions[2], *tmp_overrides(root), "model.preset=tiny", "train.splits=[validation]",
-                 "train.holdout.fraction=0", "train.init.encoder=null", "model.generation.max_new_tokens=8", "model.generation.min_new_tokens=6",
+                 "train.holdout.fraction=0", "model.generation.max_new_tokens=8", "model.generation.min_new_tokens=6",
                  "eval.property_max_new_tokens=8", "serve.max_smiles_chars=300", "serve.max_upload_bytes=200000"]
     model = initial_model(load_params(PARAMS, overrides), 1, tokenizer, None)
     blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i], skip_special_tokens=True).strip()]

@@ -126,25 +126,25 @@ def test_stage_1_trains_the_projector_and_stage_2_with_lora_only_adapters_and_pr
 def test_parts_that_start_random_train_in_both_stages_and_pretrained_ones_follow_the_paper(tmp_path):
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"")
-    assert random_parts(load_params(PARAMS), 1) == {"language_model"}, "the cpu recipe's encoder is pretrained (stage 0)"
-    random_start = load_params(PARAMS, ["train.init.encoder=null"])
+    assert random_parts(load_params(PARAMS, ["recipe=cpu_drawing"]), 1) == {"language_model"}, "stage 0's encoder"
+    random_start = load_params(PARAMS)
     assert random_parts(random_start, 1) == random_parts(random_start, 2) == {"encoder", "language_model"}
     model = _tiny(random_start)
     set_trainable(model, random_start.train.stage1, random_parts(random_start, 1))
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == \
         {"encoder", "projector", "language_model", "number_head"}, "the number head trains with the LM"
-    apart = load_params(PARAMS, ["train.init.encoder=null", f"train.init.sam={weights}", f"train.init.clip={weights}",
+    apart = load_params(PARAMS, [f"train.init.sam={weights}", f"train.init.clip={weights}",
                                  f"train.init.language={weights}"])
     assert random_parts(apart, 1) == {"encoder.compressor"}, "between a separate SAM and CLIP nothing is pretrained"
-    together = load_params(PARAMS, ["train.init.encoder=null", f"train.init.deepencoder={weights}", f"train.init.language={weights}"])
+    together = load_params(PARAMS, [f"train.init.deepencoder={weights}", f"train.init.language={weights}"])
     assert random_parts(together, 1) == set(), "DeepSeek-OCR's DeepEncoder stays frozen, as in the paper"
     model = _tiny(apart)
     counts = set_trainable(model, apart.train.stage1, random_parts(apart, 1))
     assert counts["blocks"] == {"encoder.clip": "frozen", "encoder.compressor": "trainable", "encoder.sam": "frozen",
                                 "language_model": "frozen", "number_head": "frozen", "projector": "trainable"}
-    assert random_parts(load_params(PARAMS, ["train.init.encoder=null", f"train.init.sam={weights}"]), 1) == {"encoder.compressor", "encoder.clip",
+    assert random_parts(load_params(PARAMS, [f"train.init.sam={weights}"]), 1) == {"encoder.compressor", "encoder.clip",
                                                                                  "language_model"}
-    assert random_parts(load_params(PARAMS, ["train.init.encoder=null", f"train.init.language={weights}"]), 2) == {"encoder"}
+    assert random_parts(load_params(PARAMS, [f"train.init.language={weights}"]), 2) == {"encoder"}
     assert random_parts(load_params(PARAMS, ["train.train_random_parts=false"]), 1) == set()
 
 
@@ -290,7 +290,7 @@ def test_stage1_with_0_epochs_exports_the_random_start_without_ray(instruction_s
     from deepmolm.training.deepmolm.launch import run_stage
     from deepmolm.training.driver import read_metric
 
-    overrides = ["train.splits=null", "train.init.encoder=null", "train.micro_batch_size=2", "train.holdout.fraction=0", "model.preset=tiny",
+    overrides = ["train.splits=null", "train.micro_batch_size=2", "train.holdout.fraction=0", "model.preset=tiny",
                  "train.stage1.epochs=0", f"train.models_dir={tmp_path / 'models'}", f"paths.reports_dir={tmp_path / 'r'}",
                  f"paths.logs_dir={tmp_path / 'logs'}", f"train.runs_dir={tmp_path / 'runs'}"]
     params = load_params(PARAMS, overrides)
@@ -333,7 +333,7 @@ def test_a_pretrained_deepencoder_stays_byte_equal_through_both_stages_and_a_ran
         return {k: not torch.equal(before[k], v) for k, v in model.state_dict().items()}
 
     weights = tmp_path / "deepseek-ocr"
-    together = load_params(PARAMS, ["train.init.encoder=null", f"train.init.deepencoder={weights}", f"train.init.language={weights}"])
+    together = load_params(PARAMS, [f"train.init.deepencoder={weights}", f"train.init.language={weights}"])
     model = tiny()
     _deepseek_checkpoint(model, weights)
     load_pretrained_part(model, "deepencoder", weights)
@@ -341,7 +341,7 @@ def test_a_pretrained_deepencoder_stays_byte_equal_through_both_stages_and_a_ran
     assert not any(changed for key, changed in moved.items() if key.startswith("encoder.")), "bytes equal"
     assert any(changed for key, changed in moved.items() if key.startswith("projector."))
 
-    apart = load_params(PARAMS, ["train.init.encoder=null", f"train.init.sam={weights}", f"train.init.clip={weights}",
+    apart = load_params(PARAMS, [f"train.init.sam={weights}", f"train.init.clip={weights}",
                                  f"train.init.language={weights}"])
     moved = steps(tiny(), apart)
     assert all(moved[k] for k in ("encoder.compressor.down1.weight", "encoder.compressor.down2.weight"))

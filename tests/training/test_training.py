@@ -36,7 +36,7 @@ def _train_overrides(root: Path, *extra: str) -> list[str]:
         f"paths.reports_dir={root / 'reports'}", f"paths.logs_dir={root / 'logs'}", f"train.runs_dir={root / 'runs'}",
         f"train.models_dir={root / 'models'}",
         "train.splits=null", "train.micro_batch_size=2", "model.preset=tiny", "model.max_length=512",
-        "train.holdout.fraction=0", "train.init.encoder=null", *extra,
+        "train.holdout.fraction=0", *extra,
     ]
 
 
@@ -258,8 +258,7 @@ def test_the_readmes_submit_command_trains_stage2_with_the_default_params(instru
     sets = project / "data" / "instructions" / "chebi20"
     sets.mkdir(parents=True)
     trained_on = split_copy(instruction_set, sets, params.train.splits[0])
-    random_start = load_params(project / "params.yaml", ["train.init.encoder=null"])  # stage 2 is what runs here
-    initial_model(random_start, 1, tokenizer, None).save_pretrained(project / "models" / "stage1")
+    initial_model(params, 1, tokenizer, None).save_pretrained(project / "models" / "stage1")
     tokenizer.save_pretrained(project / "models" / "stage1")
 
     address = _start_ray_head(ray_processes)

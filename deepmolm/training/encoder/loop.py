@@ -10,7 +10,6 @@ so the encoder never sees the same picture twice; the held-out molecules keep on
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ from torch import nn
 from deepmolm.models.deepmolm.deep_encoder import DeepEncoder, DeepEncoderSpec
 from deepmolm.models.deepmolm.processing import normalise_pixels
 from deepmolm.runtime import numerics
-from deepmolm.training.checkpoints import HISTORY, PROVENANCE, STATE, report_files, restore_files, worker_context
+from deepmolm.training.checkpoints import HISTORY, PROVENANCE, STATE, report_files, resumed_state, step_through_epochs, worker_context
 from deepmolm.training.deepmolm.loop import seed_everything
 from deepmolm.training.encoder.drawings import ATOM_KINDS, DrawingStyle, pretraining_example
 from deepmolm.training.mumo.loop import epoch_batches
@@ -105,16 +104,7 @@ def pretrain_worker(config: dict) -> None:
     model = DrawingReader(spec)
     total = plan["total_steps"]
     strategy = DDPStrategy(model, params.train, run, max(total, 1), device, False)
-    state, history = {"step": 0, "epoch": 0, "resumed_from": []}, []
-    if (restored := restore_files()) is not None:
-        files, weights = restored
-        saved = json.loads(files[STATE])
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, data in weights.items():
-                (Path(tmp) / name).write_bytes(data)
-            strategy.load(Path(tmp))
-        history = [json.loads(line) for line in files[HISTORY].splitlines() if line]
-        state = {**saved, "resumed_from": [*saved["resumed_from"], saved["step"]]}
+    state, history = resumed_state(strategy)
 
     def evaluate() -> dict:
         return held_out_metrics(strategy.module, corpus.holdout, spec=spec, run=run, seed=seed, device=device)
@@ -139,31 +129,23 @@ def pretrain_worker(config: dict) -> None:
               f"{len(corpus.holdout)} held out", flush=True)
         if not state["step"]:
             state["before"] = evaluate()
-    while state["step"] < total:
-        batches = epoch_batches(len(corpus.train), run.batch_size, seed, state["epoch"], rank, world)
-        skip = state["step"] - state["epoch"] * len(batches)
-        for index in batches[skip:]:
-            started = time.perf_counter()
-            batch = drawing_batch(corpus.train, index, spec=spec, run=run, seed=seed, epoch=state["epoch"])
-            inputs = {"pixel_values": normalise_pixels(batch["pixels"].to(device), spec),
-                      "atoms": batch["atoms"].to(device)}
-            loss, norm = strategy.step([inputs], [1.0])
-            totals = torch.tensor([loss, len(index)], dtype=torch.float64)
-            if world > 1:
-                torch.distributed.all_reduce(totals)
-            seconds = time.perf_counter() - started
-            state["step"] += 1
-            history.append({"step": state["step"], "epoch": state["epoch"], "loss": float(totals[0]) / world,
-                            "lr": strategy.lr(), "grad_norm": norm, "samples_per_s": float(totals[1]) / seconds,
-                            "seconds": seconds})
-            if rank == 0 and state["step"] % max(1, total // 20) == 0:
-                print(f"[encoder] step {state['step']}/{total} loss {history[-1]['loss']:.4f}", flush=True)
-            if state["step"] >= total:
-                break
-            if state["step"] % params.train.checkpoint_every_steps == 0:
-                report_files(files(), strategy, rank, {"step": state["step"]}, f"checkpoint_{state['step']:07d}")
-        else:
-            state["epoch"] += 1
+
+    def step(index, epoch: int) -> dict:
+        started = time.perf_counter()
+        batch = drawing_batch(corpus.train, index, spec=spec, run=run, seed=seed, epoch=epoch)
+        inputs = {"pixel_values": normalise_pixels(batch["pixels"].to(device), spec), "atoms": batch["atoms"].to(device)}
+        loss, norm = strategy.step([inputs], [1.0])
+        totals = torch.tensor([loss, len(index)], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        seconds = time.perf_counter() - started
+        return {"epoch": epoch, "loss": float(totals[0]) / world, "lr": strategy.lr(), "grad_norm": norm,
+                "samples_per_s": float(totals[1]) / seconds, "seconds": seconds}
+
+    step_through_epochs(strategy, state, history, total=total, step=step, files=files, rank=rank, tag="encoder",
+                        epoch_batches=lambda epoch: epoch_batches(len(corpus.train), run.batch_size, seed, epoch,
+                                                                  rank, world),
+                        checkpoint_every=params.train.checkpoint_every_steps)
     if rank == 0:
         state["after"] = evaluate()
     state["final"] = True

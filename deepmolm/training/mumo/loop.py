@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from deepmolm.models.mumo.processing import Molecule, mask_tokens, model_inputs
 from deepmolm.runtime import numerics
-from deepmolm.training.checkpoints import HISTORY, PROVENANCE, RESULTS, STATE, report_files, restore_files, worker_context
+from deepmolm.training.checkpoints import HISTORY, PROVENANCE, RESULTS, STATE, report_files, restore_files, resumed_state, step_through_epochs, worker_context
 from deepmolm.training.deepmolm.loop import optimizer_step, seed_everything
 from deepmolm.training.metrics import regression_errors
 
@@ -56,16 +55,7 @@ def pretrain_worker(config: dict) -> None:
     seed_everything(params.train.seed)
     model = MuMoForMaskedLM(mumo_config(params, vocab_size=len(tokenizer)))
     strategy = DDPStrategy(model, params.train, run, plan["total_steps"], device, False)
-    state, history = {"step": 0, "epoch": 0, "resumed_from": []}, []
-    if (restored := restore_files()) is not None:
-        files, weights = restored
-        saved = json.loads(files[STATE])
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, data in weights.items():
-                (Path(tmp) / name).write_bytes(data)
-            strategy.load(Path(tmp))
-        history = [json.loads(line) for line in files[HISTORY].splitlines() if line]
-        state = {**saved, "resumed_from": [*saved["resumed_from"], saved["step"]]}
+    state, history = resumed_state(strategy)
     total = plan["total_steps"]
     generator = torch.Generator().manual_seed(params.train.seed * 7919 + rank)
 
@@ -84,25 +74,17 @@ def pretrain_worker(config: dict) -> None:
 
     if rank == 0:
         print(f"[mumo] pretraining: {total} steps on {world} worker(s), {len(molecules)} molecules", flush=True)
-    while state["step"] < total:
-        batches = epoch_batches(len(molecules), run.batch_size, params.train.seed, state["epoch"], rank, world)
-        skip = state["step"] - state["epoch"] * len(batches)
-        for index in batches[skip:]:
-            started = time.perf_counter()
-            chosen = [molecules[i] for i in index]
-            inputs = mask_tokens(model_inputs(tokenizer, chosen, params.mumo.max_length), tokenizer,
-                                 run.mask_ratio, generator)
-            row = optimizer_step(strategy, [_to(inputs, device)], world, started, state["epoch"])
-            state["step"] += 1
-            history.append({"step": state["step"], **row})
-            if rank == 0 and state["step"] % max(1, total // 20) == 0:
-                print(f"[mumo] pretrain step {state['step']}/{total} loss {row['loss']:.4f}", flush=True)
-            if state["step"] >= total:
-                break
-            if state["step"] % params.train.checkpoint_every_steps == 0:
-                report_files(files(), strategy, rank, {"step": state["step"]}, f"checkpoint_{state['step']:07d}")
-        else:
-            state["epoch"] += 1
+
+    def step(index, epoch: int) -> dict:
+        started = time.perf_counter()
+        inputs = mask_tokens(model_inputs(tokenizer, [molecules[i] for i in index], params.mumo.max_length), tokenizer,
+                             run.mask_ratio, generator)
+        return optimizer_step(strategy, [_to(inputs, device)], world, started, epoch)
+
+    step_through_epochs(strategy, state, history, total=total, step=step, files=files, rank=rank, tag="mumo pretrain",
+                        epoch_batches=lambda epoch: epoch_batches(len(molecules), run.batch_size, params.train.seed,
+                                                                  epoch, rank, world),
+                        checkpoint_every=params.train.checkpoint_every_steps)
     state["final"] = True
     report_files(files(), strategy, rank, {"step": state["step"], "final": True}, f"checkpoint_{state['step']:07d}_final",
             export=export)

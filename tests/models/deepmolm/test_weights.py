@@ -210,7 +210,7 @@ def test_check_weights_reads_headers_against_a_meta_model_and_exits_1_on_a_wrong
     from tests.conftest import run_cli
 
     _deepseek_checkpoint(model, tmp_path / "deepseek-ocr")
-    params = load_params(PARAMS, ["model.preset=tiny", "train.init.encoder=null", f"train.init.deepencoder={tmp_path / 'deepseek-ocr'}"])
+    params = load_params(PARAMS, ["model.preset=tiny", f"train.init.deepencoder={tmp_path / 'deepseek-ocr'}"])
     report = check_weights(params, tokenizer)
     encoder_keys = sum(1 for k in model.state_dict() if k.startswith("encoder."))
     assert report["problems"] == [] and report["parts"]["deepencoder"]["mapped"] == encoder_keys
@@ -220,5 +220,5 @@ def test_check_weights_reads_headers_against_a_meta_model_and_exits_1_on_a_wrong
     wrong = tmp_path / "wrong.safetensors"
     save_file({**tensors, "model.sam_model.pos_embed": torch.zeros(1, 2, 2, 3)}, str(wrong))
     checked = run_cli("model", "check-weights", "--tokenizer", str(tokenizer_dir), "-S", "model.preset=tiny",
-                      "-S", "train.init.encoder=null", "-S", f"train.init.deepencoder={wrong}")
+                      "-S", f"train.init.deepencoder={wrong}")
     assert checked.returncode == 1 and "encoder.sam.pos_embed has shape (1, 2, 2, 3)" in checked.stdout, checked.stdout
