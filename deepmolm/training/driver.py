@@ -107,6 +107,7 @@ def log_metrics(directory: Path, history: list[dict], summary: dict, *, epochs: 
                 if ended[step].get("holdout_loss") is not None:
                     live.log_metric("holdout/loss", ended[step]["holdout_loss"])
         live.summary.update(summary)
+    (Path(directory) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # a declared output, empty without steps
 
 
 @functools.cache

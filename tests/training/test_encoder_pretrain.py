@@ -159,3 +159,4 @@ def test_a_recipe_that_does_not_start_from_the_stages_encoder_trains_nothing(tmp
     assert json.loads((out / "NOT_USED.json").read_text())["reason"] == summary["reason"]
     metrics = json.loads((tmp_path / "reports" / "train" / "encoder" / "metrics.json").read_text())
     assert metrics["skipped"] is True and metrics["steps"] == 0
+    assert (tmp_path / "reports" / "train" / "encoder" / "plots" / "metrics").is_dir(), "a declared output, empty"

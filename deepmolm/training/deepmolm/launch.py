@@ -195,7 +195,6 @@ def _untrained(params: Params, stage: int, plan: dict, paths: dict) -> dict:
         "up_to_date": False, "skipped": True,
     }
     log_metrics(paths["metrics"], [], summary)
-    (paths["metrics"] / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # a declared output, empty
     log_run(params.paths.logs_dir, "train", out, stage=stage, run=plan["run"], seconds=0.0, checkpoint=None,
             resumed_from=None, skipped=True)
     return summary
