@@ -45,8 +45,9 @@ def pretrain_encoder(params: Params, *, shards: Path | None = None, out: Path | 
     if if_used and (params.train.init.encoder is None or Path(params.train.init.encoder).resolve() != out):
         return _not_used(params, out)
     version = resolve_version(Path(shards or params.paths.shards_dir / "chebi20"))
-    corpus = build_corpus(read_shards(version, SHARD_COLUMNS).to_pylist(), train_splits=params.train.splits, eval_splits=list(params.eval.splits),
-                          holdout_fraction=params.train.holdout.fraction, holdout_seed=params.train.holdout.seed,
+    corpus = build_corpus(read_shards(version, SHARD_COLUMNS).to_pylist(), train_splits=params.train.splits,
+                          eval_splits=list(params.eval.splits), holdout_fraction=params.train.holdout.fraction,
+                          holdout_seed=params.train.holdout.seed,
                           use_train_split=run.train_split_molecules, extra_file=run.molecules_file,
                           extra_molecules=run.file_molecules, corpus_holdout=run.holdout_molecules,
                           seed=params.train.seed)

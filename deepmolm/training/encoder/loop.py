@@ -21,7 +21,15 @@ from torch import nn
 from deepmolm.models.deepmolm.deep_encoder import DeepEncoder, DeepEncoderSpec
 from deepmolm.models.deepmolm.processing import normalise_pixels
 from deepmolm.runtime import numerics
-from deepmolm.training.checkpoints import HISTORY, PROVENANCE, STATE, report_files, resumed_state, step_through_epochs, worker_context
+from deepmolm.training.checkpoints import (
+    HISTORY,
+    PROVENANCE,
+    STATE,
+    report_files,
+    resumed_state,
+    step_through_epochs,
+    worker_context,
+)
 from deepmolm.training.deepmolm.loop import seed_everything
 from deepmolm.training.encoder.drawings import ATOM_KINDS, DrawingStyle, pretraining_example
 from deepmolm.training.mumo.loop import epoch_batches

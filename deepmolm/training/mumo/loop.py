@@ -18,7 +18,17 @@ import torch
 
 from deepmolm.models.mumo.processing import Molecule, mask_tokens, model_inputs
 from deepmolm.runtime import numerics
-from deepmolm.training.checkpoints import HISTORY, PROVENANCE, RESULTS, STATE, report_files, restore_files, resumed_state, step_through_epochs, worker_context
+from deepmolm.training.checkpoints import (
+    HISTORY,
+    PROVENANCE,
+    RESULTS,
+    STATE,
+    report_files,
+    restore_files,
+    resumed_state,
+    step_through_epochs,
+    worker_context,
+)
 from deepmolm.training.deepmolm.loop import optimizer_step, seed_everything
 from deepmolm.training.metrics import regression_errors
 
