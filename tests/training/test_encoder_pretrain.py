@@ -4,7 +4,6 @@ evaluated split, every row accounted for), and the stage's Ray Train run whose e
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
