@@ -52,11 +52,10 @@ def build_corpus(shard_rows: list[dict], *, train_splits: list[str] | None, eval
                  extra_file: Path | None, extra_molecules: int, corpus_holdout: int, seed: int) -> Corpus:
     """The pretraining molecules and a seeded held-out slice of `corpus_holdout` of them, from a shard
     version's rows (cid, split, smiles, inchikey: `SHARD_COLUMNS`) and the extra file."""
-    table = shard_rows
-    evaluated = {skeleton(row["inchikey"]) for row in table if row["split"] in eval_splits}
+    evaluated = {skeleton(row["inchikey"]) for row in shard_rows if row["split"] in eval_splits}
     counts: dict[str, Counter] = {"shards": Counter(), "extra": Counter()}
     chosen: list[str] = []
-    for row in table:
+    for row in shard_rows:
         counts["shards"]["read"] += 1
         if row["split"] in eval_splits:
             reason = "evaluated_split"

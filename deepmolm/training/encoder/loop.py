@@ -57,9 +57,9 @@ def drawing_style(run) -> DrawingStyle:
 
 def drawing_batch(smiles: list[str], indices, *, spec: DeepEncoderSpec, run, seed: int, epoch: int) -> dict:
     """uint8 pixels [B, 3, S, S] and atoms per token [B, tokens, kinds] of these molecules."""
-    grid = spec.grid // 4
+    grid, style = spec.grid // 4, drawing_style(run)
     examples = [pretraining_example(smiles[i], image_size=spec.image_size, grid=grid, render_factor=run.render_factor,
-                                    style=drawing_style(run), seed=(seed, epoch + 1, int(i))) for i in indices]
+                                    style=style, seed=(seed, epoch + 1, int(i))) for i in indices]
     failed = [smiles[i] for i, e in zip(indices, examples) if isinstance(e, str)]
     if failed:  # the corpus keeps only molecules RDKit parsed
         raise ValueError(f"could not draw {failed[:3]}")
