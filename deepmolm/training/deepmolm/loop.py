@@ -198,6 +198,8 @@ def train_worker(config: dict) -> None:
             next_epoch(state)
     if model.config.number_head and train.number_head_refit.steps:
         started = time.perf_counter()
+        # fitted on the inputs it answers at evaluation, both views: withholding E3FP is for training
+        datasets["train"].withhold_e3fp = 0.0
         state["number_head_refit"] = refit_number_head(
             strategy.module, slot_batches(datasets["train"], config["rows"]["train"], rank, world, loader_options,
                                           train.micro_batch_size, spec, device),
