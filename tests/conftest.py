@@ -120,6 +120,32 @@ def instruction_set(small_versions, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def split_set(instruction_set, tmp_path_factory) -> tuple[Path, set[int]]:
+    """A copy of the shared instruction set with the upper half of its molecules (by CID) held out as test."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
+    from deepmolm.runtime.run_log import portable_path
+    from deepmolm.store.versions import MANIFEST
+
+    copy = tmp_path_factory.mktemp("split_set") / instruction_set.name
+    shutil.copytree(instruction_set, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())  # the set points at its shards relative to itself
+    manifest["shards"] = portable_path(instruction_shards(instruction_set), start=copy)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    table = read_instructions(copy)
+    cids = sorted(set(table.column("cid").to_pylist()))
+    held = set(cids[len(cids) // 2:])
+    splits = pa.array(["test" if c in held else "validation" for c in table.column("cid").to_pylist()], pa.string())
+    pq.write_table(table.set_column(table.schema.get_field_index("split"), "split", splits), copy / EXAMPLES)
+    return copy, held
+
+
+@pytest.fixture(scope="session")
 def drawings64(small_versions, tmp_path_factory):
     """The first small version's drawing store at the tiny preset's 64 px."""
     from deepmolm.models.deepmolm.drawing_store import build_drawings

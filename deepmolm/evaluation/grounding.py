@@ -35,6 +35,7 @@ def atom_attention(model, pixels: torch.Tensor, e3fp: torch.Tensor) -> tuple[np.
     """One molecule ([3, S, S] uint8, [atoms, levels]): each atom's attention from every visual token
     as [grid, grid, atoms] (its levels summed), and the null key's share as [grid, grid]."""
     weights = model.projector.attention(model.encoder(normalise_pixels(pixels[None], model.config.encoder_spec())), e3fp[None])[0]
+    weights = weights.float()  # a bf16 model's attention: numpy has no bf16
     tokens, atoms, levels = weights.shape[0], e3fp.shape[0], e3fp.shape[1]
     grid = math.isqrt(tokens)
     per_atom = weights[:, 1:].reshape(tokens, atoms, levels).sum(dim=-1)

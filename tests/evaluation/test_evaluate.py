@@ -5,43 +5,22 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from deepmolm.config import ConfigError, load_params
-from deepmolm.data.instructions import EXAMPLES, instruction_shards, read_instructions
+from deepmolm.data.instructions import instruction_shards, read_instructions
 from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
 from deepmolm.evaluation.model_answers import answer_examples, examples_of_splits
 from deepmolm.models.deepmolm.generation import left_padded, task_decoding
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.tokenizer import build_tokenizer
 from deepmolm.reports.pipeline import write_pipeline_report
-from deepmolm.runtime.run_log import portable_path, read_runs
-from deepmolm.store.versions import MANIFEST
+from deepmolm.runtime.run_log import read_runs
 from deepmolm.training.driver import log_metrics
 from deepmolm.training.deepmolm.stages import initial_model
 from tests.conftest import PARAMS, run_cli, tmp_overrides
-
-
-@pytest.fixture(scope="module")
-def split_set(instruction_set, tmp_path_factory) -> tuple[Path, set[int]]:
-    """The shared instruction set with the upper half of its molecules (by CID) held out as test."""
-    copy = tmp_path_factory.mktemp("split_set") / instruction_set.name
-    shutil.copytree(instruction_set, copy)
-    manifest = json.loads((copy / MANIFEST).read_text())  # the set points at its shards relative to itself
-    manifest["shards"] = portable_path(instruction_shards(instruction_set), start=copy)
-    (copy / MANIFEST).write_text(json.dumps(manifest))
-    table = read_instructions(copy)
-    cids = sorted(set(table.column("cid").to_pylist()))
-    held = set(cids[len(cids) // 2:])
-    splits = pa.array(["test" if c in held else "validation" for c in table.column("cid").to_pylist()], pa.string())
-    pq.write_table(table.set_column(table.schema.get_field_index("split"), "split", splits), copy / EXAMPLES)
-    return copy, held
 
 
 @pytest.fixture(scope="module")

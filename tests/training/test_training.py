@@ -13,8 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,8 +24,7 @@ from deepmolm.runtime.run_log import read_runs
 from deepmolm.training.deepmolm.launch import RUN_FACTS
 from deepmolm.training.driver import SUMMARY, read_metric
 from tests.conftest import PARAMS
-
-BIN = Path(sys.executable).parent
+from tests.training.conftest import BIN, RayProcesses, deepmolm_cli
 
 
 def _train_overrides(root: Path, *extra: str) -> list[str]:
@@ -40,56 +37,11 @@ def _train_overrides(root: Path, *extra: str) -> list[str]:
     ]
 
 
-class RayProcesses:
-    """A private Ray temp dir for the subprocesses; everything Ray started under it is killed after."""
-
-    def __init__(self):
-        self.tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths have a length limit
-
-    def env(self) -> dict:
-        return {**os.environ, "RAY_TMPDIR": self.tmp, "PATH": f"{BIN}:{os.environ['PATH']}",
-                "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
-
-    def cleanup(self) -> None:
-        """By environment, not command line: Ray renames its processes (ray::RayTrainWorker, ...)."""
-        import psutil
-
-        environments = {}
-        for process in psutil.process_iter():
-            try:
-                environments[process] = process.environ()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-        ours = {p.pid for p, env in environments.items() if env.get("RAY_TMPDIR") == self.tmp}
-        # the raylet's agents get a clean environment that names their raylet instead
-        ours |= {p.pid for p, env in environments.items() if env.get("RAY_RAYLET_PID", "").isdigit()
-                 and int(env["RAY_RAYLET_PID"]) in ours}
-        for process in environments:
-            if process.pid in ours:
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-@pytest.fixture
-def ray_processes():
-    processes = RayProcesses()
-    yield processes
-    processes.cleanup()
-
-
-def _deepmolm(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "deepmolm"), *args], env=env, capture_output=True, text=True,
-                          cwd=PARAMS.parent, timeout=480, **kwargs)
-
-
 def _train(stage: int, overrides: list[str], env: dict, *extra: str) -> dict:
     args = ["train", "run", "--stage", str(stage), *extra, "--json"]
     for override in overrides:
         args += ["-S", override]
-    done = _deepmolm(args, env)
+    done = deepmolm_cli(args, env)
     assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -181,7 +133,7 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     assert not (tmp_path / "models" / "stage1").exists() and later < 40
 
     address = _start_ray_head(ray_processes)
-    submitted = _deepmolm(["train", "submit", "--address", address, "--stage", "1", *sets, "--json"], ray_processes.env())
+    submitted = deepmolm_cli(["train", "submit", "--address", address, "--stage", "1", *sets, "--json"], ray_processes.env())
     assert submitted.returncode == 0, submitted.stderr[-4000:] + submitted.stdout[-2000:]
     job = json.loads(submitted.stdout.strip().splitlines()[-1])
     assert job["status"] == "SUCCEEDED" and job["job_id"].startswith("deepmolm-stage1-")
@@ -206,7 +158,7 @@ def test_two_stages_on_two_cpu_workers_surviving_a_killed_worker_and_a_killed_ru
     assert json.loads((stage1 / "provenance.json").read_text())["run"] == summary["run"]
     assert (Path(logged["checkpoint"]) / "trainable.safetensors").is_file()
 
-    failing = _deepmolm(["train", "submit", "--address", address, "--stage", "1", *sets, "-S", "train.splits=[train]",
+    failing = deepmolm_cli(["train", "submit", "--address", address, "--stage", "1", *sets, "-S", "train.splits=[train]",
                          "--json"], ray_processes.env())  # no rows of a train split here: the job fails
     assert failing.returncode == 1
     assert json.loads(failing.stdout.strip().splitlines()[-1])["status"] == "FAILED"

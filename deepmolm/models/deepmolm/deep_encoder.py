@@ -128,7 +128,9 @@ class DeepEncoder(nn.Module):
         self.clip = ClipOnTokens(spec.clip_config(), spec.tokens)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] normalised pixels -> [B, tokens, out_dim]."""
+        """[B, 3, S, S] normalised pixels -> [B, tokens, out_dim], in the weights' dtype (a model
+        trained in bf16 is saved and loaded in bf16; the processor's pixels are float32)."""
+        pixel_values = pixel_values.to(self.sam.patch_embed.projection.weight.dtype)
         features = self.sam(pixel_values=pixel_values).last_hidden_state  # [B, 256, G, G]
         compressed = self.compressor(features).flatten(2).transpose(1, 2)  # [B, tokens, 1024]
         clip = self.clip(compressed)[:, 1:]

@@ -121,7 +121,7 @@ class _GeometryProjector(LinearProjector):
         tokens, padding = self.e3fp_tokens(e3fp)
         if self.spec.size_features:
             atoms = (~padding.reshape(len(padding), -1, self.spec.e3fp_levels)).any(dim=-1).sum(dim=1)
-            queries = queries + self.size_in(size_features(atoms))[:, None]
+            queries = queries + self.size_in(size_features(atoms).to(self.size_in.weight.dtype))[:, None]
         if self.spec.e3fp_sum:  # padding tokens are zero: a sum over the molecule's own tokens only
             queries = queries + self.sum_in(tokens.sum(dim=1) / SIZE_SCALE)[:, None]
         return queries, tokens, padding

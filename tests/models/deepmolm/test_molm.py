@@ -49,6 +49,22 @@ def test_shapes_through_every_block():
     assert out.logits.shape == (2, 13, 512) and torch.isfinite(out.loss)
 
 
+def test_a_model_saved_in_bf16_reads_the_processors_float32_inputs(tmp_path):
+    """What a GPU recipe exports (bf16) is what evaluation, predict and serve load, with float32
+    pixels and size features from the processor."""
+    params = load_params(PARAMS, ["model.presets.tiny.fusion.size_features=true"])
+    torch.manual_seed(0)
+    DeepMoLMForCausalLM(model_config(params, "tiny", image_token_id=IMAGE_TOKEN, number_token_id=NUMBER_TOKEN)
+                        ).to(torch.bfloat16).save_pretrained(tmp_path)
+    model = DeepMoLMForCausalLM.from_pretrained(tmp_path, local_files_only=True).eval()
+    assert model.encoder.sam.patch_embed.projection.weight.dtype == torch.bfloat16
+    batch = examples(2)
+    assert batch["pixel_values"].dtype == torch.float32
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.logits.shape == (2, 13, 512) and torch.isfinite(out.loss)
+
+
 @pytest.mark.parametrize("variant", ["fusion", "fusion_zero_e3fp", "concat", "linear"])
 def test_each_projector_variant_runs_in_the_model(variant):
     out = tiny(variant).eval()(**examples(2))

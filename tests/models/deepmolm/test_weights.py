@@ -80,9 +80,10 @@ def _deepseek_name(ours: str) -> str | None:
     return None
 
 
-def _deepseek_checkpoint(model, directory) -> dict[str, torch.Tensor]:
+def _deepseek_checkpoint(model, directory, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random weights at the tiny encoder's shapes under DeepSeek-OCR's names, the rest of its
-    checkpoint beside them, written as two shards with their index, as the Hub has it."""
+    checkpoint beside them, written as two shards with their index, as the Hub has it (whose
+    tensors are bf16: `dtype`)."""
     import json
 
     from safetensors.torch import save_file
@@ -94,8 +95,8 @@ def _deepseek_checkpoint(model, directory) -> dict[str, torch.Tensor]:
         if ".self_attn.k_proj." in key or ".self_attn.v_proj." in key:
             continue  # part of the fused qkv_proj made at q_proj
         shape = (3 * tensor.shape[0], *tensor.shape[1:]) if ".self_attn.q_proj." in key else tensor.shape
-        source[_deepseek_name(key)] = torch.randn(shape, generator=generator) * 0.2
-    source.update({key: torch.randn(4, 4, generator=generator) for key in NOT_ENCODER})
+        source[_deepseek_name(key)] = (torch.randn(shape, generator=generator) * 0.2).to(dtype)
+    source.update({key: torch.randn(4, 4, generator=generator).to(dtype) for key in NOT_ENCODER})
     keys = sorted(source)
     directory.mkdir()
     shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
