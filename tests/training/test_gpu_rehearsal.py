@@ -140,4 +140,11 @@ def test_the_gpu_small_recipe_runs_on_cpu_from_checkpoints_in_their_published_la
     metrics = json.loads((tmp_path / "reports" / "eval" / "metrics.json").read_text())
     assert metrics["dataset"]["eval_molecules"] == len(held) and metrics["model"]["captions"]["n"] == len(held)
     assert metrics["model"]["preset"] == TINY_PRESET and evaluated
+
+    from deepmolm.config import load_params
+    from deepmolm.inference import Predictor, molecule_from_smiles
+
+    params = load_params(PARAMS, sets)
+    text = Predictor(models / "stage2").answer(molecule_from_smiles("CC(=O)O", params), "Describe the input molecule.", params)
+    assert isinstance(text, str), "`deepmolm predict` and `serve` load the bf16 export and answer"
     print(json.dumps({"seconds": seconds}))
