@@ -154,6 +154,8 @@ def test_both_training_stages_learn_and_record_a_held_out_loss_per_epoch(demo):
     assert counts1["rows"] == ROWS_PER_SPLIT and counts2["rows"] == ROWS_PER_SPLIT * 5, "stage 2: a caption and 4 questions"
     assert counts2["train"] + counts2["holdout"] + counts2["too_long"] == counts2["rows"] and counts2["too_long"] == 0
     assert stage2["last_loss"] < stage2["first_loss"]
+    logged_steps = [line for line in demo.output.splitlines() if "[train] stage 2 step" in line]
+    assert logged_steps and len(logged_steps) == len(set(logged_steps)), "each progress line once"
     refitted = stage2["number_head_refit"]  # the head fitted again on both workers' slots, gathered
     assert refitted["slots"] == 4 * counts2["train_molecules"] and refitted["train_l1"][1] < refitted["train_l1"][0]
     assert stage1["number_head_refit"] is None, "captions only: no slot to fit on"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def fit(params: Params, worker, config: dict, run: str):
     from ray.train.torch import TorchTrainer
 
     connect(params)
+    # Ray Train sends a worker's print to stdout and again through its logger: every [train] line
+    # came twice. A Ray started here is the driver's own, so nothing can preempt it: no watcher
+    # process (a cluster's, named by train.ray_address or a Jobs API job's RAY_ADDRESS, keeps one).
+    # Ray Train reads both in the driver and passes them on; a value set outside wins.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if params.train.ray_address is None and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     train, scaling = params.train, params.train.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})}
     trainer = TorchTrainer(

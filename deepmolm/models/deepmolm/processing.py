@@ -17,13 +17,15 @@ import io
 import re
 from collections import OrderedDict
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from deepmolm.models.deepmolm.deep_encoder import DeepEncoderSpec
+if TYPE_CHECKING:  # the tokenizer stage reads the template from here without loading the encoder's modules
+    from deepmolm.models.deepmolm.deep_encoder import DeepEncoderSpec
 
 IMAGE = "<image>"
 USER = "<|user|>"
