@@ -108,6 +108,7 @@ def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | No
                      "captions": caption_scores(params, baseline["predictions"], metric_tokenizer)},
         "mean_baseline": {"properties": mean_baseline(_property_values(train_rows), properties)},
         "drawing_dependence": dependence,
+        "without_conformer": without_conformer(params, rows, tasks, answers, metric_tokenizer),
         "references": {"degenerate": degenerate_share([p.reference for p in captions])},
         "grounding": {"molecules": len(grounding["molecules"]),
                       "null_share": _mean([m["null_share"] for m in grounding["molecules"]])},
@@ -133,6 +134,16 @@ def scored(params: Params, tasks: dict[str, str], answers: list[Prediction], met
     properties = [p for p in answers if tasks[p.id] == "property_qa"]
     return {"captions": caption_scores(params, [p for p in answers if tasks[p.id] == "caption"], metric_tokenizer),
             "properties": {k: v.as_dict() for k, v in score_properties(properties, params.eval.property_ranges).items()}}
+
+
+def without_conformer(params: Params, rows: list[dict], tasks: dict[str, str], answers: list[Prediction],
+                      metric_tokenizer) -> dict:
+    """The molecules answered from the drawing alone because they have no E3FP (no conformer: too many
+    heavy atoms for featurize.conformer, or no embedding), scored apart: the paper's open question 1."""
+    ids = {r["example_id"] for r in rows if r["e3fp"] is None}
+    molecules = len({r["cid"] for r in rows if r["e3fp"] is None})
+    return {"molecules": molecules, **(scored(params, tasks, [a for a in answers if a.id in ids], metric_tokenizer)
+                                       if ids else {"captions": None, "properties": {}})}
 
 
 def _mean(values: list[float]) -> float | None:

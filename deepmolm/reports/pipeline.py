@@ -259,6 +259,11 @@ def _page(c: dict) -> str:
         parts.append("</table><p>The mean baseline answers every question with the training molecules' mean.</p>")
     if m.get("drawing_dependence"):
         parts.append(_dependence_section(m["drawing_dependence"]))
+    if (apart := m.get("without_conformer")) and apart["molecules"]:
+        maes = ", ".join(f"{e(name)} {_fmt(p['mae'], 2)}" for name, p in sorted(apart["properties"].items()))
+        bleu2 = _fmt((apart["captions"] or {}).get("bleu2"))
+        parts.append(f"<p id='without-conformer'>{apart['molecules']} of the held-out molecules have no conformer (no "
+                     f"E3FP): answered from the drawing alone, BLEU-2 {bleu2}, property MAE {maes or '-'}.</p>")
     if c["curves"]:
         parts.append("<h2>Training</h2>"
                      f"<figure><img src='{e(c['curves'])}' alt='training loss per step'><figcaption>Loss per optimizer step "

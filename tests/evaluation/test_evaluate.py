@@ -89,6 +89,7 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
     assert means["mw"]["mae"] == pytest.approx(sum(abs(v - means["mw"]["mean"]) for v in test_mw) / len(test_mw), abs=1e-3)
     assert set(means) == set(metrics["model"]["properties"])
 
+    assert metrics["without_conformer"]["molecules"] == 0, "every molecule of the small set has a conformer"
     dependence = metrics["drawing_dependence"]  # 24 molecules asked: every held-out one here
     assert dependence["molecules"] == len(held) and dependence["examples"] == len(model_lines)
     assert dependence["with_both"] == {k: metrics["model"][k] for k in ("captions", "properties")}
@@ -114,6 +115,12 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
     assert "mean baseline MAE" in text
     table = text.split("id='drawing-dependence'")[1].split("</table>")[0]
     assert table.count("<tr>") == 4 and "a white picture instead of the drawing" in table and "no E3FP tokens" in table
+    assert "id='without-conformer'" not in text, "no such molecule here"
+    apart = {"molecules": 2, "captions": {**metrics["model"]["captions"], "bleu2": 0.125},
+             "properties": {"mw": {"n": 2, "valid_ratio": 1.0, "mae": 812.5}}}
+    (out / "metrics.json").write_text(json.dumps({**written, "without_conformer": apart}))
+    text = write_pipeline_report(params, directory).read_text()
+    assert "2 of the held-out molecules have no conformer" in text and "BLEU-2 0.125, property MAE mw 812.50" in text
 
 
 def test_on_holdout_the_model_answers_the_held_out_training_molecules_and_never_the_test_split(split_set, setting):
@@ -320,3 +327,26 @@ def test_drawing_dependence_takes_whole_molecules_by_seed_and_subtracts_with_fro
     without = {"captions": {**captions, "bleu2": 0.10}, "properties": {"mw": {"mae": 300.0, "valid_ratio": 0.5}}}
     assert deltas(with_both, without) == {"captions": {**{m: 0.0 for m in captions if m != "n"}, "bleu2": -0.2},
                                           "properties": {"mw": {"mae": 260.0, "valid_ratio": -0.5}}}
+
+
+def test_molecules_without_a_conformer_are_scored_apart(setting):
+    from deepmolm.evaluation.captions import load_metric_tokenizer
+    from deepmolm.evaluation.evaluate import without_conformer
+    from deepmolm.evaluation.predictions import Prediction
+
+    params, _ = setting
+    rows = [{"cid": 1, "example_id": "1-c", "task": "caption", "e3fp": [[1, 2, 3, 4]]},
+            {"cid": 1, "example_id": "1-mw", "task": "property_qa", "e3fp": [[1, 2, 3, 4]]},
+            {"cid": 2, "example_id": "2-c", "task": "caption", "e3fp": None},
+            {"cid": 2, "example_id": "2-mw", "task": "property_qa", "e3fp": None}]
+    tasks = {r["example_id"]: r["task"] for r in rows}
+    answers = [Prediction("1-c", "The molecule is an acid.", "The molecule is an acid."),
+               Prediction("1-mw", "Its molecular weight is 60.0 g/mol.", "It is 61.0 g/mol.", "mw"),
+               Prediction("2-c", "The molecule is a large peptide.", "The molecule is an acid."),
+               Prediction("2-mw", "Its molecular weight is 4000.0 g/mol.", "It is 400.0 g/mol.", "mw")]
+    tokenizer = load_metric_tokenizer(params.eval.tokenizer)
+    apart = without_conformer(params, rows, tasks, answers, tokenizer)
+    assert apart["molecules"] == 1 and apart["captions"]["n"] == 1
+    assert apart["properties"]["mw"]["n"] == 1 and apart["properties"]["mw"]["mae"] == 3600.0, "molecule 2 only"
+    assert without_conformer(params, rows[:2], tasks, answers[:2], tokenizer) == {"molecules": 0, "captions": None,
+                                                                                  "properties": {}}
