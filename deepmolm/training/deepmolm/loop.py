@@ -16,7 +16,6 @@ exported model (`model/`: safetensors, config, tokenizer, provenance).
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import random
@@ -199,13 +198,11 @@ def train_worker(config: dict) -> None:
             next_epoch(state)
     if model.config.number_head and train.number_head_refit.steps:
         started = time.perf_counter()
-        # Fitted on the inputs the model learned to answer from: both views, and where the stage
-        # withheld E3FP, each example again from the drawing alone (never the epoch's random mix)
-        views = [datasets["train"].withholding(share) for share in ([0.0, 1.0] if stage.withhold_e3fp else [0.0])]
+        # fitted on the inputs it answers at evaluation, both views: withholding E3FP is for training
+        datasets["train"].withhold_e3fp = 0.0
         state["number_head_refit"] = refit_number_head(
-            strategy.module, itertools.chain.from_iterable(
-                slot_batches(view, config["rows"]["train"], rank, world, loader_options, train.micro_batch_size, spec,
-                             device) for view in views),
+            strategy.module, slot_batches(datasets["train"], config["rows"]["train"], rank, world, loader_options,
+                                          train.micro_batch_size, spec, device),
             slot_batches(datasets["holdout"], config["rows"]["holdout"], rank, world, loader_options,
                          train.micro_batch_size, spec, device),
             train.number_head_refit, device, bf16, rank, world)
