@@ -80,6 +80,13 @@ def _deepseek_name(ours: str) -> str | None:
     return None
 
 
+def shard_tensors(directory) -> dict[str, torch.Tensor]:
+    """Every tensor of a directory of safetensors shards, by key."""
+    from safetensors.torch import load_file
+
+    return {k: v for shard in sorted(directory.glob("*.safetensors")) for k, v in load_file(str(shard)).items()}
+
+
 def _deepseek_checkpoint(model, directory, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random weights at the tiny encoder's shapes under DeepSeek-OCR's names, the rest of its
     checkpoint beside them, written as two shards with their index, as the Hub has it (whose
@@ -163,10 +170,10 @@ def test_deepseek_ocrs_deepencoder_loads_and_computes_what_its_own_layout_comput
 
 
 def test_a_missing_or_misshapen_deepencoder_weight_is_named(model, tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     _deepseek_checkpoint(model, tmp_path / "full")
-    tensors = {k: v for shard in sorted((tmp_path / "full").glob("*.safetensors")) for k, v in load_file(str(shard)).items()}
+    tensors = shard_tensors(tmp_path / "full")
     missing = tmp_path / "missing"
     missing.mkdir()
     key = next(k for k in tensors if k.startswith("model.sam_model.net_"))
@@ -205,7 +212,7 @@ def test_the_language_model_loads_from_shards_in_transformers_5s_qwen2_vl_layout
 
 def test_check_weights_reads_headers_against_a_meta_model_and_exits_1_on_a_wrong_file(model, tokenizer, tokenizer_dir,
                                                                                           tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from deepmolm.training.deepmolm.stages import check_weights
     from tests.conftest import run_cli
@@ -217,7 +224,7 @@ def test_check_weights_reads_headers_against_a_meta_model_and_exits_1_on_a_wrong
     assert report["problems"] == [] and report["parts"]["deepencoder"]["mapped"] == encoder_keys
     assert report["parts"]["deepencoder"]["skipped"] == len(NOT_ENCODER)
 
-    tensors = {k: v for shard in sorted((tmp_path / "deepseek-ocr").glob("*.safetensors")) for k, v in load_file(str(shard)).items()}
+    tensors = shard_tensors(tmp_path / "deepseek-ocr")
     wrong = tmp_path / "wrong.safetensors"
     save_file({**tensors, "model.sam_model.pos_embed": torch.zeros(1, 2, 2, 3)}, str(wrong))
     checked = run_cli("model", "check-weights", "--tokenizer", str(tokenizer_dir), "-S", "model.preset=tiny",
