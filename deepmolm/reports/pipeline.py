@@ -283,7 +283,8 @@ def _page(c: dict) -> str:
             f"Stage {n}: the number head fitted again alone (train.number_head_refit, {r['steps']:,} steps) on "
             f"{r['slots']:,} training slots, mean L1 on the signed log scale {_fmt(r['train_l1'][0])} &rarr; "
             f"{_fmt(r['train_l1'][1])}; on {r['held_out_slots']:,} held-out slots {_fmt(r['holdout_l1'][0])} &rarr; "
-            f"{_fmt(r['holdout_l1'][1])}." for n, r in refits) + "</p>")
+            f"{_fmt(r['holdout_l1'][1])}." + _drawing_head_refit(r.get("number_head_drawing")) for n, r in refits)
+            + "</p>")
     if c["inputs"]:
         parts.append("<h2>What the encoder reads</h2><div class='gallery' id='model-inputs'>"
                      + "".join(f"<div class='card'><img src='{e(i['image'])}' alt='input of CID {i['cid']}' "
@@ -383,3 +384,12 @@ def _ablation_section(a: dict) -> str:
             "<p>\"Agrees\": the paper's sign, by more than the seeds' spread. The CPU recipe's randomly "
             "initialised encoder barely depends on the drawing (see Robustness), so these rows compare how "
             "each projector passes the E3FP tokens on rather than how it grounds a picture.</p>")
+
+
+def _drawing_head_refit(figures: dict | None) -> str:
+    """The sentence for the drawing's head (model.number_head_per_view), empty without one."""
+    if not figures:
+        return ""
+    return (f" The drawing's head (molecules without E3FP) on {figures['slots']:,} training slots "
+            f"{_fmt(figures['train_l1'][0])} &rarr; {_fmt(figures['train_l1'][1])}; on {figures['held_out_slots']:,} "
+            f"held-out slots {_fmt(figures['holdout_l1'][0])} &rarr; {_fmt(figures['holdout_l1'][1])}.")

@@ -100,7 +100,11 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
 
     reports = params.paths.reports_dir
     log_metrics(reports / "train" / "stage2", [{"step": s, "loss": 5.0 - s / 10, "lr": 1e-4, "grad_norm": 1.0} for s in range(1, 11)],
-                {"stage": 2, "steps": 10, "rows": 25}, epochs=[{"epoch": 0, "step": 10, "train_loss": 4.5, "holdout_loss": 4.75}])
+                {"stage": 2, "steps": 10, "rows": 25, "number_head_refit": {
+                    "steps": 30, "slots": 60, "held_out_slots": 6, "train_l1": [0.5, 0.25], "holdout_l1": [0.5, 0.375],
+                    "number_head_drawing": {"slots": 40, "held_out_slots": 4, "train_l1": [0.75, 0.5],
+                                            "holdout_l1": [1.0, 0.625]}}},
+                epochs=[{"epoch": 0, "step": 10, "train_loss": 4.5, "holdout_loss": 4.75}])
     page = write_pipeline_report(params, directory)
     text = page.read_text()
     sources = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", text)
@@ -113,6 +117,9 @@ def test_evaluate_scores_model_and_baseline_on_the_same_held_out_molecules(split
     assert "<td>4.750</td>" in text, "the held-out loss per epoch"
     assert "What the encoder reads" in text and text.count("src='pipeline/inputs/") == min(6, len(held))
     assert "mean baseline MAE" in text
+    refit = text.split("id='number-head-refit'>")[1].split("</p>")[0]
+    assert "on 60 training slots" in refit and "on 6 held-out slots 0.500 &rarr; 0.375" in refit
+    assert "The drawing's head (molecules without E3FP) on 40 training slots 0.750 &rarr; 0.500" in refit, refit
     table = text.split("id='drawing-dependence'")[1].split("</table>")[0]
     assert table.count("<tr>") == 4 and "a white picture instead of the drawing" in table and "no E3FP tokens" in table
     assert "id='without-conformer'" not in text, "no such molecule here"

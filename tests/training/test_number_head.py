@@ -14,7 +14,7 @@ from deepmolm.config import load_params
 from deepmolm.training.deepmolm.number_head import refit_number_head, restore_fitted_head, slot_inputs
 from flows.local_server import free_port
 from tests.conftest import PARAMS
-from tests.models.deepmolm.test_molm import VALUES, examples, slot_error, tiny, with_slots
+from tests.models.deepmolm.test_molm import VALUES, examples, slot_error, tiny, with_slots, without_geometry
 
 
 def _batches() -> list[dict[str, torch.Tensor]]:
@@ -29,8 +29,9 @@ def _batches() -> list[dict[str, torch.Tensor]]:
 def test_the_refit_reads_what_training_reads_and_fits_only_the_head():
     model = tiny().train()
     batches = _batches()
-    features, targets = slot_inputs(model, batches, torch.device("cpu"), bf16=False)
+    features, targets, geometry = slot_inputs(model, batches, torch.device("cpu"), bf16=False)
     assert features.shape == (8 + 3, 3 * 64) and model.training, "one row per slot, the model back in training mode"
+    assert geometry.all(), "every molecule here has its E3FP"
     with torch.no_grad():
         read = model.number_head(features[:8]).squeeze(-1)
     assert torch.allclose((read - targets[:8]).abs().sum(), slot_error(model.eval(), batches[0]), rtol=1e-5), \
@@ -51,6 +52,38 @@ def test_the_refit_reads_what_training_reads_and_fits_only_the_head():
     refit_number_head(again, batches, [batches[1]], refit, torch.device("cpu"), False, rank=0, world=1)
     assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), again.number_head.parameters())), \
         "seeded: the same slots give the same head"
+
+
+@pytest.mark.learns
+def test_with_a_head_per_view_each_head_is_fitted_on_its_own_views_slots(tmp_path):
+    """The drawing's head on the slots without E3FP only, the other on those with it; each fits its
+    own and leaves the other's parameters alone; a finished run restores both."""
+    batches = [without_geometry(batch, [0, 1]) for batch in _batches()]  # 2 + 2 of the 11 slots without E3FP
+    model = tiny(per_view=True)
+    refit = load_params(PARAMS, ["train.number_head_refit.steps=300", "train.number_head_refit.batch_size=8"]
+                        ).train.number_head_refit
+    untrained = slot_error(model, batches[0])
+    figures = refit_number_head(model, batches, [batches[1]], refit, torch.device("cpu"), False, rank=0, world=1)
+    drawing = figures["number_head_drawing"]
+    assert (figures["slots"], figures["held_out_slots"], drawing["slots"], drawing["held_out_slots"]) == (7, 1, 4, 2)
+    for fitted in (figures, drawing):
+        assert fitted["train_l1"][1] < 0.2 * fitted["train_l1"][0], fitted
+    assert slot_error(model, batches[0]) < 0.2 * untrained, "every slot answered by a fitted head"
+
+    only_one = tiny(per_view=True)
+    single = refit_number_head(only_one, [without_geometry(b, list(range(len(b["e3fp"])))) for b in batches], [], refit,
+                               torch.device("cpu"), False, rank=0, world=1)
+    assert single["slots"] == 0 and single["train_l1"] == [None, None] and single["number_head_drawing"]["slots"] == 11
+    untouched = tiny(per_view=True).number_head.parameters()
+    assert all(torch.equal(a, b) for a, b in zip(only_one.number_head.parameters(), untouched)), \
+        "a head without slots of its view keeps its weights"
+
+    model.save_pretrained(tmp_path / "model")
+    fresh = tiny(per_view=True, seed=1)
+    restore_fitted_head(fresh, tmp_path / "model")
+    for name in ("number_head", "number_head_drawing"):
+        fitted, restored = getattr(model, name).parameters(), getattr(fresh, name).parameters()
+        assert all(torch.equal(a, b) for a, b in zip(fitted, restored)), name
 
 
 @pytest.mark.learns

@@ -22,7 +22,7 @@ class DeepMoLMConfig(PreTrainedConfig):
 
     def __init__(self, encoder: dict | None = None, fusion: dict | None = None, language: dict | None = None,
                  image_token_id: int = 0, number_head: bool = False, number_token_id: int = 0,
-                 number_loss_coef: float = 1.0, **kwargs):
+                 number_loss_coef: float = 1.0, number_head_per_view: bool = False, **kwargs):
         self.encoder = dict(encoder or {})
         self.fusion = dict(fusion or {})
         self.language = dict(language or {})  # Qwen2Config fields (not `text_config`: transformers expects a config object there)
@@ -30,6 +30,7 @@ class DeepMoLMConfig(PreTrainedConfig):
         self.number_head = number_head  # property numbers through a regression head at a <num> slot (modeling.py)
         self.number_token_id = number_token_id
         self.number_loss_coef = number_loss_coef
+        self.number_head_per_view = number_head_per_view  # a second head for molecules without E3FP (modeling.py)
         super().__init__(**kwargs)
 
     def encoder_spec(self) -> DeepEncoderSpec:

@@ -13,7 +13,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from deepmolm.config import Params
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
-from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM, has_geometry
 from deepmolm.models.deepmolm.processing import normalise_pixels, prompt_token_ids
 from deepmolm.models.deepmolm.tokenizer import load_tokenizer
 
@@ -85,7 +85,8 @@ def slot_values(model: DeepMoLMForCausalLM, ids: torch.Tensor, mask: torch.Tenso
     in_answer = torch.arange(1, sequence.shape[1], device=sequence.device) >= ids.shape[1]
     slots = (sequence[:, 1:] == model.config.number_token_id) & in_answer
     rows, columns = slots.nonzero(as_tuple=True)
-    found = model.numbers_at(hidden[rows, columns], model.pooled_visual(visual, len(new))[rows]).tolist()
+    found = model.numbers_at(hidden[rows, columns], model.pooled_visual(visual, len(new))[rows],
+                             has_geometry(geometry, len(new), new.device)[rows]).tolist()
     values: list[list[float]] = [[] for _ in new]
     for row, value in zip(rows.tolist(), found):
         values[row].append(value)

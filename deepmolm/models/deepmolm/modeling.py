@@ -13,7 +13,10 @@ number badly from what it sees (on the held-out molecules, greedy digits missed 
 by 76 g/mol where a linear probe of the same visual tokens missed by 22), and a digit it is unsure of
 comes out as the likeliest digit (often 0), not as a value between the candidates. The head is trained with an L1 loss on a signed
 log scale (one scale for masses of 1,000 and logPs of -2; L1 so the answer is the median the MAE
-rewards), each slot weighing as much as `number_loss_coef` of the LM's tokens.
+rewards), each slot weighing as much as `number_loss_coef` of the LM's tokens. With
+`number_head_per_view`, a molecule without E3FP tokens (no conformer, or withheld) is answered by a
+second head of its own (`number_head_drawing`): what the visual tokens hold differs between the two
+views, and one head fitted to both serves neither (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -46,10 +49,9 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.language_model = Qwen2ForCausalLM(config.qwen2())
         if config.number_head:
             hidden = config.qwen2().hidden_size
-            # reads the slot's hidden state (which property, in which words) and the molecule's
-            # visual tokens pooled (mean and max): what a linear probe reads the values from
-            self.number_head = nn.Sequential(nn.LayerNorm(3 * hidden), nn.Linear(3 * hidden, hidden), nn.GELU(),
-                                             nn.Linear(hidden, 1))
+            self.number_head = number_head(hidden)
+            if config.number_head_per_view:
+                self.number_head_drawing = number_head(hidden)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -92,12 +94,13 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         if with_numbers:
             writes, rows = self._slots(labels)
             pooled = self.pooled_visual(visual, len(input_ids))
+            geometry = has_geometry(e3fp, len(input_ids), input_ids.device)
             if not len(rows):  # the head still joins the graph (zero gradient): DDP waits for every trained parameter
-                out.loss = out.loss + 0.0 * self.number_logits(out.hidden_states[-1][:, 0], pooled).sum()
+                out.loss = out.loss + 0.0 * self.number_logits(out.hidden_states[-1][:, 0], pooled, geometry).sum()
             else:
                 if bool(numbers[rows].isnan().any()):
                     raise ValueError("a <num> slot in the labels has no value in `numbers`")
-                predicted = self.number_logits(out.hidden_states[-1][:, :-1][writes], pooled[rows])
+                predicted = self.number_logits(out.hidden_states[-1][:, :-1][writes], pooled[rows], geometry[rows])
                 error = (predicted - signed_log(numbers[rows].to(predicted.dtype))).abs().sum()
                 out.loss = out.loss + self.config.number_loss_coef * error / (labels[:, 1:] != IGNORE).sum()
         return out
@@ -111,7 +114,8 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
     def slot_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
                     e3fp: torch.Tensor | None, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What the number head reads at each <num> slot of `labels`, as in training ([N, 3 x hidden]),
-        and each slot's example row [N]: for fitting the head alone on the frozen model."""
+        and each slot's example row [N]: for fitting the head alone on the frozen model (has_geometry
+        of the rows says which head answers it)."""
         visual = self.visual_tokens(pixel_values, e3fp)
         embeds = self.input_embeddings(input_ids, pixel_values, e3fp, visual)
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
@@ -127,19 +131,25 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
             return torch.zeros(batch, 2 * hidden, device=self.number_head[-1].weight.device)
         return torch.cat([visual.mean(dim=1), visual.amax(dim=1)], dim=-1)
 
-    def number_logits(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """[N, hidden] states that wrote a <num> and [N, 2 x hidden] their molecules' pooled visual
-        tokens -> [N] values on the signed log scale."""
-        return self.number_head(self.head_inputs(hidden, pooled)).squeeze(-1)
+    def number_logits(self, hidden: torch.Tensor, pooled: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] states that wrote a <num>, [N, 2 x hidden] their molecules' pooled visual
+        tokens and [N] whether each molecule had E3FP tokens -> [N] values on the signed log scale.
+        Per view, both heads read every slot (both stay in the graph, as DDP needs) and each slot
+        keeps its own view's answer."""
+        inputs = self.head_inputs(hidden, pooled)
+        both = self.number_head(inputs).squeeze(-1)
+        if not self.config.number_head_per_view:
+            return both
+        return torch.where(geometry.to(both.device), both, self.number_head_drawing(inputs).squeeze(-1))
 
     @staticmethod
     def head_inputs(hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """[N, hidden] slot states and [N, 2 x hidden] pooled visual tokens -> the head's [N, 3 x hidden]."""
         return torch.cat([hidden, pooled.to(hidden.dtype)], dim=-1)
 
-    def numbers_at(self, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def numbers_at(self, hidden: torch.Tensor, pooled: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
         """number_logits with the signed log undone: the values the slots stand for."""
-        return signed_exp(self.number_logits(hidden, pooled).float())
+        return signed_exp(self.number_logits(hidden, pooled, geometry).float())
 
     @torch.no_grad()
     def generate_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
@@ -147,6 +157,24 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
         """New token ids only (greedy by default; `num_beams` > 1 for beam search)."""
         embeds = self.input_embeddings(input_ids, pixel_values, e3fp)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+def number_head(hidden: int) -> nn.Sequential:
+    """Reads the slot's hidden state (which property, in which words) and the molecule's visual tokens
+    pooled (mean and max): what a linear probe reads the values from."""
+    return nn.Sequential(nn.LayerNorm(3 * hidden), nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+
+def number_heads(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's number heads by attribute name: none, the one, or the one per view."""
+    return {name: getattr(model, name) for name in ("number_head", "number_head_drawing") if hasattr(model, name)}
+
+
+def has_geometry(e3fp: torch.Tensor | None, batch: int, device: torch.device | None = None) -> torch.Tensor:
+    """[B] whether each molecule has an E3FP token ([B, atoms, levels], -1 = none; None: no molecule has)."""
+    if e3fp is None:
+        return torch.zeros(batch, dtype=torch.bool, device=device)
+    return (e3fp >= 0).flatten(1).any(dim=1)
 
 
 def signed_log(values: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from pathlib import Path
 
@@ -164,6 +165,12 @@ class InstructionDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def withholding(self, share: float) -> InstructionDataset:
+        """The same examples with another share of them without E3FP (1.0: the drawing alone)."""
+        other = copy.copy(self)
+        other.withhold_e3fp = share
+        return other
 
     def __getitem__(self, index: int) -> dict:
         position = int(self.positions[index])

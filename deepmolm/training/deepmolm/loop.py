@@ -16,6 +16,7 @@ exported model (`model/`: safetensors, config, tokenizer, provenance).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import random
@@ -198,14 +199,14 @@ def train_worker(config: dict) -> None:
             next_epoch(state)
     if model.config.number_head and train.number_head_refit.steps:
         started = time.perf_counter()
-        # fitted on the inputs it answers at evaluation, both views: withholding E3FP is for training
-        datasets["train"].withhold_e3fp = 0.0
-        state["number_head_refit"] = refit_number_head(
-            strategy.module, slot_batches(datasets["train"], config["rows"]["train"], rank, world, loader_options,
-                                          train.micro_batch_size, spec, device),
-            slot_batches(datasets["holdout"], config["rows"]["holdout"], rank, world, loader_options,
-                         train.micro_batch_size, spec, device),
-            train.number_head_refit, device, bf16, rank, world)
+        # Fitted on the inputs it answers at evaluation, never the epoch's random mix: both views, and
+        # with a head per view every example again from the drawing alone for the drawing's head
+        shares = [0.0, 1.0] if model.config.number_head_per_view else [0.0]
+        train_slots, holdout_slots = (itertools.chain.from_iterable(
+            slot_batches(datasets[part].withholding(share), config["rows"][part], rank, world, loader_options,
+                         train.micro_batch_size, spec, device) for share in shares) for part in ("train", "holdout"))
+        state["number_head_refit"] = refit_number_head(strategy.module, train_slots, holdout_slots,
+                                                       train.number_head_refit, device, bf16, rank, world)
         if rank == 0 and state["number_head_refit"]:
             print(f"[train] stage {stage_number}: number head fitted again in {time.perf_counter() - started:.1f} s "
                   f"{state['number_head_refit']}", flush=True)

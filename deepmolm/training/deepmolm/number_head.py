@@ -24,14 +24,14 @@ from safetensors.torch import load_file
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from deepmolm.config import NumberHeadRefitParams
-from deepmolm.models.deepmolm.modeling import signed_log
+from deepmolm.models.deepmolm.modeling import has_geometry, number_heads, signed_log
 
 
-def slot_inputs(model, batches, device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's inputs and targets (signed log) at every <num> slot of `batches` (model inputs on
-    `device`, data.model_inputs), on the CPU."""
+def slot_inputs(model, batches, device, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's inputs, targets (signed log) and whether the molecule had E3FP (which head answers it)
+    at every <num> slot of `batches` (model inputs on `device`, data.model_inputs), on the CPU."""
     model.eval()
-    inputs, targets = [], []
+    inputs, targets, geometry = [], [], []
     try:
         for batch in batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -39,11 +39,12 @@ def slot_inputs(model, batches, device, bf16: bool) -> tuple[torch.Tensor, torch
                                                    batch["e3fp"], batch["labels"])
             inputs.append(features.float().cpu())
             targets.append(signed_log(batch["numbers"][rows].float()).cpu())
+            geometry.append(has_geometry(batch["e3fp"], len(batch["input_ids"]), rows.device)[rows].cpu())
     finally:
         model.train()
     if not inputs:  # a worker whose share has no slot: no rows, the head's width
-        return torch.zeros(0, model.number_head[0].normalized_shape[0]), torch.zeros(0)
-    return torch.cat(inputs), torch.cat(targets)
+        return torch.zeros(0, model.number_head[0].normalized_shape[0]), torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(inputs), torch.cat(targets), torch.cat(geometry)
 
 
 def gathered(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor | None:
@@ -82,35 +83,57 @@ def fit(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     return fitted.eval()
 
 
+def answered_by(head: str, per_view: bool, inputs: torch.Tensor, targets: torch.Tensor,
+                geometry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slots `head` answers: all of them for a single head; per view, those with E3FP for
+    number_head and those without for number_head_drawing."""
+    keep = torch.ones_like(geometry) if not per_view else geometry if head == "number_head" else ~geometry
+    return inputs[keep], targets[keep]
+
+
+def refit_head(head: torch.nn.Module, refit: NumberHeadRefitParams, train: tuple[torch.Tensor, torch.Tensor],
+               held: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Fit `head` again on the (inputs, targets) of `train`, in place (left as it is without a slot);
+    its slot counts and L1 before and after, on `train` and `held`."""
+    before = copy.deepcopy(head).float().cpu()
+    fitted = fit(before, *train, refit) if len(train[1]) else before
+    with torch.no_grad():
+        for target, source in zip(head.parameters(), fitted.parameters()):
+            target.copy_(source.to(target.device, target.dtype))
+    return {"slots": len(train[1]), "held_out_slots": len(held[1]),
+            "train_l1": [l1(before, *train), l1(fitted, *train)], "holdout_l1": [l1(before, *held), l1(fitted, *held)]}
+
+
 def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRefitParams, device, bf16: bool,
                       rank: int, world: int) -> dict | None:
-    """Fit `model.number_head` again on the slots of `train_batches` (this worker's share), in place;
+    """Fit the model's number heads again on the slots of `train_batches` (this worker's share), in place,
+    each on the slots of its own view (model.number_head_per_view: the one head, on all of them without);
     returns the figures of the fit (no timing: they go into the stage's metrics, which two runs must
-    write alike), or None when no worker has a slot (a stage without property answers)."""
-    inputs, targets = (gathered(t, rank, world) for t in slot_inputs(model, train_batches, device, bf16))
-    held_inputs, held_targets = (gathered(t, rank, world) for t in slot_inputs(model, holdout_batches, device, bf16))
-    head, figures = model.number_head, [None]
-    if rank == 0 and len(targets):
-        before = copy.deepcopy(head).float().cpu()
-        fitted = fit(before, inputs, targets, refit)
-        with torch.no_grad():
-            for target, source in zip(head.parameters(), fitted.parameters()):
-                target.copy_(source.to(target.device, target.dtype))
-        figures = [{"slots": len(targets), "held_out_slots": len(held_targets), "steps": refit.steps,
-                    "train_l1": [l1(before, inputs, targets), l1(fitted, inputs, targets)],
-                    "holdout_l1": [l1(before, held_inputs, held_targets), l1(fitted, held_inputs, held_targets)]}]
+    write alike): the first head's at the top, the drawing head's under `number_head_drawing`; None when
+    no worker has a slot (a stage without property answers)."""
+    train = [gathered(t, rank, world) for t in slot_inputs(model, train_batches, device, bf16)]
+    held = [gathered(t, rank, world) for t in slot_inputs(model, holdout_batches, device, bf16)]
+    heads, figures = number_heads(model), [None]
+    if rank == 0 and len(train[1]):
+        per_view = model.config.number_head_per_view
+        fits = {name: refit_head(head, refit, *(answered_by(name, per_view, *slots) for slots in (train, held)))
+                for name, head in heads.items()}
+        figures = [{"steps": refit.steps, **fits["number_head"]}
+                   | ({"number_head_drawing": fits["number_head_drawing"]} if per_view else {})]
     if world > 1:
         torch.distributed.broadcast_object_list(figures, src=0)
         if figures[0] is not None:  # the same on every worker: all broadcast, or none
             with torch.no_grad():
-                for target in head.parameters():
-                    torch.distributed.broadcast(target, src=0)
+                for head in heads.values():
+                    for target in head.parameters():
+                        torch.distributed.broadcast(target, src=0)
     return figures[0]
 
 
 def restore_fitted_head(model, export: Path) -> None:
-    """The fitted head of a finished run's export into `model`: an optimizer that keeps its own copy
-    of the weights (DeepSpeed's ZeRO partitions) restores the head as training left it."""
+    """The fitted heads of a finished run's export into `model`: an optimizer that keeps its own copy
+    of the weights (DeepSpeed's ZeRO partitions) restores the heads as training left them."""
     weights = load_file(str(export / SAFE_WEIGHTS_NAME))
-    model.number_head.load_state_dict({name.removeprefix("number_head."): value for name, value in weights.items()
-                                       if name.startswith("number_head.")})
+    for name, head in number_heads(model).items():
+        head.load_state_dict({key.removeprefix(f"{name}."): value for key, value in weights.items()
+                              if key.startswith(f"{name}.")})

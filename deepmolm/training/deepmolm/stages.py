@@ -9,6 +9,7 @@ adapters on `target_modules` train instead, merged back into the LLM when the mo
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import operator
@@ -18,7 +19,7 @@ import torch
 
 from deepmolm.config import ConfigError, LoraParams, Params, StageParams
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
-from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM, number_heads
 from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.models.deepmolm.tokenizer import image_token_id, number_token_id
 from deepmolm.models.deepmolm.weights import WeightsError, load_pretrained_part, plan_part, read_shapes, tied_keys
@@ -42,6 +43,8 @@ def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None)
         if model.config.qwen2().vocab_size < len(tokenizer):
             raise ConfigError(f"{init_dir} has {model.config.qwen2().vocab_size} token embeddings, "
                               f"the tokenizer {len(tokenizer)}")
+        if params.model.number_head_per_view and not model.config.number_head_per_view:
+            add_drawing_head(model)
         return model
     preset_vocab = params.model.presets[params.model.preset].language.vocab_size
     if params.train.init.language is not None and preset_vocab < len(tokenizer):
@@ -54,6 +57,15 @@ def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None)
         if path is not None:
             load_pretrained_part(model, part, path)
     return model
+
+
+def add_drawing_head(model: DeepMoLMForCausalLM) -> None:
+    """model.number_head_per_view asked of a stage 2 whose stage-1 model has one number head: the
+    drawing's head starts as a copy of it (stage 1 trains captions, so both are still as initialised)."""
+    if not model.config.number_head:
+        raise ConfigError("model.number_head_per_view needs a model with a number head; the stage-1 model has none")
+    model.config.number_head_per_view = True
+    model.number_head_drawing = copy.deepcopy(model.number_head)
 
 
 def stage1_config(params: Params, tokenizer) -> DeepMoLMConfig:
@@ -128,8 +140,9 @@ def set_trainable(model: torch.nn.Module, stage: StageParams, extra: set[str] = 
     model.requires_grad_(False)
     lora = stage.lora is not None and stage.lora.enabled
     for part in [*stage.trainable, *sorted(extra - set(stage.trainable))]:
-        if part == "language_model" and hasattr(model, "number_head"):
-            model.number_head.requires_grad_(True)
+        if part == "language_model":
+            for head in number_heads(model).values():
+                head.requires_grad_(True)
         if part == "language_model" and lora:
             continue
         operator.attrgetter(part)(model).requires_grad_(True)

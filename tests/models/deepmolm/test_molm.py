@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deepmolm.config import load_params
-from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM, signed_log
+from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM, has_geometry, signed_log
 from deepmolm.models.deepmolm.presets import model_config
 from tests.conftest import PARAMS, REPO, run_cli
 
@@ -17,8 +17,10 @@ IMAGE_TOKEN = 3
 NUMBER_TOKEN = 7
 
 
-def tiny(variant: str = "fusion", seed: int = 0, number_head: bool = True) -> DeepMoLMForCausalLM:
-    params = load_params(PARAMS, [f"model.fusion_variant={variant}", f"model.number_head={str(number_head).lower()}"])
+def tiny(variant: str = "fusion", seed: int = 0, number_head: bool = True,
+         per_view: bool = False) -> DeepMoLMForCausalLM:
+    params = load_params(PARAMS, [f"model.fusion_variant={variant}", f"model.number_head={str(number_head).lower()}",
+                                  f"model.number_head_per_view={str(per_view).lower()}"])
     torch.manual_seed(seed)
     return DeepMoLMForCausalLM(model_config(params, "tiny", image_token_id=IMAGE_TOKEN, number_token_id=NUMBER_TOKEN))
 
@@ -110,7 +112,7 @@ def slot_error(model: DeepMoLMForCausalLM, batch: dict[str, torch.Tensor]) -> to
     with torch.no_grad():
         hidden = model(**inputs, output_hidden_states=True).hidden_states[-1][:, 9]  # the state that writes the slot
         pooled = model.pooled_visual(model.visual_tokens(batch["pixel_values"], batch["e3fp"]), len(hidden))
-        written = model.number_logits(hidden, pooled)
+        written = model.number_logits(hidden, pooled, has_geometry(batch["e3fp"], len(hidden)))
     return (written - signed_log(batch["numbers"])).abs().sum()
 
 
@@ -133,7 +135,7 @@ def test_the_number_head_learns_each_slots_value_beside_the_tokens():
     with torch.no_grad():
         hidden = model(**{k: v for k, v in batch.items() if k != "numbers"}, output_hidden_states=True).hidden_states[-1]
         pooled = model.pooled_visual(model.visual_tokens(batch["pixel_values"], batch["e3fp"]), len(hidden))
-        learned = model.numbers_at(hidden[:, 9], pooled)
+        learned = model.numbers_at(hidden[:, 9], pooled, has_geometry(batch["e3fp"], len(hidden)))
     # The head learns on the signed log scale, so its error is a factor, not a share: within 1.65x of
     # each value (the widest seen under 1 or 2 threads and each ATen capability: 1.36x), and the eight
     # values in their order, so each slot got its own value rather than the batch's mean
@@ -153,6 +155,42 @@ def test_a_slot_without_a_value_is_refused_and_a_model_without_a_head_ignores_nu
     plain = tiny(number_head=False)
     assert not hasattr(plain, "number_head")
     assert torch.equal(plain(**batch).loss, plain(**{k: v for k, v in batch.items() if k != "numbers"}).loss)
+
+
+def without_geometry(batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+    """`batch` with the E3FP of `rows` withheld (all -1, as collate pads a molecule without a conformer)."""
+    batch = {key: value.clone() for key, value in batch.items()}
+    batch["e3fp"][rows] = -1
+    return batch
+
+
+def test_with_a_head_per_view_each_slot_is_answered_and_trained_by_its_views_head(tmp_path):
+    batch = without_geometry(with_slots(examples(8), VALUES), [1, 4, 6])
+    drawing_only = torch.tensor([row in (1, 4, 6) for row in range(8)])
+    assert torch.equal(has_geometry(batch["e3fp"], 8), ~drawing_only)
+    assert torch.equal(has_geometry(None, 3), torch.zeros(3, dtype=torch.bool)), "no E3FP at all: the drawing alone"
+    model = tiny(per_view=True).train()
+    assert not hasattr(tiny(), "number_head_drawing"), "one head unless asked"
+    model(**batch).loss.backward()
+    for head, answers in ((model.number_head, ~drawing_only), (model.number_head_drawing, drawing_only)):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()), "both heads learn"
+    with torch.no_grad():
+        model.number_head_drawing[-1].bias.add_(1.0)  # moves only what the drawing's head answers
+        model.eval()
+        hidden = model(**{k: v for k, v in batch.items() if k != "numbers"}, output_hidden_states=True).hidden_states[-1]
+        pooled = model.pooled_visual(model.visual_tokens(batch["pixel_values"], batch["e3fp"]), 8)
+        before = model.number_logits(hidden[:, 9], pooled, has_geometry(batch["e3fp"], 8))
+        model.number_head_drawing[-1].bias.sub_(1.0)
+        after = model.number_logits(hidden[:, 9], pooled, has_geometry(batch["e3fp"], 8))
+    assert torch.allclose(before - after, drawing_only.float()), (before - after).tolist()
+
+    model.save_pretrained(tmp_path)
+    loaded = DeepMoLMForCausalLM.from_pretrained(tmp_path, local_files_only=True)
+    assert loaded.config.number_head_per_view
+    assert all(torch.equal(a, b) for a, b in zip(model.number_head_drawing.parameters(),
+                                                  loaded.number_head_drawing.parameters()))
+    with pytest.raises(ValueError, match="model.number_head_per_view needs model.number_head"):
+        load_params(PARAMS, ["model.number_head=false", "model.number_head_per_view=true"])
 
 
 def test_save_and_load_give_identical_logits_from_safetensors(tmp_path):
