@@ -158,6 +158,7 @@ def test_both_training_stages_learn_and_record_a_held_out_loss_per_epoch(demo):
     assert logged_steps and len(logged_steps) == len(set(logged_steps)), "each progress line once"
     refitted = stage2["number_head_refit"]  # the head fitted again on both workers' slots, gathered
     assert refitted["slots"] == 4 * counts2["train_molecules"] and refitted["train_l1"][1] < refitted["train_l1"][0]
+    assert refitted["held_out_slots"] == 4 * counts2["holdout_molecules"]
     assert stage1["number_head_refit"] is None, "captions only: no slot to fit on"
     logged = demo.project / "reports" / "train" / "stage2"  # dvclive's directory
     epochs, held = read_metric(logged, "epoch/train_loss"), read_metric(logged, "holdout/loss")

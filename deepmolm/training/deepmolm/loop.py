@@ -202,11 +202,12 @@ def train_worker(config: dict) -> None:
         # Fitted on the inputs it answers at evaluation, never the epoch's random mix: both views, and
         # with a head per view every example again from the drawing alone for the drawing's head
         shares = [0.0, 1.0] if model.config.number_head_per_view else [0.0]
-        train_slots, holdout_slots = (itertools.chain.from_iterable(
-            slot_batches(datasets[part].withholding(share), config["rows"][part], rank, world, loader_options,
-                         train.micro_batch_size, spec, device) for share in shares) for part in ("train", "holdout"))
-        state["number_head_refit"] = refit_number_head(strategy.module, train_slots, holdout_slots,
-                                                       train.number_head_refit, device, bf16, rank, world)
+        train_slots, holdout_slots = ([slot_batches(datasets[part].withholding(share), config["rows"][part], rank, world,
+                                                    loader_options, train.micro_batch_size, spec, device)
+                                       for share in shares] for part in ("train", "holdout"))
+        state["number_head_refit"] = refit_number_head(
+            strategy.module, itertools.chain.from_iterable(train_slots), itertools.chain.from_iterable(holdout_slots),
+            train.number_head_refit, device, bf16, rank, world)
         if rank == 0 and state["number_head_refit"]:
             print(f"[train] stage {stage_number}: number head fitted again in {time.perf_counter() - started:.1f} s "
                   f"{state['number_head_refit']}", flush=True)
