@@ -254,7 +254,8 @@ def test_a_stage2_param_reruns_stage2_and_what_follows_only(demo, tmp_path):
     stage2 = demo.json("reports", "train", "stage2", SUMMARY)
     params = project / "params.yaml"
     text, count = re.subn(r"(stage2:.*?learning_rate: )1\.0e-3", r"\g<1>5.0e-4", params.read_text(), flags=re.S)
-    assert count == 1
+    text, split = re.subn(r"(number_head_refit: \{.*?per_view: )false", r"\g<1>true", text, flags=re.S)
+    assert count == split == 1
     params.write_text(text)
     status = dvc("status", "--json", cwd=project)
     assert set(json.loads(status.stdout)) == {"train_stage2"}, status.stdout
@@ -267,3 +268,8 @@ def test_a_stage2_param_reruns_stage2_and_what_follows_only(demo, tmp_path):
     assert ran(third.stdout) == ["train_stage2", "evaluate", "report"]
     retrained = demo.json("reports", "train", "stage2", SUMMARY)
     assert retrained["run"] != stage2["run"] and retrained["up_to_date"] is False
+    # the head split per view: every training example read twice, with both views and from the drawing
+    # alone (a molecule without a conformer both times by the drawing's head)
+    refitted, molecules = retrained["number_head_refit"], retrained["row_counts"]["train_molecules"]
+    assert refitted["slots"] + refitted["number_head_drawing"]["slots"] == 2 * 4 * molecules, refitted
+    assert json.loads((project / "models" / "stage2" / "config.json").read_text())["number_head_per_view"]

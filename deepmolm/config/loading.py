@@ -62,8 +62,9 @@ class Params(_Section):
             raise ValueError(f"model.max_length ({self.model.max_length}) is over model.presets.{self.model.preset}"
                              f".language.max_position_embeddings ({preset.language.max_position_embeddings}): "
                              f"the language model is built for fewer positions than an example may have")
-        if self.model.number_head_per_view and not self.model.number_head:
-            raise ValueError("model.number_head_per_view needs model.number_head: there is no head to have two of")
+        if self.train.number_head_refit.per_view and not (self.model.number_head and self.train.number_head_refit.steps):
+            raise ValueError("train.number_head_refit.per_view needs model.number_head and train.number_head_refit.steps "
+                             "> 0: it splits the head that the refit fits")
         refit = self.train.number_head_refit.steps and self.model.number_head
         if refit and self.train.strategy == "deepspeed" and self.train.deepspeed.zero_stage == 3:
             raise ValueError("train.number_head_refit.steps > 0 needs whole weights on every worker: "

@@ -97,8 +97,6 @@ class ModelParams(_Section):
     number_head: bool = Field(description="property answers write their number as a <num> slot that a regression "
                                           "head fills (not in the paper; see deepmolm/models/deepmolm/modeling.py)")
     number_loss_coef: float = Field(gt=0, description="a <num> slot's L1 error counts as this many tokens' loss")
-    number_head_per_view: bool = Field(description="a second number head for molecules without E3FP (the drawing "
-                                                   "alone), trained and refitted on that view only")
     presets: dict[str, PresetParams]
 
     @field_validator("presets")

@@ -54,6 +54,8 @@ class NumberHeadRefitParams(_Section):
     learning_rate: float = Field(gt=0, description="AdamW's peak rate; a cosine to 0 over the steps")
     weight_decay: float = Field(ge=0)
     seed: int = Field(ge=0, description="the draw of each step's slots")
+    per_view: bool = Field(description="split the head in two: a copy of it fitted on every training example "
+                                       "from the drawing alone answers the molecules without E3FP")
 
 
 class HoldoutParams(_Section):

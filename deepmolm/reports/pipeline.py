@@ -387,7 +387,7 @@ def _ablation_section(a: dict) -> str:
 
 
 def _drawing_head_refit(figures: dict | None) -> str:
-    """The sentence for the drawing's head (model.number_head_per_view), empty without one."""
+    """The sentence for the drawing's head (train.number_head_refit.per_view), empty without one."""
     if not figures:
         return ""
     return (f" The drawing's head (molecules without E3FP) on {figures['slots']:,} training slots "

@@ -155,16 +155,6 @@ def test_stage_2_starts_in_training_mode(tokenizer, tmp_path):
         tmp_path / "stage1")
     model = initial_model(params, 2, tokenizer, tmp_path / "stage1")
     assert model.training and all(module.training for module in model.modules()), "dropout must be on"
-    assert not hasattr(model, "number_head_drawing")
-
-    per_view = load_params(PARAMS, ["model.preset=tiny", "model.number_head_per_view=true"])
-    model = initial_model(per_view, 2, tokenizer, tmp_path / "stage1")
-    assert model.config.number_head_per_view and model.number_head_drawing.training, \
-        "a stage 2 asked for a head per view adds the drawing's head to stage 1's model"
-    assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), model.number_head_drawing.parameters()))
-    assert model.number_head_drawing[-1].weight is not model.number_head[-1].weight, "two heads, not one shared"
-    counts = set_trainable(model, per_view.train.stage2)
-    assert counts["blocks"]["number_head_drawing"] == counts["blocks"]["number_head"] == "trainable"
 
 
 def test_max_length_must_fit_the_language_models_positions():

@@ -13,13 +13,15 @@ number badly from what it sees (on the held-out molecules, greedy digits missed 
 by 76 g/mol where a linear probe of the same visual tokens missed by 22), and a digit it is unsure of
 comes out as the likeliest digit (often 0), not as a value between the candidates. The head is trained with an L1 loss on a signed
 log scale (one scale for masses of 1,000 and logPs of -2; L1 so the answer is the median the MAE
-rewards), each slot weighing as much as `number_loss_coef` of the LM's tokens. With
-`number_head_per_view`, a molecule without E3FP tokens (no conformer, or withheld) is answered by a
-second head of its own (`number_head_drawing`): what the visual tokens hold differs between the two
-views, and one head fitted to both serves neither (docs/benchmarks.md).
+rewards), each slot weighing as much as `number_loss_coef` of the LM's tokens. After
+`split_number_head` (the refit's per_view), a molecule without E3FP tokens (no conformer, or withheld)
+is answered by a second head of its own (`number_head_drawing`): what the pooled visual tokens hold
+differs between the two views, and one head fitted to both serves each worse (docs/benchmarks.md).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -130,6 +132,15 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
             hidden = self.config.qwen2().hidden_size
             return torch.zeros(batch, 2 * hidden, device=self.number_head[-1].weight.device)
         return torch.cat([visual.mean(dim=1), visual.amax(dim=1)], dim=-1)
+
+    def split_number_head(self) -> None:
+        """A second number head for the molecules without E3FP, a copy of the first (to be fitted on
+        that view); config.number_head_per_view then routes each slot to its view's head."""
+        if not self.config.number_head:
+            raise ValueError("the model has no number head to split")
+        if not self.config.number_head_per_view:
+            self.number_head_drawing = copy.deepcopy(self.number_head)
+            self.config.number_head_per_view = True
 
     def number_logits(self, hidden: torch.Tensor, pooled: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
         """[N, hidden] states that wrote a <num>, [N, 2 x hidden] their molecules' pooled visual

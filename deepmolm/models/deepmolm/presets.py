@@ -31,7 +31,6 @@ def model_config(params: Params, preset: str | None = None, *, vocab_size: int |
         number_head=params.model.number_head,
         number_token_id=number_token_id,
         number_loss_coef=params.model.number_loss_coef,
-        number_head_per_view=params.model.number_head_per_view,
     )
 
 

@@ -128,6 +128,8 @@ def train_worker(config: dict) -> None:
             saved = json.loads((Path(directory) / STATE).read_text())
             strategy.load(Path(directory))
             if saved.get("number_head_refit"):
+                if train.number_head_refit.per_view:
+                    strategy.module.split_number_head()
                 restore_fitted_head(strategy.module, Path(directory) / EXPORT)
             history = [json.loads(line) for line in (Path(directory) / HISTORY).read_text().splitlines() if line]
         state = start_state(saved)
@@ -200,8 +202,11 @@ def train_worker(config: dict) -> None:
     if model.config.number_head and train.number_head_refit.steps:
         started = time.perf_counter()
         # Fitted on the inputs it answers at evaluation, never the epoch's random mix: both views, and
-        # with a head per view every example again from the drawing alone for the drawing's head
-        shares = [0.0, 1.0] if model.config.number_head_per_view else [0.0]
+        # split per view, every example again from the drawing alone for the drawing's head
+        shares = [0.0]
+        if train.number_head_refit.per_view and config["rows"]["train"].slot.any():  # not after captions alone
+            strategy.module.split_number_head()
+            shares = [0.0, 1.0]
         train_slots, holdout_slots = ([slot_batches(datasets[part].withholding(share), config["rows"][part], rank, world,
                                                     loader_options, train.micro_batch_size, spec, device)
                                        for share in shares] for part in ("train", "holdout"))

@@ -107,7 +107,7 @@ def refit_head(head: torch.nn.Module, refit: NumberHeadRefitParams, train: tuple
 def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRefitParams, device, bf16: bool,
                       rank: int, world: int) -> dict | None:
     """Fit the model's number heads again on the slots of `train_batches` (this worker's share), in place,
-    each on the slots of its own view (model.number_head_per_view: the one head, on all of them without);
+    each on the slots of its own view after split_number_head (the one head, on all of them before);
     returns the figures of the fit (no timing: they go into the stage's metrics, which two runs must
     write alike): the first head's at the top, the drawing head's under `number_head_drawing`; None when
     no worker has a slot (a stage without property answers)."""

@@ -9,7 +9,6 @@ adapters on `target_modules` train instead, merged back into the LLM when the mo
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import operator
@@ -43,8 +42,6 @@ def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None)
         if model.config.qwen2().vocab_size < len(tokenizer):
             raise ConfigError(f"{init_dir} has {model.config.qwen2().vocab_size} token embeddings, "
                               f"the tokenizer {len(tokenizer)}")
-        if params.model.number_head_per_view and not model.config.number_head_per_view:
-            add_drawing_head(model)
         return model
     preset_vocab = params.model.presets[params.model.preset].language.vocab_size
     if params.train.init.language is not None and preset_vocab < len(tokenizer):
@@ -57,15 +54,6 @@ def _initial_model(params: Params, stage: int, tokenizer, init_dir: Path | None)
         if path is not None:
             load_pretrained_part(model, part, path)
     return model
-
-
-def add_drawing_head(model: DeepMoLMForCausalLM) -> None:
-    """model.number_head_per_view asked of a stage 2 whose stage-1 model has one number head: the
-    drawing's head starts as a copy of it (stage 1 trains captions, so both are still as initialised)."""
-    if not model.config.number_head:
-        raise ConfigError("model.number_head_per_view needs a model with a number head; the stage-1 model has none")
-    model.config.number_head_per_view = True
-    model.number_head_drawing = copy.deepcopy(model.number_head)
 
 
 def stage1_config(params: Params, tokenizer) -> DeepMoLMConfig:

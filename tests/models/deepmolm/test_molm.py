@@ -19,10 +19,13 @@ NUMBER_TOKEN = 7
 
 def tiny(variant: str = "fusion", seed: int = 0, number_head: bool = True,
          per_view: bool = False) -> DeepMoLMForCausalLM:
-    params = load_params(PARAMS, [f"model.fusion_variant={variant}", f"model.number_head={str(number_head).lower()}",
-                                  f"model.number_head_per_view={str(per_view).lower()}"])
+    """`per_view`: the number head split in two (its copy answers the molecules without E3FP)."""
+    params = load_params(PARAMS, [f"model.fusion_variant={variant}", f"model.number_head={str(number_head).lower()}"])
     torch.manual_seed(seed)
-    return DeepMoLMForCausalLM(model_config(params, "tiny", image_token_id=IMAGE_TOKEN, number_token_id=NUMBER_TOKEN))
+    model = DeepMoLMForCausalLM(model_config(params, "tiny", image_token_id=IMAGE_TOKEN, number_token_id=NUMBER_TOKEN))
+    if per_view:
+        model.split_number_head()
+    return model
 
 
 def examples(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -170,7 +173,9 @@ def test_with_a_head_per_view_each_slot_is_answered_and_trained_by_its_views_hea
     assert torch.equal(has_geometry(batch["e3fp"], 8), ~drawing_only)
     assert torch.equal(has_geometry(None, 3), torch.zeros(3, dtype=torch.bool)), "no E3FP at all: the drawing alone"
     model = tiny(per_view=True).train()
-    assert not hasattr(tiny(), "number_head_drawing"), "one head unless asked"
+    assert not hasattr(tiny(), "number_head_drawing"), "one head unless split"
+    assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), model.number_head_drawing.parameters()))
+    assert model.number_head_drawing[-1].weight is not model.number_head[-1].weight, "two heads, not one shared"
     model(**batch).loss.backward()
     for head, answers in ((model.number_head, ~drawing_only), (model.number_head_drawing, drawing_only)):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()), "both heads learn"
@@ -189,8 +194,10 @@ def test_with_a_head_per_view_each_slot_is_answered_and_trained_by_its_views_hea
     assert loaded.config.number_head_per_view
     assert all(torch.equal(a, b) for a, b in zip(model.number_head_drawing.parameters(),
                                                   loaded.number_head_drawing.parameters()))
-    with pytest.raises(ValueError, match="model.number_head_per_view needs model.number_head"):
-        load_params(PARAMS, ["model.number_head=false", "model.number_head_per_view=true"])
+    with pytest.raises(ValueError, match="no number head to split"):
+        tiny(number_head=False).split_number_head()
+    with pytest.raises(ValueError, match="train.number_head_refit.per_view needs model.number_head"):
+        load_params(PARAMS, ["model.number_head=false", "train.number_head_refit.per_view=true"])
 
 
 def test_save_and_load_give_identical_logits_from_safetensors(tmp_path):
