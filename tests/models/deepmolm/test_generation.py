@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from deepmolm.models.deepmolm.generation import MedianDigits
@@ -54,16 +55,23 @@ def test_greedy_keeps_the_first_digit_and_where_the_number_ends():
     assert chosen(processor, [], step_scores({3: 0.9})) == DIGITS[3], "nothing generated yet: untouched"
 
 
-def test_a_slot_is_filled_from_the_state_that_wrote_it_whatever_the_left_padding():
+@pytest.mark.parametrize("per_view", [False, True])
+def test_a_slot_is_filled_from_the_state_that_wrote_it_whatever_the_left_padding(per_view):
+    """Split per view, the second molecule (no E3FP) is answered by the drawing's head."""
     from deepmolm.models.deepmolm.generation import left_padded, slot_values
+    from deepmolm.models.deepmolm.modeling import has_geometry
     from tests.models.deepmolm.test_molm import IMAGE_TOKEN, NUMBER_TOKEN, tiny
 
-    model = tiny().eval()
+    model = tiny(per_view=per_view).eval()
+    if per_view:
+        with torch.no_grad():
+            model.number_head_drawing[-1].bias.add_(1.0)  # the two heads answer apart
     prompts = [[1, *[IMAGE_TOKEN] * 4, 40, 41, 42], [1, *[IMAGE_TOKEN] * 4, 43, 44, 45, 46, 47]]
     ids, mask = left_padded(prompts, pad_id=0)
     new = torch.tensor([[12, NUMBER_TOKEN, 13, 2], [NUMBER_TOKEN, 14, NUMBER_TOKEN, 2]])
     g = torch.Generator().manual_seed(0)
     pixels, geometry = torch.randn(2, 3, 64, 64, generator=g), torch.randint(0, 4096, (2, 5, 4), generator=g)
+    geometry[1] = -1  # no conformer
     values = slot_values(model, ids, mask, pixels, geometry, new)
     assert [len(v) for v in values] == [1, 2]
     for row, slots in ((0, [1]), (1, [0, 2])):  # each answer alone, unpadded: the same values
@@ -73,7 +81,10 @@ def test_a_slot_is_filled_from_the_state_that_wrote_it_whatever_the_left_padding
                 hidden = model(alone, torch.ones_like(alone), pixels[row:row + 1], geometry[row:row + 1],
                                output_hidden_states=True).hidden_states[-1][0, -1]
                 pooled = model.pooled_visual(model.visual_tokens(pixels[row:row + 1], geometry[row:row + 1]), 1)
-            assert math.isclose(value, float(model.numbers_at(hidden[None], pooled)[0]), rel_tol=1e-4, abs_tol=1e-5)
+                alone_value = float(model.numbers_at(hidden[None], pooled, has_geometry(geometry[row:row + 1], 1))[0])
+                with_e3fp_head = float(model.numbers_at(hidden[None], pooled, torch.ones(1, dtype=torch.bool))[0])
+            assert (per_view and row == 1) != math.isclose(alone_value, with_e3fp_head), "which head answered"
+            assert math.isclose(value, alone_value, rel_tol=1e-4, abs_tol=1e-5)
     plain = tiny(number_head=False).eval()
     assert slot_values(plain, ids, mask, pixels, geometry, new) == [[], []], "no head: nothing to fill"
 
