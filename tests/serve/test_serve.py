@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -189,33 +191,63 @@ def test_every_refusal_has_one_envelope_that_names_what_was_wrong(server, method
     assert list(response.json()) == ["error"] and reason in response.json()["error"], response.text
 
 
+def _stream_until_answered(url: str, chunks: int, size: int) -> tuple[int, dict, int]:
+    """POST `chunks` chunks of `size` bytes without a Content-Length (chunked) on a raw socket, reading
+    while sending, as a client must for an early answer: the server answers, stops reading and
+    closes, and a client that only reads after sending everything may find the connection reset
+    before it reads the answer. Returns the status, the JSON body and the body bytes sent."""
+    address = httpx.URL(url)
+    sock = socket.create_connection((address.host, address.port), timeout=60)
+    sock.sendall(f"POST /api/predict HTTP/1.1\r\nHost: {address.host}:{address.port}\r\nContent-Type: application/json"
+                 f"\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    chunk = f"{size:x}\r\n".encode() + b"A" * size + b"\r\n"
+    received, sent, pending = b"", 0, memoryview(b"")
+    sock.setblocking(False)
+    try:
+        while True:
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                           if line.startswith(b"content-length:")), None)
+            if length is not None and len(body) >= length:
+                return int(head.split()[1]), json.loads(body[:length]), sent
+            sending = not received and (sent < chunks * size or len(pending))
+            readable, writable, _ = select.select([sock], [sock] if sending else [], [], 60)
+            if not readable and not writable:
+                raise TimeoutError(f"no answer after {sent} bytes sent")
+            if readable:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError(f"closed without a whole answer: {received!r}")
+                received += data
+            elif writable:
+                if not len(pending):
+                    pending = memoryview(chunk if sent < chunks * size else b"0\r\n\r\n")
+                    sent += size if sent < chunks * size else 0
+                pending = pending[sock.send(pending):]
+    finally:
+        sock.close()
+
+
 def test_a_chunked_body_is_refused_while_it_streams_in(server):
     """100 MB without a Content-Length: 413 once the cap is passed, and the server never holds it."""
     process = psutil.Process(server.process.pid)
     before = process.memory_info().rss
-    peak, done, sent = [before], threading.Event(), [0]
+    peak, done = [before], threading.Event()
 
     def sample():
         while not done.is_set():
             peak.append(process.memory_info().rss)
             time.sleep(0.02)
 
-    def body():
-        for _ in range(100):
-            sent[0] += 2**20
-            yield b"A" * 2**20
-
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        response = httpx.post(server.url + "api/predict", content=body(), headers={"content-type": "application/json"},
-                              timeout=60)
+        status, answer, sent = _stream_until_answered(server.url, chunks=100, size=2**20)
     finally:
         done.set()
         sampler.join()
-    assert "content-length" not in response.request.headers  # sent chunked
-    assert response.status_code == 413 and "while it streamed in" in response.json()["error"], response.text
-    assert sent[0] < 100 * 2**20, "refused before the client had sent everything"
+    assert status == 413 and "while it streamed in" in answer["error"], answer
+    assert sent < 100 * 2**20, "refused before the client had sent everything"
     assert max(peak) - before < 50 * 2**20, f"RSS grew by {(max(peak) - before) / 2**20:.0f} MiB"
     assert httpx.get(server.url + "api/health").json()["status"] == "ok"
 
