@@ -177,7 +177,7 @@ def test_with_a_head_per_view_each_slot_is_answered_and_trained_by_its_views_hea
     assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), model.number_head_drawing.parameters()))
     assert model.number_head_drawing[-1].weight is not model.number_head[-1].weight, "two heads, not one shared"
     model(**batch).loss.backward()
-    for head, answers in ((model.number_head, ~drawing_only), (model.number_head_drawing, drawing_only)):
+    for head in (model.number_head, model.number_head_drawing):  # each has slots of its view in the batch
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()), "both heads learn"
     with torch.no_grad():
         model.number_head_drawing[-1].bias.add_(1.0)  # moves only what the drawing's head answers
