@@ -1,4 +1,4 @@
-"""MuMo as Prefect flows: MLM pretraining on the chebi20 shards, then the property benchmark (each a
+"""MuMo as Prefect flows: MLM pretraining on a shard version (MOSES's), then the property benchmark (each a
 Ray Train run; the flow records it, retries nothing by itself: Ray Train resumes from checkpoints)."""
 
 from __future__ import annotations

@@ -34,13 +34,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.longest, pytest.mark.timeout(1800)] 
 ROWS_PER_SPLIT = 12
 STAGES = ["ingest_chebi20", "featurize_chebi20", "validate_chebi20", "instructions_chebi20", "tokenizer",
           "pretrain_encoder", "train_stage1", "train_stage2", "evaluate", "report"]
-MUMO_STAGES = ["mumo_pretrain", "mumo_benchmark"]
+MUMO_STAGES = ["ingest_moses", "featurize_moses", "validate_moses", "mumo_pretrain", "mumo_benchmark"]
+MOSES_ROWS = 30  # the first 30 rows of MOSES's file hold 4 ESOL molecules (rows 8, 15, 19, 21)
 # MuMo at the smallest size that still runs every part: one pretraining step, one run per dataset and
 # split, one extra injection layer, one noise level
 MUMO_SIZE = {"max_steps: null\n    batch_size: 32\n    learning_rate: 1.0e-3\n    weight_decay: 0.01\n    warmup_ratio: 0.05\n    min_lr_ratio: 0.1\n    mask_ratio":
              "max_steps: 1\n    batch_size: 32\n    learning_rate: 1.0e-3\n    weight_decay: 0.01\n    warmup_ratio: 0.05\n    min_lr_ratio: 0.1\n    mask_ratio",
              "max_molecules: 150": "max_molecules: 30", "epochs: 4 ": "epochs: 1 ",
-             "injection_layers: [1, 8, 16]": "injection_layers: [16]", "coordinate_noise: [0.1, 0.5]\n  baseline_trees": "coordinate_noise: [0.5]\n  baseline_trees"}  # MuMo's, not eval.robustness's
+             "injection_layers: [1, 8, 16]": "injection_layers: [16]", "coordinate_noise: [0.1, 0.5]\n  baseline_trees": "coordinate_noise: [0.5]\n  baseline_trees",  # MuMo's, not eval.robustness's
+             "    max_rows: 300\n": f"    max_rows: {MOSES_ROWS}\n", "holdout_molecules: 30 ": "holdout_molecules: 6 "}
 
 
 # DeepMoLM's training at the test's 12 molecules per split: batches that fit, two epochs a stage
@@ -123,7 +125,7 @@ def demo(demos) -> Demo:
 def test_every_stage_runs_in_order_as_a_prefect_flow(demo):
     order = ran(demo.output)
     assert [stage for stage in order if stage in STAGES] == STAGES and sorted(order) == sorted(STAGES + MUMO_STAGES)
-    assert order.index("validate_chebi20") < order.index("mumo_pretrain") < order.index("mumo_benchmark")
+    assert [stage for stage in order if stage in MUMO_STAGES] == MUMO_STAGES
     assert "Prefect server for this run: http://127.0.0.1:" in demo.output and "Flow run" in demo.output
 
 
@@ -187,9 +189,19 @@ def test_evaluation_scores_the_model_beside_both_baselines_on_the_test_split(dem
 
 
 def test_mumo_pretrains_on_the_shards_graphs_and_runs_its_grid_beside_the_forest(demo):
+    """MOSES's first rows as a source: the four ESOL molecules among them rejected by InChIKey at
+    ingest, the rest featurized and gated like ChEBI-20's, and MuMo pretrained on them."""
+    ingested = read_raw_manifest(resolve_snapshot(demo.project / "data" / "raw" / "moses"))
+    raw = ingested["counts"]
+    assert (raw["input_rows"], raw["accepted"], ingested["rejected_by_reason"]) == (MOSES_ROWS, MOSES_ROWS - 4, {"benchmark_molecule": 4})
+    shards = read_manifest(resolve_version(demo.project / "data" / "shards" / "moses"))["counts"]
+    quality = demo.json("reports", "moses", "data", "summary.json")
+    assert shards["input_rows"] == raw["accepted"] and quality["contract"]["success"]
+    assert quality["ingest"]["rejected_by_reason"] == {"benchmark_molecule": 4}, "the page counts from the file's rows"
     pretrained = demo.json("reports", "mumo", "pretrain", SUMMARY)
-    shards = read_manifest(resolve_version(demo.project / "data" / "shards" / "chebi20"))["counts"]
-    assert pretrained["molecules"] + sum(pretrained["rejected_by_reason"].values()) == shards["accepted"]
+    assert pretrained["benchmark_molecules"] == 0 and pretrained["shards"].startswith("data/shards/moses/")
+    assert pretrained["held_out"] == 6 and pretrained["molecules"] == shards["accepted"] - 6 - sum(pretrained["rejected_by_reason"].values())
+    assert pretrained["holdout_loss_before"] > 0 and pretrained["holdout_loss_after"] > 0
     assert (demo.project / "models" / "mumo" / "pretrained" / "model.safetensors").is_file()
     results = demo.json("reports", "mumo", "results.json")
     assert sorted(r["name"] for r in results["runs"]) == sorted(

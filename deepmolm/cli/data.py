@@ -37,7 +37,7 @@ def _render_counts(summary: dict) -> None:
 @command(data_app, "ingest")
 def data_ingest(
     common: Common,
-    source: Annotated[str, typer.Option(help="chebi20, tsv or pubchem.")],
+    source: Annotated[str, typer.Option(help="chebi20, tsv, pubchem or moses (sources.moses: the file, its first max_rows rows).")],
     split: Annotated[
         list[str] | None,
         typer.Option(help="chebi20: splits to read (repeatable; default from params). tsv: the split label of the file."),

@@ -15,7 +15,7 @@ mumo_app = typer.Typer(help="MuMo: structural fusion and late injection, for pro
 @command(mumo_app, "pretrain")
 def mumo_pretrain_command(
     common: Common,
-    shards: Annotated[Path | None, typer.Option(help="a chebi20 shard version with its SFP table, or their directory (default: <shards_dir>/chebi20).")] = None,
+    shards: Annotated[Path | None, typer.Option(help="a shard version with its SFP table, or their directory (default: <shards_dir>/moses, MOSES's corpus).")] = None,
     prefect: PrefectOpt = False,
 ) -> None:
     """Masked-language-model pretraining of MuMo (Ray Train); exports <mumo.models_dir>/pretrained."""

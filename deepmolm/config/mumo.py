@@ -42,6 +42,8 @@ class MuMoTrainParams(_Section):
 
 class MuMoPretrainParams(MuMoTrainParams):
     mask_ratio: float = Field(gt=0, lt=1, description="SMILES tokens masked per molecule (BERT's 80/10/10)")
+    holdout_molecules: int = Field(ge=0, description="a seeded slice of the corpus never trained on: its MLM loss "
+                                                     "(the same masks every time) before, after each epoch and at the end")
 
 
 class MuMoFinetuneParams(MuMoTrainParams):

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deepmolm.config import Params
-from deepmolm.data.sources import chebi20, pubchem, tsv
+from deepmolm.data.property_sets import property_set_inchikeys
+from deepmolm.data.sources import chebi20, moses, pubchem, tsv
 from deepmolm.data.sources.errors import BatchFetchError, LayoutError, RequestError
 from deepmolm.data.sources.raw_table import RawTableWriter
 from deepmolm.data.sources.records import InputRef, RawRecord, Reason, Rejection, cid_problem
@@ -172,6 +173,28 @@ def ingest_tsv(
     return _write_layout_files(params, source, files, out_root, progress, ("ingest",))
 
 
+def ingest_moses(params: Params, *, out_root: Path | None = None, progress: bool = True) -> IngestSummary:
+    """The first sources.moses.max_rows rows of MOSES's file -> a snapshot, the evaluated property
+    sets' molecules rejected."""
+    started = time.perf_counter()
+    cfg = params.sources.moses
+    located = moses.locate(cfg.file, cfg.sha256)
+    excluded = property_set_inchikeys(cfg.exclude_property_sets, params.mumo.property_dir)
+    input_rows = 0
+    with _writer(params, moses.SOURCE, out_root) as writer, \
+            progress_bar("ingest moses", cfg.max_rows, enabled=progress) as advance:
+        for item in moses.read_rows(located, max_rows=cfg.max_rows, max_smiles_chars=params.ingest.max_smiles_chars,
+                                    excluded=excluded):
+            writer.reject(item) if isinstance(item, Rejection) else writer.add(item)
+            input_rows += 1
+            if input_rows % 1000 == 0:
+                advance(1000)
+        advance(input_rows % 1000)
+        inputs = [InputRef(uri=located.uri, sha256=located.sha256, rows=input_rows,
+                           extra={"read_from": portable_path(located.path), "excluded_molecules": len(excluded)})]
+        return _publish(writer, params, ("sources.moses", "ingest"), inputs, started, input_rows)
+
+
 def cid_tokens(text: str) -> list[str]:
     """`1, 2 3` -> ['1', '2', '3']: CIDs separated by commas or whitespace."""
     return [tok for tok in text.replace(",", " ").split()]
@@ -272,7 +295,7 @@ class IngestRequest:
 
 
 # The options each source takes on the command line; its names are the sources there are.
-SOURCE_OPTIONS = {"chebi20": {"split"}, "tsv": {"split", "path"}, "pubchem": {"cids", "cid_file"}}
+SOURCE_OPTIONS = {"chebi20": {"split"}, "tsv": {"split", "path"}, "pubchem": {"cids", "cid_file"}, "moses": set()}
 SOURCES = tuple(SOURCE_OPTIONS)
 
 
@@ -287,6 +310,8 @@ def ingest_request(source: str, *, splits: list[str] | None = None, path: Path |
     out = str(out_root) if out_root else None
     if source == "chebi20":
         return IngestRequest("chebi20", splits=tuple(splits or ()), out_root=out)
+    if source == "moses":
+        return IngestRequest("moses", out_root=out)
     if source == "tsv":
         if path is None:
             raise RequestError("--source tsv needs --path FILE")
@@ -318,6 +343,8 @@ def run_ingest(params: Params, request: IngestRequest, *, progress: bool = True)
     if request.source == "tsv":
         split = request.splits[0] if request.splits else None
         return ingest_tsv(params, Path(request.path), split=split, out_root=out_root, progress=progress)
+    if request.source == "moses":
+        return ingest_moses(params, out_root=out_root, progress=progress)
     if request.source == "pubchem":
         return ingest_pubchem(params, list(request.cid_tokens), out_root=out_root, progress=progress)
     raise RequestError(f"unknown source {request.source!r}: expected {', '.join(SOURCES)}")

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rdkit import Chem, RDLogger
 from rdkit.Chem.Scaffolds import MurckoScaffold
+
+from deepmolm.data.sources.records import inchikey
 
 # name -> (file under the MoleculeNet directory, SMILES column, target column, unit)
 PROPERTY_SETS = {
@@ -71,6 +74,16 @@ def read_property_set(name: str, directory: Path) -> PropertySet:
     finally:
         RDLogger.EnableLog("rdApp.*")
     return PropertySet(name, unit, smiles, np.asarray(targets, dtype=np.float64), rejected)
+
+
+def property_set_inchikeys(names: Iterable[str], directory: Path) -> dict[str, str]:
+    """InChIKey -> "<set> molecule N" for every molecule of the named sets: what a pretraining corpus leaves out."""
+    keys: dict[str, str] = {}
+    for name in names:
+        for number, smiles in enumerate(read_property_set(name, directory).smiles, start=1):
+            if key := inchikey(smiles):
+                keys.setdefault(key, f"{name} molecule {number}")
+    return keys
 
 
 def _sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:

@@ -27,10 +27,14 @@ from deepmolm.config import Params
 from deepmolm.data.contracts.frames import PROPERTY_COLUMNS
 from deepmolm.data.contracts.gate import ContractResult, validate_shard_version
 from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects
+from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
+from deepmolm.runtime.run_log import resolve_recorded
+from deepmolm.store.versions import MANIFEST
 
 TEXT_COLUMNS = ["cid", "split", "smiles", "description", "conformer_source", "flags"]  # a gallery item's
 FACT_COLUMNS = ["split", "smiles", "description", "flags", "e3fp", "properties"]  # read one part at a time
+ID_LABELS = {"moses": "MOSES row"}  # what a record's cid is where it is not a PubChem CID
 
 
 @dataclass
@@ -73,7 +77,18 @@ def version_facts(version_dir: Path, levels: int) -> VersionFacts:
     return facts
 
 
-def data_summary(rejects: pa.Table, manifest: dict, contract: ContractResult | None, facts: VersionFacts) -> dict:
+def ingest_counts(version_dir: Path, manifest: dict) -> dict | None:
+    """What the raw snapshot the version was built from read and rejected (a source's rejections,
+    e.g. MOSES's evaluated molecules, happen there); None where that snapshot is not beside it."""
+    raw_dir = resolve_recorded(manifest["input"]["raw_snapshot_dir"], version_dir)
+    if not (raw_dir / MANIFEST).is_file():
+        return None
+    raw = read_raw_manifest(raw_dir)
+    return {**raw["counts"], "rejected_by_reason": raw["rejected_by_reason"]}
+
+
+def data_summary(rejects: pa.Table, manifest: dict, contract: ContractResult | None, facts: VersionFacts,
+                 ingest: dict | None = None) -> dict:
     """The figures the page shows, as plain JSON data."""
     input_rows = manifest["counts"]["input_rows"]
     summary = {
@@ -93,6 +108,8 @@ def data_summary(rejects: pa.Table, manifest: dict, contract: ContractResult | N
         },
         "rejects": rejects.num_rows,
     }
+    if ingest is not None:
+        summary["ingest"] = ingest
     if contract is not None:
         summary["contract"] = {key: getattr(contract, key) for key in ("success", "evaluated", "failed", "warnings")}
     return summary
@@ -208,7 +225,7 @@ def write_data_report(version_dir: Path, params: Params, contract: ContractResul
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
     facts = version_facts(version_dir, manifest["params"]["featurize.e3fp"]["level"] + 1)
-    summary = data_summary(rejects, manifest, contract, facts)
+    summary = data_summary(rejects, manifest, contract, facts, ingest_counts(version_dir, manifest))
     plots = _plots(facts.series, summary, manifest, facts.usage, out)
     gallery = _gallery(version_dir, facts.flagged, params, out)
     summary["plots"] = [path for path, _ in plots]
@@ -247,6 +264,11 @@ def _page(summary: dict, plots: list[tuple[str, str]], gallery: list[dict], reje
         if items:
             parts.append(f"<ul id='failed-expectations'>{''.join(items)}</ul>")
     parts.append("<h2>Counts</h2><table class='counts'>")
+    if ingest := summary.get("ingest"):
+        parts.append(f"<tr><td>rows read from the source</td><td>{ingest['input_rows']}</td></tr>"
+                     f"<tr><td>rejected at ingest</td><td>{ingest['rejected']}</td></tr>")
+        for reason, count in ingest["rejected_by_reason"].items():
+            parts.append(f"<tr><td>&nbsp;&nbsp;rejected at ingest: {e(reason)}</td><td>{count}</td></tr>")
     parts.append(f"<tr><td>input rows</td><td>{counts['input_rows']}</td></tr>"
                  f"<tr><td>accepted</td><td>{counts['accepted']}</td></tr>"
                  f"<tr><td>rejected</td><td>{counts['rejected']} ({summary['reject_rate']:.2%})</td></tr>")
@@ -258,14 +280,15 @@ def _page(summary: dict, plots: list[tuple[str, str]], gallery: list[dict], reje
     for path, caption in plots:
         parts.append(f"<figure><img src='{e(path)}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>")
     parts.append("<h2>Gallery</h2><div class='gallery' id='gallery'>")
+    label = ID_LABELS.get(summary["dataset"], "CID")
     for item in gallery:
         flags = "".join(f"<span class='flag'>{e(f)}</span>" for f in item["flags"])
-        parts.append(f"<div class='card'><img src='{e(item['image'])}' alt='CID {item['cid']}'>"
-                     f"<div><b>CID {item['cid']}</b> · conformer {e(item['conformer_source'])} {flags}</div>"
+        parts.append(f"<div class='card'><img src='{e(item['image'])}' alt='{label} {item['cid']}'>"
+                     f"<div><b>{label} {item['cid']}</b> · conformer {e(item['conformer_source'])} {flags}</div>"
                      f"<div class='smiles'>{e(item['smiles'])}</div><div>{e(item['description'][:400])}</div></div>")
     parts.append("</div>")
     if rejects:
-        parts.append("<h2>Rejected molecules</h2><table class='counts'><tr><th>CID</th><th>reason</th><th>detail</th><th>SMILES</th></tr>")
+        parts.append(f"<h2>Rejected molecules</h2><table class='counts'><tr><th>{label}</th><th>reason</th><th>detail</th><th>SMILES</th></tr>")
         for r in rejects:
             parts.append(f"<tr><td>{r['cid']}</td><td>{e(r['reason'])}</td><td>{e(r['detail'][:200])}</td>"
                          f"<td class='smiles'>{e((r['raw_smiles'] or '')[:120])}</td></tr>")

@@ -30,6 +30,8 @@ def report(small_versions, tmp_path) -> tuple[Path, dict]:
 def test_summary_json_holds_the_counts_and_distributions(report):
     page, summary = report
     assert summary["counts"] == {"input_rows": 13, "accepted": 10, "rejected": 3}
+    assert summary["ingest"] == {"input_rows": 13, "accepted": 13, "rejected": 0, "rejected_by_reason": {}}, \
+        "the raw snapshot's counts: every row the source gave, before featurization"
     assert summary["rejected_by_reason"] == {"kekulization_failed": 1, "sanitization_failed": 1, "wildcard_atom": 1}
     assert summary["contract"]["success"] is False, "3 rejects of 13 rows are over the default thresholds"
     assert summary["contract"]["failed"] == ["reject_rates.reject_rate_under_threshold"]

@@ -12,10 +12,11 @@ import torch
 
 from deepmolm.config import DEFAULT_PARAMS, load_params
 from deepmolm.data.property_sets import PropertySet
-from deepmolm.evaluation.mumo.benchmark import benchmark_jobs, results_markdown, results_table
+from deepmolm.evaluation.mumo.benchmark import benchmark_jobs, held_out_slice, results_markdown, results_table
 from deepmolm.models.mumo.processing import mask_tokens, model_inputs, property_molecules, with_noisy_conformers
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
-from deepmolm.training.mumo.loop import epoch_batches
+from deepmolm.training.checkpoints import step_through_epochs
+from deepmolm.training.mumo.loop import epoch_batches, held_out_loss
 
 
 def test_each_global_batch_is_split_over_the_workers_without_overlap():
@@ -91,6 +92,10 @@ def test_results_table_gives_mean_and_std_over_seeds_beside_the_forest_and_the_p
     assert row["mumo_rmse_noise_0.5"] == [0.9, 0.163] and row["seeds"] == [0, 1, 2]
     text = results_markdown({"preset": "tiny", "pretrained": {"molecules": 10, "steps": 3}, "table": table})
     assert "| esol | random | 9 | 3 | 0.800 ± 0.163 |" in text and "noise 0.5 Å" in text
+    text = results_markdown({"preset": "tiny", "pretrained": {"molecules": 90, "steps": 3, "shards": "data/shards/moses/v1"},
+                             "pretraining": {"held_out": 10, "holdout_loss_before": 3.7, "holdout_loss_after": 2.9},
+                             "table": table})
+    assert "pretrained on 90 molecules of `data/shards/moses/v1` (3 steps; held-out MLM loss 3.7 before, 2.9 after, on 10 molecules)" in text
 
 
 def test_the_commands_name_what_is_missing(tmp_path, small_versions):
@@ -103,3 +108,53 @@ def test_the_commands_name_what_is_missing(tmp_path, small_versions):
     shutil.rmtree(bare / "sfp")  # a version featurized with mumo.sfp off
     done = run_cli("mumo", "pretrain", "--shards", str(bare), "--json")
     assert done.returncode == 1 and "has no SFP table" in json.loads(done.stdout.splitlines()[-1])["error"]
+
+
+def test_the_held_out_slice_is_seeded_apart_from_training_and_never_takes_everything():
+    corpus = list(range(50))
+    train, held = held_out_slice(corpus, 10, seed=0)
+    assert len(held) == 10 and sorted(train + held) == corpus and train == sorted(train) and held == sorted(held)
+    assert held_out_slice(corpus, 10, 0) == (train, held) and held_out_slice(corpus, 10, 1)[1] != held
+    assert held_out_slice(corpus, 0, 0) == (corpus, [])
+    with pytest.raises(ValueError, match="mumo.pretrain.holdout_molecules"):
+        held_out_slice(corpus, 50, 0)
+
+
+@pytest.mark.learns
+def test_the_held_out_loss_masks_alike_every_time_and_falls_as_the_model_learns():
+    from deepmolm.models.mumo.modeling import MuMoForMaskedLM
+    from deepmolm.models.mumo.presets import mumo_config
+
+    params = load_params(DEFAULT_PARAMS, [])
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "OC(=O)c1ccccc1", "CC(C)Cc1ccc(C)cc1"]
+    molecules, _ = property_molecules(PropertySet("six", "u", smiles, np.zeros(6)), params.featurize.conformer)
+    tokenizer = build_smiles_tokenizer(smiles)
+    torch.manual_seed(0)
+    model = MuMoForMaskedLM(mumo_config(params, vocab_size=len(tokenizer)))
+    cpu = torch.device("cpu")
+
+    def loss() -> float:
+        return held_out_loss(model, tokenizer, molecules, max_length=32, mask_ratio=0.3, device=cpu, batch_size=4)
+
+    before = loss()
+    assert loss() == before and model.training, "the same masks each time; the model left in training mode"
+    optimizer, generator = torch.optim.AdamW(model.parameters(), lr=3e-3), torch.Generator().manual_seed(1)
+    for _ in range(40):
+        inputs = mask_tokens(model_inputs(tokenizer, molecules, 32), tokenizer, 0.3, generator)
+        optimizer.zero_grad()
+        model(**inputs).loss.backward()
+        optimizer.step()
+    assert loss() < 0.8 * before, (before, loss())
+    assert held_out_loss(model, tokenizer, [], max_length=32, mask_ratio=0.3, device=cpu) is None
+
+
+@pytest.mark.parametrize("resumed_at", [0, 4])
+def test_each_epoch_ends_with_its_own_rows_and_a_short_last_epoch_too(resumed_at):
+    state = {"step": resumed_at, "epoch": resumed_at // 3}
+    history = [{"step": s, "loss": 0.0} for s in range(1, resumed_at + 1)]
+    ended = []
+    step_through_epochs(None, state, history, total=7, epoch_batches=lambda epoch: [0, 1, 2],
+                        step=lambda batch, epoch: {"loss": float(batch)}, files=dict, rank=0, tag="test",
+                        checkpoint_every=1000, epoch_ended=lambda epoch, rows: ended.append((epoch, [r["step"] for r in rows])))
+    expected = [(0, [1, 2, 3]), (1, [4, 5, 6]), (2, [7])]
+    assert ended == expected[resumed_at // 3:] and state == {"step": 7, "epoch": 2}

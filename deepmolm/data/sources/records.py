@@ -31,6 +31,8 @@ class Reason(StrEnum):
     NOT_FOUND = "not_found"
     BAD_REQUEST = "bad_request"
     FETCH_FAILED = "fetch_failed"
+    BENCHMARK_MOLECULE = "benchmark_molecule"  # a molecule of an evaluated property set, kept out of pretraining
+    DUPLICATE_MOLECULE = "duplicate_molecule"  # an InChIKey an earlier row of the same corpus has
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,13 @@ def smiles_problem(smiles: str, max_chars: int) -> tuple[Reason, str] | None:
     if mol is None or mol.GetNumAtoms() == 0:
         return Reason.UNPARSEABLE_SMILES, "RDKit cannot parse the SMILES syntax"
     return None
+
+
+def inchikey(smiles: str) -> str | None:
+    """The standard InChIKey, or None where RDKit cannot sanitise the molecule (featurize rejects it then)."""
+    with rdBase.BlockLogs():
+        mol = Chem.MolFromSmiles(smiles)
+        return (Chem.MolToInchiKey(mol) or None) if mol is not None else None
 
 
 def unescape_published_smiles(smiles: str) -> str:

@@ -1,4 +1,4 @@
-"""The driver side of MuMo: pretrain on the chebi20 shards, then the property benchmark, each one Ray
+"""The driver side of MuMo: pretrain on a shard version (MOSES's by default), then the property benchmark, each one Ray
 Train TorchTrainer run through the same scaling, storage and failure settings as DeepMoLM's stages.
 
 `pretrain` exports `<mumo.models_dir>/pretrained` (safetensors, config, SMILES tokenizer, provenance).
@@ -18,14 +18,15 @@ import numpy as np
 
 from deepmolm import __version__
 from deepmolm.config import Params
-from deepmolm.data.property_sets import PropertySet, random_split, read_property_set, scaffold_split
-from deepmolm.data.shards.parts import read_manifest, resolve_version
+from deepmolm.data.property_sets import (PropertySet, property_set_inchikeys, random_split, read_property_set,
+                                         scaffold_split)
+from deepmolm.data.shards.parts import read_manifest, read_shards, resolve_version
 from deepmolm.evaluation.mumo.baseline import molecule_features, random_forest
 from deepmolm.models.mumo.processing import property_molecules, shard_molecules, with_noisy_conformers
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
 from deepmolm.runtime.run_log import log_run, portable_path
 from deepmolm.training.checkpoints import PROVENANCE, RESULTS
-from deepmolm.training.driver import connect, export_model, fit, log_metrics, read_jsonl
+from deepmolm.training.driver import SUMMARY, connect, export_model, fit, log_metrics, read_jsonl, read_metric
 from deepmolm.training.metrics import regression_errors
 from deepmolm.training.mumo.loop import steps_per_epoch
 
@@ -55,10 +56,14 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
 
     from deepmolm.training.mumo.loop import pretrain_worker
 
-    version = resolve_version(Path(shards or params.paths.shards_dir / "chebi20"))
+    version = resolve_version(Path(shards or params.paths.shards_dir / "moses"))
     out = Path(out or params.mumo.models_dir / "pretrained").resolve()
-    molecules, rejected = shard_molecules(version)
-    vocabulary = [m.smiles for m in molecules] + [s for data in _property_sets(params, whole=True).values() for s in data.smiles]
+    corpus, rejected = shard_molecules(version)
+    molecules, held_out = held_out_slice(corpus, params.mumo.pretrain.holdout_molecules, params.train.seed)
+    evaluated = property_set_inchikeys(dict.fromkeys([*params.mumo.finetune.datasets, params.mumo.ablation.dataset]),
+                                       params.mumo.property_dir)
+    overlap = sum(key in evaluated for key in read_shards(version, ["inchikey"]).column("inchikey").to_pylist())
+    vocabulary = [m.smiles for m in corpus] + [s for data in _property_sets(params, whole=True).values() for s in data.smiles]
     tokenizer = build_smiles_tokenizer(vocabulary)
     run = params.mumo.pretrain
     total = run.max_steps or run.epochs * steps_per_epoch(len(molecules), run.batch_size)
@@ -70,16 +75,28 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
     started = time.perf_counter()
     connect(params)
     result = fit(params, pretrain_worker, {"params": params, "plan": plan, "tokenizer": tokenizer,
-                                           "molecules": ray.put(molecules)}, name)
-    history, _ = export_model(result, out)
+                                           "molecules": ray.put(molecules), "held_out": ray.put(held_out)}, name)
+    history, state = export_model(result, out)
     summary = {"run": name, "model": portable_path(out), "shards": plan["shards"], "molecules": len(molecules),
-               "rejected_by_reason": rejected, "vocab_size": len(tokenizer), "steps": total,
-               "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
-    log_metrics(params.mumo.reports_dir / "pretrain", history, summary)  # samples/s is the machine's: the run log's
+               "held_out": len(held_out), "rejected_by_reason": rejected, "benchmark_molecules": overlap,
+               "vocab_size": len(tokenizer), "steps": total, "first_loss": history[0]["loss"],
+               "last_loss": history[-1]["loss"], "holdout_loss_before": state.get("before"),
+               "holdout_loss_after": state.get("after")}
+    log_metrics(params.mumo.reports_dir / "pretrain", history, summary,  # samples/s is the machine's: the run log's
+                epochs=state.get("epochs", []))
     seconds = round(time.perf_counter() - started, 1)
     log_run(params.paths.logs_dir, "mumo_pretrain", out, run=name, seconds=seconds,
             samples_per_s=[round(row["samples_per_s"], 1) for row in history if "samples_per_s" in row])
     return {**summary, "seconds": seconds}
+
+
+def held_out_slice(corpus: list, count: int, seed: int) -> tuple[list, list]:
+    """(training molecules, `count` held-out ones): a seeded choice, each part in corpus order."""
+    if count >= len(corpus):
+        raise ValueError(f"mumo.pretrain.holdout_molecules ({count}) leaves nothing of the {len(corpus)} molecules to "
+                         "pretrain on: hold out fewer, or build a larger corpus (sources.moses.max_rows)")
+    chosen = set(np.random.default_rng(seed).choice(len(corpus), count, replace=False).tolist())
+    return [m for i, m in enumerate(corpus) if i not in chosen], [m for i, m in enumerate(corpus) if i in chosen]
 
 
 def benchmark_jobs(params: Params) -> list[dict]:
@@ -140,7 +157,7 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
         runs = read_jsonl(Path(directory) / RESULTS)
     baseline = _baselines(params, data, jobs)
     report = {
-        "pretrained": provenance, "run": name, "preset": params.mumo.preset, "injection_layer": params.mumo.injection_layer,
+        "pretrained": provenance, "pretraining": pretraining_figures(params.mumo.reports_dir / "pretrain"), "run": name, "preset": params.mumo.preset, "injection_layer": params.mumo.injection_layer,
         "datasets": accounting, "runs": [{k: v for k, v in r.items() if k != "seconds"} for r in runs],
         "baseline": baseline, "table": results_table(params, runs, baseline), "published_random_rmse": PUBLISHED_RANDOM_RMSE,
     }
@@ -151,7 +168,7 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(report))
-    plot_results(report, out / "results.png")
+    plot_results(report, out / "results.png", pretraining_curves(params.mumo.reports_dir / "pretrain"))
     return {"runs": len(runs), "out": str(out), "table": report["table"], "seconds": seconds}
 
 
@@ -208,8 +225,12 @@ def _pm(value: list[float] | None) -> str:
 def results_markdown(report: dict) -> str:
     noise = [key.removeprefix("mumo_rmse_noise_") for key in (report["table"][0] if report["table"] else {})
              if key.startswith("mumo_rmse_noise_")]
-    lines = [f"MuMo preset `{report['preset']}`, pretrained on {report['pretrained']['molecules']} ChEBI-20 molecules "
-             f"({report['pretrained']['steps']} steps); test RMSE and MAE, mean ± std over seeds.", "",
+    pretrained, held = report["pretrained"], report.get("pretraining") or {}
+    corpus = f" of `{pretrained['shards']}`" if pretrained.get("shards") else ""
+    held_out = (f"; held-out MLM loss {held['holdout_loss_before']} before, {held['holdout_loss_after']} after, on "
+                f"{held['held_out']} molecules" if held.get("holdout_loss_after") is not None else "")
+    lines = [f"MuMo preset `{report['preset']}`, pretrained on {pretrained['molecules']} molecules{corpus} "
+             f"({pretrained['steps']} steps{held_out}); test RMSE and MAE, mean ± std over seeds.", "",
              "| dataset | split | injection layer | seeds | MuMo RMSE | MuMo MAE | RF RMSE | RF MAE | published MuMo RMSE | "
              + " | ".join(f"MuMo RMSE, noise {s} Å" for s in noise) + " |",
              "| --- " * (9 + len(noise)) + "|"]
@@ -220,15 +241,35 @@ def results_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_results(report: dict, path: Path) -> None:
-    """Left: validation RMSE per epoch of every run at the default injection layer. Right: test RMSE
-    (mean over seeds) as the test conformers get noisier, per dataset and split, the forest dashed."""
+def pretraining_figures(directory: Path) -> dict | None:
+    """The pretraining's held-out MLM loss before and after, from the mumo_pretrain stage's metrics."""
+    path = Path(directory) / SUMMARY
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return {key: summary.get(key) for key in ("molecules", "held_out", "steps", "holdout_loss_before", "holdout_loss_after")}
+
+
+def pretraining_curves(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    return {"training": read_metric(directory, "train/loss"), "held out": read_metric(directory, "holdout/loss")}
+
+
+def plot_results(report: dict, path: Path, pretraining: dict[str, list[tuple[int, float]]] | None = None) -> None:
+    """Left: the pretraining's MLM loss per step and its held-out loss per epoch. Middle: validation
+    RMSE per epoch of every fine-tuning run at the default injection layer. Right: test RMSE (mean
+    over seeds) as the test conformers get noisier, per dataset and split, the forest dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (curves, noise) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (mlm, curves, noise) = plt.subplots(1, 3, figsize=(17, 4.2))
+    for (label, points), style in zip((pretraining or {}).items(), ("-", "o-"), strict=False):
+        if points:
+            mlm.plot(*zip(*points, strict=True), style, label=label, alpha=0.8)
+    mlm.set(xlabel="step", ylabel="MLM loss per masked token", title="pretraining")
+    if mlm.has_data():
+        mlm.legend(fontsize=8)
     colours = {}
     for run in report["runs"]:
         if run["injection_layer"] != report["injection_layer"]:

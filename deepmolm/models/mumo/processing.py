@@ -1,6 +1,6 @@
 """MuMo's molecules: a SMILES, its unified graph and, for property sets, a target.
 
-Pretraining reads the chebi20 shard version's SFP table (the featurize flow wrote it); the property
+Pretraining reads a shard version's SFP table (the featurize flow wrote it; MOSES's by default); the property
 sets get a conformer here with the featurizer's own ETKDG + MMFF settings. A molecule without a
 conformer is a counted rejection, never a silent drop. Coordinates are kept for property molecules
 so the test-time noise ablation can rebuild their graphs from perturbed conformers.

@@ -49,6 +49,28 @@ def _to(inputs: dict, device: torch.device) -> dict:
     return {key: value.to(device) for key, value in inputs.items()}
 
 
+HOLDOUT_MASK_SEED = 20240  # the held-out molecules' masks: drawn once, the same at every evaluation
+
+
+def held_out_loss(module, tokenizer, molecules: list[Molecule], *, max_length: int, mask_ratio: float, device,
+                  batch_size: int = 64) -> float | None:
+    """The MLM loss per masked token over `molecules`, every evaluation with the same masks."""
+    if not molecules:
+        return None
+    generator = torch.Generator().manual_seed(HOLDOUT_MASK_SEED)
+    total, tokens = 0.0, 0
+    module.eval()
+    with torch.no_grad():
+        for start in range(0, len(molecules), batch_size):
+            inputs = mask_tokens(model_inputs(tokenizer, molecules[start:start + batch_size], max_length), tokenizer,
+                                 mask_ratio, generator)
+            masked = int((inputs["labels"] != -100).sum())
+            total += float(module(**_to(inputs, device)).loss) * masked
+            tokens += masked
+    module.train()
+    return round(total / max(tokens, 1), 5)
+
+
 def pretrain_worker(config: dict) -> None:
     """Masked-language modelling on SMILES, with each molecule's structural prior injected."""
     import ray
@@ -59,6 +81,7 @@ def pretrain_worker(config: dict) -> None:
 
     params, plan, tokenizer = config["params"], config["plan"], config["tokenizer"]
     molecules: list[Molecule] = ray.get(config["molecules"])
+    held_out: list[Molecule] = ray.get(config["held_out"])
     rank, world, device = worker_context()
     numerics.check(params.numerics, params.numerics.worker_threads)
     run = params.mumo.pretrain
@@ -82,8 +105,21 @@ def pretrain_worker(config: dict) -> None:
     def files() -> dict[str, str]:
         return {STATE: json.dumps(state), HISTORY: "".join(json.dumps(row) + "\n" for row in history)}
 
+    def evaluate() -> float | None:
+        return held_out_loss(strategy.module, tokenizer, held_out, max_length=params.mumo.max_length,
+                             mask_ratio=run.mask_ratio, device=device)
+
+    def epoch_ended(epoch: int, rows: list[dict]) -> None:
+        if rank == 0:  # the other ranks wait for it at the next step's all-reduce
+            train_loss = float(np.mean([row["loss"] for row in rows])) if rows else None
+            state.setdefault("epochs", []).append({"epoch": epoch, "step": state["step"], "train_loss": train_loss,
+                                                   "holdout_loss": evaluate()})
+
     if rank == 0:
-        print(f"[mumo] pretraining: {total} steps on {world} worker(s), {len(molecules)} molecules", flush=True)
+        print(f"[mumo] pretraining: {total} steps on {world} worker(s), {len(molecules)} molecules, "
+              f"{len(held_out)} held out", flush=True)
+        if not state["step"]:
+            state["before"] = evaluate()
 
     def step(index, epoch: int) -> dict:
         started = time.perf_counter()
@@ -94,7 +130,9 @@ def pretrain_worker(config: dict) -> None:
     step_through_epochs(strategy, state, history, total=total, step=step, files=files, rank=rank, tag="mumo pretrain",
                         epoch_batches=lambda epoch: epoch_batches(len(molecules), run.batch_size, params.train.seed,
                                                                   epoch, rank, world),
-                        checkpoint_every=params.train.checkpoint_every_steps)
+                        checkpoint_every=params.train.checkpoint_every_steps, epoch_ended=epoch_ended)
+    if rank == 0:
+        state["after"] = evaluate()
     state["final"] = True
     report_files(files(), strategy, rank, {"step": state["step"], "final": True}, f"checkpoint_{state['step']:07d}_final",
             export=export)
