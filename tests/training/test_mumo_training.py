@@ -12,7 +12,8 @@ import torch
 
 from deepmolm.config import DEFAULT_PARAMS, load_params
 from deepmolm.data.property_sets import PropertySet
-from deepmolm.evaluation.mumo.benchmark import benchmark_jobs, held_out_slice, results_markdown, results_table
+from deepmolm.evaluation.mumo.benchmark import (benchmark_jobs, held_out_slice, pretraining_curves, results_markdown,
+                                                results_table)
 from deepmolm.models.mumo.processing import mask_tokens, model_inputs, property_molecules, with_noisy_conformers
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
 from deepmolm.training.checkpoints import step_through_epochs
@@ -158,3 +159,16 @@ def test_each_epoch_ends_with_its_own_rows_and_a_short_last_epoch_too(resumed_at
                         checkpoint_every=1000, epoch_ended=lambda epoch, rows: ended.append((epoch, [r["step"] for r in rows])))
     expected = [(0, [1, 2, 3]), (1, [4, 5, 6]), (2, [7])]
     assert ended == expected[resumed_at // 3:] and state == {"step": 7, "epoch": 2}
+
+
+def test_the_pretraining_curves_start_from_the_held_out_loss_before_the_first_step(tmp_path):
+    from deepmolm.training.driver import log_metrics
+
+    history = [{"step": step, "loss": 4.0 - step / 10, "lr": 1e-3, "grad_norm": 1.0} for step in range(1, 5)]
+    epochs = [{"epoch": 0, "step": 2, "train_loss": 3.85, "holdout_loss": 3.7},
+              {"epoch": 1, "step": 4, "train_loss": 3.65, "holdout_loss": 3.5}]
+    log_metrics(tmp_path, history, {"holdout_loss_before": 4.1, "holdout_loss_after": 3.5}, epochs=epochs)
+    curves = pretraining_curves(tmp_path)
+    assert curves["held out"] == [(0, 4.1), (2, 3.7), (4, 3.5)]
+    assert [step for step, _ in curves["training"]] == [1, 2, 3, 4]
+    assert pretraining_curves(tmp_path / "none") == {"training": [], "held out": []}

@@ -251,7 +251,10 @@ def pretraining_figures(directory: Path) -> dict | None:
 
 
 def pretraining_curves(directory: Path) -> dict[str, list[tuple[int, float]]]:
-    return {"training": read_metric(directory, "train/loss"), "held out": read_metric(directory, "holdout/loss")}
+    """The MLM loss per step, and the held-out loss from before the first step (step 0) to each epoch's end."""
+    before = (pretraining_figures(directory) or {}).get("holdout_loss_before")
+    start = [(0, before)] if before is not None else []
+    return {"training": read_metric(directory, "train/loss"), "held out": start + read_metric(directory, "holdout/loss")}
 
 
 def plot_results(report: dict, path: Path, pretraining: dict[str, list[tuple[int, float]]] | None = None) -> None:
