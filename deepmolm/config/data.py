@@ -82,6 +82,7 @@ class PubChemParams(_Section):
 
 class MosesParams(_Section):
     file: ProjectPath = Field(description="MOSES's train.csv.gz (a `SMILES` header, one SMILES a line; gzip or plain)")
+    url: str = Field(description="where the file is published: each row's source_uri (the SHA-256 names the bytes)")
     sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$", description="the file's known SHA-256; null: not checked")
     max_rows: int | None = Field(ge=1, description="the corpus size: the file's first rows read; null reads all 1,584,663")
     exclude_property_sets: list[Literal["esol", "freesolv"]] = Field(

@@ -178,7 +178,7 @@ def ingest_moses(params: Params, *, out_root: Path | None = None, progress: bool
     sets' molecules rejected."""
     started = time.perf_counter()
     cfg = params.sources.moses
-    located = moses.locate(cfg.file, cfg.sha256)
+    located = moses.locate(cfg.file, cfg.url, cfg.sha256)
     excluded = property_set_inchikeys(cfg.exclude_property_sets, params.mumo.property_dir)
     input_rows = 0
     with _writer(params, moses.SOURCE, out_root) as writer, \

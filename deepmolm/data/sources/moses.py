@@ -37,9 +37,11 @@ def _open(path: Path):
     return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
-def locate(path: Path, expected_sha256: str | None) -> MosesFile:
-    """The file, its URI and SHA-256, refused when missing, not in the layout, or not the known bytes."""
-    path = Path(path).resolve()
+def locate(path: Path, url: str, expected_sha256: str | None) -> MosesFile:
+    """The file with its SHA-256, refused when missing, not in the layout, or not the known bytes.
+    Its rows name `url`, where the bytes are published, not where this machine keeps them, so two
+    copies of the project at different places write the same raw table."""
+    path = Path(path)
     if not path.is_file():
         raise LayoutError(f"{path}: no such file (sources.moses.file)")
     try:
@@ -53,7 +55,7 @@ def locate(path: Path, expected_sha256: str | None) -> MosesFile:
     if expected_sha256 is not None and digest != expected_sha256:
         raise ChecksumError(f"{path}: SHA-256 {digest} is not the known sum of MOSES's train.csv.gz "
                             f"({expected_sha256}, sources.moses.sha256): the file is damaged or another one")
-    return MosesFile(path, path.as_uri(), digest)
+    return MosesFile(path, url, digest)
 
 
 def read_rows(source: MosesFile, *, max_rows: int | None, max_smiles_chars: int,

@@ -31,8 +31,10 @@ def test_the_first_rows_of_the_real_file_leave_out_esol_and_freesolv_molecules(m
     assert {r["reason"] for r in rejects} == {"benchmark_molecule"} and "is esol molecule" in rejects[0]["detail"]
     evaluated = property_set_inchikeys(["esol", "freesolv"], shared / "moleculenet")
     assert not set(table.column("inchikey").to_pylist()) & set(evaluated)
+    assert set(table.column("source_uri").to_pylist()) == {make_params().sources.moses.url}, "where it is published"
     manifest = read_manifest(summary.out)
     assert manifest["inputs"][0]["sha256"] == make_params().sources.moses.sha256
+    assert manifest["inputs"][0]["extra"]["read_from"] == "../shared/data/moses/train.csv.gz", "relative, as given"
     assert manifest["inputs"][0]["rows"] == 300 and manifest["inputs"][0]["extra"]["excluded_molecules"] == len(evaluated)
     kept = ingest_moses(make_params("sources.moses.max_rows=300", "sources.moses.exclude_property_sets=[]"), progress=False)
     assert (kept.accepted, kept.rejected) == (300, 0), "without the exclusion every row of the six is kept"
