@@ -62,7 +62,7 @@ def read_rows(source: MosesFile, *, max_rows: int | None, max_smiles_chars: int,
               excluded: dict[str, str]) -> Iterator[RawRecord | Rejection]:
     """One record or rejection per data row, the first `max_rows` rows (all when None).
 
-    `excluded` maps the InChIKeys to leave out to where they come from (e.g. "esol row 12")."""
+    `excluded` maps the InChIKeys to leave out to where they come from (e.g. "esol molecule 12")."""
     seen: dict[str, int] = {}
     with _open(source.path) as handle:
         handle.readline()
