@@ -16,21 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 from pathlib import Path
 
 from benchmarks.scale import measured
+from deepmolm.runtime.run_log import processor
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def processor() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def stage_commands(rows: int) -> list[tuple[str, list[str]]]:
