@@ -12,8 +12,8 @@ import torch
 
 from deepmolm.config import DEFAULT_PARAMS, load_params
 from deepmolm.data.property_sets import PropertySet
-from deepmolm.evaluation.mumo.benchmark import (benchmark_jobs, held_out_slice, pretraining_curves, results_markdown,
-                                                results_table)
+from deepmolm.evaluation.mumo.benchmark import (benchmark_jobs, held_out_slice, pretraining_curves, pretraining_figures,
+                                                results_markdown, results_table)
 from deepmolm.models.mumo.processing import mask_tokens, model_inputs, property_molecules, with_noisy_conformers
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
 from deepmolm.training.checkpoints import step_through_epochs
@@ -168,7 +168,7 @@ def test_the_pretraining_curves_start_from_the_held_out_loss_before_the_first_st
     epochs = [{"epoch": 0, "step": 2, "train_loss": 3.85, "holdout_loss": 3.7},
               {"epoch": 1, "step": 4, "train_loss": 3.65, "holdout_loss": 3.5}]
     log_metrics(tmp_path, history, {"holdout_loss_before": 4.1, "holdout_loss_after": 3.5}, epochs=epochs)
-    curves = pretraining_curves(tmp_path)
+    curves = pretraining_curves(tmp_path, pretraining_figures(tmp_path))
     assert curves["held out"] == [(0, 4.1), (2, 3.7), (4, 3.5)]
     assert [step for step, _ in curves["training"]] == [1, 2, 3, 4]
-    assert pretraining_curves(tmp_path / "none") == {"training": [], "held out": []}
+    assert pretraining_curves(tmp_path / "none", pretraining_figures(tmp_path / "none")) == {"training": [], "held out": []}

@@ -81,7 +81,8 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
                "held_out": len(held_out), "rejected_by_reason": rejected, "benchmark_molecules": overlap,
                "vocab_size": len(tokenizer), "steps": total, "first_loss": history[0]["loss"],
                "last_loss": history[-1]["loss"], "holdout_loss_before": state.get("before"),
-               "holdout_loss_after": state.get("after")}
+               # the last epoch ends at the last step, so its held-out loss is the one after training
+               "holdout_loss_after": (state.get("epochs") or [{}])[-1].get("holdout_loss")}
     log_metrics(params.mumo.reports_dir / "pretrain", history, summary,  # samples/s is the machine's: the run log's
                 epochs=state.get("epochs", []))
     seconds = round(time.perf_counter() - started, 1)
@@ -156,8 +157,9 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
     with result.checkpoint.as_directory() as directory:
         runs = read_jsonl(Path(directory) / RESULTS)
     baseline = _baselines(params, data, jobs)
+    pretraining = pretraining_figures(params.mumo.reports_dir / "pretrain")
     report = {
-        "pretrained": provenance, "pretraining": pretraining_figures(params.mumo.reports_dir / "pretrain"), "run": name, "preset": params.mumo.preset, "injection_layer": params.mumo.injection_layer,
+        "pretrained": provenance, "pretraining": pretraining, "run": name, "preset": params.mumo.preset, "injection_layer": params.mumo.injection_layer,
         "datasets": accounting, "runs": [{k: v for k, v in r.items() if k != "seconds"} for r in runs],
         "baseline": baseline, "table": results_table(params, runs, baseline), "published_random_rmse": PUBLISHED_RANDOM_RMSE,
     }
@@ -168,7 +170,7 @@ def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(report))
-    plot_results(report, out / "results.png", pretraining_curves(params.mumo.reports_dir / "pretrain"))
+    plot_results(report, out / "results.png", pretraining_curves(params.mumo.reports_dir / "pretrain", pretraining))
     return {"runs": len(runs), "out": str(out), "table": report["table"], "seconds": seconds}
 
 
@@ -250,9 +252,10 @@ def pretraining_figures(directory: Path) -> dict | None:
     return {key: summary.get(key) for key in ("molecules", "held_out", "steps", "holdout_loss_before", "holdout_loss_after")}
 
 
-def pretraining_curves(directory: Path) -> dict[str, list[tuple[int, float]]]:
-    """The MLM loss per step, and the held-out loss from before the first step (step 0) to each epoch's end."""
-    before = (pretraining_figures(directory) or {}).get("holdout_loss_before")
+def pretraining_curves(directory: Path, figures: dict | None) -> dict[str, list[tuple[int, float]]]:
+    """The MLM loss per step, and the held-out loss from before the first step (step 0, from
+    `figures`) to each epoch's end."""
+    before = (figures or {}).get("holdout_loss_before")
     start = [(0, before)] if before is not None else []
     return {"training": read_metric(directory, "train/loss"), "held out": start + read_metric(directory, "holdout/loss")}
 

@@ -131,8 +131,6 @@ def pretrain_worker(config: dict) -> None:
                         epoch_batches=lambda epoch: epoch_batches(len(molecules), run.batch_size, params.train.seed,
                                                                   epoch, rank, world),
                         checkpoint_every=params.train.checkpoint_every_steps, epoch_ended=epoch_ended)
-    if rank == 0:
-        state["after"] = evaluate()
     state["final"] = True
     report_files(files(), strategy, rank, {"step": state["step"], "final": True}, f"checkpoint_{state['step']:07d}_final",
             export=export)
