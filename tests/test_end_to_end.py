@@ -36,13 +36,14 @@ STAGES = ["ingest_chebi20", "featurize_chebi20", "validate_chebi20", "instructio
           "pretrain_encoder", "train_stage1", "train_stage2", "evaluate", "report"]
 MUMO_STAGES = ["ingest_moses", "featurize_moses", "validate_moses", "mumo_pretrain", "mumo_benchmark"]
 MOSES_ROWS = 30  # the first 30 rows of MOSES's file hold 4 ESOL molecules (rows 8, 15, 19, 21)
-# MuMo at the smallest size that still runs every part: one pretraining step, one run per dataset and
-# split, one extra injection layer, one noise level
+# MuMo at the smallest size that still runs every part: two pretraining steps (the held-out loss after
+# each), one run per dataset and split, one extra injection layer, one noise level
 MUMO_SIZE = {"max_steps: null\n    batch_size: 32\n    learning_rate: 1.0e-3\n    weight_decay: 0.01\n    warmup_ratio: 0.05\n    min_lr_ratio: 0.1\n    mask_ratio":
-             "max_steps: 1\n    batch_size: 32\n    learning_rate: 1.0e-3\n    weight_decay: 0.01\n    warmup_ratio: 0.05\n    min_lr_ratio: 0.1\n    mask_ratio",
+             "max_steps: 2\n    batch_size: 8\n    learning_rate: 1.0e-3\n    weight_decay: 0.01\n    warmup_ratio: 0.05\n    min_lr_ratio: 0.1\n    mask_ratio",
              "max_molecules: 150": "max_molecules: 30", "epochs: 4 ": "epochs: 1 ",
              "injection_layers: [1, 8, 16]": "injection_layers: [16]", "coordinate_noise: [0.1, 0.5]\n  baseline_trees": "coordinate_noise: [0.5]\n  baseline_trees",  # MuMo's, not eval.robustness's
-             "    max_rows: 300\n": f"    max_rows: {MOSES_ROWS}\n", "holdout_molecules: 30 ": "holdout_molecules: 6 "}
+             "    max_rows: 300\n": f"    max_rows: {MOSES_ROWS}\n", "holdout_molecules: 30 ": "holdout_molecules: 6 ",
+             "holdout_every_steps: null ": "holdout_every_steps: 1 "}
 
 
 # DeepMoLM's training at the test's 12 molecules per split: batches that fit, two epochs a stage
@@ -202,6 +203,8 @@ def test_mumo_pretrains_on_the_shards_graphs_and_runs_its_grid_beside_the_forest
     assert pretrained["benchmark_molecules"] == 0 and pretrained["shards"].startswith("data/shards/moses/")
     assert pretrained["held_out"] == 6 and pretrained["molecules"] == shards["accepted"] - 6 - sum(pretrained["rejected_by_reason"].values())
     assert pretrained["holdout_loss_before"] > 0 and pretrained["holdout_loss_after"] > 0
+    held = read_metric(demo.project / "reports" / "mumo" / "pretrain", "holdout/loss")
+    assert [step for step, _ in held] == [1, 2] and held[-1][1] == pretrained["holdout_loss_after"], "every step, the last one too"
     assert (demo.project / "models" / "mumo" / "pretrained" / "model.safetensors").is_file()
     results = demo.json("reports", "mumo", "results.json")
     assert sorted(r["name"] for r in results["runs"]) == sorted(

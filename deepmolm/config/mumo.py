@@ -44,6 +44,8 @@ class MuMoPretrainParams(MuMoTrainParams):
     mask_ratio: float = Field(gt=0, lt=1, description="SMILES tokens masked per molecule (BERT's 80/10/10)")
     holdout_molecules: int = Field(ge=0, description="a seeded slice of the corpus never trained on: its MLM loss "
                                                      "(the same masks every time) before, after each epoch and at the end")
+    holdout_every_steps: int | None = Field(ge=1, description="the held-out loss also every this many steps, "
+                                                                "for the curve that sizes the budget; null: per epoch only")
 
 
 class MuMoFinetuneParams(MuMoTrainParams):

@@ -70,13 +70,14 @@ def resumed_state(strategy) -> tuple[dict, list[dict]]:
 
 
 def step_through_epochs(strategy, state: dict, history: list[dict], *, total: int, epoch_batches, step,
-                        files, rank: int, tag: str, checkpoint_every: int, epoch_ended=None) -> None:
+                        files, rank: int, tag: str, checkpoint_every: int, epoch_ended=None, step_ended=None) -> None:
     """The pretraining loops' walk over epochs until `total` steps: `epoch_batches(epoch)` is the
     rank's batches of an epoch (a function of the epoch: a resumed run skips the ones done),
     `step(batch, epoch)` one optimizer step's history row; a checkpoint of `files()` every
     `checkpoint_every` steps. `epoch_ended(epoch, rows)`, if given, runs after an epoch's last step
     (or the run's last, which may end one early; `rows`: the epoch's history), before that step's
-    checkpoint, so a resumed run has it. The final checkpoint is the caller's (it carries the export)."""
+    checkpoint, so a resumed run has it; `step_ended(step)` likewise after every step, after
+    `epoch_ended`. The final checkpoint is the caller's (it carries the export)."""
     while state["step"] < total:
         batches = epoch_batches(state["epoch"])
         first = state["epoch"] * len(batches)
@@ -88,6 +89,8 @@ def step_through_epochs(strategy, state: dict, history: list[dict], *, total: in
                 print(f"[{tag}] step {state['step']}/{total} loss {row['loss']:.4f}", flush=True)
             if epoch_ended and (state["step"] - first == len(batches) or state["step"] >= total):
                 epoch_ended(state["epoch"], [row for row in history if row["step"] > first])
+            if step_ended:
+                step_ended(state["step"])
             if state["step"] >= total:
                 break
             if state["step"] % checkpoint_every == 0:

@@ -98,22 +98,25 @@ SUMMARY = "metrics.json"  # dvclive's summary of a metrics directory: what `dvc 
 PER_STEP = ("loss", "lr", "grad_norm")  # logged as train/<name> at every optimizer step
 
 
-def log_metrics(directory: Path, history: list[dict], summary: dict, *, epochs: list[dict] = ()) -> None:
+def log_metrics(directory: Path, history: list[dict], summary: dict, *, epochs: list[dict] = (),
+                held_out: list[dict] = ()) -> None:
     """A run's metrics through dvclive, replayed from its last checkpoint's records instead of logged
     as the workers go: a resumed run still has exactly one row per optimizer step. `train/<name>` of
     PER_STEP at every step; `epoch/train_loss` and `holdout/loss` at the step each epoch ended;
+    `holdout/loss` also at each step of `held_out` (rows of step and holdout_loss between epochs);
     `summary` (with dvclive's last values) as SUMMARY. Files only: no dvc.yaml, no experiment of
     its own (the stage is one of the pipeline's, and `dvc exp run` records it)."""
     steps, ended = {row["step"]: row for row in history}, {row["step"]: row for row in epochs}
+    evaluated = {row["step"]: row["holdout_loss"] for row in [*held_out, *epochs] if row.get("holdout_loss") is not None}
     with _files_only_live()(dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        for step in sorted(steps.keys() | ended.keys()):
+        for step in sorted(steps.keys() | ended.keys() | evaluated.keys()):
             live.step = step
             for name in PER_STEP if step in steps else ():
                 live.log_metric(f"train/{name}", steps[step][name])
             if step in ended:
                 live.log_metric("epoch/train_loss", ended[step]["train_loss"])
-                if ended[step].get("holdout_loss") is not None:
-                    live.log_metric("holdout/loss", ended[step]["holdout_loss"])
+            if step in evaluated:
+                live.log_metric("holdout/loss", evaluated[step])
         live.summary.update(summary)
     (Path(directory) / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # a declared output, empty without steps
 

@@ -153,12 +153,17 @@ def test_the_held_out_loss_masks_alike_every_time_and_falls_as_the_model_learns(
 def test_each_epoch_ends_with_its_own_rows_and_a_short_last_epoch_too(resumed_at):
     state = {"step": resumed_at, "epoch": resumed_at // 3}
     history = [{"step": s, "loss": 0.0} for s in range(1, resumed_at + 1)]
-    ended = []
+    ended, hooks = [], []
     step_through_epochs(None, state, history, total=7, epoch_batches=lambda epoch: [0, 1, 2],
                         step=lambda batch, epoch: {"loss": float(batch)}, files=dict, rank=0, tag="test",
-                        checkpoint_every=1000, epoch_ended=lambda epoch, rows: ended.append((epoch, [r["step"] for r in rows])))
+                        checkpoint_every=1000,
+                        epoch_ended=lambda epoch, rows: (ended.append((epoch, [r["step"] for r in rows])),
+                                                         hooks.append(f"epoch {epoch}")),
+                        step_ended=lambda step: hooks.append(step))
     expected = [(0, [1, 2, 3]), (1, [4, 5, 6]), (2, [7])]
     assert ended == expected[resumed_at // 3:] and state == {"step": 7, "epoch": 2}
+    # every step ends once, after its epoch's end where it ends one
+    assert hooks == [1, 2, "epoch 0", 3, 4, 5, "epoch 1", 6, "epoch 2", 7][[0, 5][resumed_at // 4]:]
 
 
 def test_the_pretraining_curves_start_from_the_held_out_loss_before_the_first_step(tmp_path):
@@ -167,8 +172,9 @@ def test_the_pretraining_curves_start_from_the_held_out_loss_before_the_first_st
     history = [{"step": step, "loss": 4.0 - step / 10, "lr": 1e-3, "grad_norm": 1.0} for step in range(1, 5)]
     epochs = [{"epoch": 0, "step": 2, "train_loss": 3.85, "holdout_loss": 3.7},
               {"epoch": 1, "step": 4, "train_loss": 3.65, "holdout_loss": 3.5}]
-    log_metrics(tmp_path, history, {"holdout_loss_before": 4.1, "holdout_loss_after": 3.5}, epochs=epochs)
+    log_metrics(tmp_path, history, {"holdout_loss_before": 4.1, "holdout_loss_after": 3.5}, epochs=epochs,
+                held_out=[{"step": 1, "holdout_loss": 3.9}, {"step": 3, "holdout_loss": 3.6}])
     curves = pretraining_curves(tmp_path, pretraining_figures(tmp_path))
-    assert curves["held out"] == [(0, 4.1), (2, 3.7), (4, 3.5)]
+    assert curves["held out"] == [(0, 4.1), (1, 3.9), (2, 3.7), (3, 3.6), (4, 3.5)]
     assert [step for step, _ in curves["training"]] == [1, 2, 3, 4]
     assert pretraining_curves(tmp_path / "none", pretraining_figures(tmp_path / "none")) == {"training": [], "held out": []}

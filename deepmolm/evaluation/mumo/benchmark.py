@@ -67,9 +67,10 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
     tokenizer = build_smiles_tokenizer(vocabulary)
     run = params.mumo.pretrain
     total = run.max_steps or run.epochs * steps_per_epoch(len(molecules), run.batch_size)
-    name = "mumo-pretrain-" + _digest(params.sections("mumo.presets", "mumo.injection_layer", "mumo.max_length",
-                                                      "mumo.pretrain", "mumo.finetune.datasets", "mumo.ablation.dataset",
-                                                      "train.seed"), params.mumo.preset,
+    trained = params.sections("mumo.presets", "mumo.injection_layer", "mumo.max_length", "mumo.pretrain",
+                              "mumo.finetune.datasets", "mumo.ablation.dataset", "train.seed")
+    del trained["mumo.pretrain"]["holdout_every_steps"]  # how often it is measured: the same run, resumable
+    name = "mumo-pretrain-" + _digest(trained, params.mumo.preset,
                                       read_manifest(version)["version"], len(tokenizer), __version__)
     plan = {"run": name, "total_steps": total, "shards": portable_path(version)}
     started = time.perf_counter()
@@ -84,7 +85,7 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
                # the last epoch ends at the last step, so its held-out loss is the one after training
                "holdout_loss_after": (state.get("epochs") or [{}])[-1].get("holdout_loss")}
     log_metrics(params.mumo.reports_dir / "pretrain", history, summary,  # samples/s is the machine's: the run log's
-                epochs=state.get("epochs", []))
+                epochs=state.get("epochs", []), held_out=state.get("holdout", []))
     seconds = round(time.perf_counter() - started, 1)
     log_run(params.paths.logs_dir, "mumo_pretrain", out, run=name, seconds=seconds,
             samples_per_s=[round(row["samples_per_s"], 1) for row in history if "samples_per_s" in row])
@@ -254,7 +255,7 @@ def pretraining_figures(directory: Path) -> dict | None:
 
 def pretraining_curves(directory: Path, figures: dict | None) -> dict[str, list[tuple[int, float]]]:
     """The MLM loss per step, and the held-out loss from before the first step (step 0, from
-    `figures`) to each epoch's end."""
+    `figures`) to the end (each epoch's end, and every mumo.pretrain.holdout_every_steps)."""
     before = (figures or {}).get("holdout_loss_before")
     start = [(0, before)] if before is not None else []
     return {"training": read_metric(directory, "train/loss"), "held out": start + read_metric(directory, "holdout/loss")}

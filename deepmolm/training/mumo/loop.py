@@ -115,6 +115,11 @@ def pretrain_worker(config: dict) -> None:
             state.setdefault("epochs", []).append({"epoch": epoch, "step": state["step"], "train_loss": train_loss,
                                                    "holdout_loss": evaluate()})
 
+    def step_ended(step: int) -> None:
+        every = run.holdout_every_steps
+        if rank == 0 and every and step % every == 0 and step not in {row["step"] for row in state.get("epochs", [])}:
+            state.setdefault("holdout", []).append({"step": step, "holdout_loss": evaluate()})
+
     if rank == 0:
         print(f"[mumo] pretraining: {total} steps on {world} worker(s), {len(molecules)} molecules, "
               f"{len(held_out)} held out", flush=True)
@@ -130,7 +135,8 @@ def pretrain_worker(config: dict) -> None:
     step_through_epochs(strategy, state, history, total=total, step=step, files=files, rank=rank, tag="mumo pretrain",
                         epoch_batches=lambda epoch: epoch_batches(len(molecules), run.batch_size, params.train.seed,
                                                                   epoch, rank, world),
-                        checkpoint_every=params.train.checkpoint_every_steps, epoch_ended=epoch_ended)
+                        checkpoint_every=params.train.checkpoint_every_steps, epoch_ended=epoch_ended,
+                        step_ended=step_ended)
     state["final"] = True
     report_files(files(), strategy, rank, {"step": state["step"], "final": True}, f"checkpoint_{state['step']:07d}_final",
             export=export)
