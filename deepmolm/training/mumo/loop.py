@@ -119,6 +119,7 @@ def pretrain_worker(config: dict) -> None:
         every = run.holdout_every_steps
         if rank == 0 and every and step % every == 0 and step not in {row["step"] for row in state.get("epochs", [])}:
             state.setdefault("holdout", []).append({"step": step, "holdout_loss": evaluate()})
+            print(f"[mumo pretrain] step {step}: held-out loss {state['holdout'][-1]['holdout_loss']}", flush=True)
 
     if rank == 0:
         print(f"[mumo] pretraining: {total} steps on {world} worker(s), {len(molecules)} molecules, "
