@@ -241,38 +241,48 @@ SFP_FRAME_COLUMNS = ("cid", "table_present", "accounted", "reason", "atoms_match
                      "angle_min_deg", "fragments_contiguous")
 
 
-def sfp_frame(version_dir: Path, molecules: pa.Table) -> pd.DataFrame:
+def sfp_frames(version_dir: Path, molecules: pa.Table, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """One row per accepted molecule of the version (`molecules`: its cid and smiles columns): is it
-    a graph xor a recorded rejection, and do its graph's atoms and geometry make chemical sense. No
-    table at all is one row that says so."""
-    from deepmolm.data.shards.sfp_table import read_sfp, sfp_manifest
+    a graph xor a recorded rejection, and do its graph's atoms and geometry make chemical sense; in
+    frames of about `rows` rows, the graphs read part by part (a 100,000-molecule table as Python
+    objects took 1.7 GB). No table at all is one row that says so."""
+    from deepmolm.data.shards.sfp_table import iter_sfp_parts, read_sfp_rejects, sfp_manifest
 
     if sfp_manifest(version_dir) is None:
-        return pd.DataFrame([{"cid": None, "table_present": False}], columns=SFP_FRAME_COLUMNS)
-    graphs, rejects = read_sfp(version_dir)
-    by_cid = {row["cid"]: row for row in graphs.to_pylist()}
-    reasons = {row["cid"]: row["reason"] for row in rejects.to_pylist()}
-    rows = []
+        yield pd.DataFrame([{"cid": None, "table_present": False}], columns=SFP_FRAME_COLUMNS)
+        return
+    smiles = dict(zip(molecules.column("cid").to_pylist(), molecules.column("smiles").to_pylist(), strict=True))
+    rejects = read_sfp_rejects(version_dir)
+    reasons = dict(zip(rejects.column("cid").to_pylist(), rejects.column("reason").to_pylist(), strict=True))
+    graphed, frame = set(), []
     quiet = rdBase.BlockLogs()  # noqa: F841
-    for cid, smiles in zip(molecules.column("cid").to_pylist(), molecules.column("smiles").to_pylist(), strict=True):
-        graph, reason = by_cid.get(cid), reasons.get(cid)
-        mol = Chem.MolFromSmiles(smiles)
-        heavy = None if mol is None else sum(1 for a in mol.GetAtoms() if a.GetAtomicNum() > 1)
-        row = {"cid": cid, "table_present": True, "accounted": (graph is not None) != (reason is not None),
-               "reason": reason, "atoms_match": None, "bond_length_min": None, "bond_length_max": None,
-               "angle_min_deg": None, "fragments_contiguous": None}
-        if graph is not None:
-            lengths, angles = graph["bond_lengths"], graph["angles"]
-            row.update(
-                atoms_match=len(graph["atoms"]) == heavy,
-                bond_length_min=min(lengths) if lengths else None,
-                bond_length_max=max(lengths) if lengths else None,
-                angle_min_deg=math.degrees(min(angles)) if angles else None,
-                fragments_contiguous=all(sorted(set(graph[key])) == list(range(len(set(graph[key]))))
-                                         for key in graph if key.startswith("fragments_")),
-            )
-        rows.append(row)
-    extra = set(by_cid) | set(reasons)
-    extra -= set(molecules.column("cid").to_pylist())
-    rows += [{"cid": cid, "table_present": True, "accounted": False, "reason": reasons.get(cid)} for cid in sorted(extra)]
-    return pd.DataFrame(rows, columns=SFP_FRAME_COLUMNS)
+    for graphs, _ in iter_sfp_parts(version_dir):
+        for graph in graphs.to_pylist():
+            graphed.add(graph["cid"])
+            frame.append(_graph_row(graph, smiles.get(graph["cid"]), reasons.get(graph["cid"])))
+        if len(frame) >= rows:
+            yield pd.DataFrame(frame, columns=SFP_FRAME_COLUMNS)
+            frame = []
+    # the molecules without a graph (a rejection, or nothing: not accounted), then the rejections of no molecule
+    frame += [{"cid": cid, "table_present": True, "accounted": cid in reasons, "reason": reasons.get(cid)}
+              for cid in smiles if cid not in graphed]
+    frame += [{"cid": cid, "table_present": True, "accounted": False, "reason": reason}
+              for cid, reason in sorted(reasons.items()) if cid not in smiles and cid not in graphed]
+    yield pd.DataFrame(frame, columns=SFP_FRAME_COLUMNS)
+
+
+def _graph_row(graph: dict, smiles: str | None, reason: str | None) -> dict:
+    """A graph's row: accounted when it is a molecule of the version's without a rejection besides
+    (a graph of no molecule is only that)."""
+    if smiles is None:
+        return {"cid": graph["cid"], "table_present": True, "accounted": False, "reason": reason}
+    mol = Chem.MolFromSmiles(smiles)
+    heavy = None if mol is None else sum(1 for a in mol.GetAtoms() if a.GetAtomicNum() > 1)
+    lengths, angles = graph["bond_lengths"], graph["angles"]
+    return {"cid": graph["cid"], "table_present": True, "accounted": reason is None,
+            "reason": reason, "atoms_match": len(graph["atoms"]) == heavy,
+            "bond_length_min": min(lengths) if lengths else None,
+            "bond_length_max": max(lengths) if lengths else None,
+            "angle_min_deg": math.degrees(min(angles)) if angles else None,
+            "fragments_contiguous": all(sorted(set(graph[key])) == list(range(len(set(graph[key]))))
+                                        for key in graph if key.startswith("fragments_"))}

@@ -27,7 +27,7 @@ from deepmolm.data.contracts.frames import (
     reject_rates_frame,
     rejects_frame,
     roundtrip_sample,
-    sfp_frame,
+    sfp_frames,
 )
 from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects, read_shards, resolve_version
 from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
@@ -284,7 +284,7 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
         "max_smiles_chars": params.ingest.max_smiles_chars,
     }
     if params.mumo.sfp:
-        frames["sfp_graphs"] = sfp_frame(version_dir, molecules)
+        frames["sfp_graphs"] = Chunks(lambda: sfp_frames(version_dir, molecules))
     raw_dir = resolve_recorded(manifest["input"]["raw_snapshot_dir"], version_dir)  # relative to the version
     if (raw_dir / MANIFEST).is_file():
         frames["raw_table"] = Chunks(lambda: raw_frames(iter_raw_parts(raw_dir), contracts))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -133,14 +134,30 @@ def publish_sfp(version_dir: Path, parts: list[SfpPart]) -> dict:
     return manifest
 
 
-def read_sfp(version_dir: Path) -> tuple[pa.Table, pa.Table]:
-    """(graphs, rejects) of a whole table."""
+def _part_paths(version_dir: Path) -> list[tuple[Path, Path]]:
+    """(graphs, rejects) file of each part of a whole table, in order."""
     manifest = sfp_manifest(version_dir)
     if manifest is None:
         raise FileNotFoundError(f"{version_dir} has no SFP table of this code (featurize with mumo.sfp: true)")
     directory = Path(version_dir) / SFP_DIR
-    graphs = [pq.read_table(directory / p["path"], schema=SFP_SCHEMA) for p in manifest["parts"]]
-    rejects = [pq.read_table(directory / f"rejects-{Path(p['path']).stem}.parquet", schema=SFP_REJECTS_SCHEMA)
-               for p in manifest["parts"]]
-    return (pa.concat_tables(graphs) if graphs else SFP_SCHEMA.empty_table(),
-            pa.concat_tables(rejects) if rejects else SFP_REJECTS_SCHEMA.empty_table())
+    return [(directory / part["path"], directory / f"rejects-{Path(part['path']).stem}.parquet")
+            for part in manifest["parts"]]
+
+
+def iter_sfp_parts(version_dir: Path) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """(graphs, rejects) of each part of a whole table, in order: a large version one part at a time."""
+    for graphs, rejects in _part_paths(version_dir):
+        yield pq.read_table(graphs, schema=SFP_SCHEMA), pq.read_table(rejects, schema=SFP_REJECTS_SCHEMA)
+
+
+def read_sfp_rejects(version_dir: Path) -> pa.Table:
+    """Every rejection of a whole table (a few rows), without reading its graphs."""
+    tables = [pq.read_table(rejects, schema=SFP_REJECTS_SCHEMA) for _, rejects in _part_paths(version_dir)]
+    return pa.concat_tables(tables) if tables else SFP_REJECTS_SCHEMA.empty_table()
+
+
+def read_sfp(version_dir: Path) -> tuple[pa.Table, pa.Table]:
+    """(graphs, rejects) of a whole table."""
+    parts = list(iter_sfp_parts(version_dir))
+    return (pa.concat_tables([graphs for graphs, _ in parts]) if parts else SFP_SCHEMA.empty_table(),
+            pa.concat_tables([rejects for _, rejects in parts]) if parts else SFP_REJECTS_SCHEMA.empty_table())
