@@ -100,3 +100,35 @@ def test_a_read_only_shard_root_is_said_once_before_anything_runs(raw, tmp_path)
     with tmpfs(tmp_path / "ro", "ro", "size=1m") as ro:
         with pytest.raises(StorageError, match=r"read-only under .*ro/shards: no shard version could be started"):
             build_version(snapshot, ro / "shards", params)
+
+
+def test_a_shard_version_being_built_survives_a_dvc_experiment(tmp_path):
+    """`dvc exp run` checks every output out as its lock records it and removes what is not in DVC's
+    cache, a persisted output's files too: without the repository's .dvcignore, an interrupted
+    featurization's parts (hours of conformers on a 100,000-row corpus) were deleted by the next
+    experiment. The staging directory is DVC's to ignore; a published version is still an output."""
+    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    repo = tmp_path / "project"
+    repo.mkdir()
+
+    def run(*command: str) -> None:
+        done = subprocess.run(list(command), cwd=repo, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    run("git", "init", "-q")
+    run(*dvc, "init", "-q")
+    (repo / ".dvcignore").write_text((REPO / ".dvcignore").read_text())
+    (repo / "params.yaml").write_text("rows: 1\n")
+    write = "import pathlib, yaml; n = yaml.safe_load(open('params.yaml'))['rows']; v = pathlib.Path(f'shards/v{n}'); " \
+            "v.mkdir(parents=True, exist_ok=True); (v / 'manifest.json').write_text(str(n))"
+    (repo / "dvc.yaml").write_text(f"stages:\n  featurize:\n    cmd: {sys.executable} -c \"{write}\"\n"
+                                   "    params: [rows]\n    outs:\n      - shards:\n          persist: true\n")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline")
+    run(*dvc, "repro", "-q")
+    building = repo / "shards" / ".building-v2"
+    building.mkdir()
+    (building / "part-00000.parquet").write_bytes(b"an interrupted run's finished part")
+    run(*dvc, "exp", "run", "-q", "-S", "rows=3")
+    assert (building / "part-00000.parquet").read_bytes() == b"an interrupted run's finished part"
+    assert (repo / "shards" / "v3" / "manifest.json").is_file() and (repo / "shards" / "v1" / "manifest.json").is_file()
