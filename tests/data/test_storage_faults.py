@@ -8,6 +8,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -111,8 +112,12 @@ def test_a_shard_version_being_built_survives_a_dvc_experiment(tmp_path):
     repo = tmp_path / "project"
     repo.mkdir()
 
+    identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                for what, value in (("NAME", "test"), ("EMAIL", "test@localhost"))}  # experiments are commits
+
     def run(*command: str) -> None:
-        done = subprocess.run(list(command), cwd=repo, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(list(command), cwd=repo, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **identity})
         assert done.returncode == 0, done.stdout + done.stderr
 
     run("git", "init", "-q")
@@ -124,7 +129,7 @@ def test_a_shard_version_being_built_survives_a_dvc_experiment(tmp_path):
     (repo / "dvc.yaml").write_text(f"stages:\n  featurize:\n    cmd: {sys.executable} -c \"{write}\"\n"
                                    "    params: [rows]\n    outs:\n      - shards:\n          persist: true\n")
     run("git", "add", "-A")
-    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline")
+    run("git", "commit", "-qm", "pipeline")
     run(*dvc, "repro", "-q")
     building = repo / "shards" / ".building-v2"
     building.mkdir()
