@@ -37,6 +37,16 @@ def restore_files():
     return saved, weights
 
 
+def checkpoint_name(state: dict, *, final: bool = False) -> str:
+    """`checkpoint_<step>`, `_final` at the run's end, and a finished run started again (resumed at
+    its end to export once more) numbers its next final checkpoint: Ray Train keeps
+    train.keep_checkpoints reports, and when a report of the same name was let go, its directory, the
+    newest one's too, went with it."""
+    name = f"checkpoint_{state['step']:07d}"
+    again = state.get("resumed_from", []).count(state["step"])
+    return name + ("_final" + (f"_{again}" if again else "") if final else "")
+
+
 def report_files(files: dict[str, str], strategy, rank: int, metrics: dict, name: str, export=None) -> None:
     """A checkpoint of the text files (and the strategy's state, and an exported model at the end)."""
     import ray.train
@@ -94,6 +104,6 @@ def step_through_epochs(strategy, state: dict, history: list[dict], *, total: in
             if state["step"] >= total:
                 break
             if state["step"] % checkpoint_every == 0:
-                report_files(files(), strategy, rank, {"step": state["step"]}, f"checkpoint_{state['step']:07d}")
+                report_files(files(), strategy, rank, {"step": state["step"]}, checkpoint_name(state))
         else:
             state["epoch"] += 1

@@ -166,6 +166,18 @@ def test_each_epoch_ends_with_its_own_rows_and_a_short_last_epoch_too(resumed_at
     assert hooks == [1, 2, "epoch 0", 3, 4, 5, "epoch 1", 6, "epoch 2", 7][[0, 5][resumed_at // 4]:]
 
 
+def test_a_finished_run_started_again_reports_its_end_under_a_name_of_its_own():
+    """Ray Train lets the oldest of train.keep_checkpoints reports go, directory and all: a finished
+    run resumed twice reported `checkpoint_<n>_final` a third time, and the let-go report of that name
+    took the new one's files (a DVC repro of MuMo's pretraining then found no exported model)."""
+    from deepmolm.training.checkpoints import checkpoint_name
+
+    assert checkpoint_name({"step": 25, "resumed_from": []}) == "checkpoint_0000025"
+    assert checkpoint_name({"step": 40, "resumed_from": [25]}, final=True) == "checkpoint_0000040_final"
+    names = [checkpoint_name({"step": 40, "resumed_from": [25, *[40] * again]}, final=True) for again in range(3)]
+    assert names == ["checkpoint_0000040_final", "checkpoint_0000040_final_1", "checkpoint_0000040_final_2"]
+
+
 def test_the_pretraining_curves_start_from_the_held_out_loss_before_the_first_step(tmp_path):
     from deepmolm.training.driver import log_metrics
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from deepmolm.runtime import numerics
-from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, STATE
+from deepmolm.training.checkpoints import EXPORT, HISTORY, PROVENANCE, STATE, checkpoint_name
 from deepmolm.training.deepmolm.data import (
     InstructionDataset,
     collate,
@@ -278,7 +278,7 @@ def _report(strategy, tokenizer, config: dict, state: dict, history: list[dict],
         metrics = {**(history[-1] if history else {}), "step": state["step"], "final": final}
         keep = rank == 0 or strategy.saves_on_every_rank
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if keep else None,
-                         checkpoint_dir_name=f"checkpoint_{state['step']:07d}" + ("_final" if final else ""))
+                         checkpoint_dir_name=checkpoint_name(state, final=final))
 
 
 def save_export(module, tokenizer, config: dict, state: dict, out: Path) -> None:

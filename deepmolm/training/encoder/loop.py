@@ -24,6 +24,7 @@ from deepmolm.training.checkpoints import (
     HISTORY,
     PROVENANCE,
     STATE,
+    checkpoint_name,
     report_files,
     resumed_state,
     step_through_epochs,
@@ -157,4 +158,4 @@ def pretrain_worker(config: dict) -> None:
         state["after"] = evaluate()
     state["final"] = True
     report_files(files(), strategy, rank, {"step": state["step"], "final": True},
-                 f"checkpoint_{state['step']:07d}_final", export=export)
+                 checkpoint_name(state, final=True), export=export)

@@ -23,6 +23,7 @@ from deepmolm.training.checkpoints import (
     PROVENANCE,
     RESULTS,
     STATE,
+    checkpoint_name,
     report_files,
     restore_files,
     resumed_state,
@@ -139,7 +140,7 @@ def pretrain_worker(config: dict) -> None:
                         checkpoint_every=params.train.checkpoint_every_steps, epoch_ended=epoch_ended,
                         step_ended=step_ended)
     state["final"] = True
-    report_files(files(), strategy, rank, {"step": state["step"], "final": True}, f"checkpoint_{state['step']:07d}_final",
+    report_files(files(), strategy, rank, {"step": state["step"], "final": True}, checkpoint_name(state, final=True),
             export=export)
 
 
