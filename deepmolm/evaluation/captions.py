@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deepmolm.evaluation.predictions import Prediction
-from deepmolm.evaluation.wordnet import use_wordnet
+from deepmolm.evaluation.wordnet import wordnet_reader
 
 METRICS = ("bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "meteor")
 
@@ -65,7 +65,7 @@ def score_captions(pairs: list[Prediction], tokenizer, *, max_tokens: int, nltk_
 
     if not pairs:
         raise ValueError("no captions to score")
-    use_wordnet(nltk_data)
+    wordnet = wordnet_reader(nltk_data)
     references = wordpieces(tokenizer, [p.reference for p in pairs], max_tokens)
     hypotheses = wordpieces(tokenizer, [p.prediction for p in pairs], max_tokens)
     with warnings.catch_warnings():
@@ -73,7 +73,7 @@ def score_captions(pairs: list[Prediction], tokenizer, *, max_tokens: int, nltk_
         warnings.filterwarnings("ignore", message="\nThe hypothesis contains 0 counts", category=UserWarning)
         bleu2 = corpus_bleu([[r] for r in references], hypotheses, weights=(0.5, 0.5))
         bleu4 = corpus_bleu([[r] for r in references], hypotheses, weights=(0.25, 0.25, 0.25, 0.25))
-    meteor = float(np.mean([meteor_score([r], h) for r, h in zip(references, hypotheses)]))
+    meteor = float(np.mean([meteor_score([r], h, wordnet=wordnet) for r, h in zip(references, hypotheses)]))
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
     rouge = [scorer.score(p.prediction, p.reference) for p in pairs]
     return CaptionScores(

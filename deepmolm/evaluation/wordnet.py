@@ -9,10 +9,12 @@ database (about 30 MB) plus that file.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 DEBIAN_DATABASE = Path("/usr/share/wordnet")
@@ -66,6 +68,28 @@ def use_wordnet(nltk_data: Path) -> None:
     path = str(prepare_wordnet(nltk_data))
     if path not in nltk.data.path:
         nltk.data.path.insert(0, path)
+
+
+def wordnet_reader(nltk_data: Path):
+    """NLTK's WordNet reader of the prepared corpus, loaded once per process, for METEOR."""
+    use_wordnet(nltk_data)  # NLTK opens corpus files only under a root on its path
+    return _wordnet_30(str(Path(nltk_data) / "corpora" / "wordnet"))
+
+
+@functools.cache
+def _wordnet_30(corpus: str):
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class WordNet30(WordNetCorpusReader):
+        def map_wn(self, version="wordnet"):
+            # NLTK 3.9's reader compares the loaded version ("3.0") with a corpus name ("wordnet"),
+            # never equal, so each load maps WordNet 3.0 onto itself from index.sense, read twice:
+            # 4 of a load's 7 s. The map only serves OMW's other languages; METEOR reads English.
+            return None
+
+    with warnings.catch_warnings():  # that the multilingual functions are not available: no OMW here
+        warnings.filterwarnings("ignore", message="The multilingual functions", category=UserWarning)
+        return WordNet30(corpus, None)
 
 
 if __name__ == "__main__":  # ./dev setup runs it: the corpus at eval.nltk_data of params.yaml (or DIR)

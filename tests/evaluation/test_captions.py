@@ -17,6 +17,7 @@ from deepmolm.evaluation.wordnet import (
     lexnames_from_manual,
     prepare_wordnet,
     use_wordnet,
+    wordnet_reader,
 )
 from tests.conftest import PARAMS, run_cli
 
@@ -59,6 +60,11 @@ def test_meteor_uses_wordnet_synonyms(tmp_path):
     assert synonym > 0.99 > unrelated, "auto is a WordNet synonym of car; banana is not"
     assert meteor_score([["a", "colorless", "gas"]], ["a", "colourless", "gas"]) > 0.95
     assert wordnet.synsets("car")[0].lexname() == "noun.artifact", "lexnames was read"
+    # METEOR's reader (score_captions) scores as NLTK's own, without mapping WordNet 3.0 onto itself
+    ours = wordnet_reader(tmp_path / "nltk")
+    assert ours.get_version() == "3.0" and ours.map30 is None and wordnet.map30, "NLTK's reader built the map"
+    for hypothesis in (["the", "auto", "is", "red"], ["the", "banana", "is", "red"], ["a", "red", "motorcar"]):
+        assert meteor_score([reference], hypothesis, wordnet=ours) == meteor_score([reference], hypothesis)
 
 
 def test_lexnames_are_written_from_the_manual_page(tmp_path):
