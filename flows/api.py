@@ -34,8 +34,12 @@ def prefect_api() -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield server.api_url
-            APILogWorker.drain_all(timeout=10)  # send the run's logs while the server is still up
+            try:
+                yield server.api_url
+            finally:
+                # send the run's logs while the server is still up, a failed run's too: left to the
+                # exit, they were sent to a stopped server, retried, and held the exit 90 s
+                APILogWorker.drain_all(timeout=10)
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
