@@ -26,19 +26,26 @@ import psutil
 # (kind, a piece of the command line), first match wins; a `deepmolm` process is named by its subcommand
 KINDS = [("ray: train workers and helper actors", "default_worker.py"), ("ray: raylet", "raylet/raylet"),
          ("ray: gcs", "gcs_server"), ("ray: dashboard and agents", "dashboard/"),
+         ("ray: dashboard and agents", "ray-dashboard-"),
          ("ray: runtime-env agent", "runtime_env/agent"), ("ray: log monitor", "log_monitor.py"),
          ("ray: autoscaler monitor", "autoscaler/_private/monitor.py"), ("ray: other", "ray::"),
          ("prefect server", "prefect server start"), ("prefect server", "uvicorn"),
          ("prefect: other", "prefect"), ("dask", "distributed"), ("dask", "-B -c from multiprocessing"),
          ("featurize sandbox", "deepmolm.data.featurize.sandbox"), ("dvc", "dvc"),
-         ("pytest (tests in their own process)", "execnet"), ("pytest (tests in their own process)", "pytest"),
-         ("chromium", "chrom"), ("git", "git")]
+         ("pytest (tests in its own processes)", "sys.stdin.readline"),  # an xdist worker
+         ("pytest (tests in its own processes)", "pytest"),
+         ("chromium", "chrom"), ("git", "git"), ("compilers (a JIT-built extension)", "cc1plus")]
 
 
 def kind_of(cmdline: list[str]) -> str:
     cli = next((i for i, part in enumerate(cmdline[:3]) if Path(part).name == "deepmolm"), None)
     if cli is not None:
-        return " ".join(["deepmolm", *[w for w in cmdline[cli + 1:] if not w.startswith("-")][:2]])
+        words = []
+        for word in cmdline[cli + 1:cli + 3]:  # the subcommand: the words before the first option or path
+            if word.startswith("-") or "/" in word:
+                break
+            words.append(word)
+        return " ".join(["deepmolm", *words])
     joined = " ".join(cmdline)
     return next((kind for kind, piece in KINDS if piece in joined), f"other: {Path(cmdline[0]).name}" if cmdline else "other")
 

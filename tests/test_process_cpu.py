@@ -13,6 +13,9 @@ from benchmarks.process_cpu import kind_of
 def test_processes_are_named_by_kind_and_deepmolm_by_its_subcommand():
     assert kind_of(["/v/bin/python", "/v/bin/deepmolm", "eval", "run", "--model", "m"]) == "deepmolm eval run"
     assert kind_of(["/v/bin/deepmolm", "--help"]) == "deepmolm"
+    assert kind_of(["/v/bin/deepmolm", "predict", "/tmp/model", "--smiles", "CCO"]) == "deepmolm predict"
+    assert kind_of(["/v/bin/python", "-u", "-c", "import sys;exec(eval(sys.stdin.readline()))"]).startswith("pytest")
+    assert kind_of(["ray-dashboard-NodeHead-0"]) == "ray: dashboard and agents"
     assert kind_of(["/v/ray/core/src/ray/raylet/raylet", "--head"]) == "ray: raylet"
     assert kind_of(["/v/bin/python", "/v/ray/_private/workers/default_worker.py"]).startswith("ray: train workers")
     assert kind_of(["/v/bin/prefect", "server", "start"]) == "prefect server"
