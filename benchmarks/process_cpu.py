@@ -24,7 +24,8 @@ from pathlib import Path
 import psutil
 
 # (kind, a piece of the command line), first match wins; a `deepmolm` process is named by its subcommand
-KINDS = [("ray: train workers and helper actors", "default_worker.py"), ("ray: raylet", "raylet/raylet"),
+KINDS = [("this sampler (its readings)", "benchmarks.process_cpu"),
+         ("ray: train workers and helper actors", "default_worker.py"), ("ray: raylet", "raylet/raylet"),
          ("ray: gcs", "gcs_server"), ("ray: dashboard and agents", "dashboard/"),
          ("ray: dashboard and agents", "ray-dashboard-"),
          ("ray: runtime-env agent", "runtime_env/agent"), ("ray: log monitor", "log_monitor.py"),

@@ -16,6 +16,7 @@ def test_processes_are_named_by_kind_and_deepmolm_by_its_subcommand():
     assert kind_of(["/v/bin/deepmolm", "predict", "/tmp/model", "--smiles", "CCO"]) == "deepmolm predict"
     assert kind_of(["/v/bin/python", "-u", "-c", "import sys;exec(eval(sys.stdin.readline()))"]).startswith("pytest")
     assert kind_of(["ray-dashboard-NodeHead-0"]) == "ray: dashboard and agents"
+    assert kind_of(["/v/bin/python", "-m", "benchmarks.process_cpu", "--", "bash", "-c", "./dev test"]).startswith("this sampler")
     assert kind_of(["/v/ray/core/src/ray/raylet/raylet", "--head"]) == "ray: raylet"
     assert kind_of(["/v/bin/python", "/v/ray/_private/workers/default_worker.py"]).startswith("ray: train workers")
     assert kind_of(["/v/bin/prefect", "server", "start"]) == "prefect server"
