@@ -24,6 +24,7 @@ from deepmolm.config.data import (
     RATE_KEY_ALL,
     RATE_KEY_ANY,
     REJECT_REASONS,
+    VIEWS,
     Chebi20Params,
     ConformerParams,
     ContractsParams,
@@ -38,6 +39,7 @@ from deepmolm.config.data import (
     RenderParams,
     ReportParams,
     SourcesParams,
+    View,
 )
 from deepmolm.config.evaluation import (
     AblationParams,
@@ -79,6 +81,8 @@ from deepmolm.config.training import (
 )
 
 __all__ = [
+    "VIEWS",
+    "View",
     "AblationParams",
     "BaselineParams",
     "Chebi20Params",

@@ -141,6 +141,13 @@ class DaskParams(_Section):
     )
 
 
+View = Literal["drawing", "e3fp"]
+VIEWS: tuple[View, ...] = ("drawing", "e3fp")
+VIEWS_ANY_SOURCE = "*"
+# The sources a views key may name besides '*' (a local file ingested with `--source tsv` is "tsv").
+VIEW_SOURCES = ("chebi20", "pubchem", "moses", "tsv")
+
+
 class FeaturizeParams(_Section):
     rows_per_part: int = Field(ge=1, description="molecules per Dask task and per Parquet part")
     time_limit_s: float = Field(
@@ -152,6 +159,22 @@ class FeaturizeParams(_Section):
     render: RenderParams
     conformer: ConformerParams
     e3fp: E3fpParams
+    views: dict[str, list[View]] = Field(
+        description="DeepMoLM's views (the drawing, the E3FP tokens) a source's records carry; '*' any source not listed"
+    )
+
+    @field_validator("views")
+    @classmethod
+    def _known_sources(cls, views: dict[str, list[View]]) -> dict[str, list[View]]:
+        for key in views:
+            if key not in (*VIEW_SOURCES, VIEWS_ANY_SOURCE):
+                raise ValueError(f"unknown source {key!r} (known: {', '.join(VIEW_SOURCES)}, '*')")
+        if VIEWS_ANY_SOURCE not in views:
+            raise ValueError(f"no '{VIEWS_ANY_SOURCE}' entry: the views of a source not listed")
+        return views
+
+    def views_for(self, source: str) -> frozenset[View]:
+        return frozenset(self.views.get(source, self.views[VIEWS_ANY_SOURCE]))
 
 
 RATE_KEY_ANY, RATE_KEY_ALL = "*", "*all*"

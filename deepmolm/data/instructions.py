@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
-from deepmolm.config import InstructionsParams
-from deepmolm.data.shards.parts import SHARD_SCHEMA, read_manifest, resolve_version
+from deepmolm.config import VIEWS, ConfigError, InstructionsParams
+from deepmolm.data.shards.parts import SHARD_SCHEMA, manifest_views, read_manifest, resolve_version
 from deepmolm.runtime.run_log import portable_path, resolve_recorded
 from deepmolm.store import versions
 from deepmolm.store.files import parquet_writer, sha256_file
@@ -151,6 +151,9 @@ def build_instructions(shards: Path, out_root: Path, params: InstructionsParams)
     Every shard row is accounted for: it yields examples, or is counted as skipped with a reason."""
     version_dir = resolve_version(Path(shards))
     manifest = read_manifest(version_dir)
+    if missing := set(VIEWS) - manifest_views(manifest):
+        raise ConfigError(f"{version_dir} carries no {' or '.join(sorted(missing))} (params.yaml featurize.views for "
+                         f"{manifest['dataset']!r}): DeepMoLM's instructions read both views")
     final = Path(out_root) / manifest["dataset"] / instruction_set_id(manifest["version"], params)
     if (final / MANIFEST).is_file():
         mark_latest(final)

@@ -22,11 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from rdkit import Chem
 
-from deepmolm.config import Params
+from deepmolm.config import VIEWS, Params
 from deepmolm.data.contracts.frames import PROPERTY_COLUMNS
 from deepmolm.data.contracts.gate import ContractResult, validate_shard_version
-from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects
+from deepmolm.data.featurize.render import draw_png
+from deepmolm.data.shards.parts import iter_shard_parts, manifest_views, read_manifest, read_shard_rejects
 from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 from deepmolm.runtime.run_log import resolve_recorded
@@ -101,12 +103,13 @@ def data_summary(rejects: pa.Table, manifest: dict, contract: ContractResult | N
         "flags": manifest["flags"],
         "splits": dict(sorted(facts.splits.items())),
         "distributions": {name: _stats(values) for name, values in facts.series.items()},
-        "e3fp": {
+        "e3fp": {  # None: the version's source leaves the E3FP view out
             "bits": manifest["params"]["featurize.e3fp"]["bits"],
             "distinct_identifiers_per_level": [len(c) for c in facts.usage],
             "atoms_without_shell_per_level": list(facts.without_shell),
-        },
+        } if "featurize.e3fp" in manifest["params"] else None,
         "rejects": rejects.num_rows,
+        "views": sorted(manifest_views(manifest)),
     }
     if ingest is not None:
         summary["ingest"] = ingest
@@ -167,6 +170,8 @@ def _plots(series: dict[str, list], summary: dict, manifest: dict, usage: list[C
             ax.set_xticks([0])
     save(fig, "mix.png", "Conformer sources, flags and reject reasons")
 
+    if summary["e3fp"] is None:
+        return made
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
     levels = len(usage)
     for level, counter in enumerate(usage):
@@ -192,9 +197,11 @@ def _gallery(version_dir: Path, flagged: bytearray, params: Params, out: Path) -
     chosen += rng.sample(plain, min(len(plain), size - len(chosen)))
     items = []
     for i, row in sorted(_rows_at(version_dir, chosen, [*TEXT_COLUMNS, "image_png"]).items()):
-        name = f"gallery/{row['cid']}.png"
-        with Image.open(io.BytesIO(row["image_png"])) as image:
-            image.thumbnail((params.report.thumbnail_px, params.report.thumbnail_px))
+        name, side = f"gallery/{row['cid']}.png", params.report.thumbnail_px
+        # a version without drawings (its source leaves them out) is drawn here, at the thumbnail's size
+        png = row["image_png"] or draw_png(Chem.MolFromSmiles(row["smiles"]), size=side, bond_line_width=1.0, padding=0.05)
+        with Image.open(io.BytesIO(png)) as image:
+            image.thumbnail((side, side))
             image.save(out / name, optimize=True)
         items.append({"cid": row["cid"], "image": name, "smiles": row["smiles"], "description": row["description"] or "",
                       "flags": row["flags"], "conformer_source": row["conformer_source"]})
@@ -224,7 +231,8 @@ def write_data_report(version_dir: Path, params: Params, contract: ContractResul
     for sub in ("plots", "gallery"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True, exist_ok=True)
-    facts = version_facts(version_dir, manifest["params"]["featurize.e3fp"]["level"] + 1)
+    e3fp = manifest["params"].get("featurize.e3fp")
+    facts = version_facts(version_dir, e3fp["level"] + 1 if e3fp else 0)
     summary = data_summary(rejects, manifest, contract, facts, ingest_counts(version_dir, manifest))
     plots = _plots(facts.series, summary, manifest, facts.usage, out)
     gallery = _gallery(version_dir, facts.flagged, params, out)
@@ -279,7 +287,13 @@ def _page(summary: dict, plots: list[tuple[str, str]], gallery: list[dict], reje
     parts.append("</table><h2>Distributions</h2>")
     for path, caption in plots:
         parts.append(f"<figure><img src='{e(path)}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>")
-    parts.append("<h2>Gallery</h2><div class='gallery' id='gallery'>")
+    parts.append("<h2>Gallery</h2>")
+    if missing := [view for view in VIEWS if view not in summary["views"]]:
+        parts.append(f"<p id='views-left-out'>This source's records leave out {e(' and '.join(missing))} "
+                     "(params.yaml <code>featurize.views</code>); "
+                     + ("the drawings below are made for this page from the SMILES." if "drawing" in missing else "")
+                     + "</p>")
+    parts.append("<div class='gallery' id='gallery'>")
     label = ID_LABELS.get(summary["dataset"], "CID")
     for item in gallery:
         flags = "".join(f"<span class='flag'>{e(f)}</span>" for f in item["flags"])

@@ -21,13 +21,14 @@ import selfies as sf
 from PIL import Image, UnidentifiedImageError
 from rdkit import Chem, rdBase
 
-from deepmolm.config import RATE_KEY_ALL, RATE_KEY_ANY, ContractsParams
+from deepmolm.config import RATE_KEY_ALL, RATE_KEY_ANY, VIEWS, ContractsParams
 from deepmolm.data.shards.parts import REJECTS, SHARD_REJECTS_SCHEMA, SHARD_SCHEMA
 from deepmolm.data.sources.raw_table import RAW_SCHEMA
 from deepmolm.store.files import sha256_file
 
 PROPERTY_COLUMNS = ("mw", "exact_mass", "logp", "tpsa", "hbd", "hba", "rotatable_bonds", "rings", "heavy_atoms",
                     "complexity")
+NOT_DRAWN = "not drawn"  # image_png in the frame: a version whose source leaves the drawing out
 CHUNK_ROWS = 50_000  # rows of a large table a contract holds at once (a whole number of parts)
 MOLECULE_COLUMNS = ("cid", "source", "split", "smiles", "inchikey", "selfies", "description", "conformer_source",
                     "input_hash")
@@ -79,30 +80,32 @@ def selfies_roundtrip(selfies: str, inchikey: str) -> bool:
         return mol is not None and Chem.MolToInchiKey(mol) == inchikey
 
 
-def molecule_frame(parts: Iterable[pa.Table], params: ContractsParams, level: int,
-                   roundtrip: set[int] = frozenset()) -> pd.DataFrame:
+def molecule_frame(parts: Iterable[pa.Table], params: ContractsParams, level: int | None,
+                   roundtrip: set[int] = frozenset(), *, views: frozenset[str] = frozenset(VIEWS)) -> pd.DataFrame:
     """The molecule shards with the derived columns the molecule_shards suite checks, read one part
     at a time: the frame keeps facts about the drawing, the E3FP and the coordinates, never them, so
     its memory is a part's plus about a kilobyte a molecule. `roundtrip`: the row numbers (over the
-    whole version) whose SELFIES is decoded (roundtrip_sample)."""
-    return pd.concat(list(molecule_frames(parts, params, level, roundtrip, rows=0)), ignore_index=True)
+    whole version) whose SELFIES is decoded (roundtrip_sample). `views`: what the version was built
+    to carry (manifest_views); a view left out is expected to be null, and `level` is None without E3FP."""
+    return pd.concat(list(molecule_frames(parts, params, level, roundtrip, rows=0, views=views)), ignore_index=True)
 
 
-def molecule_frames(parts: Iterable[pa.Table], params: ContractsParams, level: int,
-                    roundtrip: set[int] = frozenset(), rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def molecule_frames(parts: Iterable[pa.Table], params: ContractsParams, level: int | None,
+                    roundtrip: set[int] = frozenset(), rows: int = CHUNK_ROWS, *,
+                    views: frozenset[str] = frozenset(VIEWS)) -> Iterator[pd.DataFrame]:
     """molecule_frame in consecutive frames of at least `rows` molecules (whole parts; 0: one frame
     of them all): what a contract holds at 100,000 molecules is then what it holds at 10,000."""
     columns: dict[str, list] = {}
     offset, held, yielded = 0, 0, False
     for part in parts:
-        for name, values in _part_columns(part.to_pylist(), level, roundtrip, offset, params).items():
+        for name, values in _part_columns(part.to_pylist(), level, roundtrip, offset, params, views).items():
             columns.setdefault(name, []).extend(values)
         offset, held = offset + part.num_rows, held + part.num_rows
         if rows and held >= rows:
             yield _molecule_columns_frame(columns)
             columns, held, yielded = {}, 0, True
     if held or not yielded:
-        yield _molecule_columns_frame(columns or _part_columns([], level, roundtrip, 0, params))
+        yield _molecule_columns_frame(columns or _part_columns([], level, roundtrip, 0, params, views))
 
 
 def _molecule_columns_frame(columns: dict[str, list]) -> pd.DataFrame:
@@ -127,9 +130,12 @@ def grouped(tables: Iterable[pa.Table], rows: int) -> Iterator[list[pa.Table]]:
         yield group
 
 
-def _part_columns(rows: list[dict], level: int, roundtrip: set[int], offset: int, params: ContractsParams) -> dict:
+def _part_columns(rows: list[dict], level: int | None, roundtrip: set[int], offset: int, params: ContractsParams,
+                  views: frozenset[str]) -> dict:
     columns = {c: [r[c] for r in rows] for c in MOLECULE_COLUMNS}
-    columns["image_png"] = [None if r["image_png"] is None else "present" for r in rows]
+    # "not drawn" passes the not-null check only where the version leaves the drawing out
+    absent = None if "drawing" in views else NOT_DRAWN
+    columns["image_png"] = [absent if r["image_png"] is None else "present" for r in rows]
     columns["selfies_atom_index"] = [None if r["selfies_atom_index"] is None else len(r["selfies_atom_index"]) for r in rows]
     columns["flags"] = [None if r["flags"] is None else ",".join(r["flags"]) for r in rows]
     for name in PROPERTY_COLUMNS:
@@ -142,9 +148,10 @@ def _part_columns(rows: list[dict], level: int, roundtrip: set[int], offset: int
     for names, values in facts.items():
         for name, column in zip(names, zip(*values) if values else ([],) * len(names), strict=True):
             columns[name] = list(column)
-    # geometry (coords and E3FP) exactly when there is a conformer
+    # geometry (coords, and E3FP where the version carries it) exactly when there is a conformer
     columns["geometry_present_ok"] = [
-        (r["coords"] is not None and r["e3fp"] is not None) == (r["conformer_source"] != "none") for r in rows
+        (r["coords"] is not None) == (r["conformer_source"] != "none")
+        and (r["e3fp"] is not None) == (r["coords"] is not None and "e3fp" in views) for r in rows
     ]
     columns["selfies_index_ok"] = [
         selfies_index_ok(r["selfies"], r["selfies_atom_index"], (r["properties"] or {}).get("heavy_atoms")) for r in rows

@@ -29,7 +29,14 @@ from deepmolm.data.contracts.frames import (
     roundtrip_sample,
     sfp_frames,
 )
-from deepmolm.data.shards.parts import iter_shard_parts, read_manifest, read_shard_rejects, read_shards, resolve_version
+from deepmolm.data.shards.parts import (
+    iter_shard_parts,
+    manifest_views,
+    read_manifest,
+    read_shard_rejects,
+    read_shards,
+    resolve_version,
+)
 from deepmolm.data.sources.raw_table import read_manifest as read_raw_manifest
 from deepmolm.data.sources.raw_table import iter_raw_parts
 from deepmolm.runtime.run_log import resolve_recorded
@@ -264,13 +271,15 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
     """The tables a shard version's contract checks, and the suite parameters they use."""
     manifest = read_manifest(version_dir)
     contracts = params.contracts
-    level = manifest["params"]["featurize.e3fp"]["level"]
-    bits = manifest["params"]["featurize.e3fp"]["bits"]
+    views = manifest_views(manifest)
+    e3fp, render = manifest["params"].get("featurize.e3fp"), manifest["params"].get("featurize.render")
+    level = e3fp["level"] if e3fp else None
     rejects = read_shard_rejects(version_dir)
     molecules = read_shards(version_dir, columns=["cid", "smiles", "selfies"])  # the rest part by part
     sample = roundtrip_sample(molecules.column("selfies").to_pylist(), contracts)
     frames = {
-        "molecule_shards": Chunks(lambda: molecule_frames(iter_shard_parts(version_dir), contracts, level, sample)),
+        "molecule_shards": Chunks(lambda: molecule_frames(iter_shard_parts(version_dir), contracts, level, sample,
+                                                             views=views)),
         "shard_rejects": rejects_frame(rejects),
         "reject_rates": reject_rates_frame(rejects, manifest["counts"]["input_rows"], contracts),
         "shard_parts": parts_frame(version_dir, manifest),
@@ -278,8 +287,9 @@ def shard_frames(version_dir: Path, params: Params) -> tuple[dict[str, pd.DataFr
     parameters = {
         "manifest_accepted": manifest["counts"]["accepted"],
         "manifest_rejected": manifest["counts"]["rejected"],
-        "e3fp_max_id": bits - 1,
-        "image_size": manifest["params"]["featurize.render"]["size"],
+        # a version without the view has no values for its expectations to read
+        "e3fp_max_id": e3fp["bits"] - 1 if e3fp else 0,
+        "image_size": render["size"] if render else 0,
         "known_reasons": sorted(contracts.known_reject_reasons),
         "max_smiles_chars": params.ingest.max_smiles_chars,
     }

@@ -118,10 +118,12 @@ def _featurize(
             flags.append("flat_conformer")
             notes.append(f"conformer: {conformer.detail}")
             conformer = flat_conformer(molecule.mol)
+    views = params.views_for(row["source"])
     if conformer.mol is not None:
-        coords = conformer.heavy_coords().tolist()
-        with timer.step("e3fp"):
-            e3fp = e3fp_atom_identifiers(conformer.mol, params.e3fp).tolist()
+        coords, e3fp = conformer.heavy_coords().tolist(), None
+        if "e3fp" in views:
+            with timer.step("e3fp"):
+                e3fp = e3fp_atom_identifiers(conformer.mol, params.e3fp).tolist()
     else:
         coords, e3fp = None, None
         flags.append("no_conformer")
@@ -130,8 +132,10 @@ def _featurize(
         properties = compute_properties(molecule.mol)
     pubchem = row.get("pubchem") or {}
     properties.update({f"pubchem_{key}": value for key, value in pubchem.items()})
-    with timer.step("render"):
-        image = render_png(molecule.mol, params.render)
+    image = None
+    if "drawing" in views:
+        with timer.step("render"):
+            image = render_png(molecule.mol, params.render)
     return {
         "cid": row["cid"],
         "source": row["source"],

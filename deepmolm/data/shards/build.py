@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -49,9 +50,29 @@ from deepmolm.store.files import StorageError, storage_problem
 from deepmolm.store.versions import MANIFEST, mark_latest
 
 # The params a record depends on. rows_per_part changes only how records are cut into parts, so it
-# is in the version id but not in the cache key.
-FEATURE_SECTIONS = ("featurize.render", "featurize.conformer", "featurize.e3fp", "featurize.time_limit_s")
+# is in the version id but not in the cache key. A view the source's records leave out takes its
+# section out too (the views, then, in): a version of all views hashes as before views were a param.
+VIEW_SECTIONS = {"drawing": "featurize.render", "e3fp": "featurize.e3fp"}
+FEATURE_SECTIONS = (*VIEW_SECTIONS.values(), "featurize.conformer", "featurize.time_limit_s")
 VERSION_SECTIONS = (*FEATURE_SECTIONS, "featurize.rows_per_part")
+
+
+def version_params(params: Params, dataset: str, sections: tuple[str, ...] = VERSION_SECTIONS) -> dict:
+    """The params sections the dataset's records (and parts) depend on, as the manifest records them."""
+    views = params.featurize.views_for(dataset)
+    dropped = {section for view, section in VIEW_SECTIONS.items() if view not in views}
+    chosen = params.sections(*(name for name in sections if name not in dropped))
+    if dropped:
+        chosen["featurize.views"] = sorted(views)
+    return chosen
+
+
+def _hash(sections: dict) -> str:
+    """The featurizer's version with the sections' hash: same params but a featurizer that now writes
+    other values, and neither the cache nor the version id may match the old output."""
+    blob = json.dumps(sections, sort_keys=True, separators=(",", ":"))
+    params_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{params_hash}:{FEATURIZER_VERSION}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -112,8 +133,9 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
     snapshot_dir = resolve_snapshot(Path(raw))
     raw_manifest = read_raw_manifest(snapshot_dir)
     dataset = raw_manifest["source"]
-    version_hash = _with_featurizer_version(params.section_hash(*VERSION_SECTIONS))
-    features_hash = _with_featurizer_version(params.section_hash(*FEATURE_SECTIONS))
+    version_sections = version_params(params, dataset)
+    version_hash = _hash(version_sections)
+    features_hash = _hash(version_params(params, dataset, FEATURE_SECTIONS))
     version = version_id(raw_manifest["snapshot"], version_hash)
     dataset_dir = Path(shards_root) / dataset
     final, building = dataset_dir / version, dataset_dir / f".building-{version}"
@@ -127,7 +149,7 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
         params=params.featurize,
         features_hash=features_hash,
         version_hash=version_hash,
-        params_sections=params.sections(*VERSION_SECTIONS),
+        params_sections=version_sections,
         input_rows=raw_manifest["counts"]["accepted"],
     )
     if (final / MANIFEST).is_file():
@@ -146,12 +168,6 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
         chunks.append(Chunk(i, start, min(start + size, n), reuse, cost))
     chunks = tuple(chunks)
     return VersionPlan(**common, chunks=chunks, done=tuple(sorted(finished_parts(building))))
-
-
-def _with_featurizer_version(params_hash: str) -> str:
-    """Same params but a featurizer that now writes other values: neither the cache nor the version
-    id may match the old output."""
-    return hashlib.sha256(f"{params_hash}:{FEATURIZER_VERSION}".encode()).hexdigest()[:16]
 
 
 def _expected_cost(row: dict) -> float:

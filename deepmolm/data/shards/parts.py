@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepmolm import __version__
+from deepmolm.config import VIEWS
 from deepmolm.data.sources.raw_table import PUBCHEM_PROPERTIES_TYPE
 from deepmolm.store import versions
 from deepmolm.store.files import sha256_file, write_parquet, write_parquet_atomic
@@ -57,7 +58,7 @@ SHARD_SCHEMA = pa.schema(
         pa.field("selfies", pa.string()),
         pa.field("selfies_atom_index", pa.list_(pa.int32()), nullable=False),
         pa.field("description", pa.string()),
-        pa.field("image_png", pa.binary(), nullable=False),
+        pa.field("image_png", pa.binary()),  # null where the source's views leave the drawing out
         pa.field("conformer_source", pa.string(), nullable=False),
         pa.field("coords", pa.list_(pa.list_(pa.float32(), 3))),
         pa.field("e3fp", pa.list_(pa.list_(pa.int32()))),
@@ -212,6 +213,11 @@ def read_manifest(version_dir: Path) -> dict:
     if manifest.get("table") != "molecules":
         raise FileNotFoundError(f"{version_dir} holds a {manifest.get('table')!r} table, not molecule shards")
     return manifest
+
+
+def manifest_views(manifest: dict) -> frozenset[str]:
+    """The views (drawing, e3fp) a version's records carry; a manifest that names none carries all."""
+    return frozenset(manifest["params"].get("featurize.views", VIEWS))
 
 
 def list_versions(dataset_dir: Path) -> list[Path]:
