@@ -50,7 +50,14 @@ from deepmolm.config.evaluation import (
     RobustnessParams,
     ServeParams,
 )
-from deepmolm.config.loading import RECIPE_SECTIONS, Params, changed_by_overrides, load_params, parse_override
+from deepmolm.config.loading import (
+    RECIPE_SECTIONS,
+    Params,
+    changed_by_overrides,
+    load_params,
+    parse_override,
+    sections_hash,
+)
 from deepmolm.config.models import (
     EncoderParams,
     FusionParams,
@@ -87,6 +94,7 @@ __all__ = [
     "BaselineParams",
     "Chebi20Params",
     "changed_by_overrides",
+    "sections_hash",
     "ClusterParams",
     "ConfigError",
     "ConformerParams",

@@ -84,8 +84,13 @@ class Params(_Section):
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of the named sections, for cache keys and manifests."""
-        blob = json.dumps(self.sections(*names), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return sections_hash(self.sections(*names))
+
+
+def sections_hash(sections: dict[str, Any]) -> str:
+    """section_hash of sections already chosen (e.g. some left out, as a shard version's are)."""
+    blob = json.dumps(sections, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -92,7 +92,7 @@ def ingest_counts(version_dir: Path, manifest: dict) -> dict | None:
 def data_summary(rejects: pa.Table, manifest: dict, contract: ContractResult | None, facts: VersionFacts,
                  ingest: dict | None = None) -> dict:
     """The figures the page shows, as plain JSON data."""
-    input_rows = manifest["counts"]["input_rows"]
+    input_rows, views = manifest["counts"]["input_rows"], manifest_views(manifest)
     summary = {
         "dataset": manifest["dataset"],
         "version": manifest["version"],
@@ -107,9 +107,9 @@ def data_summary(rejects: pa.Table, manifest: dict, contract: ContractResult | N
             "bits": manifest["params"]["featurize.e3fp"]["bits"],
             "distinct_identifiers_per_level": [len(c) for c in facts.usage],
             "atoms_without_shell_per_level": list(facts.without_shell),
-        } if "featurize.e3fp" in manifest["params"] else None,
+        } if "e3fp" in views else None,
         "rejects": rejects.num_rows,
-        "views": sorted(manifest_views(manifest)),
+        "views": sorted(views),
     }
     if ingest is not None:
         summary["ingest"] = ingest

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from deepmolm.config import FeaturizeParams, Params
+from deepmolm.config import FeaturizeParams, Params, sections_hash
 from deepmolm.data.featurize.record import FEATURIZER_VERSION, FeaturizeRejection, StepTimer, input_hash
 from deepmolm.data.featurize.sandbox import shared_sandbox
 from deepmolm.data.shards.parts import (
@@ -65,14 +64,6 @@ def version_params(params: Params, dataset: str, sections: tuple[str, ...] = VER
     if dropped:
         chosen["featurize.views"] = sorted(views)
     return chosen
-
-
-def _hash(sections: dict) -> str:
-    """The featurizer's version with the sections' hash: same params but a featurizer that now writes
-    other values, and neither the cache nor the version id may match the old output."""
-    blob = json.dumps(sections, sort_keys=True, separators=(",", ":"))
-    params_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return hashlib.sha256(f"{params_hash}:{FEATURIZER_VERSION}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -134,8 +125,8 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
     raw_manifest = read_raw_manifest(snapshot_dir)
     dataset = raw_manifest["source"]
     version_sections = version_params(params, dataset)
-    version_hash = _hash(version_sections)
-    features_hash = _hash(version_params(params, dataset, FEATURE_SECTIONS))
+    version_hash = _with_featurizer_version(sections_hash(version_sections))
+    features_hash = _with_featurizer_version(sections_hash(version_params(params, dataset, FEATURE_SECTIONS)))
     version = version_id(raw_manifest["snapshot"], version_hash)
     dataset_dir = Path(shards_root) / dataset
     final, building = dataset_dir / version, dataset_dir / f".building-{version}"
@@ -168,6 +159,12 @@ def plan_version(raw: Path, shards_root: Path, params: Params) -> VersionPlan:
         chunks.append(Chunk(i, start, min(start + size, n), reuse, cost))
     chunks = tuple(chunks)
     return VersionPlan(**common, chunks=chunks, done=tuple(sorted(finished_parts(building))))
+
+
+def _with_featurizer_version(params_hash: str) -> str:
+    """Same params but a featurizer that now writes other values: neither the cache nor the version
+    id may match the old output."""
+    return hashlib.sha256(f"{params_hash}:{FEATURIZER_VERSION}".encode()).hexdigest()[:16]
 
 
 def _expected_cost(row: dict) -> float:
