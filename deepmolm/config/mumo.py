@@ -53,6 +53,9 @@ class MuMoFinetuneParams(MuMoTrainParams):
     splits: list[Literal["random", "scaffold"]] = Field(min_length=1, description="80/10/10 splits, seeded")
     seeds: list[int] = Field(min_length=1)
     max_molecules: int | None = Field(ge=10, description="the first rows of each dataset only (a quick run); null: all")
+    pretrained_lr_ratio: float = Field(gt=0, le=1, description="the pretrained layers' learning rate as a fraction of "
+                                                               "learning_rate, which the new head gets")
+    dropout: float | None = Field(ge=0, lt=1, description="dropout while fine-tuning; null: the pretrained model's")
 
 
 class MuMoAblationParams(_Section):

@@ -22,11 +22,16 @@ from deepmolm.config import StageParams, TrainParams
 DEEPSPEED_TAG = "state"
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay on matrices only; biases, norms and single vectors are not decayed."""
+def param_groups(model: torch.nn.Module, weight_decay: float, learning_rate: float,
+                 lr_scale: Callable[[str], float] | None = None) -> list[dict]:
+    """Decay on matrices only; biases, norms and single vectors are not decayed. `lr_scale(name)`
+    gives a weight its own rate (a fraction of `learning_rate`): fine-tuning moves pretrained layers
+    less than a new head. The schedule scales every group's rate alike."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    scales = {n: 1.0 if lr_scale is None else float(lr_scale(n)) for n, _ in trainable}
+    return [{"params": [p for n, p in trainable if (p.ndim >= 2) == decayed and scales[n] == scale],
+             "weight_decay": weight_decay if decayed else 0.0, "lr": learning_rate * scale}
+            for scale in dict.fromkeys(scales.values() or [1.0]) for decayed in (True, False)]
 
 
 def schedule(optimizer, stage: StageParams, total_steps: int):
@@ -59,13 +64,14 @@ class DDPStrategy:
     saves_on_every_rank = False
 
     def __init__(self, model: torch.nn.Module, train: TrainParams, stage: StageParams, total_steps: int,
-                 device: torch.device, bf16: bool):
+                 device: torch.device, bf16: bool, lr_scale: Callable[[str], float] | None = None):
         import ray.train.torch
 
         self.device, self.bf16, self.max_grad_norm = device, bf16, train.max_grad_norm
         self.model = ray.train.torch.prepare_model(model, move_to_device=device)
         self.module = getattr(self.model, "module", self.model)
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, stage.weight_decay), lr=stage.learning_rate,
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, stage.weight_decay, stage.learning_rate, lr_scale),
+                                           lr=stage.learning_rate,
                                            betas=tuple(train.adam_betas), eps=train.adam_eps,
                                            fused=device.type == "cuda")
         self.scheduler = schedule(self.optimizer, stage, total_steps)
@@ -138,7 +144,7 @@ class DeepSpeedStrategy:
         self.device, self.bf16, self.config, self.rebuild = device, bf16, config, rebuild
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay), lr=stage.learning_rate,
+        optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay, stage.learning_rate), lr=stage.learning_rate,
                                       betas=tuple(train.adam_betas), eps=train.adam_eps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, dist_init_required=False,

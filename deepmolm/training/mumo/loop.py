@@ -167,11 +167,13 @@ def finetune_once(params, job: dict, parts: dict[str, list[Molecule]], noisy: di
     train, valid, test = parts["train"], parts["valid"], parts["test"]
     targets = np.array([m.target for m in train])
     mean, std = float(targets.mean()), float(targets.std() or 1.0)
+    dropout = {} if run.dropout is None else {"dropout": run.dropout}
     model = MuMoForPropertyPrediction.from_pretrained(pretrained, injection_layer=job["injection_layer"],
-                                                      num_targets=1, target_kind="regression")
+                                                      num_targets=1, target_kind="regression", **dropout)
     per_epoch = steps_per_epoch(len(train), run.batch_size)
     total = run.max_steps or run.epochs * per_epoch
-    strategy = DDPStrategy(model, params.train, run, total, device, False)
+    strategy = DDPStrategy(model, params.train, run, total, device, False,
+                           lr_scale=lambda name: 1.0 if name.startswith("head.") else run.pretrained_lr_ratio)
     best, best_state, curve, step, epoch = float("inf"), None, [], 0, 0
     while step < total:
         losses = []

@@ -170,3 +170,30 @@ def test_a_pretrained_model_loads_with_another_injection_layer_and_starts_the_ne
     with torch.no_grad():
         out = model(**encode(tokenizer, SMILES), graph=collate_graphs(graphs)).logits
     assert torch.isfinite(out).all()
+
+
+def test_fine_tuning_moves_the_pretrained_layers_at_their_own_rate_and_takes_its_own_dropout(tokenizer, tmp_path):
+    from deepmolm.config import load_params
+    from deepmolm.training.strategy import param_groups, schedule
+
+    torch.manual_seed(5)
+    MuMoForMaskedLM(tiny(tokenizer)).save_pretrained(tmp_path)
+    model = MuMoForPropertyPrediction.from_pretrained(tmp_path, dropout=0.3)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+    stage = load_params(overrides=["mumo.finetune.learning_rate=0.002", "mumo.finetune.warmup_ratio=0.1"]).mumo.finetune
+    optimizer = torch.optim.AdamW(param_groups(model, 0.01, stage.learning_rate,
+                                               lambda name: 1.0 if name.startswith("head.") else 0.1))
+    scheduler = schedule(optimizer, stage, total_steps=100)
+    for _ in range(30):
+        optimizer.step()
+        scheduler.step()
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    head = [rates[id(p)] for n, p in model.named_parameters() if n.startswith("head.")]
+    body = [rates[id(p)] for n, p in model.named_parameters() if not n.startswith("head.")]
+    assert len(rates) == len(list(model.parameters()))  # every weight in exactly one group
+    assert len(set(head)) == len(set(body)) == 1 and 0 < head[0] < 0.002
+    assert body[0] == pytest.approx(head[0] * 0.1)
+    # without a scale: the two groups as before, every weight at the stage's rate
+    plain = param_groups(model, 0.01, 0.002)
+    assert [(g["weight_decay"], g["lr"]) for g in plain] == [(0.01, 0.002), (0.0, 0.002)]
+    assert sum(len(g["params"]) for g in plain) == len(list(model.parameters()))
