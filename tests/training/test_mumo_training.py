@@ -82,8 +82,9 @@ def test_property_molecules_keep_their_row_and_noise_moves_only_geometry():
 def test_results_table_gives_mean_and_std_over_seeds_beside_the_forest_and_the_published_figure():
     params = load_params(DEFAULT_PARAMS, ["mumo.ablation.coordinate_noise=[0.5]"])
     runs = [{"dataset": "esol", "split": "random", "seed": seed, "injection_layer": 9, "sizes": {"test": 113},
-             "test": {"rmse": rmse, "mae": rmse / 2}, "test_noise_0.5": {"rmse": rmse + 0.1, "mae": 0}}
+             "test": {"rmse": rmse, "mae": rmse / 2}, "test_noise_0.5": {"rmse": rmse + 0.1, "mae": 0}, "valid_rmse": rmse - 0.1}
             for seed, rmse in ((0, 0.6), (1, 0.8), (2, 1.0))]
+    runs[2]["valid_rmse"] = float("nan")  # a run without a validation part: its last epoch, no score to choose on
     forest = [{"dataset": "esol", "split": "random", "seed": seed, "test": {"rmse": 0.5, "mae": 0.4}} for seed in (0, 1, 2)]
     table = results_table(params, runs, forest)
     assert len(table) == 1
@@ -91,8 +92,10 @@ def test_results_table_gives_mean_and_std_over_seeds_beside_the_forest_and_the_p
     assert row["mumo_rmse"] == [0.8, 0.163] and row["mumo_mae"] == [0.4, 0.082]
     assert row["rf_rmse"] == [0.5, 0.0] and row["published_rmse"] == [0.536, 0.061]
     assert row["mumo_rmse_noise_0.5"] == [0.9, 0.163] and row["seeds"] == [0, 1, 2]
+    assert row["mumo_valid_rmse"] == [0.6, 0.1]
     text = results_markdown({"preset": "tiny", "pretrained": {"molecules": 10, "steps": 3}, "table": table})
-    assert "| esol | random | 9 | 3 | 0.800 ± 0.163 |" in text and "noise 0.5 Å" in text
+    assert "| esol | random | 9 | 3 | 0.800 ± 0.163 |" in text and "noise 0.5 Å | MuMo validation RMSE |" in text
+    assert text.splitlines()[4].endswith("| 0.900 ± 0.163 | 0.600 ± 0.100 |")
     text = results_markdown({"preset": "tiny", "pretrained": {"molecules": 90, "steps": 3, "shards": "data/shards/moses/v1"},
                              "pretraining": {"held_out": 10, "holdout_loss_before": 3.7, "holdout_loss_after": 2.9},
                              "table": table})
