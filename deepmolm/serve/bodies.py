@@ -2,13 +2,19 @@
 
 A cap on Content-Length alone lets a chunked body (no length) stream in whole before anyone looks
 at it. `BodyCap` wraps the whole app (the API and the gradio page) and counts the bytes as the
-server hands them over; past the cap it answers 413 and stops reading, so memory holds at most the
-cap. uvicorn stops reading the socket while a request's body is not consumed, so the rest is never
-buffered.
+server hands them over; past the cap it answers 413 and stops keeping what arrives, so memory holds
+at most the cap. uvicorn stops reading the socket while a request's body is not consumed, so the rest
+is never buffered.
+
+Closing a socket with unread bytes makes the kernel reset the connection and drop whatever of the
+answer it has not sent yet, so a client still sending would see a reset instead of the 413. The
+refusal therefore lingers: it reads and throws away the body for up to `LINGER_S` after answering,
+until the client, which has its answer, stops or goes away.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -17,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from deepmolm.serve.asking import Refused
 
 MAX_JSON_DEPTH = 8  # the API's bodies are flat objects of strings
+LINGER_S = 2.0  # how long a refused body is still read (and dropped) after the 413
 
 
 class BodyCap:
@@ -30,7 +37,7 @@ class BodyCap:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send, f"the request has {int(declared)} bytes, over {self.describe_limit}")
+            return await self._refuse(send, receive, f"the request has {int(declared)} bytes, over {self.describe_limit}")
         # Read the body here, within the cap, then hand it to the app as it came.
         chunks, size, more = [], 0, True
         while more:
@@ -41,18 +48,32 @@ class BodyCap:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.limit:
-                return await self._refuse(send, f"the request's body passed {self.limit} bytes while it streamed "
-                                                f"in, over {self.describe_limit}")
+                chunks.clear()
+                return await self._refuse(send, receive if more else None, f"the request's body passed {self.limit} "
+                                          f"bytes while it streamed in, over {self.describe_limit}")
         await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}],
                                       receive), send)
 
     @staticmethod
-    async def _refuse(send, message: str) -> None:
+    async def _refuse(send, receive, message: str) -> None:
+        """The 413; with `receive` (a body still arriving), the whole answer goes out first and the
+        response ends only after the linger, so the server does not close on unread bytes."""
         body = json.dumps({"error": message}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send({"type": "http.response.body", "body": body, "more_body": receive is not None})
+        if receive is not None:
+            try:
+                await asyncio.wait_for(_drop_rest(receive), LINGER_S)
+            except TimeoutError:
+                pass
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _drop_rest(receive) -> None:
+    while (message := await receive())["type"] == "http.request" and message.get("more_body", False):
+        pass
 
 
 def _replay(messages: list[dict], then=None):

@@ -252,6 +252,29 @@ def test_a_chunked_body_is_refused_while_it_streams_in(server):
     assert httpx.get(server.url + "api/health").json()["status"] == "ok"
 
 
+def test_a_refused_client_that_never_stops_sending_is_cut_off_after_the_linger(server):
+    """After a 413 the server reads and drops the rest for a while (so the answer is not lost to a
+    reset while the client still writes), but not for ever: a client that never reads and never
+    stops is disconnected."""
+    from deepmolm.serve.bodies import LINGER_S
+
+    address = httpx.URL(server.url)
+    sock = socket.create_connection((address.host, address.port), timeout=30)
+    sock.sendall(f"POST /api/predict HTTP/1.1\r\nHost: {address.host}:{address.port}\r\nContent-Type: application/json"
+                 f"\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    chunk = f"{2**20:x}\r\n".encode() + b"A" * 2**20 + b"\r\n"
+    started, sent = time.monotonic(), 0
+    try:
+        with pytest.raises(OSError):  # a reset or a broken pipe under the writes
+            while time.monotonic() - started < LINGER_S + 60:
+                sock.sendall(chunk)
+                sent += 1
+    finally:
+        sock.close()
+    assert time.monotonic() - started < LINGER_S + 60 and sent > 1
+    assert httpx.get(server.url + "api/health").json()["status"] == "ok"
+
+
 def test_refusals_about_the_files_themselves(server):
     not_an_image = server.post({"image": _b64(b"plain text, not a PNG"), "sdf": _b64(server.sdf)})
     assert not_an_image.status_code == 400 and "not_an_image" in not_an_image.json()["error"]
