@@ -144,6 +144,11 @@ class DeepSpeedStrategy:
         self.device, self.bf16, self.config, self.rebuild = device, bf16, config, rebuild
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        else:
+            # On CPU DeepSpeed's communication backend JIT-compiles a shared-memory all-reduce (a C++ op,
+            # about 45 CPU-s in each new environment) that only its inference all-reduce calls; training's
+            # collectives go through torch.distributed. Marked unbuildable, it is not built.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         optimizer = torch.optim.AdamW(param_groups(model, stage.weight_decay, stage.learning_rate), lr=stage.learning_rate,
                                       betas=tuple(train.adam_betas), eps=train.adam_eps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
