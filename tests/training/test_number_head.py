@@ -11,6 +11,7 @@ import torch.distributed
 import torch.multiprocessing
 
 from deepmolm.config import load_params
+from deepmolm.models.deepmolm.modeling import number_heads
 from deepmolm.training.deepmolm.number_head import refit_number_head, restore_fitted_head, slot_inputs
 from flows.local_server import free_port
 from tests.conftest import PARAMS
@@ -58,7 +59,7 @@ def test_the_refit_reads_what_training_reads_and_fits_only_the_head():
 def test_with_a_head_per_view_each_head_is_fitted_on_its_own_views_slots(tmp_path):
     """The drawing's head on the slots without E3FP only, the other on those with it; each fits its
     own and leaves the other's parameters alone; a finished run restores both."""
-    batches = [without_geometry(batch, [0, 1]) for batch in _batches()]  # 2 + 2 of the 11 slots without E3FP
+    batches = _per_view_batches()
     model = tiny(per_view=True)
     refit = load_params(PARAMS, ["train.number_head_refit.steps=300", "train.number_head_refit.batch_size=8"]
                         ).train.number_head_refit
@@ -104,26 +105,55 @@ def test_a_stage_without_slots_leaves_the_head_and_a_finished_run_restores_it(tm
     assert all(torch.equal(a, b) for a, b in zip(model.number_head.parameters(), fresh.number_head.parameters()))
 
 
-def _refit_as_worker(rank: int, port: int, out: str) -> None:
+def _heads(model) -> dict[str, list]:
+    return {name: [p.detach().tolist() for p in head.parameters()] for name, head in number_heads(model).items()}
+
+
+def _refit_as_worker(rank: int, port: int, out: str, per_view: bool) -> None:
     """One of two gloo workers on loopback: rank 0's share has both batches' slots, rank 1's none."""
+    torch.set_num_threads(1)  # as the test process fits its reference
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        batches = _batches()
-        model = tiny(seed=rank)  # the workers' heads differ before the refit: the broadcast makes them one
-        refit = load_params(PARAMS, ["train.number_head_refit.steps=50", "train.number_head_refit.batch_size=8"]
-                            ).train.number_head_refit
+        batches = _per_view_batches() if per_view else _batches()
+        model = tiny(per_view=per_view)
+        with torch.no_grad():  # a head this worker does not fit differs here: the broadcast makes them one
+            for index, head in enumerate(number_heads(model).values()):
+                for weight in head.parameters() if index % 2 != rank else ():
+                    weight.add_(1.0)
         mine, held = (batches, []) if rank == 0 else ([], [batches[1]])
-        figures = refit_number_head(model, mine, held, refit, torch.device("cpu"), False, rank=rank, world=2)
-        head = [p.detach().tolist() for p in model.number_head.parameters()]
-        (Path(out) / f"{rank}.json").write_text(json.dumps({"figures": figures, "head": head}))
+        figures = refit_number_head(model, mine, held, _short_refit(), torch.device("cpu"), False, rank=rank, world=2)
+        (Path(out) / f"{rank}.json").write_text(json.dumps({"figures": figures, "heads": _heads(model)}))
     finally:
         torch.distributed.destroy_process_group()
 
 
+def _per_view_batches() -> list[dict[str, torch.Tensor]]:
+    return [without_geometry(batch, [0, 1]) for batch in _batches()]  # 2 + 2 of the 11 slots without E3FP
+
+
+def _short_refit():
+    return load_params(PARAMS, ["train.number_head_refit.steps=50", "train.number_head_refit.batch_size=8"]
+                       ).train.number_head_refit
+
+
 @pytest.mark.learns
-def test_two_workers_end_with_rank_zeros_head_and_figures(tmp_path):
-    torch.multiprocessing.spawn(_refit_as_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+@pytest.mark.parametrize("per_view", [False, True], ids=["one head", "a head per view"])
+def test_two_workers_end_with_the_heads_and_figures_one_worker_fits(tmp_path, per_view):
+    """Slots gathered from both workers, one of which had none; with a head per view each worker fits
+    one of them at once: the same bytes as one worker fitting all."""
+    torch.multiprocessing.spawn(_refit_as_worker, args=(free_port(), str(tmp_path), per_view), nprocs=2)
     first, second = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
-    assert first == second, "both workers hold the same head and the same figures"
-    assert first["figures"]["slots"] == 11 and first["figures"]["held_out_slots"] == 3, \
-        "slots gathered from both workers, one of which had none"
+    assert first == second, "both workers hold the same heads and the same figures"
+    assert first["figures"]["slots"] + first["figures"].get("number_head_drawing", {}).get("slots", 0) == 11
+    assert first["figures"]["held_out_slots"] + first["figures"].get("number_head_drawing", {}).get("held_out_slots", 0) == 3
+    assert set(first["heads"]) == ({"number_head", "number_head_drawing"} if per_view else {"number_head"})
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = tiny(per_view=per_view)
+        batches = _per_view_batches() if per_view else _batches()
+        figures = refit_number_head(alone, batches, [batches[1]], _short_refit(), torch.device("cpu"), False, rank=0, world=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert first == json.loads(json.dumps({"figures": figures, "heads": _heads(alone)})), "one worker fits the same heads"

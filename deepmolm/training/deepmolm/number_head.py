@@ -8,9 +8,9 @@ and the held-out loss got worse (a stage-2 step holds only a few slots). docs/be
 head misses", "The head at its own rate, tried and dropped" and "The head fitted again", has the
 measurements.
 
-Every worker reads the slots of its share of the examples; they are gathered on rank 0, which alone
-fits the head (the others would repeat its work on the same cores) and broadcasts the figures and the
-weights.
+Every worker reads the slots of its share of the examples and receives everyone's. Each head is fitted
+by one worker and broadcast from it with its figures: the single head by rank 0 (the others would
+repeat its work on the same cores), the two heads of a split (per_view) by two workers at once.
 """
 
 from __future__ import annotations
@@ -47,13 +47,13 @@ def slot_inputs(model, batches, device, bf16: bool) -> tuple[torch.Tensor, torch
     return torch.cat(inputs), torch.cat(targets), torch.cat(geometry)
 
 
-def gathered(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor | None:
-    """Every worker's rows of `tensor`, in rank order, on rank 0 (the one that fits); None elsewhere."""
+def everyones(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """Every worker's rows of `tensor`, in rank order, on every worker."""
     if world == 1:
         return tensor
-    parts: list | None = [None] * world if rank == 0 else None
-    torch.distributed.gather_object(tensor, parts, dst=0)
-    return torch.cat(parts) if rank == 0 else None
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, tensor)
+    return torch.cat(parts)
 
 
 def l1(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float | None:
@@ -110,24 +110,26 @@ def refit_number_head(model, train_batches, holdout_batches, refit: NumberHeadRe
     each on the slots of its own view after split_number_head (the one head, on all of them before);
     returns the figures of the fit (no timing: they go into the stage's metrics, which two runs must
     write alike): the first head's at the top, the drawing head's under `number_head_drawing`; None when
-    no worker has a slot (a stage without property answers)."""
-    train = [gathered(t, rank, world) for t in slot_inputs(model, train_batches, device, bf16)]
-    held = [gathered(t, rank, world) for t in slot_inputs(model, holdout_batches, device, bf16)]
-    heads, figures = number_heads(model), [None]
-    if rank == 0 and len(train[1]):
-        per_view = model.config.number_head_per_view
-        fits = {name: refit_head(head, refit, *(answered_by(name, per_view, *slots) for slots in (train, held)))
-                for name, head in heads.items()}
-        figures = [{"steps": refit.steps, **fits["number_head"]}
-                   | ({"number_head_drawing": fits["number_head_drawing"]} if per_view else {})]
+    no worker has a slot (a stage without property answers). The k-th head is fitted by worker k mod
+    world: the same bytes as one worker fitting both, in half the time on two."""
+    train = [everyones(t, world) for t in slot_inputs(model, train_batches, device, bf16)]
+    held = [everyones(t, world) for t in slot_inputs(model, holdout_batches, device, bf16)]
+    if not len(train[1]):
+        return None
+    heads, per_view = number_heads(model), model.config.number_head_per_view
+    fitters = {name: index % world for index, name in enumerate(heads)}
+    fits = {name: refit_head(head, refit, *(answered_by(name, per_view, *slots) for slots in (train, held)))
+            for name, head in heads.items() if fitters[name] == rank}
     if world > 1:
-        torch.distributed.broadcast_object_list(figures, src=0)
-        if figures[0] is not None:  # the same on every worker: all broadcast, or none
-            with torch.no_grad():
-                for head in heads.values():
-                    for target in head.parameters():
-                        torch.distributed.broadcast(target, src=0)
-    return figures[0]
+        every: list = [None] * world
+        torch.distributed.all_gather_object(every, fits)
+        fits = {name: figures for part in every for name, figures in part.items()}
+        with torch.no_grad():
+            for name, head in heads.items():
+                for target in head.parameters():
+                    torch.distributed.broadcast(target, src=fitters[name])
+    return {"steps": refit.steps, **fits["number_head"]} | (
+        {"number_head_drawing": fits["number_head_drawing"]} if per_view else {})
 
 
 def restore_fitted_head(model, export: Path) -> None:
