@@ -1,6 +1,7 @@
-"""prefect.yaml on a real local Prefect server: the work pool from infra/, `prefect deploy --all`, then
-the server's scheduler creates a `refresh-dataset` run from the deployment's own schedule (its cron
-made due within the test) and a process worker runs it when it is due. It must complete with a new
+"""prefect.yaml on a real local Prefect server: the work pool from infra/, `prefect deploy --all` with
+the shipped weekly cron and, beside it, a schedule due within seconds, then the server's scheduler
+creates a `refresh-dataset` run from the deployment's schedules and a process worker runs it when it
+is due. It must complete with a new
 shard version, its data-quality page, and dvc.lock recording the refreshed stages; the server's log
 must hold no scheduler error."""
 
@@ -20,7 +21,7 @@ import yaml
 from flows.local_server import local_prefect_server
 from tests.conftest import copy_repository, newcomer_env
 
-# about a minute; in the default run (the deployments are what a scheduled refresh uses)
+# about half a minute; in the default run (the deployments are what a scheduled refresh uses)
 pytestmark = pytest.mark.slow
 ROWS_PER_SPLIT = 4
 
@@ -33,8 +34,9 @@ def prefect(*args: str, cwd: Path, env: dict, timeout: float = 300) -> subproces
     return result
 
 
-SCHEDULE = 'cron: "0 3 * * 1"'
-EVERY_MINUTE = 'cron: "* * * * *"'  # the same schedule entry, due within the test
+SHIPPED = '- cron: "0 3 * * 1"      # Mondays, 03:00 UTC\n        timezone: UTC\n        active: true\n'
+# a second entry beside the shipped one: a run due within 15 s of the deployment, not the next minute's
+SOON = SHIPPED + "      - interval: 15\n        active: true\n"
 
 
 async def _client_call(api: str, call):
@@ -68,8 +70,11 @@ def test_refresh_dataset_deployment_runs_on_schedule_on_a_process_worker(tmp_pat
     declared = yaml.safe_load((project / "prefect.yaml").read_text())["deployments"]
     assert {d["name"] for d in declared} == {"refresh-dataset", "train", "evaluate"}
     assert [s["cron"] for s in declared[0]["schedules"]] == ["0 3 * * 1"], "the weekly refresh the project ships"
-    (project / "prefect.yaml").write_text((project / "prefect.yaml").read_text().replace(SCHEDULE, EVERY_MINUTE, 1))
+    text = (project / "prefect.yaml").read_text()
+    assert text.count(SHIPPED) == 1
+    (project / "prefect.yaml").write_text(text.replace(SHIPPED, SOON))
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")  # the server's scheduler, not 60 s
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS", "3")  # of the 15-s schedule: not 100 ahead
 
     with local_prefect_server(tmp_path / "prefect") as api:
         env = newcomer_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect"))
@@ -90,7 +95,9 @@ def test_refresh_dataset_deployment_runs_on_schedule_on_a_process_worker(tmp_pat
 
     assert set(deployments) == {"refresh-dataset", "train", "evaluate"}
     schedules = deployments["refresh-dataset"].schedules
-    assert [s.schedule.cron for s in schedules] == ["* * * * *"] and schedules[0].active
+    shipped, soon = sorted(schedules, key=lambda s: hasattr(s.schedule, "interval"))
+    assert (shipped.schedule.cron, shipped.schedule.timezone, shipped.active) == ("0 3 * * 1", "UTC", True)
+    assert soon.schedule.interval.total_seconds() == 15 and run.expected_start_time == scheduled.expected_start_time
     assert run.auto_scheduled and run.deployment_id == deployments["refresh-dataset"].id
     assert deployments["train"].parameters["stages"] == [1, 2]
     assert deployments["refresh-dataset"].work_pool_name == "deepmolm-local"
