@@ -30,7 +30,7 @@ from tests.browser import headless
 from tests.conftest import copy_repository, newcomer_env
 
 # `./dev test` deals whole files to its xdist workers (--dist loadfile), so one worker runs this
-# module and its checks share one pair of demo runs, in file order; `longest`: collected first
+# module and its checks share one demo run, in file order; `longest`: collected first
 pytestmark = [pytest.mark.slow, pytest.mark.longest, pytest.mark.timeout(1800)]  # the first check waits for the demo
 ROWS_PER_SPLIT = 12
 STAGES = ["ingest_chebi20", "featurize_chebi20", "validate_chebi20", "instructions_chebi20", "tokenizer",
