@@ -113,6 +113,7 @@ class TrainParams(_Section):
     runs_dir: StorageLocation = Field(description="Ray Train storage (checkpoints, step metrics): a path, or a URI such as s3://...")
     models_dir: ProjectPath = Field(description="exported weights: <models_dir>/stage1, <models_dir>/stage2")
     ray_address: str | None = Field(description="null: a local Ray (or the cluster a Jobs API job runs on)")
+    ray_dashboard: bool = Field(description="a local Ray starts its dashboard (a cluster keeps its own)")
     scaling: ScalingParams
     strategy: Literal["ddp", "deepspeed"]
     precision: Literal["auto", "fp32", "bf16"] = Field(description="auto: bf16 on GPUs, fp32 on CPUs")

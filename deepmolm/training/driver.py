@@ -24,14 +24,16 @@ from deepmolm.training.checkpoints import EXPORT, HISTORY, STATE
 
 
 def connect(params: Params) -> None:
-    """Ray at train.ray_address, or a local one; once per process. Every worker of the job starts on
-    params.yaml `numerics`' code paths (its runtime_env), so what it trains is the same bytes on any
-    processor."""
+    """Ray at train.ray_address, or a local one (its dashboard as train.ray_dashboard says); once per
+    process. Every worker of the job starts on params.yaml `numerics`' code paths (its runtime_env),
+    so what it trains is the same bytes on any processor."""
     import ray
 
     if not ray.is_initialized():
+        local = params.train.ray_address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(address=params.train.ray_address, log_to_driver=True, configure_logging=False,
-                 runtime_env=numerics.ray_runtime_env(params.numerics))
+                 runtime_env=numerics.ray_runtime_env(params.numerics),
+                 **({"include_dashboard": params.train.ray_dashboard} if local else {}))
 
 
 def map_on_ray(params: Params, fn, calls: list[tuple]) -> list:

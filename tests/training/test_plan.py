@@ -18,7 +18,7 @@ from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.runtime.run_log import portable_path
 from deepmolm.training.deepmolm.launch import plan_stage, stage_paths
 from deepmolm.training.deepmolm.stages import LEARNING_CODE, NOT_LEARNED, add_lora, initial_model, merge_lora, random_parts, run_name, set_trainable
-from deepmolm.training.strategy import deepspeed_config
+from deepmolm.training.strategy import DEEPSPEED_BUCKET_ELEMENTS, bucketed, deepspeed_config
 from deepmolm.training.submit import job_entrypoint, runtime_env
 from tests.conftest import PARAMS
 
@@ -36,6 +36,18 @@ def test_deepspeed_config_follows_params():
     assert zero["offload_optimizer"]["device"] == "cpu"
     plain = deepspeed_config(load_params(PARAMS).train, bf16=False)["zero_optimization"]
     assert plain["stage"] == 2 and "offload_optimizer" not in plain and "stage3_gather_16bit_weights_on_model_save" not in plain
+
+
+def test_zeros_buckets_hold_the_models_gradients_and_no_more():
+    config = deepspeed_config(load_params(PARAMS, ["train.deepspeed.zero_stage=3"]).train, bf16=True)
+    small = bucketed(config, 300_288)["zero_optimization"]
+    assert small["reduce_bucket_size"] == small["allgather_bucket_size"] == 300_288
+    assert small["stage"] == 3 and small["stage3_gather_16bit_weights_on_model_save"], "the rest as params made it"
+    large = bucketed(config, 7_000_000_000)["zero_optimization"]
+    assert large["reduce_bucket_size"] == large["allgather_bucket_size"] == DEEPSPEED_BUCKET_ELEMENTS
+    assert "reduce_bucket_size" not in config["zero_optimization"], "the params' config is left as it was"
+    chosen = {**config, "zero_optimization": {**config["zero_optimization"], "reduce_bucket_size": 1000}}
+    assert bucketed(chosen, 300_288)["zero_optimization"]["reduce_bucket_size"] == 1000, "a size set in the config wins"
 
 
 def test_run_name_changes_with_what_is_learned_only(instruction_set, tokenizer_dir, tmp_path):

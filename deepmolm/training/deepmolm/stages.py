@@ -185,7 +185,7 @@ LEARNING_CODE = (Path(__file__).resolve().parents[2] / "models" / "deepmolm", Pa
 
 # train.* keys left out of a run's name: where it is stored, the failure budget and how batches are
 # loaded change nothing that is learned (the stages' own sections enter as `stage_params`).
-NOT_LEARNED = ("runs_dir", "models_dir", "ray_address", "max_failures", "loader_batches_ahead", "loader_workers",
+NOT_LEARNED = ("runs_dir", "models_dir", "ray_address", "ray_dashboard", "max_failures", "loader_batches_ahead", "loader_workers",
                "cluster", "stage1", "stage2", "checkpoint_every_steps", "keep_checkpoints")
 
 
