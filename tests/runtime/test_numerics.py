@@ -97,7 +97,7 @@ def test_a_ray_worker_starts_on_the_pinned_paths_whatever_its_driver_inherited(t
             numerics.check(params.numerics, params.numerics.worker_threads)
             return numerics.applied()
 
-        params = load_params("{PARAMS}", ["train.runs_dir={tmp_path}"])
+        params = load_params("{PARAMS}", ["train.runs_dir={tmp_path}", "train.ray_dashboard=false"])
         applied = map_on_ray(params, report, [()])[0]
         import psutil
         heads = [p.name() for p in psutil.Process().children(recursive=True) if p.name().startswith("ray-dashboard-")]
@@ -105,7 +105,7 @@ def test_a_ray_worker_starts_on_the_pinned_paths_whatever_its_driver_inherited(t
         """, **ANOTHER_PROCESSOR, RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
     assert done.returncode == 0, done.stderr[-3000:]
     applied = json.loads(done.stdout.splitlines()[-1])
-    assert applied["dashboard_heads"] == [], "train.ray_dashboard false: a local Ray without its dashboard's modules"
+    assert applied["dashboard_heads"] == [], "train.ray_dashboard=false: a local Ray without its dashboard's modules"
     pinned = load_params(PARAMS).numerics
     assert applied["aten_cpu_capability"] == pinned.aten_cpu_capability
     assert applied["threads"] == pinned.worker_threads and applied["onednn"] is pinned.onednn
