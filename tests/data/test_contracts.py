@@ -71,6 +71,10 @@ def test_valid_version_passes_every_suite(version, params):
     docs = Path(result.data_docs.removeprefix("file://"))
     assert docs.is_file() and docs.suffix == ".html", "Data Docs are built for the run"
     assert "molecule_shards" in docs.read_text()
+    # a page per suite run (a chunked table's row checks are a suite of their own: `<table>.rows`)
+    suites = {page.parent.parent.parent.relative_to(docs.parent / "validations").as_posix().replace("/", ".")
+              for page in (docs.parent / "validations").rglob("*.html")}
+    assert suites == {*result.tables, "molecule_shards.rows", "raw_table.rows", "sfp_graphs.rows"}, sorted(suites)
 
 
 def test_a_molecule_neither_a_graph_nor_a_rejection_fails_the_sfp_contract(version, params, small_versions, tmp_path):

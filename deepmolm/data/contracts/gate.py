@@ -111,6 +111,7 @@ class ContractRunner:
 
         self._gx = gx
         self.suites_dir = Path(suites_dir)
+        self._validated: list = []  # the identifiers of the current run's validation results
         Path(gx_root).mkdir(parents=True, exist_ok=True)
         self.context = gx.get_context(mode="file", project_root_dir=str(gx_root))
         # GE's per-metric tqdm bars would flood stderr (and the progress of whoever calls us)
@@ -146,7 +147,7 @@ class ContractRunner:
         return self.context.checkpoints.add_or_update(gx.Checkpoint(
             name=name,
             validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            actions=[],  # Data Docs are built once per contract run (`run`), not once per checkpoint run
             result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
         ))
 
@@ -155,10 +156,19 @@ class ContractRunner:
             return []
         outcome = self._checkpoint(name, spec, expectations).run(batch_parameters={"dataframe": frame},
                                                                  expectation_parameters=parameters)
+        self._validated += list(outcome.run_results)
         return [check for validation in outcome.run_results.values() for check in validation.results]
+
+    def _build_data_docs(self) -> None:
+        """The pages of this run's validation results and suites, and the index, rendered once: GE's
+        per-checkpoint action rendered the index again after every table and chunk."""
+        suites = list({result.expectation_suite_identifier.name: result.expectation_suite_identifier
+                       for result in self._validated}.values())
+        self.context.build_data_docs(resource_identifiers=[*self._validated, *suites])
 
     def run(self, frames: dict[str, pd.DataFrame | Chunks], parameters: dict[str, Any], target: str) -> ContractResult:
         result = ContractResult(success=True, evaluated=0, failed=[], warnings=[], target=target)
+        self._validated = []
         for table, frame in frames.items():
             spec = load_suite(self.suites_dir, table)
             if isinstance(frame, Chunks):
@@ -177,6 +187,7 @@ class ContractRunner:
             result.warnings += [f"{table}.{n}" for n in summary["warnings"]]
             result.tables[table] = summary
         result.success = not result.failed
+        self._build_data_docs()
         sites = self.context.get_docs_sites_urls()
         result.data_docs = sites[0]["site_url"] if sites else None
         return result
