@@ -20,7 +20,8 @@ import torch
 
 from deepmolm.config import load_params
 from deepmolm.data.instructions import held_out, instruction_shards, resolve_instruction_set
-from deepmolm.evaluation.model_answers import answer_examples, examples_of_splits
+from deepmolm.evaluation.examples import examples_of_splits
+from deepmolm.evaluation.model_answers import answer_examples
 from deepmolm.evaluation.properties import first_number
 from deepmolm.models.deepmolm.drawing_store import Drawings, build_drawings
 from deepmolm.models.deepmolm.generation import load_checkpoint, task_decoding

@@ -25,8 +25,7 @@ def predict(
 ) -> None:
     """Ask a trained DeepMoLM about one molecule: --smiles SMILES, or --image PNG --sdf SDF."""
     from deepmolm.config import TASKS
-    from deepmolm.data.featurize.outcome import FeaturizeError
-    from deepmolm.inference import Predictor, molecule_from_files, molecule_from_smiles
+    from deepmolm.models.deepmolm.checkpoint import checked_checkpoint
 
     with common.errors():
         cfg = common.params
@@ -36,6 +35,11 @@ def predict(
             raise Exit(2, "--image and --sdf go together")
         if task not in TASKS:
             raise Exit(2, f"--task {task!r}: one of {', '.join(TASKS)}")
+        checked_checkpoint(checkpoint)
+        # the model's libraries load only for a request that can be answered (a usage error: at once)
+        from deepmolm.data.featurize.outcome import FeaturizeError
+        from deepmolm.inference import Predictor, molecule_from_files, molecule_from_smiles
+
         try:
             molecule = molecule_from_smiles(smiles, cfg) if smiles else molecule_from_files(image, sdf, cfg)
         except FeaturizeError as exc:

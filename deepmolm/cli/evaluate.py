@@ -23,15 +23,17 @@ def eval_run(
 ) -> None:
     """The evaluate stage: the model answers the held-out examples (eval.splits), the retrieval baseline
     answers the same molecules from train.splits; both are scored. Writes <reports_dir>/eval/."""
-    from deepmolm.data.instructions import resolve_instruction_set
-    from deepmolm.evaluation.evaluate import evaluate
+    from deepmolm.models.deepmolm.checkpoint import checked_checkpoint
     from deepmolm.runtime import numerics
 
     with common.errors():
         cfg = common.params
+        model = checked_checkpoint(model or cfg.train.models_dir / "stage2")
         numerics.pin(cfg.numerics, cfg.numerics.evaluation_threads)  # before this process computes anything
-        model = model or cfg.train.models_dir / "stage2"
         instructions = instructions or cfg.paths.instructions_dir
+        from deepmolm.data.instructions import resolve_instruction_set  # (after the checks: they answer at once)
+        from deepmolm.evaluation.evaluate import evaluate
+
         try:
             metrics = common.run(prefect, "flows.evaluate:run_evaluate", model, instructions, progress=common.progress,
                                  inline=lambda: evaluate(cfg, model, resolve_instruction_set(instructions),
@@ -52,14 +54,14 @@ def eval_robustness(
     """The evaluate stage's held-out examples answered from perturbed inputs (eval.robustness): E3FP
     from noisy and unoptimised conformers, JPEG-compressed, blurred and restyled drawings; the same
     metrics per perturbation. `deepmolm report pipeline --robustness <out>/robustness.json` shows them."""
-    from deepmolm.data.instructions import resolve_instruction_set
-    from deepmolm.evaluation.robustness import robustness
+    from deepmolm.models.deepmolm.checkpoint import checked_checkpoint
 
     with common.errors():
         cfg = common.params
-        model = model or cfg.train.models_dir / "stage2"
-        if not (Path(model) / "config.json").is_file():
-            raise Exit(1, f"{model} is not a DeepMoLM checkpoint (no config.json): train one first")
+        model = checked_checkpoint(model or cfg.train.models_dir / "stage2")
+        from deepmolm.data.instructions import resolve_instruction_set  # (after the checks: they answer at once)
+        from deepmolm.evaluation.robustness import robustness
+
         try:
             report = robustness(cfg, model, resolve_instruction_set(instructions or cfg.paths.instructions_dir), out=out,
                                 progress=common.progress)
@@ -125,8 +127,8 @@ def eval_show(
     metrics: Annotated[Path | None, typer.Option(help="an evaluation's metrics.json (default: <reports_dir>/eval/metrics.json).")] = None,
 ) -> None:
     """The metrics table of an evaluation: the model beside the retrieval and mean baselines."""
-    from deepmolm.evaluation.evaluate import METRICS as METRICS_FILE
-    from deepmolm.evaluation.evaluate import evaluation_dir
+    from deepmolm.evaluation.outputs import METRICS as METRICS_FILE
+    from deepmolm.evaluation.outputs import evaluation_dir
 
     with common.errors():
         path = metrics or evaluation_dir(common.params) / METRICS_FILE

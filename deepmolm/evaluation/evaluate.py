@@ -27,8 +27,10 @@ from deepmolm.evaluation.baseline import retrieve
 from deepmolm.evaluation.captions import load_metric_tokenizer, score_captions
 from deepmolm.evaluation.degenerate import degenerate_share
 from deepmolm.evaluation.drawing_dependence import drawing_dependence
+from deepmolm.evaluation.examples import capped, examples_of_splits
 from deepmolm.evaluation.grounding import write_grounding
-from deepmolm.evaluation.model_answers import answer_examples, capped, examples_of_splits
+from deepmolm.evaluation.model_answers import answer_examples
+from deepmolm.evaluation.outputs import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluation_dir
 from deepmolm.evaluation.predictions import Prediction, write_jsonl
 from deepmolm.evaluation.properties import mean_baseline, score_properties
 from deepmolm.evaluation.shard_molecules import read_molecule_parts, read_molecules
@@ -41,16 +43,7 @@ from deepmolm.runtime import numerics
 from deepmolm.runtime.run_log import log_run
 from deepmolm.store.versions import MANIFEST
 from deepmolm.training.checkpoints import PROVENANCE
-from deepmolm.training.driver import SUMMARY, log_metrics
-
-MODEL_PREDICTIONS = "model_predictions.jsonl"
-BASELINE_PREDICTIONS = "baseline_predictions.jsonl"
-METRICS = SUMMARY
-
-
-def evaluation_dir(params: Params) -> Path:
-    return params.paths.reports_dir / "eval"
-
+from deepmolm.training.driver import log_metrics
 
 def evaluate(params: Params, model_dir: Path, instructions: Path, out: Path | None = None, progress: bool = False) -> dict:
     """Answer, score and write; returns the metrics."""

@@ -22,11 +22,11 @@ from deepmolm.config import Params
 from deepmolm.data.featurize.render import draw_png
 from deepmolm.data.instructions import instruction_shards
 from deepmolm.data.shards.parts import read_shards
+from deepmolm.evaluation.outputs import GROUNDING
 from deepmolm.models.deepmolm.fusion import CrossAttentionProjector
 from deepmolm.models.deepmolm.generation import load_checkpoint
 from deepmolm.models.deepmolm.processing import cached_pixels, normalise_pixels
 
-GROUNDING = "grounding.png"
 ATOMS_SHOWN = 3  # the atoms that draw the most attention, per molecule
 
 

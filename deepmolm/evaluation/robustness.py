@@ -31,7 +31,8 @@ from deepmolm.data.featurize.render import draw_png
 from deepmolm.data.instructions import instruction_shards
 from deepmolm.data.shards.parts import read_shards
 from deepmolm.evaluation.captions import load_metric_tokenizer
-from deepmolm.evaluation.evaluate import evaluation_dir, evaluation_rows, scored
+from deepmolm.evaluation.evaluate import evaluation_rows, scored
+from deepmolm.evaluation.outputs import evaluation_dir
 from deepmolm.evaluation.model_answers import answer_examples
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.generation import task_decoding

@@ -23,10 +23,9 @@ from deepmolm.config import Params
 from deepmolm.data.instructions import instruction_shards
 from deepmolm.data.shards.parts import read_shards
 from deepmolm.evaluation.captions import METRICS
-from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluation_dir
-from deepmolm.evaluation.evaluate import METRICS as METRICS_FILE
-from deepmolm.evaluation.grounding import GROUNDING
-from deepmolm.evaluation.model_answers import examples_of_splits
+from deepmolm.evaluation.examples import examples_of_splits
+from deepmolm.evaluation.outputs import BASELINE_PREDICTIONS, GROUNDING, MODEL_PREDICTIONS, evaluation_dir
+from deepmolm.evaluation.outputs import METRICS as METRICS_FILE
 from deepmolm.reports.html import IMAGES_LOADED_SCRIPT, PAGE_STYLE
 from deepmolm.runtime.run_log import portable_path
 from deepmolm.training.driver import SUMMARY, read_metric, stage_metrics_dir

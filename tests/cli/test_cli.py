@@ -1,10 +1,12 @@
 """The `deepmolm` command as a user runs it: a subprocess, its exit code, its last JSON line."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import run_cli, tmp_overrides
+from tests.conftest import REPO, run_cli, tmp_overrides
 from tests.data.sources import broken_rows
 
 
@@ -106,3 +108,34 @@ def test_help_is_there_for_every_group(group):
     if group == ["data", "ingest"]:
         for option in ("--source", "--split", "--path", "--cids", "--cid-file", "--out", "--params", "-S", "--json", "--quiet"):
             assert option in result.stdout
+
+
+# A command refused for its arguments or for a path that is not a model answers before torch and
+# transformers load (several seconds of imports); `deepmolm report pipeline` never loads them for
+# its own module. Each is run in a fresh interpreter that then lists what it imported.
+ANSWERED_AT_ONCE = [
+    (["predict", "--checkpoint", "/nowhere", "--smiles", "CCO", "--task", "poem"], 2, "--task 'poem'"),
+    (["predict", "--checkpoint", "/nowhere", "--smiles", "CCO"], 1, "/nowhere is not a DeepMoLM checkpoint"),
+    (["eval", "run", "--model", "/nowhere"], 1, "/nowhere is not a DeepMoLM checkpoint"),
+    (["eval", "robustness", "--model", "/nowhere"], 1, "/nowhere is not a DeepMoLM checkpoint"),
+]
+IMPORTED = """
+import contextlib, io, sys
+from deepmolm.cli import app
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    try:
+        app(args=sys.argv[1:], prog_name="deepmolm")
+    except SystemExit as exit:
+        code = exit.code
+import deepmolm.reports.pipeline
+print(code, "torch" in sys.modules, "transformers" in sys.modules, err.getvalue().replace(chr(10), " "))
+"""
+
+
+@pytest.mark.parametrize(("args", "code", "message"), ANSWERED_AT_ONCE)
+def test_a_refused_command_answers_before_the_model_libraries_load(args, code, message):
+    done = subprocess.run([sys.executable, "-c", IMPORTED, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    exit_code, torch_loaded, transformers_loaded, stderr = done.stdout.strip().split(" ", 3)
+    assert (int(exit_code), torch_loaded, transformers_loaded) == (code, "False", "False"), done.stdout + done.stderr
+    assert message in " ".join(stderr.split())

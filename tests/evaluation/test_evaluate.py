@@ -11,8 +11,10 @@ import torch
 
 from deepmolm.config import ConfigError, load_params
 from deepmolm.data.instructions import instruction_shards, read_instructions
-from deepmolm.evaluation.evaluate import BASELINE_PREDICTIONS, MODEL_PREDICTIONS, evaluate
-from deepmolm.evaluation.model_answers import answer_examples, examples_of_splits
+from deepmolm.evaluation.evaluate import evaluate
+from deepmolm.evaluation.examples import examples_of_splits
+from deepmolm.evaluation.model_answers import answer_examples
+from deepmolm.evaluation.outputs import BASELINE_PREDICTIONS, MODEL_PREDICTIONS
 from deepmolm.models.deepmolm.generation import left_padded, task_decoding
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM
 from deepmolm.models.deepmolm.tokenizer import build_tokenizer
@@ -258,8 +260,9 @@ def test_robustness_answers_the_same_examples_under_every_perturbation_and_the_r
 def test_the_evaluate_stage_draws_where_the_fusion_projectors_attention_goes(split_set, setting, tmp_path):
     from PIL import Image
 
-    from deepmolm.evaluation.grounding import GROUNDING, atom_attention, write_grounding
-    from deepmolm.evaluation.model_answers import examples_of_splits as examples
+    from deepmolm.evaluation.grounding import atom_attention, write_grounding
+    from deepmolm.evaluation.outputs import GROUNDING
+    from deepmolm.evaluation.examples import examples_of_splits as examples
     from deepmolm.models.deepmolm.generation import load_checkpoint
     from deepmolm.models.deepmolm.processing import cached_pixels
 

@@ -12,6 +12,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from deepmolm.config import Params
+from deepmolm.models.deepmolm.checkpoint import checked_checkpoint
 from deepmolm.models.deepmolm.configuration import DeepMoLMConfig
 from deepmolm.models.deepmolm.modeling import DeepMoLMForCausalLM, has_geometry
 from deepmolm.models.deepmolm.processing import normalise_pixels, prompt_token_ids
@@ -20,20 +21,13 @@ from deepmolm.models.deepmolm.tokenizer import load_tokenizer
 
 def checkpoint_image_size(checkpoint: Path) -> int:
     """The drawing size a checkpoint reads, from its config alone."""
-    return DeepMoLMConfig.from_pretrained(_checked(checkpoint), local_files_only=True).encoder_spec().image_size
+    return DeepMoLMConfig.from_pretrained(checked_checkpoint(checkpoint), local_files_only=True).encoder_spec().image_size
 
 
 def load_checkpoint(checkpoint: Path) -> tuple[DeepMoLMForCausalLM, object]:
     """The model (in eval mode) and tokenizer of a checkpoint directory, read locally only."""
-    checkpoint = _checked(checkpoint)
+    checkpoint = checked_checkpoint(checkpoint)
     return DeepMoLMForCausalLM.from_pretrained(checkpoint, local_files_only=True).eval(), load_tokenizer(checkpoint)
-
-
-def _checked(checkpoint: Path) -> Path:
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / "config.json").is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a DeepMoLM checkpoint (no config.json)")
-    return checkpoint
 
 
 def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
