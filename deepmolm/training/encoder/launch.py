@@ -13,11 +13,9 @@ from pathlib import Path
 from deepmolm import __version__
 from deepmolm.config import Params
 from deepmolm.data.shards.parts import read_manifest, read_shards, resolve_version
-from deepmolm.models.deepmolm.presets import model_config
 from deepmolm.runtime.run_log import log_run, portable_path
 from deepmolm.training.driver import connect, export_model, fit, log_metrics
 from deepmolm.training.encoder.corpus import SHARD_COLUMNS, build_corpus
-from deepmolm.training.mumo.loop import steps_per_epoch
 
 METRICS_DIR = Path("train") / "encoder"  # under paths.reports_dir
 
@@ -36,14 +34,16 @@ def pretrain_encoder(params: Params, *, shards: Path | None = None, out: Path | 
                      if_used: bool = False) -> dict:
     """With `if_used`, only when `train.init.encoder` is `out` (the recipe starts stage 1 from it);
     otherwise `out` gets a note saying why nothing was trained (a DVC stage must leave its outputs)."""
-    import ray
-
-    from deepmolm.training.encoder.loop import pretrain_worker
-
     run = params.train.encoder_pretrain
     out = Path(out or params.train.models_dir / "encoder").resolve()
     if if_used and (params.train.init.encoder is None or Path(params.train.init.encoder).resolve() != out):
-        return _not_used(params, out)
+        return _not_used(params, out)  # (before the model's libraries load: the CPU recipe's every `dvc repro`)
+    import ray
+
+    from deepmolm.models.deepmolm.presets import model_config
+    from deepmolm.training.encoder.loop import pretrain_worker
+    from deepmolm.training.mumo.loop import steps_per_epoch
+
     version = resolve_version(Path(shards or params.paths.shards_dir / "chebi20"))
     corpus = build_corpus(read_shards(version, SHARD_COLUMNS).to_pylist(), train_splits=params.train.splits,
                           eval_splits=list(params.eval.splits), holdout_fraction=params.train.holdout.fraction,
