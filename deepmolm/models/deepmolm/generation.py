@@ -52,17 +52,18 @@ def generate_answers(model: DeepMoLMForCausalLM, tokenizer, prompts: list[str], 
                             tokenizer.pad_token_id)
     processors = LogitsProcessorList([MedianDigits(tokenizer)] if number_digits == "median" else [])
     pixel_values = normalise_pixels(pixels, model.config.encoder_spec())
-    new = model.generate_text(ids, mask, pixel_values, geometry, max_new_tokens=max_new_tokens,
+    visual = model.visual_tokens(pixel_values, geometry)  # once: the answers and their <num> slots read it
+    new = model.generate_text(ids, mask, pixel_values, geometry, visual, max_new_tokens=max_new_tokens,
                               min_new_tokens=min_new_tokens, num_beams=num_beams, repetition_penalty=repetition_penalty,
                               no_repeat_ngram_size=no_repeat_ngram_size, do_sample=False, logits_processor=processors,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    values = slot_values(model, ids, mask, pixel_values, geometry, new)
+    values = slot_values(model, ids, mask, pixel_values, geometry, new, visual)
     return [written(tokenizer, tokens.tolist(), row_values, model.config.number_token_id)
             for tokens, row_values in zip(new, values)]
 
 
 def slot_values(model: DeepMoLMForCausalLM, ids: torch.Tensor, mask: torch.Tensor, pixel_values: torch.Tensor,
-                geometry: torch.Tensor, new: torch.Tensor) -> list[list[float]]:
+                geometry: torch.Tensor, new: torch.Tensor, visual: torch.Tensor | None = None) -> list[list[float]]:
     """Per answer, the number head's value at each <num> it wrote: one forward pass over prompt and
     answer (positions counted from the attention mask, as generate counts them under left padding)
     reads the hidden state before each slot, beside the molecule's pooled visual tokens. Empty lists
@@ -72,7 +73,8 @@ def slot_values(model: DeepMoLMForCausalLM, ids: torch.Tensor, mask: torch.Tenso
     sequence = torch.cat([ids, new], dim=1)
     full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
     positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    visual = model.visual_tokens(pixel_values, geometry)
+    if visual is None:
+        visual = model.visual_tokens(pixel_values, geometry)
     hidden = model.language_model(inputs_embeds=model.input_embeddings(sequence, pixel_values, geometry, visual),
                                   attention_mask=full_mask, position_ids=positions,
                                   output_hidden_states=True).hidden_states[-1]

@@ -164,9 +164,10 @@ class DeepMoLMForCausalLM(PreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                      e3fp: torch.Tensor | None, **generate_kwargs) -> torch.Tensor:
-        """New token ids only (greedy by default; `num_beams` > 1 for beam search)."""
-        embeds = self.input_embeddings(input_ids, pixel_values, e3fp)
+                      e3fp: torch.Tensor | None, visual: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
+        """New token ids only (greedy by default; `num_beams` > 1 for beam search); `visual`: the
+        batch's `visual_tokens`, when the caller has them already."""
+        embeds = self.input_embeddings(input_ids, pixel_values, e3fp, visual)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
 
