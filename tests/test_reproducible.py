@@ -92,7 +92,7 @@ def test_portable_path_is_relative_to_the_working_directory(tmp_path, monkeypatc
 def test_the_benchmarks_splits_follow_the_jobs_whatever_the_string_hashes(tmp_path):
     """The MuMo baseline is reported in the order of these splits; under a set of split names it came out
     random/scaffold in one process and scaffold/random in the next (results.json differed between clones)."""
-    script = ("import json; from deepmolm.evaluation.mumo.benchmark import job_splits\n"
+    script = ("import json; from deepmolm.evaluation.mumo.jobs import job_splits\n"
               "jobs = [{'split': s, 'seed': seed} for s in ('scaffold', 'random') for seed in (1, 0)]\n"
               "jobs += [{'split': 'scaffold', 'seed': 1}]\n"
               "smiles = ['CCO', 'c1ccccc1O', 'C1CCCCC1N', 'CC(=O)O', 'c1ccncc1', 'CCCCCC', 'C1CCOC1', 'c1ccc2ccccc2c1',"

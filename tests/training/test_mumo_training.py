@@ -12,8 +12,8 @@ import torch
 
 from deepmolm.config import DEFAULT_PARAMS, load_params
 from deepmolm.data.property_sets import PropertySet
-from deepmolm.evaluation.mumo.benchmark import (benchmark_jobs, held_out_slice, pretraining_curves, pretraining_figures,
-                                                results_markdown, results_table)
+from deepmolm.evaluation.mumo.benchmark import pretraining_curves, pretraining_figures, results_markdown, results_table
+from deepmolm.evaluation.mumo.jobs import benchmark_jobs, held_out_slice
 from deepmolm.models.mumo.processing import mask_tokens, model_inputs, property_molecules, with_noisy_conformers
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
 from deepmolm.training.checkpoints import step_through_epochs

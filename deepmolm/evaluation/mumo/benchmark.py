@@ -18,10 +18,10 @@ import numpy as np
 
 from deepmolm import __version__
 from deepmolm.config import Params
-from deepmolm.data.property_sets import (PropertySet, property_set_inchikeys, random_split, read_property_set,
-                                         scaffold_split)
+from deepmolm.data.property_sets import PropertySet, property_set_inchikeys, read_property_set
 from deepmolm.data.shards.parts import read_manifest, read_shards, resolve_version
 from deepmolm.evaluation.mumo.baseline import molecule_features, random_forest
+from deepmolm.evaluation.mumo.jobs import benchmark_jobs, held_out_slice, job_splits
 from deepmolm.models.mumo.processing import property_molecules, shard_molecules, with_noisy_conformers
 from deepmolm.models.mumo.tokenizer import build_smiles_tokenizer
 from deepmolm.runtime.run_log import log_run, portable_path
@@ -90,36 +90,6 @@ def pretrain(params: Params, *, shards: Path | None = None, out: Path | None = N
     log_run(params.paths.logs_dir, "mumo_pretrain", out, run=name, seconds=seconds,
             samples_per_s=[round(row["samples_per_s"], 1) for row in history if "samples_per_s" in row])
     return {**summary, "seconds": seconds}
-
-
-def held_out_slice(corpus: list, count: int, seed: int) -> tuple[list, list]:
-    """(training molecules, `count` held-out ones): a seeded choice, each part in corpus order."""
-    if count >= len(corpus):
-        raise ValueError(f"mumo.pretrain.holdout_molecules ({count}) leaves nothing of the {len(corpus)} molecules to "
-                         "pretrain on: hold out fewer, or build a larger corpus (sources.moses.max_rows)")
-    chosen = set(np.random.default_rng(seed).choice(len(corpus), count, replace=False).tolist())
-    return [m for i, m in enumerate(corpus) if i not in chosen], [m for i, m in enumerate(corpus) if i in chosen]
-
-
-def benchmark_jobs(params: Params) -> list[dict]:
-    """Every fine-tuning run: the grid at mumo.injection_layer, then the ablation's other layers."""
-    run, ablation, layer = params.mumo.finetune, params.mumo.ablation, params.mumo.injection_layer
-    jobs = [{"dataset": d, "split": s, "seed": seed, "injection_layer": layer}
-            for d in run.datasets for s in run.splits for seed in run.seeds]
-    jobs += [{"dataset": ablation.dataset, "split": ablation.split, "seed": seed, "injection_layer": other}
-             for other in ablation.injection_layers if other != layer for seed in ablation.seeds]
-    return [{**job, "name": f"{job['dataset']}/{job['split']}/seed{job['seed']}/layer{job['injection_layer']}"} for job in jobs]
-
-
-def job_splits(smiles: list[str], jobs: list[dict]) -> dict[str, dict[str, list[int]]]:
-    """Each `split/seed` the jobs use, in the jobs' order: the baseline is reported in this order, and a
-    set of split names iterates in the order of that process's string hashes (PYTHONHASHSEED), which
-    reordered results.json between two runs of the same benchmark."""
-    out = {}
-    for kind, seed in dict.fromkeys((job["split"], job["seed"]) for job in jobs):
-        parts = random_split(len(smiles), seed) if kind == "random" else scaffold_split(smiles, seed)
-        out[f"{kind}/{seed}"] = {name: [int(i) for i in indices] for name, indices in parts.items()}
-    return out
 
 
 def benchmark(params: Params, *, pretrained: Path | None = None, progress: bool = False) -> dict:
